@@ -1,0 +1,61 @@
+// Helpers shared by every kernel. This file is prepended (after the specialisation
+// constants) to each kernel's source; it declares no bindings and no entry points.
+
+// erf(x) by Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7), returned as the pair
+// (erf(|x|), erfc(|x|)) so callers near -inf avoid the cancellation in 1 + erf(x).
+fn erf_erfc_abs(x: f32) -> vec2<f32> {
+    let z = abs(x);
+    let t = 1.0 / (1.0 + 0.3275911 * z);
+    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741
+        + t * (-1.453152027 + t * 1.061405429))));
+    let erfc = poly * exp(-z * z);
+    return vec2<f32>(1.0 - erfc, erfc);
+}
+
+// GELU, exact erf form as PyTorch's default: 0.5 * x * (1 + erf(x / sqrt(2))).
+fn gelu_erf(x: f32) -> f32 {
+    let e = erf_erfc_abs(x * 0.70710678118654752);
+    // x >= 0: 1 + erf = 2 - erfc;  x < 0: 1 + erf(x) = 1 - erf(|x|) = erfc(|x|).
+    let one_plus_erf = select(e.y, 2.0 - e.y, x >= 0.0);
+    return 0.5 * x * one_plus_erf;
+}
+
+// Linear workgroup index of a grid spread over x and y (see `pipeline::grid_1d`).
+fn linear_group(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wid.x + wid.y * nwg.x;
+}
+
+// Row reductions: kernels that reduce one row per workgroup use REDUCE_WG invocations and
+// this scratch array (a module-scope variable, since WGSL cannot pass workgroup pointers to
+// functions; it costs nothing in kernels that do not use it). Call from uniform control
+// flow; every invocation gets the result.
+const REDUCE_WG: u32 = 256u;
+var<workgroup> reduce_scratch: array<f32, REDUCE_WG>;
+
+fn workgroup_sum(lid: u32, v: f32) -> f32 {
+    reduce_scratch[lid] = v;
+    workgroupBarrier();
+    for (var s = REDUCE_WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            reduce_scratch[lid] += reduce_scratch[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let total = reduce_scratch[0];
+    workgroupBarrier();
+    return total;
+}
+
+fn workgroup_max(lid: u32, v: f32) -> f32 {
+    reduce_scratch[lid] = v;
+    workgroupBarrier();
+    for (var s = REDUCE_WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            reduce_scratch[lid] = max(reduce_scratch[lid], reduce_scratch[lid + s]);
+        }
+        workgroupBarrier();
+    }
+    let m = reduce_scratch[0];
+    workgroupBarrier();
+    return m;
+}

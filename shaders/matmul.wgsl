@@ -1,0 +1,170 @@
+// matmul: Y = epilogue(alpha * X · Wᵀ), batched and strided, with a fused epilogue
+// (+ bias[n]) (then GELU) (then + residual), in that order.
+//   x:        batch of (M, K) f32; element (b, m, k) at x_offset + outer(b)*x_outer
+//             + inner(b)*x_inner + m*lda + k
+//   w:        batch of (N, K) f32 when W_NK (PyTorch Linear's [out, in]), element (b, n, k) at
+//             w_offset + outer*w_outer + inner*w_inner + n*ldb + k; batch of (K, N) otherwise,
+//             element (b, k, n) at ... + k*ldb + n
+//   bias:     (N) f32 (dummy when !HAS_BIAS)
+//   residual: laid out exactly as y (dummy when !HAS_RESIDUAL)
+//   y:        batch of (M, N) f32; element (b, m, n) at y_offset + outer*y_outer
+//             + inner*y_inner + m*ldc + n
+// where batch index b = outer(b) * batch_inner + inner(b).
+//
+// Tiling: a workgroup owns a BM x BN tile of Y for one batch entry and walks K in steps of
+// BK. Each step stages X's BM x BK and W's BK x BN slices in workgroup memory, k-major as
+// vec4 rows (padded by one vec4 against bank conflicts). Each of the (BM/TM)*(BN/TN)
+// invocations accumulates a TM x TN block of outputs in registers, as (TM/4) x (TN/4)
+// 4x4 sub-blocks spread over the tile so that workgroup-memory reads are whole vec4s and
+// neighbouring invocations read neighbouring vec4s. Edges are bounds-checked on load (zero
+// fill) and store, so any M, N, K works.
+// Specialisation: BM, BN, BK, TM, TN, W_NK, HAS_BIAS, HAS_RESIDUAL, ACT_GELU.
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    batch_inner: u32,
+    lda: u32,
+    ldb: u32,
+    ldc: u32,
+    alpha: f32,
+    x_offset: u32,
+    x_outer: u32,
+    x_inner: u32,
+    _pad0: u32,
+    w_offset: u32,
+    w_outer: u32,
+    w_inner: u32,
+    _pad1: u32,
+    y_offset: u32,
+    y_outer: u32,
+    y_inner: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read> residual: array<f32>;
+@group(0) @binding(5) var<storage, read_write> y: array<f32>;
+
+const THREADS_M: u32 = BM / TM;
+const THREADS_N: u32 = BN / TN;
+const WG: u32 = THREADS_M * THREADS_N;
+const RM: u32 = TM / 4u; // 4-row sub-blocks per invocation
+const RN: u32 = TN / 4u; // 4-column sub-blocks per invocation
+const A_STRIDE: u32 = BM / 4u + 1u; // vec4s per k-row of the X tile, padded
+const B_STRIDE: u32 = BN / 4u + 1u; // vec4s per k-row of the W tile, padded
+
+var<workgroup> tile_x: array<vec4<f32>, BK * A_STRIDE>;
+var<workgroup> tile_w: array<vec4<f32>, BK * B_STRIDE>;
+
+@compute @workgroup_size(WG)
+fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+    let m = params.m;
+    let n = params.n;
+    let k = params.k;
+    let outer = wid.z / params.batch_inner;
+    let inner = wid.z % params.batch_inner;
+    let x_base = params.x_offset + outer * params.x_outer + inner * params.x_inner;
+    let w_base = params.w_offset + outer * params.w_outer + inner * params.w_inner;
+    let y_base = params.y_offset + outer * params.y_outer + inner * params.y_inner;
+    let row0 = wid.y * BM;
+    let col0 = wid.x * BN;
+    let tx = tid % THREADS_N;
+    let ty = tid / THREADS_N;
+
+    var acc: array<vec4<f32>, TM * RN>;
+    for (var i = 0u; i < TM * RN; i++) {
+        acc[i] = vec4<f32>(0.0);
+    }
+
+    for (var k0 = 0u; k0 < k; k0 += BK) {
+        // Stage X[row0 .. row0+BM, k0 .. k0+BK]: consecutive invocations read consecutive k.
+        for (var l = tid; l < BM * BK; l += WG) {
+            let r = l / BK;
+            let kk = l % BK;
+            var v = 0.0;
+            if (row0 + r < m && k0 + kk < k) {
+                v = x[x_base + (row0 + r) * params.lda + k0 + kk];
+            }
+            tile_x[kk * A_STRIDE + r / 4u][r % 4u] = v;
+        }
+        // Stage W's slice as (BK, BN), k-major.
+        for (var l = tid; l < BN * BK; l += WG) {
+            var c: u32;
+            var kk: u32;
+            if (W_NK) {
+                c = l / BK;
+                kk = l % BK; // consecutive invocations read consecutive k of one W row
+            } else {
+                kk = l / BN;
+                c = l % BN; // consecutive invocations read consecutive n of one W row
+            }
+            var v = 0.0;
+            if (col0 + c < n && k0 + kk < k) {
+                if (W_NK) {
+                    v = w[w_base + (col0 + c) * params.ldb + k0 + kk];
+                } else {
+                    v = w[w_base + (k0 + kk) * params.ldb + col0 + c];
+                }
+            }
+            tile_w[kk * B_STRIDE + c / 4u][c % 4u] = v;
+        }
+        workgroupBarrier();
+
+        for (var kk = 0u; kk < BK; kk++) {
+            var a: array<vec4<f32>, RM>;
+            var b: array<vec4<f32>, RN>;
+            for (var i = 0u; i < RM; i++) {
+                a[i] = tile_x[kk * A_STRIDE + i * THREADS_M + ty];
+            }
+            for (var j = 0u; j < RN; j++) {
+                b[j] = tile_w[kk * B_STRIDE + j * THREADS_N + tx];
+            }
+            for (var i = 0u; i < RM; i++) {
+                for (var r = 0u; r < 4u; r++) {
+                    let av = a[i][r];
+                    for (var j = 0u; j < RN; j++) {
+                        acc[(i * 4u + r) * RN + j] = fma(vec4<f32>(av), b[j], acc[(i * 4u + r) * RN + j]);
+                    }
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+
+    // Epilogue: this invocation's rows are row0 + i*4*THREADS_M + ty*4 + r and its columns
+    // col0 + j*4*THREADS_N + tx*4 + c.
+    for (var i = 0u; i < RM; i++) {
+        for (var r = 0u; r < 4u; r++) {
+            let row = row0 + i * 4u * THREADS_M + ty * 4u + r;
+            if (row >= m) {
+                continue;
+            }
+            for (var j = 0u; j < RN; j++) {
+                let acc4 = acc[(i * 4u + r) * RN + j];
+                for (var c = 0u; c < 4u; c++) {
+                    let col = col0 + j * 4u * THREADS_N + tx * 4u + c;
+                    if (col >= n) {
+                        continue;
+                    }
+                    var v = params.alpha * acc4[c];
+                    if (HAS_BIAS) {
+                        v += bias[col];
+                    }
+                    if (ACT_GELU) {
+                        v = gelu_erf(v);
+                    }
+                    let at = y_base + row * params.ldc + col;
+                    if (HAS_RESIDUAL) {
+                        v += residual[at];
+                    }
+                    y[at] = v;
+                }
+            }
+        }
+    }
+}

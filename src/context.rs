@@ -1,0 +1,365 @@
+//! The GPU context: adapter choice, device with the adapter's own limits and the optional
+//! features we use, what we got ([`Capabilities`]), and the pipeline cache.
+
+use std::fmt;
+
+use crate::error::{Error, Result};
+use crate::pipeline::PipelineCache;
+
+/// How to pick and open the adapter. [`ContextOptions::from_env`] reads the documented
+/// environment variables; the fields can also be set directly.
+#[derive(Debug, Clone, Default)]
+pub struct ContextOptions {
+    /// Restrict to one backend (`BACKBONE_BACKEND`: vulkan|metal|dx12|gl|webgpu).
+    pub backend: Option<wgpu::Backend>,
+    /// Pick an adapter by its index in [`list_adapters`] or by a case-insensitive substring of
+    /// its name (`BACKBONE_ADAPTER`).
+    pub adapter: Option<String>,
+    /// Cap the limits asked of the device (each field is the minimum of this and the adapter's
+    /// own). `None` asks for everything the adapter offers. Useful to emulate a browser.
+    pub limit_cap: Option<wgpu::Limits>,
+    /// Enable `EXPERIMENTAL_COOPERATIVE_MATRIX` when the adapter has it. Set through
+    /// [`ContextOptions::enable_experimental_cooperative_matrix`], which is `unsafe`.
+    cooperative_matrix: bool,
+}
+
+impl ContextOptions {
+    /// Options from `BACKBONE_BACKEND` and `BACKBONE_ADAPTER`.
+    pub fn from_env() -> Result<Self> {
+        let backend = match std::env::var("BACKBONE_BACKEND") {
+            Ok(value) => Some(parse_backend(&value)?),
+            Err(_) => None,
+        };
+        let adapter = std::env::var("BACKBONE_ADAPTER")
+            .ok()
+            .filter(|s| !s.is_empty());
+        Ok(Self {
+            backend,
+            adapter,
+            ..Self::default()
+        })
+    }
+
+    /// Opt in to wgpu's experimental cooperative-matrix (tensor core) feature.
+    ///
+    /// # Safety
+    /// wgpu marks experimental features unsafe: their implementation may contain bugs that lead
+    /// to undefined behaviour. See `wgpu::ExperimentalFeatures::enabled`.
+    pub unsafe fn enable_experimental_cooperative_matrix(mut self) -> Self {
+        self.cooperative_matrix = true;
+        self
+    }
+}
+
+fn parse_backend(value: &str) -> Result<wgpu::Backend> {
+    Ok(match value.to_ascii_lowercase().as_str() {
+        "vulkan" | "vk" => wgpu::Backend::Vulkan,
+        "metal" => wgpu::Backend::Metal,
+        "dx12" | "d3d12" => wgpu::Backend::Dx12,
+        "gl" | "gles" | "opengl" => wgpu::Backend::Gl,
+        "webgpu" | "browser" => wgpu::Backend::BrowserWebGpu,
+        _ => {
+            return Err(Error::InvalidOption {
+                name: "BACKBONE_BACKEND",
+                value: value.to_string(),
+                expected: "one of vulkan, metal, dx12, gl, webgpu",
+            });
+        }
+    })
+}
+
+/// What the opened device can do.
+#[derive(Debug, Clone)]
+pub struct Capabilities {
+    pub adapter: wgpu::AdapterInfo,
+    pub features: wgpu::Features,
+    pub limits: wgpu::Limits,
+    /// Smallest and largest subgroup size the adapter may use (0 when SUBGROUP is missing).
+    pub subgroup_size: (u32, u32),
+    /// Cooperative-matrix shapes the adapter offers (empty unless the feature was enabled).
+    pub cooperative_matrix: Vec<wgpu::CooperativeMatrixProperties>,
+    /// Nanoseconds per timestamp tick.
+    pub timestamp_period_ns: f32,
+}
+
+impl Capabilities {
+    pub fn has(&self, feature: wgpu::Features) -> bool {
+        self.features.contains(feature)
+    }
+
+    /// Whether timestamp queries around compute passes work.
+    pub fn timestamps(&self) -> bool {
+        self.has(wgpu::Features::TIMESTAMP_QUERY)
+    }
+
+    /// A CPU adapter (lavapipe, llvmpipe, WARP, SwiftShader): correct but slow.
+    pub fn is_software(&self) -> bool {
+        self.adapter.device_type == wgpu::DeviceType::Cpu
+    }
+}
+
+impl fmt::Display for Capabilities {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let a = &self.adapter;
+        write!(f, "{} ({:?}, {:?}", a.name, a.backend, a.device_type)?;
+        if !a.driver.is_empty() {
+            write!(f, ", driver {} {}", a.driver, a.driver_info)?;
+        }
+        let mut names = Vec::new();
+        for (flag, name) in [
+            (wgpu::Features::SHADER_F16, "f16"),
+            (wgpu::Features::SUBGROUP, "subgroup"),
+            (wgpu::Features::TIMESTAMP_QUERY, "timestamps"),
+            (wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX, "coopmat"),
+        ] {
+            if self.has(flag) {
+                names.push(name);
+            }
+        }
+        write!(f, "; features [{}]", names.join(", "))?;
+        write!(
+            f,
+            "; workgroup storage {} B, {} invocations, storage binding {} MiB)",
+            self.limits.max_compute_workgroup_storage_size,
+            self.limits.max_compute_invocations_per_workgroup,
+            self.limits.max_storage_buffer_binding_size >> 20
+        )
+    }
+}
+
+/// One opened GPU device, with the pipelines compiled for it. Cheap to share by reference;
+/// all methods take `&self`.
+pub struct Context {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    caps: Capabilities,
+    pub(crate) pipelines: PipelineCache,
+    /// A small zeroed buffer bound where an optional input (bias, residual) is absent.
+    pub(crate) dummy: wgpu::Buffer,
+}
+
+/// Adapters this build can reach, in the order `BACKBONE_ADAPTER=<index>` refers to.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn list_adapters() -> Vec<wgpu::AdapterInfo> {
+    let instance = new_instance(None);
+    let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    adapters.iter().map(|a| a.get_info()).collect()
+}
+
+fn new_instance(backend: Option<wgpu::Backend>) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    desc.backends = match backend {
+        Some(b) => wgpu::Backends::from(b),
+        None => wgpu::Backends::all(),
+    };
+    wgpu::Instance::new(desc)
+}
+
+/// Lower is better: native APIs before GL (slow cold shader compiles on Mesa), real GPUs
+/// before software ones.
+fn adapter_rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
+    let backend = match info.backend {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
+        wgpu::Backend::BrowserWebGpu => 0,
+        wgpu::Backend::Gl => 1,
+        _ => 2,
+    };
+    let device = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    };
+    (device, backend)
+}
+
+impl Context {
+    /// Opens the best adapter allowed by `options`.
+    pub async fn new(options: ContextOptions) -> Result<Self> {
+        let instance = new_instance(options.backend);
+        let adapter = select_adapter(&instance, &options).await?;
+        Self::from_adapter(adapter, &options).await
+    }
+
+    /// [`Context::new`] with [`ContextOptions::from_env`], blocking (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn from_env_blocking() -> Result<Self> {
+        pollster::block_on(Self::new(ContextOptions::from_env()?))
+    }
+
+    async fn from_adapter(adapter: wgpu::Adapter, options: &ContextOptions) -> Result<Self> {
+        let available = adapter.features();
+        let mut wanted = wgpu::Features::SHADER_F16
+            | wgpu::Features::SUBGROUP
+            | wgpu::Features::TIMESTAMP_QUERY
+            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+        let mut experimental = wgpu::ExperimentalFeatures::disabled();
+        if options.cooperative_matrix {
+            wanted |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+            // SAFETY: the caller opted in through the unsafe
+            // `ContextOptions::enable_experimental_cooperative_matrix`.
+            experimental = unsafe { wgpu::ExperimentalFeatures::enabled() };
+        }
+        let features = available & wanted;
+        let mut limits = adapter.limits();
+        if let Some(cap) = &options.limit_cap {
+            limits = cap_limits(limits, cap);
+        }
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("backbone"),
+                required_features: features,
+                required_limits: limits.clone(),
+                experimental_features: experimental,
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await?;
+        let info = adapter.get_info();
+        let cooperative_matrix =
+            if features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
+                adapter.cooperative_matrix_properties()
+            } else {
+                Vec::new()
+            };
+        let subgroup_size = if features.contains(wgpu::Features::SUBGROUP) {
+            (info.subgroup_min_size, info.subgroup_max_size)
+        } else {
+            (0, 0)
+        };
+        let caps = Capabilities {
+            adapter: info,
+            features: device.features(),
+            limits: device.limits(),
+            subgroup_size,
+            cooperative_matrix,
+            timestamp_period_ns: queue.get_timestamp_period(),
+        };
+        let dummy = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("backbone.dummy"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        Ok(Self {
+            device,
+            queue,
+            caps,
+            pipelines: PipelineCache::default(),
+            dummy,
+        })
+    }
+
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.caps.limits
+    }
+
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// Number of distinct compiled pipelines so far (each (kernel, specialisation) once).
+    pub fn pipelines_compiled(&self) -> usize {
+        self.pipelines.len()
+    }
+
+    /// Blocks until all submitted work is done (native); a no-op on the web.
+    pub(crate) fn poll_wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| Error::Gpu {
+                during: "waiting for the GPU".into(),
+                message: e.to_string(),
+            })
+    }
+}
+
+async fn select_adapter(
+    instance: &wgpu::Instance,
+    options: &ContextOptions,
+) -> Result<wgpu::Adapter> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        let _ = options;
+        return instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::NoAdapter {
+                detail: format!(" ({e})"),
+            });
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let backends = match options.backend {
+            Some(b) => wgpu::Backends::from(b),
+            None => wgpu::Backends::all(),
+        };
+        let adapters = instance.enumerate_adapters(backends).await;
+        let names = || {
+            adapters
+                .iter()
+                .map(|a| a.get_info().name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if let Some(pick) = &options.adapter {
+            let chosen = match pick.parse::<usize>() {
+                Ok(index) => adapters.get(index),
+                Err(_) => {
+                    let needle = pick.to_lowercase();
+                    adapters
+                        .iter()
+                        .find(|a| a.get_info().name.to_lowercase().contains(&needle))
+                }
+            };
+            return chosen.cloned().ok_or_else(|| Error::NoAdapter {
+                detail: format!(
+                    " matching BACKBONE_ADAPTER={pick:?} (adapters: [{}])",
+                    names()
+                ),
+            });
+        }
+        let best = adapters.iter().min_by_key(|a| adapter_rank(&a.get_info()));
+        best.cloned().ok_or_else(|| Error::NoAdapter {
+            detail: match options.backend {
+                Some(b) => format!(" for backend {b:?}"),
+                None => String::new(),
+            },
+        })
+    }
+}
+
+/// Each limit of `limits` lowered to `cap` (for "max" limits) or raised to it (for alignment
+/// limits, where bigger is stricter).
+fn cap_limits(limits: wgpu::Limits, cap: &wgpu::Limits) -> wgpu::Limits {
+    let mut out = limits.clone();
+    macro_rules! lower {
+        ($($f:ident),*) => { $( out.$f = limits.$f.min(cap.$f); )* };
+    }
+    lower!(
+        max_storage_buffer_binding_size,
+        max_buffer_size,
+        max_compute_workgroup_storage_size,
+        max_compute_invocations_per_workgroup,
+        max_compute_workgroup_size_x,
+        max_compute_workgroup_size_y,
+        max_compute_workgroup_size_z,
+        max_compute_workgroups_per_dimension,
+        max_storage_buffers_per_shader_stage,
+        max_uniform_buffer_binding_size
+    );
+    out
+}

@@ -1,0 +1,94 @@
+//! The library's error type. Every failure a user can cause (bad shapes, sizes over an adapter
+//! limit, a missing adapter, wgpu validation errors) comes back as an [`Error`] naming the
+//! operation and the argument involved.
+
+use std::fmt;
+
+/// `Result` with the library's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong at the library boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No adapter matched (or none exists at all).
+    #[error(
+        "no GPU adapter found{detail}. Install a GPU driver, or Mesa's software Vulkan driver \
+         (Debian/Ubuntu: `apt-get install mesa-vulkan-drivers libvulkan1`); \
+         BACKBONE_BACKEND and BACKBONE_ADAPTER choose among the adapters that exist"
+    )]
+    NoAdapter { detail: String },
+
+    /// An environment variable or option had a value we do not understand.
+    #[error("invalid value {value:?} for {name}: {expected}")]
+    InvalidOption {
+        name: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+
+    /// The adapter refused the device we asked for.
+    #[error("could not open the GPU device: {0}")]
+    RequestDevice(#[from] wgpu::RequestDeviceError),
+
+    /// A tensor argument has the wrong shape for the operation.
+    #[error("{op}: argument `{arg}` has shape {found:?}, expected {expected}")]
+    Shape {
+        op: &'static str,
+        arg: &'static str,
+        expected: String,
+        found: Vec<usize>,
+    },
+
+    /// A tensor argument has the wrong element type for the operation.
+    #[error("{op}: argument `{arg}` has dtype {found}, expected {expected}")]
+    DType {
+        op: &'static str,
+        arg: &'static str,
+        expected: DTypeName,
+        found: DTypeName,
+    },
+
+    /// A host slice does not hold as many elements as the shape says.
+    #[error("{what}: {found} values given for shape {shape:?} ({expected} elements)")]
+    DataLength {
+        what: String,
+        shape: Vec<usize>,
+        expected: usize,
+        found: usize,
+    },
+
+    /// A request exceeds what the adapter can do (binding size, dispatch size, ...).
+    #[error("{what} needs {requested} but the adapter allows at most {limit} ({limit_name})")]
+    Limit {
+        what: String,
+        requested: u64,
+        limit: u64,
+        limit_name: &'static str,
+    },
+
+    /// A bad scalar argument (an epsilon, an index, ...).
+    #[error("{op}: invalid argument `{arg}`: {reason}")]
+    Argument {
+        op: &'static str,
+        arg: &'static str,
+        reason: String,
+    },
+
+    /// wgpu reported a validation or out-of-memory error inside an error scope.
+    #[error("GPU error during {during}: {message}")]
+    Gpu { during: String, message: String },
+
+    /// Reading a buffer back to the host failed.
+    #[error("reading back `{what}` failed: {message}")]
+    Readback { what: String, message: String },
+}
+
+/// A dtype name, used in error messages (keeps [`Error`] independent of the tensor module).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DTypeName(pub &'static str);
+
+impl fmt::Display for DTypeName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}

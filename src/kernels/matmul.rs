@@ -1,0 +1,417 @@
+//! Tiled matmul with a fused epilogue: `Y = [gelu](alpha · X·Wᵀ + bias) + residual`.
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::pipeline::{Dispatch, Kernel, Recorder, Spec};
+use crate::tensor::{DType, Tensor, check_dtype, check_shape};
+
+/// What happens to `alpha · X·Wᵀ` before it is stored: `+ bias[n]`, then GELU, then
+/// `+ residual` (laid out as the output). Generic over the tensor type so the CPU twin
+/// (`reference::matmul`) takes the same struct with host tensors.
+#[derive(Debug)]
+pub struct Epilogue<'a, T = Tensor> {
+    pub alpha: f32,
+    pub bias: Option<&'a T>,
+    pub gelu: bool,
+    pub residual: Option<&'a T>,
+}
+
+// Manual impls: the derives would demand `T: Copy`, but only references are held.
+impl<T> Clone for Epilogue<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Epilogue<'_, T> {}
+
+impl<T> Default for Epilogue<'_, T> {
+    fn default() -> Self {
+        Self {
+            alpha: 1.0,
+            bias: None,
+            gelu: false,
+            residual: None,
+        }
+    }
+}
+
+impl<'a, T> Epilogue<'a, T> {
+    /// Plain `X·Wᵀ`.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    pub fn bias(mut self, bias: &'a T) -> Self {
+        self.bias = Some(bias);
+        self
+    }
+
+    pub fn gelu(mut self) -> Self {
+        self.gelu = true;
+        self
+    }
+
+    pub fn residual(mut self, residual: &'a T) -> Self {
+        self.residual = Some(residual);
+        self
+    }
+
+    pub fn alpha(mut self, alpha: f32) -> Self {
+        self.alpha = alpha;
+        self
+    }
+}
+
+/// How W is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WLayout {
+    /// [N, K], as PyTorch's `Linear.weight` and as K in attention's Q·Kᵀ.
+    NK,
+    /// [K, N], as V in attention's P·V.
+    KN,
+}
+
+/// Where a batch of matrices lives inside a tensor (in elements): matrix `b` of the batch,
+/// with `b = outer · batch_inner + inner`, starts at `offset + outer·outer_stride +
+/// inner·inner_stride`, and its rows are `ld` apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatrixView {
+    pub offset: usize,
+    pub ld: usize,
+    pub outer_stride: usize,
+    pub inner_stride: usize,
+}
+
+impl MatrixView {
+    /// A contiguous batch of `rows x cols` matrices.
+    pub fn contiguous(rows: usize, cols: usize) -> Self {
+        Self {
+            offset: 0,
+            ld: cols,
+            outer_stride: rows * cols,
+            inner_stride: 0,
+        }
+    }
+
+    /// Largest element index touched by a batch of `rows x cols` matrices, plus one.
+    fn extent(&self, batch: [usize; 2], rows: usize, cols: usize) -> usize {
+        if rows == 0 || cols == 0 || batch[0] == 0 || batch[1] == 0 {
+            return 0;
+        }
+        self.offset
+            + (batch[0] - 1) * self.outer_stride
+            + (batch[1] - 1) * self.inner_stride
+            + (rows - 1) * self.ld
+            + cols
+    }
+}
+
+/// A batched, strided product: `batch[0] · batch[1]` products of X (M x K) with W, giving
+/// Y (M x N). Attention's Q·Kᵀ and P·V read their heads straight out of a fused QKV buffer
+/// this way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StridedMatmul {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    /// (outer, inner) batch sizes, e.g. (batch, heads).
+    pub batch: [usize; 2],
+    pub x: MatrixView,
+    pub w: MatrixView,
+    pub w_layout: WLayout,
+    pub y: MatrixView,
+}
+
+impl StridedMatmul {
+    /// The plain case: contiguous X [batch, M, K], W [N, K] shared by the whole batch
+    /// (`w_shared`) or [batch, N, K], Y [batch, M, N].
+    pub fn contiguous(batch: usize, m: usize, n: usize, k: usize, w_shared: bool) -> Self {
+        let mut w = MatrixView::contiguous(n, k);
+        if w_shared {
+            w.outer_stride = 0;
+        }
+        Self {
+            m,
+            n,
+            k,
+            batch: [batch, 1],
+            x: MatrixView::contiguous(m, k),
+            w,
+            w_layout: WLayout::NK,
+            y: MatrixView::contiguous(m, n),
+        }
+    }
+
+    /// Checks every view against the tensors' sizes; the CPU twin uses it too.
+    pub fn check(&self, x_len: usize, w_len: usize, y_len: usize) -> Result<()> {
+        let (w_rows, w_cols) = match self.w_layout {
+            WLayout::NK => (self.n, self.k),
+            WLayout::KN => (self.k, self.n),
+        };
+        for (arg, view, rows, cols, len) in [
+            ("x", &self.x, self.m, self.k, x_len),
+            ("w", &self.w, w_rows, w_cols, w_len),
+            ("y", &self.y, self.m, self.n, y_len),
+        ] {
+            let extent = view.extent(self.batch, rows, cols);
+            if extent > len {
+                return Err(Error::Shape {
+                    op: "matmul",
+                    arg,
+                    expected: format!(
+                        "at least {extent} elements for {:?} matrices of {rows} x {cols} at {view:?}",
+                        self.batch
+                    ),
+                    found: vec![len],
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn flops(&self) -> f64 {
+        2.0 * (self.m * self.n * self.k * self.batch[0] * self.batch[1]) as f64
+    }
+}
+
+/// Workgroup tile shapes. Both use 256 invocations and under 9 KiB of workgroup memory, so
+/// they fit WebGPU's default limits (16 KiB, 256 invocations).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MatmulTile {
+    /// 64 x 64 outputs per workgroup, 4 x 4 per invocation, K step 16.
+    Small,
+    /// 128 x 128 outputs per workgroup, 8 x 8 per invocation, K step 8.
+    Large,
+}
+
+impl MatmulTile {
+    pub const ALL: [MatmulTile; 2] = [MatmulTile::Small, MatmulTile::Large];
+
+    /// (BM, BN, BK, TM, TN)
+    pub const fn dims(self) -> (u32, u32, u32, u32, u32) {
+        match self {
+            MatmulTile::Small => (64, 64, 16, 4, 4),
+            MatmulTile::Large => (128, 128, 8, 8, 8),
+        }
+    }
+
+    pub const fn invocations(self) -> u32 {
+        let (bm, bn, _, tm, tn) = self.dims();
+        (bm / tm) * (bn / tn)
+    }
+
+    pub const fn workgroup_bytes(self) -> u32 {
+        let (bm, bn, bk, _, _) = self.dims();
+        bk * (bm / 4 + 1 + bn / 4 + 1) * 16
+    }
+
+    /// The tile for this problem on this adapter: large tiles once there are enough of them
+    /// to fill a real GPU, small ones otherwise (and always on software adapters).
+    pub fn choose(ctx: &Context, m: usize, n: usize, batch: usize) -> Self {
+        let large = MatmulTile::Large;
+        let (bm, bn, ..) = large.dims();
+        let tiles = m.div_ceil(bm as usize) * n.div_ceil(bn as usize) * batch;
+        if !ctx.capabilities().is_software() && tiles >= 256 && large.fits(ctx) {
+            large
+        } else {
+            MatmulTile::Small
+        }
+    }
+
+    fn fits(self, ctx: &Context) -> bool {
+        let l = ctx.limits();
+        self.invocations() <= l.max_compute_invocations_per_workgroup
+            && self.invocations() <= l.max_compute_workgroup_size_x
+            && self.workgroup_bytes() <= l.max_compute_workgroup_storage_size
+    }
+
+    fn spec(self, w_layout: WLayout, bias: bool, gelu: bool, residual: bool) -> Spec {
+        let (bm, bn, bk, tm, tn) = self.dims();
+        Spec::new()
+            .u32("BM", bm)
+            .u32("BN", bn)
+            .u32("BK", bk)
+            .u32("TM", tm)
+            .u32("TN", tn)
+            .bool("W_NK", w_layout == WLayout::NK)
+            .bool("HAS_BIAS", bias)
+            .bool("HAS_RESIDUAL", residual)
+            .bool("ACT_GELU", gelu)
+    }
+}
+
+pub(super) fn variants() -> Vec<Spec> {
+    let mut out = Vec::new();
+    for tile in MatmulTile::ALL {
+        for layout in [WLayout::NK, WLayout::KN] {
+            for flags in 0..8u32 {
+                out.push(tile.spec(layout, flags & 1 != 0, flags & 2 != 0, flags & 4 != 0));
+            }
+        }
+    }
+    out
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    batch_inner: u32,
+    lda: u32,
+    ldb: u32,
+    ldc: u32,
+    alpha: f32,
+    x: [u32; 4],
+    w: [u32; 4],
+    y: [u32; 4],
+}
+
+fn view_params(v: &MatrixView) -> [u32; 4] {
+    [
+        v.offset as u32,
+        v.outer_stride as u32,
+        v.inner_stride as u32,
+        0,
+    ]
+}
+
+/// `Y = epilogue(X·Wᵀ)` for X [.., M, K], W [N, K] (shared over the batch) or
+/// [.., N, K] (one per batch entry, same leading dims as X), Y [.., M, N].
+pub fn matmul(
+    rec: &mut Recorder<'_>,
+    x: &Tensor,
+    w: &Tensor,
+    y: &Tensor,
+    ep: Epilogue<'_>,
+) -> Result<()> {
+    let problem = plain_problem(x.shape(), w.shape(), y.shape())?;
+    matmul_strided(rec, x, w, y, ep, &problem)
+}
+
+/// Shapes of the plain [`matmul`] as a [`StridedMatmul`]; shared with the CPU twin.
+pub fn plain_problem(x: &[usize], w: &[usize], y: &[usize]) -> Result<StridedMatmul> {
+    let shape_err = |arg, expected: String, found: &[usize]| Error::Shape {
+        op: "matmul",
+        arg,
+        expected,
+        found: found.to_vec(),
+    };
+    let &[ref lead @ .., m, k] = x else {
+        return Err(shape_err("x", "[.., M, K]".into(), x));
+    };
+    let batch: usize = lead.iter().product();
+    let (n, w_shared) = match w {
+        &[n, wk] if wk == k => (n, true),
+        &[ref wl @ .., n, wk] if wk == k && wl == lead => (n, false),
+        _ => {
+            return Err(shape_err(
+                "w",
+                format!("[N, {k}] or {lead:?} + [N, {k}]"),
+                w,
+            ));
+        }
+    };
+    let mut y_expected = lead.to_vec();
+    y_expected.extend([m, n]);
+    if y != y_expected {
+        return Err(shape_err("y", format!("{y_expected:?}"), y));
+    }
+    Ok(StridedMatmul::contiguous(batch, m, n, k, w_shared))
+}
+
+/// The general batched, strided product; see [`StridedMatmul`]. The tile is chosen per
+/// problem and adapter ([`MatmulTile::choose`]).
+pub fn matmul_strided(
+    rec: &mut Recorder<'_>,
+    x: &Tensor,
+    w: &Tensor,
+    y: &Tensor,
+    ep: Epilogue<'_>,
+    problem: &StridedMatmul,
+) -> Result<()> {
+    let tile = MatmulTile::choose(
+        rec.context(),
+        problem.m,
+        problem.n,
+        problem.batch[0] * problem.batch[1],
+    );
+    matmul_with_tile(rec, x, w, y, ep, problem, tile)
+}
+
+/// [`matmul_strided`] with an explicit tile (tests and benchmarks cover both).
+pub fn matmul_with_tile(
+    rec: &mut Recorder<'_>,
+    x: &Tensor,
+    w: &Tensor,
+    y: &Tensor,
+    ep: Epilogue<'_>,
+    p: &StridedMatmul,
+    tile: MatmulTile,
+) -> Result<()> {
+    for (arg, t) in [("x", x), ("w", w), ("y", y)] {
+        check_dtype("matmul", arg, t, DType::F32)?;
+    }
+    p.check(x.numel(), w.numel(), y.numel())?;
+    if let Some(bias) = ep.bias {
+        check_dtype("matmul", "bias", bias, DType::F32)?;
+        check_shape("matmul", "bias", bias, &[p.n])?;
+    }
+    if let Some(residual) = ep.residual {
+        check_dtype("matmul", "residual", residual, DType::F32)?;
+        check_shape("matmul", "residual", residual, y.shape())?;
+    }
+    let ctx = rec.context();
+    if !tile.fits(ctx) {
+        return Err(Error::Limit {
+            what: format!("matmul tile {tile:?} ({} invocations)", tile.invocations()),
+            requested: tile.workgroup_bytes() as u64,
+            limit: ctx.limits().max_compute_workgroup_storage_size as u64,
+            limit_name: "max_compute_workgroup_storage_size",
+        });
+    }
+    let (bm, bn, ..) = tile.dims();
+    let params = Params {
+        m: p.m as u32,
+        n: p.n as u32,
+        k: p.k as u32,
+        batch_inner: p.batch[1].max(1) as u32,
+        lda: p.x.ld as u32,
+        ldb: p.w.ld as u32,
+        ldc: p.y.ld as u32,
+        alpha: ep.alpha,
+        x: view_params(&p.x),
+        w: view_params(&p.w),
+        y: view_params(&p.y),
+    };
+    let groups = [
+        (p.n as u32).div_ceil(bn),
+        (p.m as u32).div_ceil(bm),
+        (p.batch[0] * p.batch[1]) as u32,
+    ];
+    rec.dispatch(Dispatch {
+        kernel: Kernel::Matmul,
+        spec: tile.spec(
+            p.w_layout,
+            ep.bias.is_some(),
+            ep.gelu,
+            ep.residual.is_some(),
+        ),
+        params: bytemuck::bytes_of(&params),
+        buffers: &[
+            x.buffer(),
+            w.buffer(),
+            ep.bias.map_or(&ctx.dummy, |b| b.buffer()),
+            ep.residual.map_or(&ctx.dummy, |r| r.buffer()),
+            y.buffer(),
+        ],
+        groups,
+    })
+}
+
+/// Floating-point operations of a product (2·M·N·K per matrix).
+pub fn flops(p: &StridedMatmul) -> f64 {
+    p.flops()
+}

@@ -1,0 +1,41 @@
+//! The GPU kernels. Each submodule owns one kernel: its uniforms, shape checks and dispatch;
+//! its WGSL is `shaders/<name>.wgsl` and its CPU twin is `reference::<name>`, with the same
+//! arguments (host tensors in place of GPU tensors).
+
+mod add;
+mod elementwise;
+mod embedding;
+mod gelu;
+mod l2_normalize;
+mod layer_norm;
+pub mod matmul;
+mod mean_pool;
+mod softmax;
+
+pub use add::add;
+pub use embedding::{check_ids, embedding};
+pub use gelu::gelu;
+pub use l2_normalize::l2_normalize;
+pub use layer_norm::layer_norm;
+pub use matmul::{
+    Epilogue, MatmulTile, MatrixView, StridedMatmul, WLayout, matmul, matmul_strided,
+};
+pub use mean_pool::mean_pool;
+pub use softmax::softmax;
+
+use crate::pipeline::{Kernel, Spec};
+
+/// Every (kernel, specialisation) the library can compile, for offline shader validation.
+pub fn shader_variants() -> Vec<(Kernel, Spec)> {
+    let mut out = Vec::new();
+    for kernel in Kernel::ALL {
+        match kernel {
+            Kernel::Matmul => out.extend(matmul::variants().into_iter().map(|s| (kernel, s))),
+            Kernel::LayerNorm => {
+                out.extend([false, true].map(|r| (kernel, layer_norm::spec(r))));
+            }
+            _ => out.push((kernel, Spec::new())),
+        }
+    }
+    out
+}

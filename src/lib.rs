@@ -1,0 +1,31 @@
+//! `backbone`: transformer backbones on any GPU through wgpu.
+//!
+//! The engine core: a [`Context`] (adapter, device, pipeline cache), GPU [`Tensor`]s, the
+//! kernel set in [`kernels`] (each with a CPU twin in [`reference`]), and a [`Recorder`] that
+//! encodes kernels into one submission and reports wgpu errors as [`Error`]s.
+//!
+//! ```no_run
+//! use backbone::{Context, Recorder, Tensor, kernels};
+//! # fn main() -> backbone::Result<()> {
+//! let ctx = Context::from_env_blocking()?;
+//! let x = Tensor::from_f32(&ctx, &[2, 3], &[1., 2., 3., 4., 5., 6.], "x")?;
+//! let w = Tensor::from_f32(&ctx, &[4, 3], &[0.5; 12], "w")?; // [out, in], as nn.Linear
+//! let y = Tensor::empty(&ctx, &[2, 4], backbone::DType::F32, "y")?;
+//! let mut rec = Recorder::new(&ctx);
+//! kernels::matmul(&mut rec, &x, &w, &y, kernels::Epilogue::none().gelu())?;
+//! rec.submit_blocking()?;
+//! println!("{:?}", y.read_f32_blocking(&ctx)?);
+//! # Ok(()) }
+//! ```
+
+pub mod context;
+pub mod error;
+pub mod kernels;
+pub mod pipeline;
+pub mod reference;
+pub mod tensor;
+
+pub use context::{Capabilities, Context, ContextOptions};
+pub use error::{Error, Result};
+pub use pipeline::{Kernel, PassTime, Recorder, Spec, shader_source};
+pub use tensor::{DType, Tensor};

@@ -1,0 +1,439 @@
+//! Kernels as an enum, their WGSL sources, the pipeline cache, and the [`Recorder`] that
+//! encodes dispatches into one command encoder inside wgpu error scopes.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+use wgpu::util::DeviceExt as _;
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+
+/// Helpers shared by every kernel (prepended to each kernel's source).
+const COMMON: &str = include_str!("../shaders/common.wgsl");
+
+/// Every compute kernel. The name is the same everywhere: `shaders/<name>.wgsl`, its entry
+/// point, `kernels::<name>`, `reference::<name>` and the pipeline label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    Matmul,
+    LayerNorm,
+    Softmax,
+    Gelu,
+    Add,
+    Embedding,
+    MeanPool,
+    L2Normalize,
+}
+
+impl Kernel {
+    pub const ALL: [Kernel; 8] = [
+        Kernel::Matmul,
+        Kernel::LayerNorm,
+        Kernel::Softmax,
+        Kernel::Gelu,
+        Kernel::Add,
+        Kernel::Embedding,
+        Kernel::MeanPool,
+        Kernel::L2Normalize,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Kernel::Matmul => "matmul",
+            Kernel::LayerNorm => "layer_norm",
+            Kernel::Softmax => "softmax",
+            Kernel::Gelu => "gelu",
+            Kernel::Add => "add",
+            Kernel::Embedding => "embedding",
+            Kernel::MeanPool => "mean_pool",
+            Kernel::L2Normalize => "l2_normalize",
+        }
+    }
+
+    /// The kernel's own WGSL file, without the shared helpers.
+    pub const fn wgsl(self) -> &'static str {
+        match self {
+            Kernel::Matmul => include_str!("../shaders/matmul.wgsl"),
+            Kernel::LayerNorm => include_str!("../shaders/layer_norm.wgsl"),
+            Kernel::Softmax => include_str!("../shaders/softmax.wgsl"),
+            Kernel::Gelu => include_str!("../shaders/gelu.wgsl"),
+            Kernel::Add => include_str!("../shaders/add.wgsl"),
+            Kernel::Embedding => include_str!("../shaders/embedding.wgsl"),
+            Kernel::MeanPool => include_str!("../shaders/mean_pool.wgsl"),
+            Kernel::L2Normalize => include_str!("../shaders/l2_normalize.wgsl"),
+        }
+    }
+
+    /// Binding kinds in binding order (group 0).
+    const fn bindings(self) -> &'static [Binding] {
+        use Binding::*;
+        match self {
+            // params, x, w, bias, residual, y
+            Kernel::Matmul => &[Uniform, Read, Read, Read, Read, Write],
+            // params, x, residual, gamma, beta, y
+            Kernel::LayerNorm => &[Uniform, Read, Read, Read, Read, Write],
+            // params, x, y
+            Kernel::Softmax | Kernel::Gelu | Kernel::L2Normalize => &[Uniform, Read, Write],
+            // params, a, b, y
+            Kernel::Add => &[Uniform, Read, Read, Write],
+            // params, ids, table, y
+            Kernel::Embedding => &[Uniform, Read, Read, Write],
+            // params, x, mask, y
+            Kernel::MeanPool => &[Uniform, Read, Read, Write],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Binding {
+    Uniform,
+    Read,
+    Write,
+}
+
+/// Compile-time specialisation of a kernel: a few `const` lines prepended to its source.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Spec(String);
+
+impl Spec {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn u32(mut self, name: &str, value: u32) -> Self {
+        let _ = writeln!(self.0, "const {name}: u32 = {value}u;");
+        self
+    }
+
+    pub fn bool(mut self, name: &str, value: bool) -> Self {
+        let _ = writeln!(self.0, "const {name}: bool = {value};");
+        self
+    }
+}
+
+/// The full WGSL a kernel is compiled from: specialisation constants, shared helpers, kernel.
+pub fn shader_source(kernel: Kernel, spec: &Spec) -> String {
+    format!(
+        "// ---- specialisation\n{}// ---- shaders/common.wgsl\n{}\n// ---- shaders/{}.wgsl\n{}",
+        spec.0,
+        COMMON,
+        kernel.name(),
+        kernel.wgsl()
+    )
+}
+
+pub(crate) struct Pipeline {
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+}
+
+/// Pipelines compiled once per (kernel, specialisation).
+#[derive(Default)]
+pub(crate) struct PipelineCache {
+    map: Mutex<HashMap<(Kernel, Spec), Arc<Pipeline>>>,
+}
+
+impl PipelineCache {
+    pub(crate) fn len(&self) -> usize {
+        self.map.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    fn get(&self, device: &wgpu::Device, kernel: Kernel, spec: &Spec) -> Arc<Pipeline> {
+        // A poisoned lock only means another thread panicked mid-insert; the map is still valid.
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry((kernel, spec.clone()))
+            .or_insert_with(|| Arc::new(compile(device, kernel, spec)))
+            .clone()
+    }
+}
+
+fn compile(device: &wgpu::Device, kernel: Kernel, spec: &Spec) -> Pipeline {
+    let label = kernel.name();
+    let entries: Vec<wgpu::BindGroupLayoutEntry> = kernel
+        .bindings()
+        .iter()
+        .enumerate()
+        .map(|(i, binding)| wgpu::BindGroupLayoutEntry {
+            binding: i as u32,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: match binding {
+                    Binding::Uniform => wgpu::BufferBindingType::Uniform,
+                    Binding::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                    Binding::Write => wgpu::BufferBindingType::Storage { read_only: false },
+                },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        })
+        .collect();
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(label),
+        entries: &entries,
+    });
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(label),
+        bind_group_layouts: &[Some(&layout)],
+        immediate_size: 0,
+    });
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(label),
+        source: wgpu::ShaderSource::Wgsl(shader_source(kernel, spec).into()),
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(label),
+        layout: Some(&pipeline_layout),
+        module: &module,
+        entry_point: Some(label),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    Pipeline { pipeline, layout }
+}
+
+/// One dispatch: which kernel, its specialisation, uniforms, buffers in binding order, grid.
+pub(crate) struct Dispatch<'b> {
+    pub kernel: Kernel,
+    pub spec: Spec,
+    pub params: &'b [u8],
+    pub buffers: &'b [&'b wgpu::Buffer],
+    pub groups: [u32; 3],
+}
+
+/// GPU time of one recorded pass.
+#[derive(Debug, Clone)]
+pub struct PassTime {
+    pub label: &'static str,
+    pub ms: f64,
+}
+
+struct Timer {
+    queries: wgpu::QuerySet,
+    capacity: u32,
+    labels: Vec<&'static str>,
+}
+
+/// Records kernel dispatches into one command encoder; [`Recorder::submit`] sends them in one
+/// submission and returns any wgpu validation or out-of-memory error raised while recording.
+/// Each dispatch is its own compute pass, so passes can be timed one by one.
+pub struct Recorder<'c> {
+    ctx: &'c Context,
+    encoder: wgpu::CommandEncoder,
+    validation: Option<wgpu::ErrorScopeGuard>,
+    out_of_memory: Option<wgpu::ErrorScopeGuard>,
+    timer: Option<Timer>,
+    overflowed: bool,
+}
+
+impl<'c> Recorder<'c> {
+    pub fn new(ctx: &'c Context) -> Self {
+        let validation = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out_of_memory = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let encoder = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("backbone.recorder"),
+            });
+        Self {
+            ctx,
+            encoder,
+            validation: Some(validation),
+            out_of_memory: Some(out_of_memory),
+            timer: None,
+            overflowed: false,
+        }
+    }
+
+    /// A recorder that writes GPU timestamps around each of its first `max_passes` passes
+    /// (when the adapter has `TIMESTAMP_QUERY`; otherwise it records untimed).
+    pub fn with_timing(ctx: &'c Context, max_passes: u32) -> Self {
+        let mut rec = Self::new(ctx);
+        if ctx.capabilities().timestamps() && max_passes > 0 {
+            let capacity = max_passes.min(wgpu::QUERY_SET_MAX_QUERIES / 2);
+            let queries = ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("backbone.timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count: capacity * 2,
+            });
+            rec.timer = Some(Timer {
+                queries,
+                capacity,
+                labels: Vec::new(),
+            });
+        }
+        rec
+    }
+
+    pub fn context(&self) -> &'c Context {
+        self.ctx
+    }
+
+    pub(crate) fn dispatch(&mut self, d: Dispatch<'_>) -> Result<()> {
+        let ctx = self.ctx;
+        let max = ctx.limits().max_compute_workgroups_per_dimension;
+        if let Some(&n) = d.groups.iter().find(|&&n| n > max) {
+            return Err(Error::Limit {
+                what: format!("{} dispatch of {:?} workgroups", d.kernel.name(), d.groups),
+                requested: n as u64,
+                limit: max as u64,
+                limit_name: "max_compute_workgroups_per_dimension",
+            });
+        }
+        let pipeline = ctx.pipelines.get(&ctx.device, d.kernel, &d.spec);
+        let params = ctx
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(d.kernel.name()),
+                contents: d.params,
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: params.as_entire_binding(),
+        }];
+        for (i, buffer) in d.buffers.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry {
+                binding: i as u32 + 1,
+                resource: buffer.as_entire_binding(),
+            });
+        }
+        let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(d.kernel.name()),
+            layout: &pipeline.layout,
+            entries: &entries,
+        });
+        let timestamp_writes = match &mut self.timer {
+            Some(t) if (t.labels.len() as u32) < t.capacity => {
+                let i = t.labels.len() as u32;
+                t.labels.push(d.kernel.name());
+                Some(wgpu::ComputePassTimestampWrites {
+                    query_set: &t.queries,
+                    beginning_of_pass_write_index: Some(2 * i),
+                    end_of_pass_write_index: Some(2 * i + 1),
+                })
+            }
+            Some(_) => {
+                self.overflowed = true;
+                None
+            }
+            None => None,
+        };
+        let mut pass = self
+            .encoder
+            .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(d.kernel.name()),
+                timestamp_writes,
+            });
+        pass.set_pipeline(&pipeline.pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        let [x, y, z] = d.groups;
+        if x > 0 && y > 0 && z > 0 {
+            pass.dispatch_workgroups(x, y, z);
+        }
+        Ok(())
+    }
+
+    /// Submits everything recorded, waits for wgpu's verdict on it, and (for a timed
+    /// recorder) returns the GPU time of each pass.
+    pub async fn submit(mut self) -> Result<Vec<PassTime>> {
+        let ctx = self.ctx;
+        let readback = self
+            .timer
+            .as_ref()
+            .filter(|t| !t.labels.is_empty())
+            .map(|t| {
+                let n = t.labels.len() as u32 * 2;
+                let size = n as u64 * 8;
+                let resolve = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("backbone.timestamps.resolve"),
+                    size,
+                    usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                });
+                let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("backbone.timestamps.read"),
+                    size,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                self.encoder
+                    .resolve_query_set(&t.queries, 0..n, &resolve, 0);
+                self.encoder
+                    .copy_buffer_to_buffer(&resolve, 0, &staging, 0, Some(size));
+                staging
+            });
+        let encoder = std::mem::replace(
+            &mut self.encoder,
+            ctx.device.create_command_encoder(&Default::default()),
+        );
+        ctx.queue.submit([encoder.finish()]);
+        self.check_errors("recording and submitting kernels")
+            .await?;
+
+        let (Some(staging), Some(timer)) = (readback, self.timer.take()) else {
+            return Ok(Vec::new());
+        };
+        crate::tensor::map_read(ctx, &staging, "timestamps").await?;
+        let ticks: Vec<u64> = {
+            let view = staging.get_mapped_range(..).map_err(|e| Error::Readback {
+                what: "timestamps".into(),
+                message: e.to_string(),
+            })?;
+            bytemuck::pod_collect_to_vec(&view)
+        };
+        staging.unmap();
+        let period = ctx.capabilities().timestamp_period_ns as f64;
+        Ok(timer
+            .labels
+            .iter()
+            .zip(ticks.chunks_exact(2))
+            .map(|(&label, t)| PassTime {
+                label,
+                ms: t[1].saturating_sub(t[0]) as f64 * period * 1e-6,
+            })
+            .collect())
+    }
+
+    /// [`Recorder::submit`], blocking until the GPU has finished (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn submit_blocking(self) -> Result<Vec<PassTime>> {
+        let ctx = self.ctx;
+        let times = pollster::block_on(self.submit())?;
+        ctx.poll_wait()?;
+        Ok(times)
+    }
+
+    async fn check_errors(&mut self, during: &str) -> Result<()> {
+        // Scopes pop in reverse order of pushing.
+        let oom = match self.out_of_memory.take() {
+            Some(scope) => scope.pop().await,
+            None => None,
+        };
+        let validation = match self.validation.take() {
+            Some(scope) => scope.pop().await,
+            None => None,
+        };
+        match validation.or(oom) {
+            Some(e) => Err(Error::Gpu {
+                during: during.into(),
+                message: e.to_string(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Splits `groups` workgroups over x and y so neither exceeds the per-dimension limit;
+/// shaders recover the linear index as `wid.x + wid.y * nwg.x`.
+pub(crate) fn grid_1d(ctx: &Context, groups: u32) -> [u32; 3] {
+    let max = ctx.limits().max_compute_workgroups_per_dimension.max(1);
+    if groups <= max {
+        [groups, 1, 1]
+    } else {
+        let y = groups.div_ceil(max);
+        [groups.div_ceil(y), y, 1]
+    }
+}

@@ -1,0 +1,306 @@
+//! The CPU reference path: one plain-loop twin per GPU kernel, with the same name and the
+//! same arguments (a [`HostTensor`] wherever the GPU op takes a [`crate::Tensor`], and no
+//! recorder). Sums are accumulated in f64, so the twins are the accurate side of every
+//! comparison. Models' CPU forwards are built only from these functions.
+
+use crate::error::{Error, Result};
+use crate::kernels::matmul::{Epilogue, StridedMatmul, WLayout, plain_problem};
+
+/// A tensor in host memory: row-major data and its shape (outermost first).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor<T = f32> {
+    pub shape: Vec<usize>,
+    pub data: Vec<T>,
+}
+
+impl<T: Clone + Default> HostTensor<T> {
+    pub fn new(shape: &[usize], data: Vec<T>) -> Result<Self> {
+        let expected: usize = shape.iter().product();
+        if data.len() != expected {
+            return Err(Error::DataLength {
+                what: "host tensor".into(),
+                shape: shape.to_vec(),
+                expected,
+                found: data.len(),
+            });
+        }
+        Ok(Self {
+            shape: shape.to_vec(),
+            data,
+        })
+    }
+
+    pub fn zeros(shape: &[usize]) -> Self {
+        Self {
+            shape: shape.to_vec(),
+            data: vec![T::default(); shape.iter().product()],
+        }
+    }
+
+    pub fn numel(&self) -> usize {
+        self.data.len()
+    }
+}
+
+fn same_shape<T, U>(
+    op: &'static str,
+    arg: &'static str,
+    t: &HostTensor<T>,
+    like: &HostTensor<U>,
+) -> Result<()> {
+    if t.shape != like.shape {
+        return Err(Error::Shape {
+            op,
+            arg,
+            expected: format!("{:?}", like.shape),
+            found: t.shape.clone(),
+        });
+    }
+    Ok(())
+}
+
+fn last_dim(op: &'static str, x: &HostTensor) -> Result<(usize, usize)> {
+    let Some(&c) = x.shape.last() else {
+        return Err(Error::Shape {
+            op,
+            arg: "x",
+            expected: "at least one dimension".into(),
+            found: vec![],
+        });
+    };
+    Ok((if c == 0 { 0 } else { x.numel() / c }, c))
+}
+
+/// Exact-erf GELU in f64.
+pub fn gelu_scalar(x: f64) -> f64 {
+    0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))
+}
+
+/// Twin of [`crate::kernels::matmul`].
+pub fn matmul(
+    x: &HostTensor,
+    w: &HostTensor,
+    y: &mut HostTensor,
+    ep: Epilogue<'_, HostTensor>,
+) -> Result<()> {
+    let problem = plain_problem(&x.shape, &w.shape, &y.shape)?;
+    matmul_strided(x, w, y, ep, &problem)
+}
+
+/// Twin of [`crate::kernels::matmul_strided`].
+pub fn matmul_strided(
+    x: &HostTensor,
+    w: &HostTensor,
+    y: &mut HostTensor,
+    ep: Epilogue<'_, HostTensor>,
+    p: &StridedMatmul,
+) -> Result<()> {
+    p.check(x.numel(), w.numel(), y.numel())?;
+    if let Some(b) = ep.bias {
+        if b.shape != [p.n] {
+            return Err(Error::Shape {
+                op: "matmul",
+                arg: "bias",
+                expected: format!("[{}]", p.n),
+                found: b.shape.clone(),
+            });
+        }
+    }
+    if let Some(r) = ep.residual {
+        same_shape("matmul", "residual", r, y)?;
+    }
+    for outer in 0..p.batch[0] {
+        for inner in 0..p.batch[1] {
+            let base = |v: &crate::kernels::MatrixView| {
+                v.offset + outer * v.outer_stride + inner * v.inner_stride
+            };
+            let (xb, wb, yb) = (base(&p.x), base(&p.w), base(&p.y));
+            for i in 0..p.m {
+                for j in 0..p.n {
+                    let mut acc = 0.0f64;
+                    for l in 0..p.k {
+                        let wv = match p.w_layout {
+                            WLayout::NK => w.data[wb + j * p.w.ld + l],
+                            WLayout::KN => w.data[wb + l * p.w.ld + j],
+                        };
+                        acc += x.data[xb + i * p.x.ld + l] as f64 * wv as f64;
+                    }
+                    let mut v = ep.alpha as f64 * acc;
+                    if let Some(b) = ep.bias {
+                        v += b.data[j] as f64;
+                    }
+                    if ep.gelu {
+                        v = gelu_scalar(v);
+                    }
+                    let at = yb + i * p.y.ld + j;
+                    if let Some(r) = ep.residual {
+                        v += r.data[at] as f64;
+                    }
+                    y.data[at] = v as f32;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Twin of [`crate::kernels::layer_norm`].
+pub fn layer_norm(
+    x: &HostTensor,
+    residual: Option<&HostTensor>,
+    gamma: &HostTensor,
+    beta: &HostTensor,
+    eps: f32,
+    y: &mut HostTensor,
+) -> Result<()> {
+    let (rows, c) = last_dim("layer_norm", x)?;
+    same_shape("layer_norm", "y", y, x)?;
+    if let Some(r) = residual {
+        same_shape("layer_norm", "residual", r, x)?;
+    }
+    for (arg, t) in [("gamma", gamma), ("beta", beta)] {
+        if t.shape != [c] {
+            return Err(Error::Shape {
+                op: "layer_norm",
+                arg,
+                expected: format!("[{c}]"),
+                found: t.shape.clone(),
+            });
+        }
+    }
+    let mut s = vec![0.0f64; c];
+    for r in 0..rows {
+        for (i, v) in s.iter_mut().enumerate() {
+            *v = x.data[r * c + i] as f64 + residual.map_or(0.0, |res| res.data[r * c + i] as f64);
+        }
+        let mean = s.iter().sum::<f64>() / c as f64;
+        let var = s.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / c as f64;
+        let inv_std = 1.0 / (var + eps as f64).sqrt();
+        for i in 0..c {
+            y.data[r * c + i] =
+                ((s[i] - mean) * inv_std * gamma.data[i] as f64 + beta.data[i] as f64) as f32;
+        }
+    }
+    Ok(())
+}
+
+/// Twin of [`crate::kernels::softmax`].
+pub fn softmax(x: &HostTensor, y: &mut HostTensor) -> Result<()> {
+    let (rows, c) = last_dim("softmax", x)?;
+    same_shape("softmax", "y", y, x)?;
+    for r in 0..rows {
+        let row = &x.data[r * c..(r + 1) * c];
+        let max = row.iter().fold(f32::MIN, |m, &v| m.max(v)) as f64;
+        let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+        for i in 0..c {
+            y.data[r * c + i] = ((row[i] as f64 - max).exp() / sum) as f32;
+        }
+    }
+    Ok(())
+}
+
+/// Twin of [`crate::kernels::gelu`].
+pub fn gelu(x: &HostTensor, y: &mut HostTensor) -> Result<()> {
+    same_shape("gelu", "y", y, x)?;
+    for (o, &v) in y.data.iter_mut().zip(&x.data) {
+        *o = gelu_scalar(v as f64) as f32;
+    }
+    Ok(())
+}
+
+/// Twin of [`crate::kernels::add`].
+pub fn add(a: &HostTensor, b: &HostTensor, y: &mut HostTensor) -> Result<()> {
+    same_shape("add", "b", b, a)?;
+    same_shape("add", "y", y, a)?;
+    for ((o, &u), &v) in y.data.iter_mut().zip(&a.data).zip(&b.data) {
+        *o = u + v;
+    }
+    Ok(())
+}
+
+/// Twin of [`crate::kernels::embedding`]. Unlike the GPU kernel it can see the ids, so an
+/// id ≥ vocab is an error here.
+pub fn embedding(ids: &HostTensor<u32>, table: &HostTensor, y: &mut HostTensor) -> Result<()> {
+    let &[vocab, c] = table.shape.as_slice() else {
+        return Err(Error::Shape {
+            op: "embedding",
+            arg: "table",
+            expected: "[vocab, C]".into(),
+            found: table.shape.clone(),
+        });
+    };
+    crate::kernels::check_ids("ids", &ids.data, vocab)?;
+    let mut y_shape = ids.shape.clone();
+    y_shape.push(c);
+    if y.shape != y_shape {
+        return Err(Error::Shape {
+            op: "embedding",
+            arg: "y",
+            expected: format!("{y_shape:?}"),
+            found: y.shape.clone(),
+        });
+    }
+    for (i, &id) in ids.data.iter().enumerate() {
+        let id = id as usize;
+        y.data[i * c..(i + 1) * c].copy_from_slice(&table.data[id * c..(id + 1) * c]);
+    }
+    Ok(())
+}
+
+/// Twin of [`crate::kernels::mean_pool`].
+pub fn mean_pool(x: &HostTensor, mask: &HostTensor<u32>, y: &mut HostTensor) -> Result<()> {
+    let &[b, t, c] = x.shape.as_slice() else {
+        return Err(Error::Shape {
+            op: "mean_pool",
+            arg: "x",
+            expected: "[B, T, C]".into(),
+            found: x.shape.clone(),
+        });
+    };
+    if mask.shape != [b, t] {
+        return Err(Error::Shape {
+            op: "mean_pool",
+            arg: "mask",
+            expected: format!("[{b}, {t}]"),
+            found: mask.shape.clone(),
+        });
+    }
+    if y.shape != [b, c] {
+        return Err(Error::Shape {
+            op: "mean_pool",
+            arg: "y",
+            expected: format!("[{b}, {c}]"),
+            found: y.shape.clone(),
+        });
+    }
+    for bi in 0..b {
+        let count = (0..t).filter(|&ti| mask.data[bi * t + ti] != 0).count() as f64;
+        for ci in 0..c {
+            let sum: f64 = (0..t)
+                .filter(|&ti| mask.data[bi * t + ti] != 0)
+                .map(|ti| x.data[(bi * t + ti) * c + ci] as f64)
+                .sum();
+            y.data[bi * c + ci] = (sum / count.max(1e-9)) as f32;
+        }
+    }
+    Ok(())
+}
+
+/// Twin of [`crate::kernels::l2_normalize`].
+pub fn l2_normalize(x: &HostTensor, y: &mut HostTensor) -> Result<()> {
+    let (rows, c) = last_dim("l2_normalize", x)?;
+    same_shape("l2_normalize", "y", y, x)?;
+    for r in 0..rows {
+        let row = &x.data[r * c..(r + 1) * c];
+        let norm = row
+            .iter()
+            .map(|&v| v as f64 * v as f64)
+            .sum::<f64>()
+            .sqrt()
+            .max(1e-12);
+        for i in 0..c {
+            y.data[r * c + i] = (row[i] as f64 / norm) as f32;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,87 @@
+//! Shared test helpers: the GPU context, seeded data, and the tolerance check.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use backbone::reference::HostTensor;
+use backbone::{Context, DType, Tensor};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+/// Set to 1 to skip GPU tests on a machine without any adapter (not even lavapipe).
+pub const SKIP_VAR: &str = "BACKBONE_SKIP_GPU_TESTS";
+
+/// The shared GPU context, or `None` when the user opted out. Without an adapter (and no
+/// opt-out) this fails loudly: GPU tests never skip silently.
+pub fn gpu() -> Option<&'static Context> {
+    static CTX: OnceLock<Option<Context>> = OnceLock::new();
+    CTX.get_or_init(|| {
+        if std::env::var(SKIP_VAR).is_ok_and(|v| v == "1") {
+            eprintln!("backbone tests: GPU tests skipped ({SKIP_VAR}=1)");
+            return None;
+        }
+        match Context::from_env_blocking() {
+            Ok(ctx) => {
+                eprintln!("backbone tests: adapter = {}", ctx.capabilities());
+                Some(ctx)
+            }
+            Err(e) => panic!(
+                "GPU tests need an adapter: {e}\n(set {SKIP_VAR}=1 to skip them on a machine without one)"
+            ),
+        }
+    })
+    .as_ref()
+}
+
+pub fn rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed)
+}
+
+/// `n` values uniform in [-scale, scale).
+pub fn random(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+}
+
+pub fn host(shape: &[usize], data: Vec<f32>) -> HostTensor {
+    HostTensor::new(shape, data).expect("host tensor")
+}
+
+pub fn random_host(rng: &mut StdRng, shape: &[usize], scale: f32) -> HostTensor {
+    let n = shape.iter().product();
+    host(shape, random(rng, n, scale))
+}
+
+pub fn upload(ctx: &Context, t: &HostTensor, label: &str) -> Tensor {
+    Tensor::from_f32(ctx, &t.shape, &t.data, label).expect("upload")
+}
+
+pub fn upload_u32(ctx: &Context, t: &HostTensor<u32>, label: &str) -> Tensor {
+    Tensor::from_u32(ctx, &t.shape, &t.data, label).expect("upload")
+}
+
+pub fn empty(ctx: &Context, shape: &[usize], label: &str) -> Tensor {
+    Tensor::empty(ctx, shape, DType::F32, label).expect("allocate")
+}
+
+/// Asserts `|gpu - cpu| <= atol + rtol * |cpu|` everywhere; on failure names the first bad
+/// index with both values, the number of bad entries and the worst error.
+pub fn assert_close(what: &str, gpu: &[f32], cpu: &[f32], atol: f32, rtol: f32) {
+    assert_eq!(gpu.len(), cpu.len(), "{what}: length differs");
+    let mut first = None;
+    let mut bad = 0usize;
+    let mut worst = 0f32;
+    for (i, (&g, &c)) in gpu.iter().zip(cpu).enumerate() {
+        let err = (g - c).abs();
+        worst = worst.max(if err.is_nan() { f32::INFINITY } else { err });
+        if !(err <= atol + rtol * c.abs()) {
+            bad += 1;
+            first.get_or_insert((i, g, c));
+        }
+    }
+    if let Some((i, g, c)) = first {
+        panic!(
+            "{what}: {bad} of {} values out of tolerance (atol {atol}, rtol {rtol}); first at \
+             index {i}: gpu {g} vs cpu {c}; max abs error {worst}",
+            gpu.len()
+        );
+    }
+}

@@ -1,0 +1,528 @@
+//! Every GPU kernel against its CPU twin on seeded random data, on shapes below one tile,
+//! non-multiples of the tiles, and realistic BERT sizes.
+
+mod common;
+
+use backbone::kernels::{self, Epilogue, MatmulTile, MatrixView, StridedMatmul, WLayout};
+use backbone::reference::{self, HostTensor};
+use backbone::{Context, Recorder, Tensor};
+use common::*;
+
+/// Awkward sizes: 1, below a tile, around tile multiples, and past several tiles.
+const SIZES: [usize; 6] = [1, 7, 63, 65, 127, 300];
+
+fn read(ctx: &Context, t: &Tensor) -> Vec<f32> {
+    t.read_f32_blocking(ctx).expect("read back")
+}
+
+/// Runs one matmul on the GPU with `tile` and on the CPU, and compares.
+#[allow(clippy::too_many_arguments)]
+fn check_matmul(
+    ctx: &Context,
+    seed: u64,
+    x: &HostTensor,
+    w: &HostTensor,
+    y_shape: &[usize],
+    p: &StridedMatmul,
+    ep: Epilogue<'_, HostTensor>,
+    tile: MatmulTile,
+) {
+    let mut cpu = HostTensor::zeros(y_shape);
+    reference::matmul_strided(x, w, &mut cpu, ep, p).expect("cpu matmul");
+    let (gx, gw, gy) = (
+        upload(ctx, x, "x"),
+        upload(ctx, w, "w"),
+        empty(ctx, y_shape, "y"),
+    );
+    let gb = ep.bias.map(|b| upload(ctx, b, "bias"));
+    let gr = ep.residual.map(|r| upload(ctx, r, "residual"));
+    let gep = Epilogue {
+        alpha: ep.alpha,
+        bias: gb.as_ref(),
+        gelu: ep.gelu,
+        residual: gr.as_ref(),
+    };
+    let mut rec = Recorder::new(ctx);
+    kernels::matmul::matmul_with_tile(&mut rec, &gx, &gw, &gy, gep, p, tile).expect("record");
+    rec.submit_blocking().expect("submit");
+    let what = format!(
+        "matmul seed {seed} {tile:?} m={} n={} k={} batch={:?} {:?} bias={} gelu={} residual={}",
+        p.m,
+        p.n,
+        p.k,
+        p.batch,
+        p.w_layout,
+        ep.bias.is_some(),
+        ep.gelu,
+        ep.residual.is_some()
+    );
+    let tol = 2e-6 * (p.k as f32).sqrt();
+    assert_close(&what, &read(ctx, &gy), &cpu.data, tol.max(1e-5), 1e-5);
+}
+
+#[test]
+fn matmul_awkward_shapes_both_tiles() {
+    let Some(ctx) = gpu() else { return };
+    let mut seed = 0;
+    for (i, &m) in SIZES.iter().enumerate() {
+        // n and k walk the same list shifted, so every size meets every role.
+        let n = SIZES[(i + 2) % SIZES.len()];
+        let k = SIZES[(i + 4) % SIZES.len()];
+        for tile in MatmulTile::ALL {
+            seed += 1;
+            let mut r = rng(seed);
+            let x = random_host(&mut r, &[m, k], 1.0);
+            let w = random_host(&mut r, &[n, k], 1.0);
+            let p = StridedMatmul::contiguous(1, m, n, k, true);
+            check_matmul(ctx, seed, &x, &w, &[m, n], &p, Epilogue::none(), tile);
+        }
+    }
+}
+
+#[test]
+fn matmul_epilogues() {
+    let Some(ctx) = gpu() else { return };
+    let (m, n, k) = (65, 127, 63);
+    for flags in 0..8u32 {
+        for tile in MatmulTile::ALL {
+            let seed = 100 + flags as u64;
+            let mut r = rng(seed);
+            let x = random_host(&mut r, &[m, k], 1.0);
+            let w = random_host(&mut r, &[n, k], 0.5);
+            let bias = random_host(&mut r, &[n], 1.0);
+            let residual = random_host(&mut r, &[m, n], 1.0);
+            let mut ep = Epilogue::none().alpha(0.75);
+            if flags & 1 != 0 {
+                ep = ep.bias(&bias);
+            }
+            if flags & 2 != 0 {
+                ep = ep.gelu();
+            }
+            if flags & 4 != 0 {
+                ep = ep.residual(&residual);
+            }
+            let p = StridedMatmul::contiguous(1, m, n, k, true);
+            check_matmul(ctx, seed, &x, &w, &[m, n], &p, ep, tile);
+        }
+    }
+}
+
+/// The projections of a MiniLM / BERT layer at seq 128: QKV (384 -> 1152), FFN up with GELU
+/// (384 -> 1536) and FFN down with residual (1536 -> 384).
+#[test]
+fn matmul_realistic_bert_projections() {
+    let Some(ctx) = gpu() else { return };
+    let m = 128;
+    for (seed, n, k, gelu, residual) in [
+        (200, 1152, 384, false, false),
+        (201, 1536, 384, true, false),
+        (202, 384, 1536, false, true),
+    ] {
+        let mut r = rng(seed);
+        let x = random_host(&mut r, &[m, k], 1.0);
+        let w = random_host(&mut r, &[n, k], 0.05);
+        let bias = random_host(&mut r, &[n], 0.1);
+        let res = random_host(&mut r, &[m, n], 1.0);
+        let mut ep = Epilogue::none().bias(&bias);
+        if gelu {
+            ep = ep.gelu();
+        }
+        if residual {
+            ep = ep.residual(&res);
+        }
+        let p = StridedMatmul::contiguous(1, m, n, k, true);
+        let tile = MatmulTile::choose(ctx, m, n, 1);
+        check_matmul(ctx, seed, &x, &w, &[m, n], &p, ep, tile);
+    }
+}
+
+#[test]
+fn matmul_batched_plain_api() {
+    let Some(ctx) = gpu() else { return };
+    let mut r = rng(300);
+    let (b0, b1, m, n, k) = (2, 3, 7, 65, 33);
+    let x = random_host(&mut r, &[b0, b1, m, k], 1.0);
+    for w_shape in [vec![n, k], vec![b0, b1, n, k]] {
+        let w = random_host(&mut r, &w_shape, 1.0);
+        let mut cpu = HostTensor::zeros(&[b0, b1, m, n]);
+        reference::matmul(&x, &w, &mut cpu, Epilogue::none()).expect("cpu");
+        let gy = empty(ctx, &[b0, b1, m, n], "y");
+        let mut rec = Recorder::new(ctx);
+        kernels::matmul(
+            &mut rec,
+            &upload(ctx, &x, "x"),
+            &upload(ctx, &w, "w"),
+            &gy,
+            Epilogue::none(),
+        )
+        .expect("record");
+        rec.submit_blocking().expect("submit");
+        assert_close(
+            &format!("batched matmul, w {w_shape:?}"),
+            &read(ctx, &gy),
+            &cpu.data,
+            1e-5,
+            1e-5,
+        );
+    }
+}
+
+/// Attention's two products read straight from a fused QKV buffer [B, T, 3C]: scores
+/// S[b, h] = alpha · Q_h·K_hᵀ ([B, H, T, T]), then O[b, :, h] = P_h·V_h into [B, T, C].
+#[test]
+fn matmul_strided_attention_products() {
+    let Some(ctx) = gpu() else { return };
+    let mut r = rng(400);
+    for (batch, heads, t, d) in [(1, 1, 1, 8), (2, 3, 7, 8), (2, 4, 65, 16)] {
+        let c = heads * d;
+        let qkv = random_host(&mut r, &[batch, t, 3 * c], 1.0);
+        let scores = StridedMatmul {
+            m: t,
+            n: t,
+            k: d,
+            batch: [batch, heads],
+            x: MatrixView {
+                offset: 0,
+                ld: 3 * c,
+                outer_stride: t * 3 * c,
+                inner_stride: d,
+            },
+            w: MatrixView {
+                offset: c,
+                ld: 3 * c,
+                outer_stride: t * 3 * c,
+                inner_stride: d,
+            },
+            w_layout: WLayout::NK,
+            y: MatrixView {
+                offset: 0,
+                ld: t,
+                outer_stride: heads * t * t,
+                inner_stride: t * t,
+            },
+        };
+        let alpha = 1.0 / (d as f32).sqrt();
+        for tile in MatmulTile::ALL {
+            check_matmul(
+                ctx,
+                400,
+                &qkv,
+                &qkv,
+                &[batch, heads, t, t],
+                &scores,
+                Epilogue::none().alpha(alpha),
+                tile,
+            );
+        }
+        let probs = random_host(&mut r, &[batch, heads, t, t], 1.0);
+        let pv = StridedMatmul {
+            m: t,
+            n: d,
+            k: t,
+            batch: [batch, heads],
+            x: MatrixView {
+                offset: 0,
+                ld: t,
+                outer_stride: heads * t * t,
+                inner_stride: t * t,
+            },
+            w: MatrixView {
+                offset: 2 * c,
+                ld: 3 * c,
+                outer_stride: t * 3 * c,
+                inner_stride: d,
+            },
+            w_layout: WLayout::KN,
+            y: MatrixView {
+                offset: 0,
+                ld: c,
+                outer_stride: t * c,
+                inner_stride: d,
+            },
+        };
+        for tile in MatmulTile::ALL {
+            check_matmul(
+                ctx,
+                401,
+                &probs,
+                &qkv,
+                &[batch, t, c],
+                &pv,
+                Epilogue::none(),
+                tile,
+            );
+        }
+    }
+}
+
+/// (rows, C) pairs for the row kernels: awkward sizes plus a BERT-base activation.
+fn row_shapes() -> Vec<(usize, usize)> {
+    let mut shapes: Vec<_> = SIZES
+        .iter()
+        .zip(SIZES.iter().rev())
+        .map(|(&r, &c)| (r, c))
+        .collect();
+    shapes.push((128, 768));
+    shapes
+}
+
+#[test]
+fn layer_norm_matches_twin() {
+    let Some(ctx) = gpu() else { return };
+    for (i, (rows, c)) in row_shapes().into_iter().enumerate() {
+        for with_residual in [false, true] {
+            let mut r = rng(500 + i as u64);
+            let x = random_host(&mut r, &[rows, c], 3.0);
+            let res = random_host(&mut r, &[rows, c], 1.0);
+            let gamma = random_host(&mut r, &[c], 1.5);
+            let beta = random_host(&mut r, &[c], 0.2);
+            let residual = with_residual.then_some(&res);
+            let mut cpu = HostTensor::zeros(&[rows, c]);
+            reference::layer_norm(&x, residual, &gamma, &beta, 1e-12, &mut cpu).expect("cpu");
+            let gres = upload(ctx, &res, "residual");
+            let gy = empty(ctx, &[rows, c], "y");
+            let mut rec = Recorder::new(ctx);
+            kernels::layer_norm(
+                &mut rec,
+                &upload(ctx, &x, "x"),
+                with_residual.then_some(&gres),
+                &upload(ctx, &gamma, "gamma"),
+                &upload(ctx, &beta, "beta"),
+                1e-12,
+                &gy,
+            )
+            .expect("record");
+            rec.submit_blocking().expect("submit");
+            let what = format!("layer_norm rows={rows} c={c} residual={with_residual}");
+            assert_close(&what, &read(ctx, &gy), &cpu.data, 2e-5, 1e-5);
+        }
+    }
+}
+
+/// Runs a kernel of shape x -> y (same shape) on both sides.
+fn check_unary(
+    name: &str,
+    scale: f32,
+    gpu_op: fn(&mut Recorder<'_>, &Tensor, &Tensor) -> backbone::Result<()>,
+    cpu_op: fn(&HostTensor, &mut HostTensor) -> backbone::Result<()>,
+    atol: f32,
+    rtol: f32,
+) {
+    let Some(ctx) = gpu() else { return };
+    for (i, (rows, c)) in row_shapes().into_iter().enumerate() {
+        let mut r = rng(600 + i as u64);
+        let x = random_host(&mut r, &[rows, c], scale);
+        let mut cpu = HostTensor::zeros(&[rows, c]);
+        cpu_op(&x, &mut cpu).expect("cpu");
+        let gy = empty(ctx, &[rows, c], "y");
+        let mut rec = Recorder::new(ctx);
+        gpu_op(&mut rec, &upload(ctx, &x, "x"), &gy).expect("record");
+        rec.submit_blocking().expect("submit");
+        assert_close(
+            &format!("{name} rows={rows} c={c}"),
+            &read(ctx, &gy),
+            &cpu.data,
+            atol,
+            rtol,
+        );
+    }
+}
+
+#[test]
+fn softmax_matches_twin() {
+    // Scale 30 makes exp overflow without the max subtraction.
+    check_unary(
+        "softmax",
+        30.0,
+        kernels::softmax,
+        reference::softmax,
+        1e-6,
+        1e-5,
+    );
+}
+
+#[test]
+fn gelu_matches_twin() {
+    // Covers the far tails, where 1 + erf(x) cancels without care.
+    check_unary("gelu", 8.0, kernels::gelu, reference::gelu, 1e-6, 1e-6);
+}
+
+#[test]
+fn l2_normalize_matches_twin() {
+    check_unary(
+        "l2_normalize",
+        2.0,
+        kernels::l2_normalize,
+        reference::l2_normalize,
+        1e-6,
+        1e-5,
+    );
+}
+
+#[test]
+fn l2_normalize_zero_row_stays_zero() {
+    let Some(ctx) = gpu() else { return };
+    let x = host(&[2, 3], vec![0.0, 0.0, 0.0, 3.0, 0.0, 4.0]);
+    let gy = empty(ctx, &[2, 3], "y");
+    let mut rec = Recorder::new(ctx);
+    kernels::l2_normalize(&mut rec, &upload(ctx, &x, "x"), &gy).expect("record");
+    rec.submit_blocking().expect("submit");
+    assert_close(
+        "l2_normalize zero row",
+        &read(ctx, &gy),
+        &[0.0, 0.0, 0.0, 0.6, 0.0, 0.8],
+        1e-7,
+        0.0,
+    );
+}
+
+#[test]
+fn add_matches_twin() {
+    let Some(ctx) = gpu() else { return };
+    for (i, (rows, c)) in row_shapes().into_iter().enumerate() {
+        let mut r = rng(700 + i as u64);
+        let a = random_host(&mut r, &[rows, c], 1.0);
+        let b = random_host(&mut r, &[rows, c], 1.0);
+        let mut cpu = HostTensor::zeros(&[rows, c]);
+        reference::add(&a, &b, &mut cpu).expect("cpu");
+        let gy = empty(ctx, &[rows, c], "y");
+        let mut rec = Recorder::new(ctx);
+        kernels::add(&mut rec, &upload(ctx, &a, "a"), &upload(ctx, &b, "b"), &gy).expect("record");
+        rec.submit_blocking().expect("submit");
+        assert_close(
+            &format!("add rows={rows} c={c}"),
+            &read(ctx, &gy),
+            &cpu.data,
+            0.0,
+            0.0,
+        );
+    }
+}
+
+#[test]
+fn embedding_matches_twin() {
+    let Some(ctx) = gpu() else { return };
+    for (i, (n, vocab, c)) in [(1, 1, 1), (7, 63, 65), (65, 300, 7), (128, 1000, 384)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut r = rng(800 + i as u64);
+        let table = random_host(&mut r, &[vocab, c], 1.0);
+        let ids_data: Vec<u32> = (0..n)
+            .map(|_| rand::Rng::random_range(&mut r, 0..vocab as u32))
+            .collect();
+        let ids = HostTensor::new(&[n], ids_data).expect("ids");
+        let mut cpu = HostTensor::zeros(&[n, c]);
+        reference::embedding(&ids, &table, &mut cpu).expect("cpu");
+        let gy = empty(ctx, &[n, c], "y");
+        let mut rec = Recorder::new(ctx);
+        kernels::embedding(
+            &mut rec,
+            &upload_u32(ctx, &ids, "ids"),
+            &upload(ctx, &table, "table"),
+            &gy,
+        )
+        .expect("record");
+        rec.submit_blocking().expect("submit");
+        assert_close(
+            &format!("embedding n={n} vocab={vocab} c={c}"),
+            &read(ctx, &gy),
+            &cpu.data,
+            0.0,
+            0.0,
+        );
+    }
+}
+
+#[test]
+fn mean_pool_matches_twin() {
+    let Some(ctx) = gpu() else { return };
+    for (i, (b, t, c)) in [(1, 1, 1), (2, 7, 65), (3, 127, 300), (4, 128, 384)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut r = rng(900 + i as u64);
+        let x = random_host(&mut r, &[b, t, c], 2.0);
+        // Row 0 keeps a random-length prefix; the last row of a batch > 2 is fully masked.
+        let mask_data: Vec<u32> = (0..b * t)
+            .map(|j| {
+                let (row, pos) = (j / t, j % t);
+                u32::from(!(b > 2 && row == b - 1) && pos < 1 + (row * 31 + t / 2) % t)
+            })
+            .collect();
+        let mask = HostTensor::new(&[b, t], mask_data).expect("mask");
+        let mut cpu = HostTensor::zeros(&[b, c]);
+        reference::mean_pool(&x, &mask, &mut cpu).expect("cpu");
+        let gy = empty(ctx, &[b, c], "y");
+        let mut rec = Recorder::new(ctx);
+        kernels::mean_pool(
+            &mut rec,
+            &upload(ctx, &x, "x"),
+            &upload_u32(ctx, &mask, "mask"),
+            &gy,
+        )
+        .expect("record");
+        rec.submit_blocking().expect("submit");
+        assert_close(
+            &format!("mean_pool b={b} t={t} c={c}"),
+            &read(ctx, &gy),
+            &cpu.data,
+            1e-6,
+            1e-5,
+        );
+    }
+}
+
+/// A small chain recorded into one submission: what a model forward does.
+#[test]
+fn kernels_chain_in_one_submission() {
+    let Some(ctx) = gpu() else { return };
+    let mut r = rng(1000);
+    let (m, k, n) = (9, 32, 48);
+    let x = random_host(&mut r, &[m, k], 1.0);
+    let w = random_host(&mut r, &[n, k], 0.3);
+    let bias = random_host(&mut r, &[n], 0.1);
+    let gamma = random_host(&mut r, &[n], 1.0);
+    let beta = random_host(&mut r, &[n], 0.1);
+    let mut h = HostTensor::zeros(&[m, n]);
+    reference::matmul(&x, &w, &mut h, Epilogue::none().bias(&bias).gelu()).expect("cpu");
+    let mut ln = HostTensor::zeros(&[m, n]);
+    reference::layer_norm(&h, None, &gamma, &beta, 1e-5, &mut ln).expect("cpu");
+    let mut out = HostTensor::zeros(&[m, n]);
+    reference::softmax(&ln, &mut out).expect("cpu");
+
+    let (gh, gln, gout) = (
+        empty(ctx, &[m, n], "h"),
+        empty(ctx, &[m, n], "ln"),
+        empty(ctx, &[m, n], "out"),
+    );
+    let gbias = upload(ctx, &bias, "bias");
+    let mut rec = Recorder::new(ctx);
+    kernels::matmul(
+        &mut rec,
+        &upload(ctx, &x, "x"),
+        &upload(ctx, &w, "w"),
+        &gh,
+        Epilogue::none().bias(&gbias).gelu(),
+    )
+    .expect("matmul");
+    kernels::layer_norm(
+        &mut rec,
+        &gh,
+        None,
+        &upload(ctx, &gamma, "gamma"),
+        &upload(ctx, &beta, "beta"),
+        1e-5,
+        &gln,
+    )
+    .expect("ln");
+    kernels::softmax(&mut rec, &gln, &gout).expect("softmax");
+    rec.submit_blocking().expect("submit");
+    assert_close(
+        "matmul -> layer_norm -> softmax",
+        &read(ctx, &gout),
+        &out.data,
+        1e-6,
+        1e-5,
+    );
+}
