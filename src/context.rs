@@ -26,13 +26,19 @@ pub struct ContextOptions {
 impl ContextOptions {
     /// Options from `BACKBONE_BACKEND` and `BACKBONE_ADAPTER`.
     pub fn from_env() -> Result<Self> {
-        let backend = match std::env::var("BACKBONE_BACKEND") {
-            Ok(value) => Some(parse_backend(&value)?),
-            Err(_) => None,
-        };
-        let adapter = std::env::var("BACKBONE_ADAPTER")
-            .ok()
-            .filter(|s| !s.is_empty());
+        Self::from_values(
+            std::env::var("BACKBONE_BACKEND").ok().as_deref(),
+            std::env::var("BACKBONE_ADAPTER").ok().as_deref(),
+        )
+    }
+
+    /// Options from the values of `BACKBONE_BACKEND` and `BACKBONE_ADAPTER` (empty = unset).
+    pub fn from_values(backend: Option<&str>, adapter: Option<&str>) -> Result<Self> {
+        let backend = backend
+            .filter(|s| !s.is_empty())
+            .map(parse_backend)
+            .transpose()?;
+        let adapter = adapter.filter(|s| !s.is_empty()).map(str::to_string);
         Ok(Self {
             backend,
             adapter,
@@ -216,6 +222,9 @@ impl Context {
                 trace: wgpu::Trace::Off,
             })
             .await?;
+        // Errors outside our error scopes (from code that uses the device directly) are
+        // logged rather than panicking, wgpu's default.
+        device.on_uncaptured_error(std::sync::Arc::new(|e| log::error!("wgpu: {e}")));
         let info = adapter.get_info();
         let cooperative_matrix =
             if features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {

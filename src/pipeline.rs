@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use wgpu::util::DeviceExt as _;
@@ -216,22 +218,33 @@ struct Timer {
     labels: Vec<&'static str>,
 }
 
+/// The pending verdict of one pair of error scopes.
+type ScopeResult = Pin<Box<dyn Future<Output = Option<wgpu::Error>>>>;
+
+/// Runs `f` inside validation and out-of-memory error scopes, popped right after it (so
+/// scopes never interleave between recorders); returns `f`'s value and the verdicts.
+fn scoped<R>(device: &wgpu::Device, f: impl FnOnce() -> R) -> (R, [ScopeResult; 2]) {
+    let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let out_of_memory = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+    let value = f();
+    let oom: ScopeResult = Box::pin(out_of_memory.pop());
+    let invalid: ScopeResult = Box::pin(validation.pop());
+    (value, [invalid, oom])
+}
+
 /// Records kernel dispatches into one command encoder; [`Recorder::submit`] sends them in one
-/// submission and returns any wgpu validation or out-of-memory error raised while recording.
-/// Each dispatch is its own compute pass, so passes can be timed one by one.
+/// submission and returns the first wgpu validation or out-of-memory error raised while
+/// recording or submitting. Each dispatch is its own compute pass, so passes can be timed
+/// one by one.
 pub struct Recorder<'c> {
     ctx: &'c Context,
     encoder: wgpu::CommandEncoder,
-    validation: Option<wgpu::ErrorScopeGuard>,
-    out_of_memory: Option<wgpu::ErrorScopeGuard>,
+    pending: Vec<ScopeResult>,
     timer: Option<Timer>,
-    overflowed: bool,
 }
 
 impl<'c> Recorder<'c> {
     pub fn new(ctx: &'c Context) -> Self {
-        let validation = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let out_of_memory = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let encoder = ctx
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -240,15 +253,14 @@ impl<'c> Recorder<'c> {
         Self {
             ctx,
             encoder,
-            validation: Some(validation),
-            out_of_memory: Some(out_of_memory),
+            pending: Vec::new(),
             timer: None,
-            overflowed: false,
         }
     }
 
     /// A recorder that writes GPU timestamps around each of its first `max_passes` passes
-    /// (when the adapter has `TIMESTAMP_QUERY`; otherwise it records untimed).
+    /// (when the adapter has `TIMESTAMP_QUERY`; otherwise, and past that count, passes run
+    /// untimed).
     pub fn with_timing(ctx: &'c Context, max_passes: u32) -> Self {
         let mut rec = Self::new(ctx);
         if ctx.capabilities().timestamps() && max_passes > 0 {
@@ -271,6 +283,14 @@ impl<'c> Recorder<'c> {
         self.ctx
     }
 
+    /// Encodes caller-provided commands (copies, clears, passes of the caller's own) into the
+    /// same submission, under the same error reporting.
+    pub fn encode_raw(&mut self, f: impl FnOnce(&wgpu::Device, &mut wgpu::CommandEncoder)) {
+        let (device, encoder) = (&self.ctx.device, &mut self.encoder);
+        let ((), verdicts) = scoped(device, || f(device, encoder));
+        self.pending.extend(verdicts);
+    }
+
     pub(crate) fn dispatch(&mut self, d: Dispatch<'_>) -> Result<()> {
         let ctx = self.ctx;
         let max = ctx.limits().max_compute_workgroups_per_dimension;
@@ -282,98 +302,68 @@ impl<'c> Recorder<'c> {
                 limit_name: "max_compute_workgroups_per_dimension",
             });
         }
-        let pipeline = ctx.pipelines.get(&ctx.device, d.kernel, &d.spec);
-        let params = ctx
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(d.kernel.name()),
-                contents: d.params,
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
-        let mut entries = vec![wgpu::BindGroupEntry {
-            binding: 0,
-            resource: params.as_entire_binding(),
-        }];
-        for (i, buffer) in d.buffers.iter().enumerate() {
-            entries.push(wgpu::BindGroupEntry {
-                binding: i as u32 + 1,
-                resource: buffer.as_entire_binding(),
+        // The output is the last binding; WebGPU forbids binding it as an input as well.
+        if let Some((out, inputs)) = d.buffers.split_last()
+            && inputs.iter().any(|b| b == out)
+        {
+            return Err(Error::Argument {
+                op: d.kernel.name(),
+                arg: "y",
+                reason: "the output may not share its buffer with an input (no in-place ops)"
+                    .into(),
             });
         }
-        let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(d.kernel.name()),
-            layout: &pipeline.layout,
-            entries: &entries,
-        });
-        let timestamp_writes = match &mut self.timer {
-            Some(t) if (t.labels.len() as u32) < t.capacity => {
-                let i = t.labels.len() as u32;
-                t.labels.push(d.kernel.name());
-                Some(wgpu::ComputePassTimestampWrites {
-                    query_set: &t.queries,
-                    beginning_of_pass_write_index: Some(2 * i),
-                    end_of_pass_write_index: Some(2 * i + 1),
-                })
-            }
-            Some(_) => {
-                self.overflowed = true;
-                None
-            }
-            None => None,
-        };
-        let mut pass = self
-            .encoder
-            .begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some(d.kernel.name()),
-                timestamp_writes,
-            });
-        pass.set_pipeline(&pipeline.pipeline);
-        pass.set_bind_group(0, &bind_group, &[]);
-        let [x, y, z] = d.groups;
-        if x > 0 && y > 0 && z > 0 {
-            pass.dispatch_workgroups(x, y, z);
-        }
+        let (encoder, timer) = (&mut self.encoder, &mut self.timer);
+        let ((), verdicts) = scoped(&ctx.device, || encode_pass(ctx, encoder, timer, &d));
+        self.pending.extend(verdicts);
         Ok(())
     }
 
     /// Submits everything recorded, waits for wgpu's verdict on it, and (for a timed
-    /// recorder) returns the GPU time of each pass.
+    /// recorder) returns the GPU time of each timed pass.
     pub async fn submit(mut self) -> Result<Vec<PassTime>> {
         let ctx = self.ctx;
-        let readback = self
-            .timer
-            .as_ref()
-            .filter(|t| !t.labels.is_empty())
-            .map(|t| {
-                let n = t.labels.len() as u32 * 2;
-                let size = n as u64 * 8;
-                let resolve = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("backbone.timestamps.resolve"),
-                    size,
-                    usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-                    mapped_at_creation: false,
-                });
-                let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("backbone.timestamps.read"),
-                    size,
-                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                });
-                self.encoder
-                    .resolve_query_set(&t.queries, 0..n, &resolve, 0);
-                self.encoder
-                    .copy_buffer_to_buffer(&resolve, 0, &staging, 0, Some(size));
-                staging
+        let timer = self.timer.take().filter(|t| !t.labels.is_empty());
+        let staging = timer.as_ref().map(|t| {
+            let n = t.labels.len() as u32 * 2;
+            let size = n as u64 * 8;
+            let resolve = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("backbone.timestamps.resolve"),
+                size,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
             });
-        let encoder = std::mem::replace(
-            &mut self.encoder,
-            ctx.device.create_command_encoder(&Default::default()),
-        );
-        ctx.queue.submit([encoder.finish()]);
-        self.check_errors("recording and submitting kernels")
-            .await?;
+            let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("backbone.timestamps.read"),
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            self.encoder
+                .resolve_query_set(&t.queries, 0..n, &resolve, 0);
+            self.encoder
+                .copy_buffer_to_buffer(&resolve, 0, &staging, 0, Some(size));
+            staging
+        });
+        let Recorder {
+            encoder,
+            mut pending,
+            ..
+        } = self;
+        let ((), verdicts) = scoped(&ctx.device, || {
+            ctx.queue.submit([encoder.finish()]);
+        });
+        pending.extend(verdicts);
+        for verdict in pending {
+            if let Some(e) = verdict.await {
+                return Err(Error::Gpu {
+                    during: "recording and submitting kernels".into(),
+                    message: e.to_string(),
+                });
+            }
+        }
 
-        let (Some(staging), Some(timer)) = (readback, self.timer.take()) else {
+        let (Some(staging), Some(timer)) = (staging, timer) else {
             return Ok(Vec::new());
         };
         crate::tensor::map_read(ctx, &staging, "timestamps").await?;
@@ -405,24 +395,59 @@ impl<'c> Recorder<'c> {
         ctx.poll_wait()?;
         Ok(times)
     }
+}
 
-    async fn check_errors(&mut self, during: &str) -> Result<()> {
-        // Scopes pop in reverse order of pushing.
-        let oom = match self.out_of_memory.take() {
-            Some(scope) => scope.pop().await,
-            None => None,
-        };
-        let validation = match self.validation.take() {
-            Some(scope) => scope.pop().await,
-            None => None,
-        };
-        match validation.or(oom) {
-            Some(e) => Err(Error::Gpu {
-                during: during.into(),
-                message: e.to_string(),
-            }),
-            None => Ok(()),
+/// Encodes one dispatch as its own compute pass (timed while the timer has room).
+fn encode_pass(
+    ctx: &Context,
+    encoder: &mut wgpu::CommandEncoder,
+    timer: &mut Option<Timer>,
+    d: &Dispatch<'_>,
+) {
+    let pipeline = ctx.pipelines.get(&ctx.device, d.kernel, &d.spec);
+    let params = ctx
+        .device
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(d.kernel.name()),
+            contents: d.params,
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+    let mut entries = vec![wgpu::BindGroupEntry {
+        binding: 0,
+        resource: params.as_entire_binding(),
+    }];
+    for (i, buffer) in d.buffers.iter().enumerate() {
+        entries.push(wgpu::BindGroupEntry {
+            binding: i as u32 + 1,
+            resource: buffer.as_entire_binding(),
+        });
+    }
+    let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(d.kernel.name()),
+        layout: &pipeline.layout,
+        entries: &entries,
+    });
+    let timestamp_writes = match timer {
+        Some(t) if (t.labels.len() as u32) < t.capacity => {
+            let i = t.labels.len() as u32;
+            t.labels.push(d.kernel.name());
+            Some(wgpu::ComputePassTimestampWrites {
+                query_set: &t.queries,
+                beginning_of_pass_write_index: Some(2 * i),
+                end_of_pass_write_index: Some(2 * i + 1),
+            })
         }
+        _ => None,
+    };
+    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: Some(d.kernel.name()),
+        timestamp_writes,
+    });
+    pass.set_pipeline(&pipeline.pipeline);
+    pass.set_bind_group(0, &bind_group, &[]);
+    let [x, y, z] = d.groups;
+    if x > 0 && y > 0 && z > 0 {
+        pass.dispatch_workgroups(x, y, z);
     }
 }
 

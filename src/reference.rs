@@ -3,6 +3,9 @@
 //! recorder). Sums are accumulated in f64, so the twins are the accurate side of every
 //! comparison. Models' CPU forwards are built only from these functions.
 
+// Index loops are the point here: they spell out the same index arithmetic as the shaders.
+#![allow(clippy::needless_range_loop)]
+
 use crate::error::{Error, Result};
 use crate::kernels::matmul::{Epilogue, StridedMatmul, WLayout, plain_problem};
 
@@ -68,7 +71,7 @@ fn last_dim(op: &'static str, x: &HostTensor) -> Result<(usize, usize)> {
             found: vec![],
         });
     };
-    Ok((if c == 0 { 0 } else { x.numel() / c }, c))
+    Ok((x.numel().checked_div(c).unwrap_or(0), c))
 }
 
 /// Exact-erf GELU in f64.
@@ -96,15 +99,15 @@ pub fn matmul_strided(
     p: &StridedMatmul,
 ) -> Result<()> {
     p.check(x.numel(), w.numel(), y.numel())?;
-    if let Some(b) = ep.bias {
-        if b.shape != [p.n] {
-            return Err(Error::Shape {
-                op: "matmul",
-                arg: "bias",
-                expected: format!("[{}]", p.n),
-                found: b.shape.clone(),
-            });
-        }
+    if let Some(b) = ep.bias
+        && b.shape != [p.n]
+    {
+        return Err(Error::Shape {
+            op: "matmul",
+            arg: "bias",
+            expected: format!("[{}]", p.n),
+            found: b.shape.clone(),
+        });
     }
     if let Some(r) = ep.residual {
         same_shape("matmul", "residual", r, y)?;

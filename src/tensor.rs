@@ -111,7 +111,7 @@ impl Tensor {
             });
         }
         let bytes: &[u8] = bytemuck::cast_slice(data);
-        if bytes.len() % 4 == 0 {
+        if bytes.len().is_multiple_of(4) {
             ctx.queue.write_buffer(&self.buffer, 0, bytes);
         } else {
             // Buffer writes go in multiples of 4 bytes: pad the odd f16 tail.
@@ -255,7 +255,7 @@ fn byte_size(shape: &[usize], dtype: DType, label: &str) -> Result<u64> {
 
 fn check_binding_size(ctx: &Context, bytes: u64, label: &str) -> Result<()> {
     let limits = ctx.limits();
-    let binding = limits.max_storage_buffer_binding_size as u64;
+    let binding = limits.max_storage_buffer_binding_size;
     if bytes > binding {
         return Err(Error::Limit {
             what: format!("tensor `{label}`"),

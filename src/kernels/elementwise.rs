@@ -39,6 +39,6 @@ pub(crate) fn rows_of(op: &'static str, x: &Tensor, y: &Tensor) -> Result<(usize
         });
     };
     check_shape(op, "y", y, x.shape())?;
-    let rows = if c == 0 { 0 } else { x.numel() / c };
+    let rows = x.numel().checked_div(c).unwrap_or(0);
     Ok((rows, c))
 }

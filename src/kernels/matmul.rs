@@ -303,9 +303,9 @@ pub fn plain_problem(x: &[usize], w: &[usize], y: &[usize]) -> Result<StridedMat
         return Err(shape_err("x", "[.., M, K]".into(), x));
     };
     let batch: usize = lead.iter().product();
-    let (n, w_shared) = match w {
-        &[n, wk] if wk == k => (n, true),
-        &[ref wl @ .., n, wk] if wk == k && wl == lead => (n, false),
+    let (n, w_shared) = match *w {
+        [n, wk] if wk == k => (n, true),
+        [ref wl @ .., n, wk] if wk == k && wl == lead => (n, false),
         _ => {
             return Err(shape_err(
                 "w",

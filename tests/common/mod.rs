@@ -72,7 +72,7 @@ pub fn assert_close(what: &str, gpu: &[f32], cpu: &[f32], atol: f32, rtol: f32) 
     for (i, (&g, &c)) in gpu.iter().zip(cpu).enumerate() {
         let err = (g - c).abs();
         worst = worst.max(if err.is_nan() { f32::INFINITY } else { err });
-        if !(err <= atol + rtol * c.abs()) {
+        if err.is_nan() || err > atol + rtol * c.abs() {
             bad += 1;
             first.get_or_insert((i, g, c));
         }

@@ -1,0 +1,76 @@
+//! The context: capabilities, the pipeline cache, timed recording.
+
+mod common;
+
+use backbone::kernels::{self, Epilogue};
+use backbone::{Context, Recorder};
+use common::*;
+
+#[test]
+fn pipelines_are_compiled_once_per_specialisation() {
+    if gpu().is_none() {
+        return;
+    }
+    // A context of its own, so other tests' pipelines do not count.
+    let ctx = Context::from_env_blocking().expect("context");
+    let mut r = rng(1);
+    let x = upload(&ctx, &random_host(&mut r, &[5, 8], 1.0), "x");
+    let w = upload(&ctx, &random_host(&mut r, &[3, 8], 1.0), "w");
+    let y = empty(&ctx, &[5, 3], "y");
+    let run = |ep: Epilogue<'_>| {
+        let mut rec = Recorder::new(&ctx);
+        kernels::matmul(&mut rec, &x, &w, &y, ep).expect("record");
+        kernels::gelu(&mut rec, &y, &y.clone()).expect_err("y cannot be read and written at once");
+        rec.submit_blocking().expect("submit");
+    };
+    assert_eq!(ctx.pipelines_compiled(), 0);
+    run(Epilogue::none());
+    run(Epilogue::none());
+    assert_eq!(
+        ctx.pipelines_compiled(),
+        1,
+        "same kernel and specialisation: one pipeline"
+    );
+    run(Epilogue::none().gelu());
+    assert_eq!(
+        ctx.pipelines_compiled(),
+        2,
+        "a new epilogue is a new specialisation"
+    );
+}
+
+#[test]
+fn capabilities_name_the_adapter() {
+    let Some(ctx) = gpu() else { return };
+    let caps = ctx.capabilities();
+    let shown = caps.to_string();
+    assert!(shown.contains(&caps.adapter.name), "{shown}");
+    assert!(caps.limits.max_storage_buffer_binding_size > 0);
+}
+
+#[test]
+fn timed_recorder_reports_each_pass() {
+    let Some(ctx) = gpu() else { return };
+    let mut r = rng(2);
+    let x = upload(ctx, &random_host(&mut r, &[64, 64], 1.0), "x");
+    let y = empty(ctx, &[64, 64], "y");
+    let z = empty(ctx, &[64, 64], "z");
+    let mut rec = Recorder::with_timing(ctx, 8);
+    kernels::matmul(&mut rec, &x, &x, &y, Epilogue::none()).expect("matmul");
+    kernels::softmax(&mut rec, &y, &z).expect("softmax");
+    let times = rec.submit_blocking().expect("submit");
+    if ctx.capabilities().timestamps() {
+        let labels: Vec<_> = times.iter().map(|t| t.label).collect();
+        assert_eq!(labels, ["matmul", "softmax"]);
+        assert!(
+            times.iter().all(|t| t.ms.is_finite() && t.ms >= 0.0),
+            "{times:?}"
+        );
+        assert!(
+            times[0].ms > 0.0,
+            "a 64^3 matmul takes measurable time: {times:?}"
+        );
+    } else {
+        assert!(times.is_empty());
+    }
+}

@@ -1,0 +1,93 @@
+//! Offline shader checks (no GPU needed): every kernel in every specialisation the library
+//! can compile is parsed and validated by naga, then translated for each native backend:
+//! SPIR-V (Vulkan), MSL (Metal) and HLSL (DX12). A construct one backend cannot take fails
+//! here even without that platform.
+
+use backbone::{Kernel, kernels, shader_source};
+use naga::back::{hlsl, msl, spv};
+use naga::valid::{Capabilities, ValidationFlags, Validator};
+
+fn validate(label: &str, source: &str) -> (naga::Module, naga::valid::ModuleInfo) {
+    let module = naga::front::wgsl::parse_str(source)
+        .unwrap_or_else(|e| panic!("{label}: WGSL parse error:\n{}", e.emit_to_string(source)));
+    let info = Validator::new(ValidationFlags::all(), Capabilities::empty())
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{label}: validation error:\n{}", e.emit_to_string(source)));
+    (module, info)
+}
+
+#[test]
+fn every_kernel_variant_validates_and_translates_to_spirv_msl_hlsl() {
+    let variants = kernels::shader_variants();
+    assert!(
+        variants.len() > Kernel::ALL.len(),
+        "specialised variants are listed"
+    );
+    for (kernel, spec) in variants {
+        let source = shader_source(kernel, &spec);
+        let label = format!(
+            "{} [{}]",
+            kernel.name(),
+            format!("{spec:?}").replace('\n', " ")
+        );
+        let (module, info) = validate(&label, &source);
+        assert!(
+            module
+                .entry_points
+                .iter()
+                .any(|ep| ep.name == kernel.name()),
+            "{label}: no entry point named `{}`",
+            kernel.name()
+        );
+
+        let pipeline = spv::PipelineOptions {
+            shader_stage: naga::ShaderStage::Compute,
+            entry_point: kernel.name().into(),
+        };
+        spv::write_vec(&module, &info, &spv::Options::default(), Some(&pipeline))
+            .unwrap_or_else(|e| panic!("{label}: SPIR-V: {e}"));
+
+        msl::write_string(
+            &module,
+            &info,
+            &msl::Options::default(),
+            &msl::PipelineOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("{label}: MSL: {e}"));
+
+        let options = hlsl::Options::default();
+        let pipeline = hlsl::PipelineOptions::default();
+        let mut out = String::new();
+        hlsl::Writer::new(&mut out, &options, &pipeline)
+            .write(&module, &info, None)
+            .unwrap_or_else(|e| panic!("{label}: HLSL: {e}"));
+    }
+}
+
+/// Every `.wgsl` file is a kernel the library knows (or the shared helpers), opens with a
+/// header comment naming itself, and every kernel has its file.
+#[test]
+fn shader_files_match_the_kernel_list() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/shaders");
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .expect("shaders/")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".wgsl"))
+        .collect();
+    files.sort();
+    let mut expected: Vec<String> = Kernel::ALL
+        .iter()
+        .map(|k| format!("{}.wgsl", k.name()))
+        .collect();
+    expected.push("common.wgsl".into());
+    expected.sort();
+    assert_eq!(files, expected, "shaders/ and Kernel::ALL disagree");
+    for kernel in Kernel::ALL {
+        let header = format!("// {}:", kernel.name());
+        assert!(
+            kernel.wgsl().starts_with(&header),
+            "shaders/{}.wgsl must open with a header comment `{header} ...`",
+            kernel.name()
+        );
+    }
+}
