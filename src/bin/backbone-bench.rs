@@ -1,1 +1,120 @@
-fn main() {}
+//! `backbone-bench`: times kernels (and, later, whole models) on any adapter.
+//!
+//! ```text
+//! backbone-bench                      # default suite, sized for the adapter found
+//! backbone-bench matmul --sizes 1024,4096,128x1536x384 --json out.json
+//! backbone-bench --list-adapters
+//! ```
+
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result, bail};
+use backbone::bench::{self, BenchOptions, MatmulSize};
+use backbone::{Context, ContextOptions};
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Suite {
+    /// Y = X·Wᵀ in f32, square sizes and the BERT projection shapes.
+    Matmul,
+}
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Benchmark backbone's kernels on a GPU adapter")]
+struct Args {
+    /// Suites to run (default: all).
+    suites: Vec<Suite>,
+    /// Matmul sizes, comma-separated: N for N³ or MxNxK (default: a short list for the adapter).
+    #[arg(long, value_delimiter = ',')]
+    sizes: Vec<String>,
+    /// Untimed runs before measuring.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Timed runs per measurement (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    /// The card's f32 peak in TFLOP/s, for "% of peak" (known cards are filled in).
+    #[arg(long)]
+    peak_tflops: Option<f64>,
+    /// Also write one JSON record per measurement to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Also print a Markdown table (for BENCHMARKS.md).
+    #[arg(long)]
+    markdown: bool,
+    /// List the adapters (BACKBONE_ADAPTER takes an index or a name) and exit.
+    #[arg(long)]
+    list_adapters: bool,
+}
+
+fn main() -> Result<()> {
+    env_logger::init();
+    let args = Args::parse();
+    if args.list_adapters {
+        for (i, info) in backbone::context::list_adapters().iter().enumerate() {
+            println!(
+                "{i}: {} ({:?}, {:?}, driver {} {})",
+                info.name, info.backend, info.device_type, info.driver, info.driver_info
+            );
+        }
+        return Ok(());
+    }
+    let ctx = pollster::block_on(Context::new(ContextOptions::from_env()?))?;
+    let caps = ctx.capabilities();
+    println!("adapter: {caps}");
+    println!(
+        "clock: {}; commit {}",
+        if caps.timestamps() {
+            "GPU timestamp queries (wall time beside)"
+        } else {
+            "wall time only (no TIMESTAMP_QUERY)"
+        },
+        bench::COMMIT
+    );
+    let options = BenchOptions {
+        warmup: args.warmup,
+        iters: args.iters,
+        peak_tflops: args.peak_tflops,
+    };
+    let suites = if args.suites.is_empty() {
+        vec![Suite::Matmul]
+    } else {
+        args.suites.clone()
+    };
+
+    let progress = |msg: &str| {
+        eprint!("\r\x1b[2K  running {msg}");
+        std::io::stderr().flush().ok();
+    };
+    let mut records = Vec::new();
+    for suite in suites {
+        match suite {
+            Suite::Matmul => {
+                let sizes = if args.sizes.is_empty() {
+                    MatmulSize::defaults(&ctx)
+                } else {
+                    args.sizes
+                        .iter()
+                        .map(|s| MatmulSize::parse(s))
+                        .collect::<Result<_, _>>()?
+                };
+                records.extend(bench::matmul_suite(&ctx, &sizes, &options, progress)?);
+            }
+        }
+    }
+    eprint!("\r\x1b[2K");
+    print!("{}", bench::table(&records));
+    if args.markdown {
+        print!("\n{}", bench::markdown(&records));
+    }
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&records)?;
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let failed = records.iter().filter(|r| !r.check.passed).count();
+    if failed > 0 {
+        bail!("{failed} measurement(s) FAILED the check against the CPU twin");
+    }
+    Ok(())
+}
