@@ -1,5 +1,5 @@
 // matmul: Y = epilogue(alpha * X · Wᵀ), batched and strided, with a fused epilogue
-// (+ bias[n]) (then GELU) (then + residual), in that order.
+// (+ bias[n]) (then the activation ACT: 0 none, 1 exact GELU, 2 tanh) (then + residual).
 //   x:        batch of (M, K) f32; element (b, m, k) at x_offset + outer(b)*x_outer
 //             + inner(b)*x_inner + m*lda + k
 //   w:        batch of (N, K) f32 when W_NK (PyTorch Linear's [out, in]), element (b, n, k) at
@@ -18,7 +18,7 @@
 // 4x4 sub-blocks spread over the tile so that workgroup-memory reads are whole vec4s and
 // neighbouring invocations read neighbouring vec4s. Edges are bounds-checked on load (zero
 // fill) and store, so any M, N, K works.
-// Specialisation: BM, BN, BK, TM, TN, W_NK, HAS_BIAS, HAS_RESIDUAL, ACT_GELU.
+// Specialisation: BM, BN, BK, TM, TN, W_NK, HAS_BIAS, HAS_RESIDUAL, ACT.
 
 struct Params {
     m: u32,
@@ -155,8 +155,10 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
                     if (HAS_BIAS) {
                         v += bias[col];
                     }
-                    if (ACT_GELU) {
+                    if (ACT == 1u) {
                         v = gelu_erf(v);
+                    } else if (ACT == 2u) {
+                        v = tanh(v);
                     }
                     let at = y_base + row * params.ldc + col;
                     if (HAS_RESIDUAL) {

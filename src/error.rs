@@ -78,6 +78,29 @@ pub enum Error {
     #[error("GPU error during {during}: {message}")]
     Gpu { during: String, message: String },
 
+    /// A model's config is missing something, malformed, or asks for what we do not support.
+    #[error("config: {0}")]
+    Config(String),
+
+    /// A checkpoint tensor is missing or has the wrong shape or dtype.
+    #[error("weights: tensor `{key}`: {reason}")]
+    Weights { key: String, reason: String },
+
+    /// Model input (token ids, masks, images) that the model cannot take.
+    #[error("input `{arg}`: {reason}")]
+    Input { arg: String, reason: String },
+
+    /// A file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+
+    /// The tokenizer could not be loaded or failed on a text.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
     /// Reading a buffer back to the host failed.
     #[error("reading back `{what}` failed: {message}")]
     Readback { what: String, message: String },

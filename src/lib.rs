@@ -23,6 +23,7 @@ pub mod bench;
 pub mod context;
 pub mod error;
 pub mod kernels;
+pub mod models;
 pub mod pipeline;
 pub mod reference;
 pub mod tensor;

@@ -27,10 +27,11 @@ pub enum Kernel {
     Embedding,
     MeanPool,
     L2Normalize,
+    Attention,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 8] = [
+    pub const ALL: [Kernel; 9] = [
         Kernel::Matmul,
         Kernel::LayerNorm,
         Kernel::Softmax,
@@ -39,6 +40,7 @@ impl Kernel {
         Kernel::Embedding,
         Kernel::MeanPool,
         Kernel::L2Normalize,
+        Kernel::Attention,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -51,6 +53,7 @@ impl Kernel {
             Kernel::Embedding => "embedding",
             Kernel::MeanPool => "mean_pool",
             Kernel::L2Normalize => "l2_normalize",
+            Kernel::Attention => "attention",
         }
     }
 
@@ -65,6 +68,7 @@ impl Kernel {
             Kernel::Embedding => include_str!("../shaders/embedding.wgsl"),
             Kernel::MeanPool => include_str!("../shaders/mean_pool.wgsl"),
             Kernel::L2Normalize => include_str!("../shaders/l2_normalize.wgsl"),
+            Kernel::Attention => include_str!("../shaders/attention.wgsl"),
         }
     }
 
@@ -84,6 +88,8 @@ impl Kernel {
             Kernel::Embedding => &[Uniform, Read, Read, Write],
             // params, x, mask, y
             Kernel::MeanPool => &[Uniform, Read, Read, Write],
+            // params, qkv, mask, out
+            Kernel::Attention => &[Uniform, Read, Read, Write],
         }
     }
 }

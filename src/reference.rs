@@ -132,9 +132,7 @@ pub fn matmul_strided(
                     if let Some(b) = ep.bias {
                         v += b.data[j] as f64;
                     }
-                    if ep.gelu {
-                        v = gelu_scalar(v);
-                    }
+                    v = ep.act.apply(v);
                     let at = yb + i * p.y.ld + j;
                     if let Some(r) = ep.residual {
                         v += r.data[at] as f64;
@@ -303,6 +301,47 @@ pub fn l2_normalize(x: &HostTensor, y: &mut HostTensor) -> Result<()> {
             .max(1e-12);
         for i in 0..c {
             y.data[r * c + i] = (row[i] as f64 / norm) as f32;
+        }
+    }
+    Ok(())
+}
+
+/// Twin of [`crate::kernels::attention`]: per (batch, head, query), scores in f64, the mask
+/// bias added in f32 as Hugging Face does (so a fully masked row averages V uniformly).
+pub fn attention(
+    qkv: &HostTensor,
+    mask: &HostTensor<u32>,
+    heads: usize,
+    out: &mut HostTensor,
+) -> Result<()> {
+    let (b, t, c, d) = crate::kernels::attention_dims(&qkv.shape, &mask.shape, heads, &out.shape)?;
+    let scale = 1.0 / (d as f64).sqrt();
+    let mut scores = vec![0.0f64; t];
+    for bi in 0..b {
+        for h in 0..heads {
+            for i in 0..t {
+                let q = &qkv.data[(bi * t + i) * 3 * c + h * d..][..d];
+                for (j, s) in scores.iter_mut().enumerate() {
+                    let k = &qkv.data[(bi * t + j) * 3 * c + c + h * d..][..d];
+                    let dot: f64 = q.iter().zip(k).map(|(&a, &b)| a as f64 * b as f64).sum();
+                    let bias = if mask.data[bi * t + j] != 0 {
+                        0.0
+                    } else {
+                        f32::MIN
+                    };
+                    *s = ((dot * scale) as f32 + bias) as f64;
+                }
+                let max = scores.iter().fold(f64::MIN, |m, &s| m.max(s));
+                let sum: f64 = scores.iter().map(|&s| (s - max).exp()).sum();
+                for e in 0..d {
+                    let mut acc = 0.0f64;
+                    for (j, &s) in scores.iter().enumerate() {
+                        acc += (s - max).exp()
+                            * qkv.data[(bi * t + j) * 3 * c + 2 * c + h * d + e] as f64;
+                    }
+                    out.data[(bi * t + i) * c + h * d + e] = (acc / sum) as f32;
+                }
+            }
         }
     }
     Ok(())

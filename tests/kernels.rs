@@ -3,7 +3,9 @@
 
 mod common;
 
-use backbone::kernels::{self, Epilogue, MatmulTile, MatrixView, StridedMatmul, WLayout};
+use backbone::kernels::{
+    self, Activation, Epilogue, MatmulTile, MatrixView, StridedMatmul, WLayout,
+};
 use backbone::reference::{self, HostTensor};
 use backbone::{Context, Recorder, Tensor};
 use common::*;
@@ -39,21 +41,21 @@ fn check_matmul(
     let gep = Epilogue {
         alpha: ep.alpha,
         bias: gb.as_ref(),
-        gelu: ep.gelu,
+        act: ep.act,
         residual: gr.as_ref(),
     };
     let mut rec = Recorder::new(ctx);
     kernels::matmul::matmul_with_tile(&mut rec, &gx, &gw, &gy, gep, p, tile).expect("record");
     rec.submit_blocking().expect("submit");
     let what = format!(
-        "matmul seed {seed} {tile:?} m={} n={} k={} batch={:?} {:?} bias={} gelu={} residual={}",
+        "matmul seed {seed} {tile:?} m={} n={} k={} batch={:?} {:?} bias={} act={:?} residual={}",
         p.m,
         p.n,
         p.k,
         p.batch,
         p.w_layout,
         ep.bias.is_some(),
-        ep.gelu,
+        ep.act,
         ep.residual.is_some()
     );
     let tol = 2e-6 * (p.k as f32).sqrt();
@@ -83,7 +85,9 @@ fn matmul_awkward_shapes_both_tiles() {
 fn matmul_epilogues() {
     let Some(ctx) = gpu() else { return };
     let (m, n, k) = (65, 127, 63);
-    for flags in 0..8u32 {
+    // Every bias x activation x residual combination, on both tiles.
+    for flags in 0..12u32 {
+        let act = [Activation::None, Activation::Gelu, Activation::Tanh][flags as usize / 4];
         for tile in MatmulTile::ALL {
             let seed = 100 + flags as u64;
             let mut r = rng(seed);
@@ -91,14 +95,14 @@ fn matmul_epilogues() {
             let w = random_host(&mut r, &[n, k], 0.5);
             let bias = random_host(&mut r, &[n], 1.0);
             let residual = random_host(&mut r, &[m, n], 1.0);
-            let mut ep = Epilogue::none().alpha(0.75);
+            let mut ep = Epilogue {
+                act,
+                ..Epilogue::none().alpha(0.75)
+            };
             if flags & 1 != 0 {
                 ep = ep.bias(&bias);
             }
             if flags & 2 != 0 {
-                ep = ep.gelu();
-            }
-            if flags & 4 != 0 {
                 ep = ep.residual(&residual);
             }
             let p = StridedMatmul::contiguous(1, m, n, k, true);
@@ -525,4 +529,89 @@ fn kernels_chain_in_one_submission() {
         1e-6,
         1e-5,
     );
+}
+
+/// The fused attention against its twin: sequence lengths below, at and past the 64-query
+/// workgroup and the key tiles, head sizes 8 to 128, random padding, and a row whose keys
+/// are all masked but one.
+#[test]
+fn attention_matches_twin() {
+    let Some(ctx) = gpu() else { return };
+    let cases = [
+        (1, 1, 1, 8),
+        (2, 2, 7, 8),
+        (2, 4, 65, 16),
+        (1, 2, 130, 32),
+        (2, 2, 33, 64),
+        (1, 1, 20, 128),
+        (1, 12, 128, 32),
+    ];
+    for (i, (b, heads, t, d)) in cases.into_iter().enumerate() {
+        let c = heads * d;
+        let mut r = rng(1100 + i as u64);
+        let qkv = random_host(&mut r, &[b, t, 3 * c], 1.5);
+        // Entry 0 keeps every key; entry 1 keeps a prefix; with t > 1, entry 1 keeps only key 0.
+        let mask_data: Vec<u32> = (0..b * t)
+            .map(|j| {
+                let (row, pos) = (j / t, j % t);
+                u32::from(row == 0 || (t > 1 && pos == 0) || (t <= 1 && pos < t))
+            })
+            .collect();
+        let mask = HostTensor::new(&[b, t], mask_data).expect("mask");
+        let mut cpu = HostTensor::zeros(&[b, t, c]);
+        reference::attention(&qkv, &mask, heads, &mut cpu).expect("cpu");
+        let out = empty(ctx, &[b, t, c], "out");
+        let mut rec = Recorder::new(ctx);
+        kernels::attention(
+            &mut rec,
+            &upload(ctx, &qkv, "qkv"),
+            &upload_u32(ctx, &mask, "mask"),
+            heads,
+            &out,
+        )
+        .expect("record");
+        rec.submit_blocking().expect("submit");
+        assert_close(
+            &format!("attention b={b} heads={heads} t={t} d={d}"),
+            &read(ctx, &out),
+            &cpu.data,
+            2e-6,
+            1e-5,
+        );
+    }
+}
+
+/// A fully masked row averages V uniformly (Hugging Face's f32::MIN bias), never NaN.
+#[test]
+fn attention_fully_masked_row_is_finite() {
+    let Some(ctx) = gpu() else { return };
+    let (b, heads, t, d) = (1, 2, 5, 8);
+    let c = heads * d;
+    let mut r = rng(1200);
+    let qkv = random_host(&mut r, &[b, t, 3 * c], 1.0);
+    let mask = HostTensor::new(&[b, t], vec![0u32; t]).expect("mask");
+    let mut cpu = HostTensor::zeros(&[b, t, c]);
+    reference::attention(&qkv, &mask, heads, &mut cpu).expect("cpu");
+    // Uniform weights: every query row is the mean of V over all keys.
+    for e in 0..c {
+        let mean: f32 = (0..t).map(|j| qkv.data[j * 3 * c + 2 * c + e]).sum::<f32>() / t as f32;
+        assert!((cpu.data[e] - mean).abs() < 1e-6, "twin: uniform average");
+    }
+    let out = empty(ctx, &[b, t, c], "out");
+    let mut rec = Recorder::new(ctx);
+    kernels::attention(
+        &mut rec,
+        &upload(ctx, &qkv, "qkv"),
+        &upload_u32(ctx, &mask, "mask"),
+        heads,
+        &out,
+    )
+    .expect("record");
+    rec.submit_blocking().expect("submit");
+    let got = read(ctx, &out);
+    assert!(
+        got.iter().all(|v| v.is_finite()),
+        "NaN or inf in a fully masked row"
+    );
+    assert_close("attention, fully masked", &got, &cpu.data, 2e-6, 1e-5);
 }

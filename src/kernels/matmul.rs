@@ -5,14 +5,43 @@ use crate::error::{Error, Result};
 use crate::pipeline::{Dispatch, Kernel, Recorder, Spec};
 use crate::tensor::{DType, Tensor, check_dtype, check_shape};
 
-/// What happens to `alpha · X·Wᵀ` before it is stored: `+ bias[n]`, then GELU, then
-/// `+ residual` (laid out as the output). Generic over the tensor type so the CPU twin
+/// The activation a matmul epilogue applies after the bias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Activation {
+    #[default]
+    None,
+    /// Exact-erf GELU (BERT's FFN).
+    Gelu,
+    /// tanh (BERT's pooler).
+    Tanh,
+}
+
+impl Activation {
+    const fn code(self) -> u32 {
+        match self {
+            Activation::None => 0,
+            Activation::Gelu => 1,
+            Activation::Tanh => 2,
+        }
+    }
+
+    pub fn apply(self, x: f64) -> f64 {
+        match self {
+            Activation::None => x,
+            Activation::Gelu => crate::reference::gelu_scalar(x),
+            Activation::Tanh => x.tanh(),
+        }
+    }
+}
+
+/// What happens to `alpha · X·Wᵀ` before it is stored: `+ bias[n]`, then the activation,
+/// then `+ residual` (laid out as the output). Generic over the tensor type so the CPU twin
 /// (`reference::matmul`) takes the same struct with host tensors.
 #[derive(Debug)]
 pub struct Epilogue<'a, T = Tensor> {
     pub alpha: f32,
     pub bias: Option<&'a T>,
-    pub gelu: bool,
+    pub act: Activation,
     pub residual: Option<&'a T>,
 }
 
@@ -30,7 +59,7 @@ impl<T> Default for Epilogue<'_, T> {
         Self {
             alpha: 1.0,
             bias: None,
-            gelu: false,
+            act: Activation::None,
             residual: None,
         }
     }
@@ -48,7 +77,12 @@ impl<'a, T> Epilogue<'a, T> {
     }
 
     pub fn gelu(mut self) -> Self {
-        self.gelu = true;
+        self.act = Activation::Gelu;
+        self
+    }
+
+    pub fn tanh(mut self) -> Self {
+        self.act = Activation::Tanh;
         self
     }
 
@@ -226,7 +260,7 @@ impl MatmulTile {
             && self.workgroup_bytes() <= l.max_compute_workgroup_storage_size
     }
 
-    fn spec(self, w_layout: WLayout, bias: bool, gelu: bool, residual: bool) -> Spec {
+    fn spec(self, w_layout: WLayout, bias: bool, act: Activation, residual: bool) -> Spec {
         let (bm, bn, bk, tm, tn) = self.dims();
         Spec::new()
             .u32("BM", bm)
@@ -237,7 +271,7 @@ impl MatmulTile {
             .bool("W_NK", w_layout == WLayout::NK)
             .bool("HAS_BIAS", bias)
             .bool("HAS_RESIDUAL", residual)
-            .bool("ACT_GELU", gelu)
+            .u32("ACT", act.code())
     }
 }
 
@@ -245,8 +279,11 @@ pub(super) fn variants() -> Vec<Spec> {
     let mut out = Vec::new();
     for tile in MatmulTile::ALL {
         for layout in [WLayout::NK, WLayout::KN] {
-            for flags in 0..8u32 {
-                out.push(tile.spec(layout, flags & 1 != 0, flags & 2 != 0, flags & 4 != 0));
+            for act in [Activation::None, Activation::Gelu, Activation::Tanh] {
+                for (bias, residual) in [(false, false), (true, false), (false, true), (true, true)]
+                {
+                    out.push(tile.spec(layout, bias, act, residual));
+                }
             }
         }
     }
@@ -393,12 +430,7 @@ pub fn matmul_with_tile(
     ];
     rec.dispatch(Dispatch {
         kernel: Kernel::Matmul,
-        spec: tile.spec(
-            p.w_layout,
-            ep.bias.is_some(),
-            ep.gelu,
-            ep.residual.is_some(),
-        ),
+        spec: tile.spec(p.w_layout, ep.bias.is_some(), ep.act, ep.residual.is_some()),
         params: bytemuck::bytes_of(&params),
         buffers: &[
             x.buffer(),

@@ -3,6 +3,7 @@
 //! arguments (host tensors in place of GPU tensors).
 
 mod add;
+mod attention;
 mod elementwise;
 mod embedding;
 mod gelu;
@@ -13,12 +14,13 @@ mod mean_pool;
 mod softmax;
 
 pub use add::add;
+pub use attention::{MAX_HEAD_DIM, attention, attention_dims};
 pub use embedding::{check_ids, embedding};
 pub use gelu::gelu;
 pub use l2_normalize::l2_normalize;
 pub use layer_norm::layer_norm;
 pub use matmul::{
-    Epilogue, MatmulTile, MatrixView, StridedMatmul, WLayout, matmul, matmul_strided,
+    Activation, Epilogue, MatmulTile, MatrixView, StridedMatmul, WLayout, matmul, matmul_strided,
 };
 pub use mean_pool::mean_pool;
 pub use softmax::softmax;
@@ -31,6 +33,10 @@ pub fn shader_variants() -> Vec<(Kernel, Spec)> {
     for kernel in Kernel::ALL {
         match kernel {
             Kernel::Matmul => out.extend(matmul::variants().into_iter().map(|s| (kernel, s))),
+            Kernel::Attention => {
+                let dims = attention::VALIDATED_HEAD_DIMS;
+                out.extend(dims.map(|d| (kernel, attention::spec(d))));
+            }
             Kernel::LayerNorm => {
                 out.extend([false, true].map(|r| (kernel, layer_norm::spec(r))));
             }

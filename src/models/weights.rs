@@ -1,0 +1,128 @@
+//! Checkpoint loading from safetensors bytes (the same path natively and on the web):
+//! tensors by name, converted to f32 on the host, every shape checked on the way in.
+
+use std::collections::HashSet;
+
+use safetensors::{Dtype, SafeTensors};
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::reference::HostTensor;
+use crate::tensor::Tensor;
+
+/// A parsed safetensors file with an optional key prefix (e.g. `bert.`) that is tried when
+/// a key is not found as given. Records which keys were taken.
+pub struct Weights<'a> {
+    file: SafeTensors<'a>,
+    prefix: String,
+    taken: HashSet<String>,
+}
+
+impl<'a> Weights<'a> {
+    /// Parses a safetensors file held in memory.
+    pub fn from_bytes(bytes: &'a [u8]) -> Result<Self> {
+        let file = SafeTensors::deserialize(bytes).map_err(|e| Error::Weights {
+            key: "(file)".into(),
+            reason: format!("not a valid safetensors file: {e}"),
+        })?;
+        Ok(Self {
+            file,
+            prefix: String::new(),
+            taken: HashSet::new(),
+        })
+    }
+
+    /// Also look keys up under `prefix` (tried second), e.g. `bert.` for BertFor* checkpoints.
+    pub fn with_fallback_prefix(mut self, prefix: &str) -> Self {
+        self.prefix = prefix.to_string();
+        self
+    }
+
+    fn resolve(&self, key: &str) -> Option<String> {
+        let names = self.file.names();
+        let prefixed = format!("{}{key}", self.prefix);
+        if names.iter().any(|n| *n == key) {
+            Some(key.to_string())
+        } else if !self.prefix.is_empty() && names.iter().any(|n| **n == prefixed) {
+            Some(prefixed)
+        } else {
+            None
+        }
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.resolve(key).is_some()
+    }
+
+    /// The tensor `key` as f32 (from f32, f16 or bf16), which must have exactly `shape`.
+    pub fn get(&mut self, key: &str, shape: &[usize]) -> Result<HostTensor> {
+        let name = self.resolve(key).ok_or_else(|| Error::Weights {
+            key: key.to_string(),
+            reason: if self.prefix.is_empty() {
+                "missing from the checkpoint".into()
+            } else {
+                format!(
+                    "missing from the checkpoint (also tried `{}{key}`)",
+                    self.prefix
+                )
+            },
+        })?;
+        let view = self.file.tensor(&name).map_err(|e| Error::Weights {
+            key: name.clone(),
+            reason: e.to_string(),
+        })?;
+        if view.shape() != shape {
+            return Err(Error::Weights {
+                key: name,
+                reason: format!("expected shape {shape:?}, found {:?}", view.shape()),
+            });
+        }
+        let bytes = view.data();
+        let data: Vec<f32> = match view.dtype() {
+            Dtype::F32 => bytemuck::pod_collect_to_vec(bytes),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(Error::Weights {
+                    key: name,
+                    reason: format!("dtype {other:?} is not supported (f32, f16 or bf16)"),
+                });
+            }
+        };
+        self.taken.insert(name);
+        HostTensor::new(shape, data)
+    }
+
+    /// Keys in the file that were never taken, except those `ignore` accepts.
+    pub fn unused(&self, ignore: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .file
+            .names()
+            .into_iter()
+            .filter(|n| !self.taken.contains(*n) && !ignore(n))
+            .map(|n| n.to_string())
+            .collect();
+        keys.sort();
+        keys
+    }
+}
+
+/// Reads a whole file, naming it in the error.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn read_file(path: &std::path::Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Uploads a host tensor, labelled with its checkpoint name.
+pub fn upload(ctx: &Context, name: &str, t: &HostTensor) -> Result<Tensor> {
+    Tensor::from_f32(ctx, &t.shape, &t.data, name)
+}
