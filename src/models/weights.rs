@@ -41,7 +41,7 @@ impl<'a> Weights<'a> {
     fn resolve(&self, key: &str) -> Option<String> {
         let names = self.file.names();
         let prefixed = format!("{}{key}", self.prefix);
-        if names.iter().any(|n| *n == key) {
+        if names.contains(&key) {
             Some(key.to_string())
         } else if !self.prefix.is_empty() && names.iter().any(|n| **n == prefixed) {
             Some(prefixed)

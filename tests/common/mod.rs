@@ -85,3 +85,72 @@ pub fn assert_close(what: &str, gpu: &[f32], cpu: &[f32], atol: f32, rtol: f32) 
         );
     }
 }
+
+/// A fixture folder under `tests/fixtures`.
+pub fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// The tensors of a golden safetensors file, as f32 or integer host data.
+pub struct Golden {
+    bytes: Vec<u8>,
+}
+
+impl Golden {
+    pub fn open(path: &std::path::Path) -> Self {
+        let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        Self { bytes }
+    }
+
+    fn view(&self, name: &str) -> safetensors::tensor::TensorView<'_> {
+        let file = safetensors::SafeTensors::deserialize(&self.bytes).expect("golden file");
+        file.tensor(name)
+            .unwrap_or_else(|e| panic!("golden tensor {name}: {e}"))
+    }
+
+    pub fn f32(&self, name: &str) -> HostTensor {
+        let v = self.view(name);
+        assert_eq!(v.dtype(), safetensors::Dtype::F32, "{name}");
+        host(v.shape(), bytemuck::pod_collect_to_vec(v.data()))
+    }
+
+    /// An I64 tensor as u32 (ids and masks), with its shape.
+    pub fn ids(&self, name: &str) -> (Vec<usize>, Vec<u32>) {
+        let v = self.view(name);
+        assert_eq!(v.dtype(), safetensors::Dtype::I64, "{name}");
+        let wide: Vec<i64> = bytemuck::pod_collect_to_vec(v.data());
+        (
+            v.shape().to_vec(),
+            wide.iter()
+                .map(|&x| u32::try_from(x).expect("id fits u32"))
+                .collect(),
+        )
+    }
+}
+
+/// Rows `[.., C]` of `t` where `mask` is nonzero, packed in order.
+pub fn real_rows(t: &HostTensor, mask: &[u32]) -> Vec<f32> {
+    let c = *t.shape.last().expect("rank >= 1");
+    mask.iter()
+        .enumerate()
+        .filter(|&(_, &m)| m != 0)
+        .flat_map(|(i, _)| t.data[i * c..(i + 1) * c].iter().copied())
+        .collect()
+}
+
+/// Cosine similarity of each row pair; returns the smallest.
+pub fn min_row_cosine(a: &HostTensor, b: &HostTensor) -> f64 {
+    let c = *a.shape.last().expect("rank >= 1");
+    a.data
+        .chunks(c)
+        .zip(b.data.chunks(c))
+        .map(|(x, y)| {
+            let dot: f64 = x.iter().zip(y).map(|(&p, &q)| p as f64 * q as f64).sum();
+            let nx: f64 = x.iter().map(|&p| p as f64 * p as f64).sum::<f64>().sqrt();
+            let ny: f64 = y.iter().map(|&q| q as f64 * q as f64).sum::<f64>().sqrt();
+            dot / (nx * ny)
+        })
+        .fold(1.0, f64::min)
+}
