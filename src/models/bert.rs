@@ -413,6 +413,36 @@ impl BertInput {
         Ok(())
     }
 
+    /// Reads `input_ids`, `attention_mask` and (optional) `token_type_ids` ([B, T], I64 or
+    /// I32) from safetensors bytes.
+    pub fn from_safetensors(bytes: &[u8]) -> Result<Self> {
+        let file = Weights::from_bytes(bytes)?;
+        let ids = file.ids("input_ids")?.ok_or_else(|| Error::Input {
+            arg: "input_ids".into(),
+            reason: "missing from the input file".into(),
+        })?;
+        let [batch, seq] = ids.0[..] else {
+            return Err(Error::Input {
+                arg: "input_ids".into(),
+                reason: format!("shape {:?} is not [batch, seq]", ids.0),
+            });
+        };
+        let mut rest = [None, None];
+        for (slot, name) in rest.iter_mut().zip(["attention_mask", "token_type_ids"]) {
+            if let Some((shape, values)) = file.ids(name)? {
+                if shape != ids.0 {
+                    return Err(Error::Input {
+                        arg: name.into(),
+                        reason: format!("shape {shape:?} differs from input_ids' {:?}", ids.0),
+                    });
+                }
+                *slot = Some(values);
+            }
+        }
+        let [mask, types] = rest;
+        Self::new(batch, seq, ids.1, mask, types)
+    }
+
     fn position_ids(&self) -> Vec<u32> {
         (0..self.batch).flat_map(|_| 0..self.seq as u32).collect()
     }
@@ -429,6 +459,21 @@ pub struct BertOutput {
     pub sentence_embedding: HostTensor,
     /// Embedding output then each layer's output ([B, T, C] each), when requested.
     pub hidden_states: Vec<HostTensor>,
+}
+
+impl BertOutput {
+    /// `last_hidden_state`, `pooler_output` (when present) and `sentence_embedding` as an F32
+    /// safetensors file.
+    pub fn to_safetensors(&self) -> Result<Vec<u8>> {
+        let mut tensors = vec![
+            ("last_hidden_state", &self.last_hidden_state),
+            ("sentence_embedding", &self.sentence_embedding),
+        ];
+        if let Some(p) = &self.pooler_output {
+            tensors.push(("pooler_output", p));
+        }
+        crate::models::weights::to_safetensors(&tensors)
+    }
 }
 
 /// A BERT encoder on the GPU: weights uploaded once, pipelines cached by the context, and

@@ -99,6 +99,42 @@ impl<'a> Weights<'a> {
         HostTensor::new(shape, data)
     }
 
+    /// An integer tensor (I64 or I32) as u32, with its shape; `None` when absent. Negative
+    /// or too large values are an error naming the tensor.
+    pub fn ids(&self, key: &str) -> Result<Option<(Vec<usize>, Vec<u32>)>> {
+        let Some(name) = self.resolve(key) else {
+            return Ok(None);
+        };
+        let view = self.file.tensor(&name).map_err(|e| Error::Weights {
+            key: name.clone(),
+            reason: e.to_string(),
+        })?;
+        let wide: Vec<i64> = match view.dtype() {
+            Dtype::I64 => bytemuck::pod_collect_to_vec(view.data()),
+            Dtype::I32 => bytemuck::pod_collect_to_vec::<u8, i32>(view.data())
+                .into_iter()
+                .map(i64::from)
+                .collect(),
+            other => {
+                return Err(Error::Input {
+                    arg: name,
+                    reason: format!("dtype {other:?} is not I64 or I32"),
+                });
+            }
+        };
+        let values = wide
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                u32::try_from(v).map_err(|_| Error::Input {
+                    arg: name.clone(),
+                    reason: format!("value {v} at position {i} is not a valid id"),
+                })
+            })
+            .collect::<Result<Vec<u32>>>()?;
+        Ok(Some((view.shape().to_vec(), values)))
+    }
+
     /// Keys in the file that were never taken, except those `ignore` accepts.
     pub fn unused(&self, ignore: impl Fn(&str) -> bool) -> Vec<String> {
         let mut keys: Vec<String> = self
@@ -125,4 +161,27 @@ pub fn read_file(path: &std::path::Path) -> Result<Vec<u8>> {
 /// Uploads a host tensor, labelled with its checkpoint name.
 pub fn upload(ctx: &Context, name: &str, t: &HostTensor) -> Result<Tensor> {
     Tensor::from_f32(ctx, &t.shape, &t.data, name)
+}
+
+/// Writes named f32 host tensors as a safetensors file.
+pub fn to_safetensors(tensors: &[(&str, &HostTensor)]) -> Result<Vec<u8>> {
+    let views = tensors
+        .iter()
+        .map(|(name, t)| {
+            let view = safetensors::tensor::TensorView::new(
+                Dtype::F32,
+                t.shape.clone(),
+                bytemuck::cast_slice(&t.data),
+            )
+            .map_err(|e| Error::Weights {
+                key: name.to_string(),
+                reason: e.to_string(),
+            })?;
+            Ok((name.to_string(), view))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::tensor::serialize(views, None).map_err(|e| Error::Weights {
+        key: "(output file)".into(),
+        reason: e.to_string(),
+    })
 }
