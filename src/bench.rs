@@ -14,6 +14,10 @@ use serde::Serialize;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::kernels::{self, Epilogue, StridedMatmul};
+use crate::models::bert::{
+    self, Bert, BertConfig, BertEmbeddings, BertInput, BertLayer, BertWeights, LayerNorm, Linear,
+};
+use crate::pipeline::PassTime;
 use crate::pipeline::Recorder;
 use crate::reference::{self, HostTensor};
 use crate::tensor::{DType, Tensor};
@@ -112,6 +116,10 @@ pub struct Record {
     pub gflops: f64,
     pub pct_of_peak: Option<f64>,
     pub check: Check,
+    /// Sequences (or images) per second, for model suites.
+    pub items_per_s: Option<f64>,
+    /// GPU ms per kernel over one forward (summed by kernel), for model suites.
+    pub breakdown: Vec<(String, f64)>,
     pub commit: String,
 }
 
@@ -331,6 +339,8 @@ fn record(
         gflops,
         pct_of_peak: peak.map(|p| 100.0 * gflops / (p * 1e3)),
         check,
+        items_per_s: None,
+        breakdown: Vec::new(),
         commit: COMMIT.into(),
     }
 }
@@ -338,7 +348,7 @@ fn record(
 /// A plain-text table of records.
 pub fn table(records: &[Record]) -> String {
     let mut out = format!(
-        "{:<10} {:<18} {:>5} {:>10} {:>21} {:>10} {:>10} {:>10} {:>7}  {}\n",
+        "{:<8} {:<20} {:>5} {:>10} {:>21} {:>10} {:>9} {:>10} {:>6} {:>9}  {}\n",
         "suite",
         "shape",
         "dtype",
@@ -347,12 +357,13 @@ pub fn table(records: &[Record]) -> String {
         "wall ms",
         "first ms",
         "GFLOP/s",
-        "% peak",
+        "%peak",
+        "items/s",
         "check"
     );
     for r in records {
         out += &format!(
-            "{:<10} {:<18} {:>5} {:>10.4} {:>21} {:>10.3} {:>10.1} {:>10.1} {:>7}  {} (max err {:.1e}, {}/{} values)\n",
+            "{:<8} {:<20} {:>5} {:>10.4} {:>21} {:>10.3} {:>9.1} {:>10.1} {:>6} {:>9}  {} (max err {:.1e}, {}/{} values)\n",
             r.suite,
             r.shape,
             r.dtype,
@@ -362,6 +373,7 @@ pub fn table(records: &[Record]) -> String {
             r.first_run_ms,
             r.gflops,
             r.pct_of_peak.map_or("-".into(), |p| format!("{p:.1}")),
+            r.items_per_s.map_or("-".into(), |v| format!("{v:.1}")),
             if r.check.passed { "PASS" } else { "FAIL" },
             r.check.max_abs_err,
             r.check.compared,
@@ -374,11 +386,12 @@ pub fn table(records: &[Record]) -> String {
 /// A Markdown table of records (for BENCHMARKS.md).
 pub fn markdown(records: &[Record]) -> String {
     let mut out = String::from(
-        "| suite | shape | dtype | GPU ms (median) | min-max | wall ms | GFLOP/s | % peak | check |\n|---|---|---|---|---|---|---|---|---|\n",
+        "| suite | shape | dtype | GPU ms (median) | min-max | wall ms | GFLOP/s | % peak | items/s | check |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in records {
         out += &format!(
-            "| {} | {} | {} | {:.4} | {:.4}-{:.4} | {:.3} | {:.1} | {} | {} |\n",
+            "| {} | {} | {} | {:.4} | {:.4}-{:.4} | {:.3} | {:.1} | {} | {} | {} |\n",
             r.suite,
             r.shape,
             r.dtype,
@@ -388,8 +401,315 @@ pub fn markdown(records: &[Record]) -> String {
             r.wall_ms.median,
             r.gflops,
             r.pct_of_peak.map_or("-".into(), |p| format!("{p:.1}")),
+            r.items_per_s.map_or("-".into(), |v| format!("{v:.1}")),
             if r.check.passed { "PASS" } else { "FAIL" },
         );
+    }
+    out
+}
+
+/// A BERT-family shape for the `bert` suite (random weights of the real sizes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BertShape {
+    pub model: BertSize,
+    pub batch: usize,
+    pub seq: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BertSize {
+    /// bert-base-uncased: 12 layers, 768 hidden, 12 heads, 3072 intermediate.
+    Base,
+    /// all-MiniLM-L6-v2: 6 layers, 384 hidden, 12 heads, 1536 intermediate.
+    MiniLm,
+}
+
+impl BertSize {
+    pub fn name(self) -> &'static str {
+        match self {
+            BertSize::Base => "bert-base",
+            BertSize::MiniLm => "minilm-l6",
+        }
+    }
+
+    pub fn config(self) -> BertConfig {
+        let (layers, hidden, intermediate) = match self {
+            BertSize::Base => (12, 768, 3072),
+            BertSize::MiniLm => (6, 384, 1536),
+        };
+        BertConfig {
+            model_type: "bert".into(),
+            vocab_size: 30522,
+            hidden_size: hidden,
+            num_hidden_layers: layers,
+            num_attention_heads: 12,
+            intermediate_size: intermediate,
+            hidden_act: "gelu".into(),
+            max_position_embeddings: 512,
+            type_vocab_size: 2,
+            layer_norm_eps: 1e-12,
+            position_embedding_type: "absolute".into(),
+        }
+    }
+}
+
+impl BertShape {
+    /// The default shapes: BERT-base and MiniLM at batch 1 / seq 128, batch 32 / seq 128 and
+    /// batch 8 / seq 512 on a real GPU; one small MiniLM forward on a software adapter.
+    pub fn defaults(ctx: &Context) -> Vec<Self> {
+        let s = |model, batch, seq| Self { model, batch, seq };
+        if ctx.capabilities().is_software() {
+            vec![s(BertSize::MiniLm, 1, 32)]
+        } else {
+            let mut out = Vec::new();
+            for model in [BertSize::Base, BertSize::MiniLm] {
+                out.extend([s(model, 1, 128), s(model, 32, 128), s(model, 8, 512)]);
+            }
+            out
+        }
+    }
+
+    /// Parses `base:BxT` or `minilm:BxT`.
+    pub fn parse(text: &str) -> Result<Self> {
+        let err = || Error::Argument {
+            op: "bench",
+            arg: "bert",
+            reason: format!("{text:?} is not base:BxT or minilm:BxT"),
+        };
+        let (model, dims) = text.split_once(':').ok_or_else(err)?;
+        let model = match model {
+            "base" | "bert-base" => BertSize::Base,
+            "minilm" | "minilm-l6" => BertSize::MiniLm,
+            _ => return Err(err()),
+        };
+        let (b, t) = dims.split_once('x').ok_or_else(err)?;
+        let (batch, seq) = (b.parse().map_err(|_| err())?, t.parse().map_err(|_| err())?);
+        if batch == 0 || seq == 0 || seq > 512 {
+            return Err(err());
+        }
+        Ok(Self { model, batch, seq })
+    }
+
+    /// Multiply-adds x 2 of one forward: projections, FFN, attention's two products, pooler.
+    pub fn flops(&self, config: &BertConfig) -> f64 {
+        let (b, t) = (self.batch as f64, self.seq as f64);
+        let (c, i, l) = (
+            config.hidden_size as f64,
+            config.intermediate_size as f64,
+            config.num_hidden_layers as f64,
+        );
+        let per_layer = 2.0 * b * t * (4.0 * c * c + 2.0 * c * i) + 4.0 * b * t * t * c;
+        l * per_layer + 2.0 * b * c * c
+    }
+}
+
+/// Seeded random weights of a config's real sizes (LayerNorm weights near 1).
+pub fn random_bert_weights(config: &BertConfig, seed: u64) -> Result<BertWeights<HostTensor>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut t = |shape: &[usize], scale: f32, center: f32| -> Result<HostTensor> {
+        let n = shape.iter().product();
+        HostTensor::new(
+            shape,
+            (0..n)
+                .map(|_| center + scale * rng.random_range(-1.0f32..1.0))
+                .collect(),
+        )
+    };
+    let (c, i) = (config.hidden_size, config.intermediate_size);
+    let mut linear = |out: usize, inp: usize| -> Result<Linear<HostTensor>> {
+        let scale = 1.0 / (inp as f32).sqrt();
+        Ok(Linear {
+            weight: t(&[out, inp], scale, 0.0)?,
+            bias: t(&[out], 0.1, 0.0)?,
+        })
+    };
+    let mut layers = Vec::new();
+    for _ in 0..config.num_hidden_layers {
+        layers.push(BertLayer {
+            qkv: linear(3 * c, c)?,
+            attention_output: linear(c, c)?,
+            attention_norm: LayerNorm {
+                weight: HostTensor::new(&[c], vec![1.0; c])?,
+                bias: HostTensor::zeros(&[c]),
+            },
+            intermediate: linear(i, c)?,
+            output: linear(c, i)?,
+            output_norm: LayerNorm {
+                weight: HostTensor::new(&[c], vec![1.0; c])?,
+                bias: HostTensor::zeros(&[c]),
+            },
+        });
+    }
+    let pooler = Some(linear(c, c)?);
+    let mut t = |shape: &[usize]| -> Result<HostTensor> {
+        let n = shape.iter().product();
+        HostTensor::new(
+            shape,
+            (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect(),
+        )
+    };
+    let embeddings = BertEmbeddings {
+        word_embeddings: t(&[config.vocab_size, c])?,
+        position_embeddings: t(&[config.max_position_embeddings, c])?,
+        token_type_embeddings: t(&[config.type_vocab_size, c])?,
+        layer_norm: LayerNorm {
+            weight: HostTensor::new(&[c], vec![1.0; c])?,
+            bias: HostTensor::zeros(&[c]),
+        },
+    };
+    Ok(BertWeights {
+        embeddings,
+        layers,
+        pooler,
+    })
+}
+
+/// Measures whole BERT forwards (one submission each). The check runs the CPU forward on
+/// the batch's first sequence and compares its hidden states and sentence embedding.
+pub fn bert_suite(
+    ctx: &Context,
+    shapes: &[BertShape],
+    options: &BenchOptions,
+    mut progress: impl FnMut(&str),
+) -> Result<Vec<Record>> {
+    let mut records = Vec::new();
+    let mut loaded: Option<(BertSize, BertConfig, BertWeights<HostTensor>, Bert)> = None;
+    for (n, &shape) in shapes.iter().enumerate() {
+        let label = format!("{} {}x{}", shape.model.name(), shape.batch, shape.seq);
+        progress(&format!("bert {label} ({}/{})", n + 1, shapes.len()));
+        if loaded.as_ref().is_none_or(|l| l.0 != shape.model) {
+            drop(loaded.take()); // free the previous model's GPU memory first
+            let config = shape.model.config();
+            let weights = random_bert_weights(&config, 7)?;
+            let model = Bert::new(ctx, config.clone(), &weights)?;
+            loaded = Some((shape.model, config, weights, model));
+        }
+        let Some((_, config, weights, model)) = &loaded else {
+            unreachable!("loaded above")
+        };
+        records.push(bert_one(ctx, config, weights, model, shape, options)?);
+    }
+    Ok(records)
+}
+
+fn bert_one(
+    ctx: &Context,
+    config: &BertConfig,
+    weights: &BertWeights<HostTensor>,
+    model: &Bert,
+    shape: BertShape,
+    options: &BenchOptions,
+) -> Result<Record> {
+    let mut rng = StdRng::seed_from_u64(shape.batch as u64 * 1000 + shape.seq as u64);
+    let n = shape.batch * shape.seq;
+    let ids: Vec<u32> = (0..n).map(|_| rng.random_range(1000..30000)).collect();
+    let input = BertInput::new(shape.batch, shape.seq, ids, None, None)?;
+
+    let start = Instant::now();
+    let first = model.forward_blocking(ctx, &input, false)?;
+    let first_run_ms = start.elapsed().as_secs_f64() * 1e3;
+    for _ in 0..options.warmup {
+        model.forward_timed(ctx, &input)?;
+    }
+    let (mut wall, mut gpu) = (Vec::new(), Vec::new());
+    let mut breakdown: Vec<(String, f64)> = Vec::new();
+    for _ in 0..options.iters.max(1) {
+        let start = Instant::now();
+        let times = model.forward_timed(ctx, &input)?;
+        wall.push(start.elapsed().as_secs_f64() * 1e3);
+        if !times.is_empty() {
+            gpu.push(PassTime::span_ms(&times));
+            for t in &times {
+                match breakdown.iter_mut().find(|(k, _)| k == t.label) {
+                    Some((_, ms)) => *ms += t.ms,
+                    None => breakdown.push((t.label.to_string(), t.ms)),
+                }
+            }
+        }
+    }
+    let runs = options.iters.max(1) as f64;
+    breakdown.iter_mut().for_each(|(_, ms)| *ms /= runs);
+    breakdown.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let clock = if gpu.len() == wall.len() {
+        Clock::Timestamp
+    } else {
+        Clock::Wall
+    };
+    let gpu_ms = Stats::of(if clock == Clock::Timestamp {
+        &gpu
+    } else {
+        &wall
+    });
+
+    // Check: the first sequence alone through the CPU twins (sequences are independent).
+    let one = BertInput::new(
+        1,
+        shape.seq,
+        input.input_ids[..shape.seq].to_vec(),
+        None,
+        None,
+    )?;
+    let cpu = bert::forward_cpu(config, weights, &one, false)?;
+    let c = config.hidden_size;
+    let pairs = [
+        (
+            &first.last_hidden_state.data[..shape.seq * c],
+            &cpu.last_hidden_state.data[..],
+        ),
+        (
+            &first.sentence_embedding.data[..c],
+            &cpu.sentence_embedding.data[..],
+        ),
+    ];
+    let (mut passed, mut max_abs_err, mut compared) = (true, 0f64, 0);
+    for (got, want) in pairs {
+        for (&g, &w) in got.iter().zip(want) {
+            let err = (g as f64 - w as f64).abs();
+            max_abs_err = max_abs_err.max(if err.is_nan() { f64::INFINITY } else { err });
+            passed &= err <= 1e-4 + 1e-4 * (w as f64).abs();
+            compared += 1;
+        }
+    }
+    let check = Check {
+        passed,
+        max_abs_err,
+        compared,
+        total: (n + shape.batch) * c,
+    };
+    let flops = shape.flops(config);
+    let shape_label = format!("{} {}x{}", shape.model.name(), shape.batch, shape.seq);
+    let mut r = record(
+        ctx,
+        "bert",
+        shape_label,
+        clock,
+        gpu_ms,
+        Stats::of(&wall),
+        first_run_ms,
+        flops,
+        check,
+        options,
+    );
+    r.items_per_s = Some(shape.batch as f64 / (gpu_ms.median * 1e-3));
+    r.breakdown = breakdown;
+    Ok(r)
+}
+
+/// Per-kernel GPU time of model records, as text.
+pub fn breakdown_table(records: &[Record]) -> String {
+    let mut out = String::new();
+    for r in records.iter().filter(|r| !r.breakdown.is_empty()) {
+        let total: f64 = r.breakdown.iter().map(|(_, ms)| ms).sum();
+        out += &format!(
+            "{} {}: GPU time by kernel (sum of passes {total:.3} ms)\n",
+            r.suite, r.shape
+        );
+        for (kernel, ms) in &r.breakdown {
+            out += &format!(
+                "  {kernel:<14} {ms:>10.3} ms {:>6.1}%\n",
+                100.0 * ms / total
+            );
+        }
     }
     out
 }

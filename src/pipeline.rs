@@ -215,7 +215,17 @@ pub(crate) struct Dispatch<'b> {
 #[derive(Debug, Clone)]
 pub struct PassTime {
     pub label: &'static str,
+    /// Start of the pass, in ms after the start of the first timed pass.
+    pub start_ms: f64,
+    /// Duration of the pass.
     pub ms: f64,
+}
+
+impl PassTime {
+    /// GPU time from the start of the first pass to the end of the last (gaps included).
+    pub fn span_ms(times: &[PassTime]) -> f64 {
+        times.iter().map(|t| t.start_ms + t.ms).fold(0.0, f64::max)
+    }
 }
 
 struct Timer {
@@ -382,12 +392,14 @@ impl<'c> Recorder<'c> {
         };
         staging.unmap();
         let period = ctx.capabilities().timestamp_period_ns as f64;
+        let origin = ticks.first().copied().unwrap_or(0);
         Ok(timer
             .labels
             .iter()
             .zip(ticks.chunks_exact(2))
             .map(|(&label, t)| PassTime {
                 label,
+                start_ms: t[0].saturating_sub(origin) as f64 * period * 1e-6,
                 ms: t[1].saturating_sub(t[0]) as f64 * period * 1e-6,
             })
             .collect())

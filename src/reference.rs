@@ -74,6 +74,26 @@ fn last_dim(op: &'static str, x: &HostTensor) -> Result<(usize, usize)> {
     Ok((x.numel().checked_div(c).unwrap_or(0), c))
 }
 
+/// Fills `out`, made of rows of `row_len` values, calling `f(row index, row)` on all cores.
+fn par_rows<T: Send>(out: &mut [T], row_len: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    if out.is_empty() || row_len == 0 {
+        return;
+    }
+    let rows = out.len() / row_len;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_thread = rows.div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        for (chunk_index, chunk) in out.chunks_mut(per_thread * row_len).enumerate() {
+            let f = &f;
+            s.spawn(move || {
+                for (k, row) in chunk.chunks_mut(row_len).enumerate() {
+                    f(chunk_index * per_thread + k, row);
+                }
+            });
+        }
+    });
+}
+
 /// Exact-erf GELU in f64.
 pub fn gelu_scalar(x: f64) -> f64 {
     0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))
@@ -112,34 +132,46 @@ pub fn matmul_strided(
     if let Some(r) = ep.residual {
         same_shape("matmul", "residual", r, y)?;
     }
-    for outer in 0..p.batch[0] {
-        for inner in 0..p.batch[1] {
-            let base = |v: &crate::kernels::MatrixView| {
-                v.offset + outer * v.outer_stride + inner * v.inner_stride
-            };
-            let (xb, wb, yb) = (base(&p.x), base(&p.w), base(&p.y));
-            for i in 0..p.m {
-                for j in 0..p.n {
-                    let mut acc = 0.0f64;
-                    for l in 0..p.k {
-                        let wv = match p.w_layout {
-                            WLayout::NK => w.data[wb + j * p.w.ld + l],
-                            WLayout::KN => w.data[wb + l * p.w.ld + j],
-                        };
-                        acc += x.data[xb + i * p.x.ld + l] as f64 * wv as f64;
-                    }
-                    let mut v = ep.alpha as f64 * acc;
-                    if let Some(b) = ep.bias {
-                        v += b.data[j] as f64;
-                    }
-                    v = ep.act.apply(v);
-                    let at = yb + i * p.y.ld + j;
-                    if let Some(r) = ep.residual {
-                        v += r.data[at] as f64;
-                    }
-                    y.data[at] = v as f32;
+    // Dot products in parallel over (batch entry, row), then the epilogue in place.
+    let (batch_inner, m, n) = (p.batch[1], p.m, p.n);
+    let base = |v: &crate::kernels::MatrixView, b: usize| {
+        v.offset + (b / batch_inner) * v.outer_stride + (b % batch_inner) * v.inner_stride
+    };
+    let mut dots = vec![0.0f64; p.batch[0] * batch_inner * m * n];
+    par_rows(&mut dots, n, |row, out| {
+        let (b, i) = (row / m, row % m);
+        let (xb, wb) = (base(&p.x, b), base(&p.w, b));
+        let x_row = &x.data[xb + i * p.x.ld..][..p.k];
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = match p.w_layout {
+                WLayout::NK => {
+                    let w_row = &w.data[wb + j * p.w.ld..][..p.k];
+                    x_row
+                        .iter()
+                        .zip(w_row)
+                        .map(|(&a, &b)| a as f64 * b as f64)
+                        .sum()
                 }
+                WLayout::KN => (0..p.k)
+                    .map(|l| x_row[l] as f64 * w.data[wb + l * p.w.ld + j] as f64)
+                    .sum(),
+            };
+        }
+    });
+    for (row, dot_row) in dots.chunks(n.max(1)).enumerate() {
+        let (b, i) = (row / m, row % m);
+        let yb = base(&p.y, b);
+        for (j, &dot) in dot_row.iter().enumerate() {
+            let mut v = ep.alpha as f64 * dot;
+            if let Some(bias) = ep.bias {
+                v += bias.data[j] as f64;
             }
+            v = ep.act.apply(v);
+            let at = yb + i * p.y.ld + j;
+            if let Some(r) = ep.residual {
+                v += r.data[at] as f64;
+            }
+            y.data[at] = v as f32;
         }
     }
     Ok(())
@@ -314,35 +346,36 @@ pub fn attention(
     heads: usize,
     out: &mut HostTensor,
 ) -> Result<()> {
-    let (b, t, c, d) = crate::kernels::attention_dims(&qkv.shape, &mask.shape, heads, &out.shape)?;
+    let (_, t, c, d) = crate::kernels::attention_dims(&qkv.shape, &mask.shape, heads, &out.shape)?;
     let scale = 1.0 / (d as f64).sqrt();
-    let mut scores = vec![0.0f64; t];
-    for bi in 0..b {
+    // One output row (batch entry, query) at a time, all heads, in parallel over rows.
+    par_rows(&mut out.data, c, |row, out_row| {
+        let bi = row / t;
+        let mut weights = vec![0.0f64; t];
         for h in 0..heads {
-            for i in 0..t {
-                let q = &qkv.data[(bi * t + i) * 3 * c + h * d..][..d];
-                for (j, s) in scores.iter_mut().enumerate() {
-                    let k = &qkv.data[(bi * t + j) * 3 * c + c + h * d..][..d];
-                    let dot: f64 = q.iter().zip(k).map(|(&a, &b)| a as f64 * b as f64).sum();
-                    let bias = if mask.data[bi * t + j] != 0 {
-                        0.0
-                    } else {
-                        f32::MIN
-                    };
-                    *s = ((dot * scale) as f32 + bias) as f64;
-                }
-                let max = scores.iter().fold(f64::MIN, |m, &s| m.max(s));
-                let sum: f64 = scores.iter().map(|&s| (s - max).exp()).sum();
-                for e in 0..d {
-                    let mut acc = 0.0f64;
-                    for (j, &s) in scores.iter().enumerate() {
-                        acc += (s - max).exp()
-                            * qkv.data[(bi * t + j) * 3 * c + 2 * c + h * d + e] as f64;
-                    }
-                    out.data[(bi * t + i) * c + h * d + e] = (acc / sum) as f32;
-                }
+            let q = &qkv.data[row * 3 * c + h * d..][..d];
+            for (j, s) in weights.iter_mut().enumerate() {
+                let k = &qkv.data[(bi * t + j) * 3 * c + c + h * d..][..d];
+                let dot: f64 = q.iter().zip(k).map(|(&a, &b)| a as f64 * b as f64).sum();
+                let bias = if mask.data[bi * t + j] != 0 {
+                    0.0
+                } else {
+                    f32::MIN
+                };
+                *s = ((dot * scale) as f32 + bias) as f64;
+            }
+            let max = weights.iter().fold(f64::MIN, |m, &s| m.max(s));
+            weights.iter_mut().for_each(|s| *s = (*s - max).exp());
+            let sum: f64 = weights.iter().sum();
+            for e in 0..d {
+                let acc: f64 = weights
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &p)| p * qkv.data[(bi * t + j) * 3 * c + 2 * c + h * d + e] as f64)
+                    .sum();
+                out_row[h * d + e] = (acc / sum) as f32;
             }
         }
-    }
+    });
     Ok(())
 }

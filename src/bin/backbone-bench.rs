@@ -10,7 +10,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
-use backbone::bench::{self, BenchOptions, MatmulSize};
+use backbone::bench::{self, BenchOptions, BertShape, MatmulSize};
 use backbone::{Context, ContextOptions};
 use clap::{Parser, ValueEnum};
 
@@ -18,6 +18,8 @@ use clap::{Parser, ValueEnum};
 enum Suite {
     /// Y = X·Wᵀ in f32, square sizes and the BERT projection shapes.
     Matmul,
+    /// Whole BERT-base / MiniLM forwards with random weights of the real sizes.
+    Bert,
 }
 
 #[derive(Debug, Parser)]
@@ -28,6 +30,12 @@ struct Args {
     /// Matmul sizes, comma-separated: N for N³ or MxNxK (default: a short list for the adapter).
     #[arg(long, value_delimiter = ',')]
     sizes: Vec<String>,
+    /// BERT shapes, comma-separated: base:BxT or minilm:BxT (default: sized for the adapter).
+    #[arg(long, value_delimiter = ',')]
+    bert: Vec<String>,
+    /// Print the GPU time of each kernel in a model forward.
+    #[arg(long)]
+    breakdown: bool,
     /// Untimed runs before measuring.
     #[arg(long, default_value_t = 3)]
     warmup: usize,
@@ -78,7 +86,7 @@ fn main() -> Result<()> {
         peak_tflops: args.peak_tflops,
     };
     let suites = if args.suites.is_empty() {
-        vec![Suite::Matmul]
+        vec![Suite::Matmul, Suite::Bert]
     } else {
         args.suites.clone()
     };
@@ -101,10 +109,24 @@ fn main() -> Result<()> {
                 };
                 records.extend(bench::matmul_suite(&ctx, &sizes, &options, progress)?);
             }
+            Suite::Bert => {
+                let shapes = if args.bert.is_empty() {
+                    BertShape::defaults(&ctx)
+                } else {
+                    args.bert
+                        .iter()
+                        .map(|s| BertShape::parse(s))
+                        .collect::<Result<_, _>>()?
+                };
+                records.extend(bench::bert_suite(&ctx, &shapes, &options, progress)?);
+            }
         }
     }
     eprint!("\r\x1b[2K");
     print!("{}", bench::table(&records));
+    if args.breakdown {
+        print!("\n{}", bench::breakdown_table(&records));
+    }
     if args.markdown {
         print!("\n{}", bench::markdown(&records));
     }
