@@ -28,10 +28,12 @@ pub enum Kernel {
     MeanPool,
     L2Normalize,
     Attention,
+    Conv2d,
+    CswinAttention,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 9] = [
+    pub const ALL: [Kernel; 11] = [
         Kernel::Matmul,
         Kernel::LayerNorm,
         Kernel::Softmax,
@@ -41,6 +43,8 @@ impl Kernel {
         Kernel::MeanPool,
         Kernel::L2Normalize,
         Kernel::Attention,
+        Kernel::Conv2d,
+        Kernel::CswinAttention,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -54,6 +58,8 @@ impl Kernel {
             Kernel::MeanPool => "mean_pool",
             Kernel::L2Normalize => "l2_normalize",
             Kernel::Attention => "attention",
+            Kernel::Conv2d => "conv2d",
+            Kernel::CswinAttention => "cswin_attention",
         }
     }
 
@@ -69,6 +75,8 @@ impl Kernel {
             Kernel::MeanPool => include_str!("../shaders/mean_pool.wgsl"),
             Kernel::L2Normalize => include_str!("../shaders/l2_normalize.wgsl"),
             Kernel::Attention => include_str!("../shaders/attention.wgsl"),
+            Kernel::Conv2d => include_str!("../shaders/conv2d.wgsl"),
+            Kernel::CswinAttention => include_str!("../shaders/cswin_attention.wgsl"),
         }
     }
 
@@ -90,6 +98,10 @@ impl Kernel {
             Kernel::MeanPool => &[Uniform, Read, Read, Write],
             // params, qkv, mask, out
             Kernel::Attention => &[Uniform, Read, Read, Write],
+            // params, x, weight, bias, y
+            Kernel::Conv2d => &[Uniform, Read, Read, Read, Write],
+            // params, qkv, lepe_w, lepe_b, out
+            Kernel::CswinAttention => &[Uniform, Read, Read, Read, Write],
         }
     }
 }

@@ -379,3 +379,142 @@ pub fn attention(
     });
     Ok(())
 }
+
+/// Twin of [`crate::kernels::conv2d`].
+pub fn conv2d(
+    x: &HostTensor,
+    layout: crate::kernels::ConvInput,
+    weight: &HostTensor,
+    bias: &HostTensor,
+    stride: usize,
+    pad: usize,
+    y: &mut HostTensor,
+) -> Result<()> {
+    let g = crate::kernels::ConvGeometry::new(&x.shape, layout, &weight.shape, stride, pad)?;
+    if bias.shape != [g.cout] {
+        return Err(Error::Shape {
+            op: "conv2d",
+            arg: "bias",
+            expected: format!("[{}]", g.cout),
+            found: bias.shape.clone(),
+        });
+    }
+    if y.shape != g.output_shape() {
+        return Err(Error::Shape {
+            op: "conv2d",
+            arg: "y",
+            expected: format!("{:?}", g.output_shape()),
+            found: y.shape.clone(),
+        });
+    }
+    let nchw = layout == crate::kernels::ConvInput::Nchw;
+    let at = |b: usize, ci: usize, iy: usize, ix: usize| {
+        let p = iy * g.w + ix;
+        if nchw {
+            x.data[(b * g.cin + ci) * g.h * g.w + p]
+        } else {
+            x.data[(b * g.h * g.w + p) * g.cin + ci]
+        }
+    };
+    par_rows(&mut y.data, g.cout, |row, out| {
+        let (b, pos) = (row / (g.ho * g.wo), row % (g.ho * g.wo));
+        let (oy, ox) = (pos / g.wo, pos % g.wo);
+        for (co, o) in out.iter_mut().enumerate() {
+            let mut acc = bias.data[co] as f64;
+            for ci in 0..g.cin {
+                for ky in 0..g.kh {
+                    for kx in 0..g.kw {
+                        let iy = (oy * stride + ky) as isize - pad as isize;
+                        let ix = (ox * stride + kx) as isize - pad as isize;
+                        if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                            continue;
+                        }
+                        let wv = weight.data[((co * g.cin + ci) * g.kh + ky) * g.kw + kx];
+                        acc += wv as f64 * at(b, ci, iy as usize, ix as usize) as f64;
+                    }
+                }
+            }
+            *o = acc as f32;
+        }
+    });
+    Ok(())
+}
+
+/// Twin of [`crate::kernels::cswin_attention`], written the way the official code reads:
+/// pad, cut into windows, attend per (window, head) with softmax over the window, add LePE
+/// (a depthwise 3x3 conv over the window with zero padding), crop back.
+pub fn cswin_attention(
+    qkv: &HostTensor,
+    lepe_w: &HostTensor,
+    lepe_b: &HostTensor,
+    branch: &crate::kernels::CswinBranch,
+    out: &mut HostTensor,
+) -> Result<()> {
+    let batch = branch.check(&qkv.shape, &lepe_w.shape, &lepe_b.shape, &out.shape)?;
+    let (hp, wp, pad_top, pad_left) = branch.padding();
+    let (wh, ww) = branch.window;
+    let (c, d, off) = (branch.c, branch.head_dim(), branch.channel_offset);
+    let scale = 1.0 / (d as f64).sqrt();
+    // Token of padded-map position (py, px), or None in the padding.
+    let token = |py: usize, px: usize| -> Option<usize> {
+        let (y, x) = (py.checked_sub(pad_top)?, px.checked_sub(pad_left)?);
+        (y < branch.h && x < branch.w).then_some(y * branch.w + x)
+    };
+    let n = wh * ww;
+    let mut results = Vec::new(); // (token index in batch, channel, value)
+    for b in 0..batch {
+        for win_y in 0..hp / wh {
+            for win_x in 0..wp / ww {
+                let tokens: Vec<Option<usize>> = (0..n)
+                    .map(|i| token(win_y * wh + i / ww, win_x * ww + i % ww))
+                    .collect();
+                // q, k or v of window-local token i, channel e of head h (zero in the padding).
+                let get = |part: usize, i: usize, h: usize, e: usize| -> f64 {
+                    tokens[i].map_or(0.0, |t| {
+                        qkv.data[(b * branch.h * branch.w + t) * 3 * c + part * c + off + h * d + e]
+                            as f64
+                    })
+                };
+                for h in 0..branch.heads {
+                    for i in 0..n {
+                        let Some(t) = tokens[i] else { continue };
+                        let logits: Vec<f64> = (0..n)
+                            .map(|j| {
+                                (0..d)
+                                    .map(|e| get(0, i, h, e) * scale * get(1, j, h, e))
+                                    .sum()
+                            })
+                            .collect();
+                        let max = logits.iter().fold(f64::MIN, |m, &l| m.max(l));
+                        let weights: Vec<f64> = logits.iter().map(|&l| (l - max).exp()).collect();
+                        let sum: f64 = weights.iter().sum();
+                        let (iy, ix) = ((i / ww) as isize, (i % ww) as isize);
+                        for e in 0..d {
+                            let attn: f64 =
+                                (0..n).map(|j| weights[j] * get(2, j, h, e)).sum::<f64>() / sum;
+                            let ch = h * d + e;
+                            let mut lepe = lepe_b.data[ch] as f64;
+                            for tap in 0..9 {
+                                let (ny, nx) = (iy + tap / 3 - 1, ix + tap % 3 - 1);
+                                if ny < 0 || nx < 0 || ny >= wh as isize || nx >= ww as isize {
+                                    continue;
+                                }
+                                let j = ny as usize * ww + nx as usize;
+                                lepe += lepe_w.data[ch * 9 + tap as usize] as f64 * get(2, j, h, e);
+                            }
+                            results.push((
+                                b * branch.h * branch.w + t,
+                                off + ch,
+                                (attn + lepe) as f32,
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for (t, ch, v) in results {
+        out.data[t * c + ch] = v;
+    }
+    Ok(())
+}

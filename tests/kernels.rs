@@ -615,3 +615,111 @@ fn attention_fully_masked_row_is_finite() {
     );
     assert_close("attention, fully masked", &got, &cpu.data, 2e-6, 1e-5);
 }
+
+#[test]
+fn conv2d_matches_twin() {
+    use backbone::kernels::{ConvGeometry, ConvInput};
+    let Some(ctx) = gpu() else { return };
+    // (batch, cin, h, w, cout, kernel, stride, pad, layout): the CSWin stem and merge
+    // geometries on awkward sizes, then realistic ones.
+    let cases = [
+        (1, 3, 7, 7, 1, 7, 4, 2, false),
+        (2, 3, 17, 23, 7, 7, 4, 2, false),
+        (1, 5, 7, 9, 65, 3, 2, 1, true),
+        (2, 63, 5, 4, 127, 3, 2, 1, true),
+        (1, 3, 64, 64, 64, 7, 4, 2, false),
+        (1, 64, 28, 28, 128, 3, 2, 1, true),
+    ];
+    for (i, (b, cin, h, w, cout, k, stride, pad, tokens)) in cases.into_iter().enumerate() {
+        let mut r = rng(1300 + i as u64);
+        let (layout, x_shape) = if tokens {
+            (ConvInput::Tokens { h, w }, vec![b, h * w, cin])
+        } else {
+            (ConvInput::Nchw, vec![b, cin, h, w])
+        };
+        let x = random_host(&mut r, &x_shape, 1.0);
+        let weight = random_host(&mut r, &[cout, cin, k, k], 0.3);
+        let bias = random_host(&mut r, &[cout], 0.5);
+        let g = ConvGeometry::new(&x_shape, layout, &weight.shape, stride, pad).expect("geometry");
+        let mut cpu = HostTensor::zeros(&g.output_shape());
+        reference::conv2d(&x, layout, &weight, &bias, stride, pad, &mut cpu).expect("cpu");
+        let y = empty(ctx, &g.output_shape(), "y");
+        let mut rec = Recorder::new(ctx);
+        let (gx, gw, gb) = (
+            upload(ctx, &x, "x"),
+            upload(ctx, &weight, "w"),
+            upload(ctx, &bias, "b"),
+        );
+        kernels::conv2d(&mut rec, &gx, layout, &gw, &gb, stride, pad, &y).expect("record");
+        rec.submit_blocking().expect("submit");
+        let what = format!(
+            "conv2d {x_shape:?} {layout:?} -> {:?} k{k} s{stride} p{pad}",
+            g.output_shape()
+        );
+        assert_close(&what, &read(ctx, &y), &cpu.data, 2e-5, 1e-5);
+    }
+}
+
+#[test]
+fn cswin_attention_matches_twin() {
+    use backbone::kernels::CswinBranch;
+    let Some(ctx) = gpu() else { return };
+    let branch = |h, w, c, channel_offset, channels, heads, window| CswinBranch {
+        h,
+        w,
+        c,
+        channel_offset,
+        channels,
+        heads,
+        window,
+    };
+    // Both branches of a block, stripes of width 1, maps the window does not divide (padding),
+    // a window past 64 tokens, one global branch, and head sizes 8 to 48.
+    let cases = [
+        vec![
+            branch(8, 8, 16, 0, 8, 1, (8, 2)),
+            branch(8, 8, 16, 8, 8, 1, (2, 8)),
+        ],
+        vec![
+            branch(6, 6, 32, 0, 16, 2, (6, 1)),
+            branch(6, 6, 32, 16, 16, 2, (1, 6)),
+        ],
+        vec![
+            branch(7, 9, 32, 0, 16, 1, (7, 2)),
+            branch(7, 9, 32, 16, 16, 1, (3, 9)),
+        ],
+        vec![
+            branch(14, 14, 48, 0, 24, 1, (14, 7)),
+            branch(14, 14, 48, 24, 24, 1, (7, 14)),
+        ],
+        vec![branch(5, 5, 32, 0, 32, 4, (5, 5))],
+        vec![branch(4, 3, 96, 0, 96, 2, (4, 3))],
+    ];
+    for (i, branches) in cases.iter().enumerate() {
+        let first = branches[0];
+        let (b, n, c) = (2, first.h * first.w, first.c);
+        let mut r = rng(1400 + i as u64);
+        let qkv = random_host(&mut r, &[b, n, 3 * c], 1.0);
+        let gqkv = upload(ctx, &qkv, "qkv");
+        let mut cpu = HostTensor::zeros(&[b, n, c]);
+        let out = empty(ctx, &[b, n, c], "out");
+        let mut rec = Recorder::new(ctx);
+        let mut keep = Vec::new();
+        for br in branches {
+            let lw = random_host(&mut r, &[br.channels, 3, 3], 0.5);
+            let lb = random_host(&mut r, &[br.channels], 0.5);
+            reference::cswin_attention(&qkv, &lw, &lb, br, &mut cpu).expect("cpu");
+            let (glw, glb) = (upload(ctx, &lw, "lepe_w"), upload(ctx, &lb, "lepe_b"));
+            kernels::cswin_attention(&mut rec, &gqkv, &glw, &glb, br, &out).expect("record");
+            keep.push((glw, glb));
+        }
+        rec.submit_blocking().expect("submit");
+        assert_close(
+            &format!("cswin_attention {branches:?}"),
+            &read(ctx, &out),
+            &cpu.data,
+            2e-6,
+            1e-5,
+        );
+    }
+}

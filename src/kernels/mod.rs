@@ -4,6 +4,8 @@
 
 mod add;
 mod attention;
+mod conv2d;
+mod cswin_attention;
 mod elementwise;
 mod embedding;
 mod gelu;
@@ -15,6 +17,8 @@ mod softmax;
 
 pub use add::add;
 pub use attention::{MAX_HEAD_DIM, attention, attention_dims};
+pub use conv2d::{ConvGeometry, ConvInput, conv2d};
+pub use cswin_attention::{CswinBranch, cswin_attention};
 pub use embedding::{check_ids, embedding};
 pub use gelu::gelu;
 pub use l2_normalize::l2_normalize;
@@ -36,6 +40,11 @@ pub fn shader_variants() -> Vec<(Kernel, Spec)> {
             Kernel::Attention => {
                 let dims = attention::VALIDATED_HEAD_DIMS;
                 out.extend(dims.map(|d| (kernel, attention::spec(d))));
+            }
+            Kernel::Conv2d => out.extend([true, false].map(|nchw| (kernel, conv2d::spec(nchw)))),
+            Kernel::CswinAttention => {
+                let dims = cswin_attention::VALIDATED_HEAD_DIMS;
+                out.extend(dims.map(|d| (kernel, cswin_attention::spec(d))));
             }
             Kernel::LayerNorm => {
                 out.extend([false, true].map(|r| (kernel, layer_norm::spec(r))));
