@@ -381,6 +381,7 @@ pub fn attention(
 }
 
 /// Twin of [`crate::kernels::conv2d`].
+#[allow(clippy::too_many_arguments)] // same arguments as the GPU op
 pub fn conv2d(
     x: &HostTensor,
     layout: crate::kernels::ConvInput,

@@ -121,6 +121,7 @@ pub(super) fn spec(nchw: bool) -> Spec {
 
 /// 2-D convolution with bias, zero padding `pad` and stride `stride`, as an implicit GEMM,
 /// writing token-major output `y` [B, Ho*Wo, Cout]. `weight` is PyTorch's [Cout, Cin, KH, KW].
+#[allow(clippy::too_many_arguments)] // mirrors F.conv2d's argument list, plus recorder and output
 pub fn conv2d(
     rec: &mut Recorder<'_>,
     x: &Tensor,

@@ -44,7 +44,7 @@ impl CswinBranch {
                 reason,
             })
         };
-        if self.heads == 0 || self.channels % self.heads != 0 {
+        if self.heads == 0 || !self.channels.is_multiple_of(self.heads) {
             return arg(
                 "heads",
                 format!(
