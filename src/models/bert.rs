@@ -15,6 +15,7 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::kernels::{self, Epilogue, MatrixView, StridedMatmul, WLayout};
 use crate::models::weights::{Weights, upload};
+pub use crate::models::{LayerNorm, Linear};
 use crate::pipeline::{PassTime, Recorder};
 use crate::reference::{self, HostTensor};
 use crate::tensor::{DType, Tensor};
@@ -123,20 +124,6 @@ impl BertConfig {
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
     }
-}
-
-/// `nn.Linear`: weight [out, in], bias [out].
-#[derive(Debug, Clone)]
-pub struct Linear<T> {
-    pub weight: T,
-    pub bias: T,
-}
-
-/// `nn.LayerNorm`: weight and bias [C].
-#[derive(Debug, Clone)]
-pub struct LayerNorm<T> {
-    pub weight: T,
-    pub bias: T,
 }
 
 /// `BertEmbeddings`.

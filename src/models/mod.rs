@@ -2,6 +2,85 @@
 //! built only from the CPU twins.
 
 pub mod bert;
+pub mod cswin;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod tokenizer;
 pub mod weights;
+
+/// `nn.Linear`: weight [out, in], bias [out]; on the host (`T = HostTensor`) or the GPU.
+#[derive(Debug, Clone)]
+pub struct Linear<T> {
+    pub weight: T,
+    pub bias: T,
+}
+
+/// `nn.LayerNorm`: weight and bias [C].
+#[derive(Debug, Clone)]
+pub struct LayerNorm<T> {
+    pub weight: T,
+    pub bias: T,
+}
+
+/// `nn.Conv2d` with bias: weight [Cout, Cin / groups, KH, KW], bias [Cout].
+#[derive(Debug, Clone)]
+pub struct Conv2d<T> {
+    pub weight: T,
+    pub bias: T,
+}
+
+use crate::context::Context;
+use crate::error::Result;
+use crate::models::weights::{Weights, upload};
+use crate::reference::HostTensor;
+use crate::tensor::Tensor;
+
+impl Linear<HostTensor> {
+    /// `{key}.weight` [out, inp] and `{key}.bias` [out].
+    pub fn load(w: &mut Weights, key: &str, out: usize, inp: usize) -> Result<Self> {
+        Ok(Self {
+            weight: w.get(&format!("{key}.weight"), &[out, inp])?,
+            bias: w.get(&format!("{key}.bias"), &[out])?,
+        })
+    }
+
+    pub fn upload(&self, ctx: &Context, key: &str) -> Result<Linear<Tensor>> {
+        Ok(Linear {
+            weight: upload(ctx, &format!("{key}.weight"), &self.weight)?,
+            bias: upload(ctx, &format!("{key}.bias"), &self.bias)?,
+        })
+    }
+}
+
+impl LayerNorm<HostTensor> {
+    /// `{key}.weight` and `{key}.bias`, [c] each.
+    pub fn load(w: &mut Weights, key: &str, c: usize) -> Result<Self> {
+        Ok(Self {
+            weight: w.get(&format!("{key}.weight"), &[c])?,
+            bias: w.get(&format!("{key}.bias"), &[c])?,
+        })
+    }
+
+    pub fn upload(&self, ctx: &Context, key: &str) -> Result<LayerNorm<Tensor>> {
+        Ok(LayerNorm {
+            weight: upload(ctx, &format!("{key}.weight"), &self.weight)?,
+            bias: upload(ctx, &format!("{key}.bias"), &self.bias)?,
+        })
+    }
+}
+
+impl Conv2d<HostTensor> {
+    /// `{key}.weight` with `shape` and `{key}.bias` [shape[0]].
+    pub fn load(w: &mut Weights, key: &str, shape: [usize; 4]) -> Result<Self> {
+        Ok(Self {
+            weight: w.get(&format!("{key}.weight"), &shape)?,
+            bias: w.get(&format!("{key}.bias"), &[shape[0]])?,
+        })
+    }
+
+    pub fn upload(&self, ctx: &Context, key: &str) -> Result<Conv2d<Tensor>> {
+        Ok(Conv2d {
+            weight: upload(ctx, &format!("{key}.weight"), &self.weight)?,
+            bias: upload(ctx, &format!("{key}.bias"), &self.bias)?,
+        })
+    }
+}

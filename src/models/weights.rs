@@ -50,6 +50,12 @@ impl<'a> Weights<'a> {
         }
     }
 
+    /// The shape of tensor `key`, if present.
+    pub fn shape(&self, key: &str) -> Option<Vec<usize>> {
+        let name = self.resolve(key)?;
+        self.file.tensor(&name).ok().map(|v| v.shape().to_vec())
+    }
+
     pub fn contains(&self, key: &str) -> bool {
         self.resolve(key).is_some()
     }

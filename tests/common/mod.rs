@@ -154,3 +154,14 @@ pub fn min_row_cosine(a: &HostTensor, b: &HostTensor) -> f64 {
         })
         .fold(1.0, f64::min)
 }
+
+/// ||a - b||_2 / ||b||_2.
+pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+        .sum();
+    let den: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
+    (num / den.max(1e-300)).sqrt()
+}
