@@ -99,3 +99,105 @@ fn bad_input_file_fails_with_a_message() {
         "{stderr}"
     );
 }
+
+#[test]
+fn run_cswin_writes_the_reference_outputs() {
+    let dir = fixture("cswin-micro-s3full");
+    let golden = Golden::open(&dir.join("golden.safetensors"));
+    let input = std::env::temp_dir().join("backbone-cli-cswin-in.safetensors");
+    let pixels = golden.f32("pixel_values");
+    let bytes =
+        backbone::models::weights::to_safetensors(&[("pixel_values", &pixels)]).expect("serialize");
+    std::fs::write(&input, bytes).expect("write input");
+    let devices: &[&str] = if gpu().is_some() {
+        &["gpu", "cpu"]
+    } else {
+        &["cpu"]
+    };
+    for device in devices {
+        let out_path =
+            std::env::temp_dir().join(format!("backbone-cli-cswin-{device}.safetensors"));
+        let status = backbone()
+            .args(["run", "--model"])
+            .arg(&dir)
+            .arg("--input")
+            .arg(&input)
+            .arg("--output")
+            .arg(&out_path)
+            .args(["--device", device])
+            .status()
+            .expect("run backbone");
+        assert!(
+            status.success(),
+            "backbone run (cswin) --device {device} failed"
+        );
+        let out = Golden::open(&out_path);
+        for name in [
+            "stem", "stage1", "stage2", "stage3", "stage4", "pooled", "logits",
+        ] {
+            let tol = if name == "pooled" || name == "logits" {
+                2e-5
+            } else {
+                5e-5
+            };
+            assert_close(
+                &format!("cswin run {device}: {name}"),
+                &out.f32(name).data,
+                &golden.f32(name).data,
+                tol,
+                0.0,
+            );
+        }
+    }
+}
+
+#[test]
+fn classify_prints_the_top5_of_each_image() {
+    if gpu().is_none() {
+        return;
+    }
+    let dir = std::env::temp_dir().join("backbone-classify");
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut paths = Vec::new();
+    for (i, (w, h)) in [(300u32, 200u32), (180, 260)].into_iter().enumerate() {
+        let img = image::RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) * 3 % 256) as u8])
+        });
+        let path = dir.join(format!("test{i}.png"));
+        img.save(&path).expect("save png");
+        paths.push(path);
+    }
+    let mut outputs = Vec::new();
+    for device in ["gpu", "cpu"] {
+        let output = backbone()
+            .args(["classify", "--device", device, "--model"])
+            .arg(fixture("cswin-micro-s3full"))
+            .args(&paths)
+            .output()
+            .expect("run backbone");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let text = String::from_utf8(output.stdout).expect("utf-8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines.len(),
+            2 * 6,
+            "a header and 5 classes per image:\n{text}"
+        );
+        assert!(
+            lines[0].ends_with("test0.png:") && lines[6].ends_with("test1.png:"),
+            "{text}"
+        );
+        // Class indices of the top 5, per image.
+        let ranks: Vec<String> = lines
+            .iter()
+            .filter(|l| l.contains('%'))
+            .map(|l| l.split_whitespace().nth(1).expect("index").to_string())
+            .collect();
+        outputs.push(ranks);
+    }
+    assert_eq!(outputs[0], outputs[1], "GPU and CPU rank the classes alike");
+}

@@ -3,14 +3,18 @@
 //! ```text
 //! backbone run --model DIR --input IN.safetensors --output OUT.safetensors [--device gpu|cpu]
 //! backbone embed --model DIR [--max-length N] TEXT...
+//! backbone classify --model DIR IMAGE...
 //! ```
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use backbone::models::bert::{self, Bert, BertInput, BertOutput};
+use backbone::models::cswin::{self, Cswin, CswinOutput};
+use backbone::models::image;
 use backbone::models::tokenizer::{DEFAULT_MAX_LENGTH, TextTokenizer};
 use backbone::models::weights::read_file;
+use backbone::reference::HostTensor;
 use backbone::{Context, ContextOptions};
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -36,6 +40,9 @@ enum Command {
     /// BERT (model_type "bert"): IN holds input_ids, attention_mask and optionally
     /// token_type_ids ([B, T], I64 or I32); OUT gets last_hidden_state, pooler_output (when the
     /// checkpoint has a pooler) and sentence_embedding, all F32.
+    ///
+    /// CSWin (model_type "cswin"): IN holds pixel_values [B, 3, H, W] F32; OUT gets stem,
+    /// stage1..stage4 ([B, H_s*W_s, C_s], token-major), pooled and logits, all F32.
     Run {
         /// Model folder: config.json and model.safetensors.
         #[arg(long)]
@@ -60,6 +67,17 @@ enum Command {
         #[arg(required = true)]
         texts: Vec<String>,
     },
+    /// Classifies images with a CSWin model folder and prints the top-5 classes of each
+    /// (labels from config.json's id2label or a labels.txt beside it).
+    Classify {
+        /// Model folder: config.json and model.safetensors.
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, value_enum, default_value = "gpu")]
+        device: Device,
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -80,8 +98,15 @@ fn main() -> Result<()> {
                     std::fs::write(&output, out.to_safetensors()?)
                         .with_context(|| format!("writing {}", output.display()))?;
                 }
+                "cswin" => {
+                    let pixels = cswin::pixel_values_from_safetensors(&read_file(&input)?)
+                        .with_context(|| format!("reading {}", input.display()))?;
+                    let out = run_cswin(&model, &pixels, device)?;
+                    std::fs::write(&output, out.to_safetensors()?)
+                        .with_context(|| format!("writing {}", output.display()))?;
+                }
                 other => bail!(
-                    "{}: model_type {other:?} is not supported (bert)",
+                    "{}: model_type {other:?} is not supported (bert, cswin)",
                     model.display()
                 ),
             }
@@ -100,8 +125,71 @@ fn main() -> Result<()> {
             let rows: Vec<&[f32]> = out.sentence_embedding.data.chunks(c).collect();
             println!("{}", serde_json::to_string(&rows)?);
         }
+        Command::Classify {
+            model,
+            device,
+            images,
+        } => classify(&model, device, &images)?,
     }
     Ok(())
+}
+
+fn classify(dir: &Path, device: Device, paths: &[PathBuf]) -> Result<()> {
+    let size = cswin::load_dir(dir)?.0.img_size;
+    let pixels = paths
+        .iter()
+        .map(|p| {
+            let img = image::decode(&read_file(p)?, &p.display().to_string())?;
+            image::imagenet_preprocess(&img, size)
+        })
+        .collect::<backbone::Result<Vec<_>>>()?;
+    let out = run_cswin(dir, &image::stack(&pixels)?, device)?;
+    let labels = labels(dir)?;
+    let classes = out.logits.shape[1];
+    for (path, logits) in paths.iter().zip(out.logits.data.chunks(classes)) {
+        let max = logits.iter().fold(f32::MIN, |m, &v| m.max(v));
+        let sum: f32 = logits.iter().map(|&v| (v - max).exp()).sum();
+        let mut ranked: Vec<usize> = (0..classes).collect();
+        ranked.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+        println!("{}:", path.display());
+        for &k in ranked.iter().take(5) {
+            let p = (logits[k] - max).exp() / sum;
+            let label = labels.get(k).map_or("", String::as_str);
+            println!("  {:>6.2}%  {k:>5}  {label}", 100.0 * p);
+        }
+    }
+    Ok(())
+}
+
+/// Class names from config.json's `id2label`, else `labels.txt` (one per line), else none.
+fn labels(dir: &Path) -> Result<Vec<String>> {
+    let json: serde_json::Value = serde_json::from_slice(&read_file(&dir.join("config.json"))?)?;
+    if let Some(map) = json.get("id2label").and_then(|v| v.as_object()) {
+        let mut labels = vec![String::new(); map.len()];
+        for (k, v) in map {
+            if let (Ok(i), Some(name)) = (k.parse::<usize>(), v.as_str())
+                && i < labels.len()
+            {
+                labels[i] = name.to_string();
+            }
+        }
+        return Ok(labels);
+    }
+    match std::fs::read_to_string(dir.join("labels.txt")) {
+        Ok(text) => Ok(text.lines().map(str::to_string).collect()),
+        Err(_) => Ok(Vec::new()),
+    }
+}
+
+fn run_cswin(dir: &Path, pixels: &HostTensor, device: Device) -> Result<CswinOutput> {
+    let (config, weights) = cswin::load_dir(dir)?;
+    Ok(match device {
+        Device::Cpu => cswin::forward_cpu(&config, &weights, pixels, false)?,
+        Device::Gpu => {
+            let ctx = pollster::block_on(Context::new(ContextOptions::from_env()?))?;
+            Cswin::new(&ctx, config, &weights)?.forward_blocking(&ctx, pixels, false)?
+        }
+    })
 }
 
 /// `model_type` from a model folder's config.json.

@@ -3,6 +3,7 @@
 
 pub mod bert;
 pub mod cswin;
+pub mod image;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod tokenizer;
 pub mod weights;
