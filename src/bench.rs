@@ -14,9 +14,11 @@ use serde::Serialize;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::kernels::{self, Epilogue, StridedMatmul};
+use crate::models::Conv2d;
 use crate::models::bert::{
     self, Bert, BertConfig, BertEmbeddings, BertInput, BertLayer, BertWeights, LayerNorm, Linear,
 };
+use crate::models::cswin::{self, Cswin, CswinBlock, CswinConfig, CswinWeights, Geometry, Merge};
 use crate::pipeline::PassTime;
 use crate::pipeline::Recorder;
 use crate::reference::{self, HostTensor};
@@ -608,38 +610,8 @@ fn bert_one(
     let start = Instant::now();
     let first = model.forward_blocking(ctx, &input, false)?;
     let first_run_ms = start.elapsed().as_secs_f64() * 1e3;
-    for _ in 0..options.warmup {
-        model.forward_timed(ctx, &input)?;
-    }
-    let (mut wall, mut gpu) = (Vec::new(), Vec::new());
-    let mut breakdown: Vec<(String, f64)> = Vec::new();
-    for _ in 0..options.iters.max(1) {
-        let start = Instant::now();
-        let times = model.forward_timed(ctx, &input)?;
-        wall.push(start.elapsed().as_secs_f64() * 1e3);
-        if !times.is_empty() {
-            gpu.push(PassTime::span_ms(&times));
-            for t in &times {
-                match breakdown.iter_mut().find(|(k, _)| k == t.label) {
-                    Some((_, ms)) => *ms += t.ms,
-                    None => breakdown.push((t.label.to_string(), t.ms)),
-                }
-            }
-        }
-    }
-    let runs = options.iters.max(1) as f64;
-    breakdown.iter_mut().for_each(|(_, ms)| *ms /= runs);
-    breakdown.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let clock = if gpu.len() == wall.len() {
-        Clock::Timestamp
-    } else {
-        Clock::Wall
-    };
-    let gpu_ms = Stats::of(if clock == Clock::Timestamp {
-        &gpu
-    } else {
-        &wall
-    });
+    let (gpu_ms, wall, clock, breakdown) =
+        time_forwards(ctx, options, |ctx| model.forward_timed(ctx, &input))?;
 
     // Check: the first sequence alone through the CPU twins (sequences are independent).
     let one = BertInput::new(
@@ -661,21 +633,7 @@ fn bert_one(
             &cpu.sentence_embedding.data[..],
         ),
     ];
-    let (mut passed, mut max_abs_err, mut compared) = (true, 0f64, 0);
-    for (got, want) in pairs {
-        for (&g, &w) in got.iter().zip(want) {
-            let err = (g as f64 - w as f64).abs();
-            max_abs_err = max_abs_err.max(if err.is_nan() { f64::INFINITY } else { err });
-            passed &= err <= 1e-4 + 1e-4 * (w as f64).abs();
-            compared += 1;
-        }
-    }
-    let check = Check {
-        passed,
-        max_abs_err,
-        compared,
-        total: (n + shape.batch) * c,
-    };
+    let check = compare(&pairs, 1e-4, 1e-4, (n + shape.batch) * c);
     let flops = shape.flops(config);
     let shape_label = format!("{} {}x{}", shape.model.name(), shape.batch, shape.seq);
     let mut r = record(
@@ -712,4 +670,323 @@ pub fn breakdown_table(records: &[Record]) -> String {
         }
     }
     out
+}
+
+/// A CSWin shape for the `cswin` suite (random weights of the real sizes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CswinShape {
+    /// A preset name (`cswin-t-224`, ...).
+    pub variant: String,
+    pub batch: usize,
+    /// Square input side.
+    pub size: usize,
+}
+
+impl CswinShape {
+    /// CSWin-T/S/B at 224, batch 1 and 64, on a real GPU; CSWin-T on one 64x64 image on a
+    /// software adapter.
+    pub fn defaults(ctx: &Context) -> Vec<Self> {
+        let s = |v: &str, batch, size| Self {
+            variant: v.into(),
+            batch,
+            size,
+        };
+        if ctx.capabilities().is_software() {
+            vec![s("cswin-t-224", 1, 64)]
+        } else {
+            ["cswin-t-224", "cswin-s-224", "cswin-b-224"]
+                .iter()
+                .flat_map(|v| [s(v, 1, 224), s(v, 64, 224)])
+                .collect()
+        }
+    }
+
+    /// Parses `t:B`, `s:B`, `b:B`, `l:B` (at the preset's size) or `t:BxS` (square side S).
+    pub fn parse(text: &str) -> Result<Self> {
+        let err = || Error::Argument {
+            op: "bench",
+            arg: "cswin",
+            reason: format!("{text:?} is not t|s|b|l:B or t|s|b|l:BxS"),
+        };
+        let (v, dims) = text.split_once(':').ok_or_else(err)?;
+        let variant = format!("cswin-{v}-224");
+        let (batch, size) = match dims.split_once('x') {
+            Some((b, s)) => (b.parse().map_err(|_| err())?, s.parse().map_err(|_| err())?),
+            None => (dims.parse().map_err(|_| err())?, 224),
+        };
+        CswinConfig::preset(&variant)?;
+        if batch == 0 || size < 32 {
+            return Err(err());
+        }
+        Ok(Self {
+            variant,
+            batch,
+            size,
+        })
+    }
+
+    /// 2 x multiply-adds of one forward (convolutions, projections, MLPs, window attention, LePE).
+    pub fn flops(&self, config: &CswinConfig, geometry: &Geometry) -> f64 {
+        let b = self.batch as f64;
+        let tokens = |s: usize| (geometry.stages[s].0 * geometry.stages[s].1) as f64;
+        let mut macs = tokens(0) * config.embed_dim as f64 * 3.0 * 49.0;
+        for s in 0..4 {
+            let (n, d, hid) = (tokens(s), config.dim(s) as f64, config.hidden(s) as f64);
+            let branches = geometry.branches(config, s, config.branches(s));
+            let attention: f64 = branches
+                .iter()
+                .map(|br| {
+                    2.0 * n * (br.window.0 * br.window.1) as f64 * br.channels as f64
+                        + 9.0 * n * br.channels as f64
+                })
+                .sum();
+            macs += config.depth[s] as f64
+                * (n * d * 3.0 * d + n * d * d + 2.0 * n * d * hid + attention);
+            if s < 3 {
+                macs += tokens(s + 1) * 2.0 * d * d * 9.0;
+            }
+        }
+        macs += config.dim(3) as f64 * config.num_classes as f64;
+        2.0 * b * macs
+    }
+}
+
+/// Seeded random CSWin weights of a config's real sizes.
+pub fn random_cswin_weights(config: &CswinConfig, seed: u64) -> Result<CswinWeights<HostTensor>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut t = |shape: &[usize], scale: f32| -> Result<HostTensor> {
+        let n = shape.iter().product();
+        HostTensor::new(
+            shape,
+            (0..n)
+                .map(|_| scale * rng.random_range(-1.0f32..1.0))
+                .collect(),
+        )
+    };
+    let ones = |c: usize| HostTensor::new(&[c], vec![1.0; c]);
+    let norm = |c: usize| -> Result<LayerNorm<HostTensor>> {
+        Ok(LayerNorm {
+            weight: ones(c)?,
+            bias: HostTensor::zeros(&[c]),
+        })
+    };
+    let linear = |out: usize,
+                  inp: usize,
+                  t: &mut dyn FnMut(&[usize], f32) -> Result<HostTensor>|
+     -> Result<Linear<HostTensor>> {
+        Ok(Linear {
+            weight: t(&[out, inp], 1.0 / (inp as f32).sqrt())?,
+            bias: t(&[out], 0.1)?,
+        })
+    };
+    let c = config.embed_dim;
+    let stem = Conv2d {
+        weight: t(&[c, config.in_chans, 7, 7], 0.1)?,
+        bias: t(&[c], 0.1)?,
+    };
+    let mut stages = Vec::new();
+    for s in 0..4 {
+        let (d, hidden, branches) = (config.dim(s), config.hidden(s), config.branches(s));
+        let mut blocks = Vec::new();
+        for _ in 0..config.depth[s] {
+            let lepe = (0..branches)
+                .map(|_| {
+                    Ok(Linear {
+                        weight: t(&[d / branches, 3, 3], 0.3)?,
+                        bias: t(&[d / branches], 0.1)?,
+                    })
+                })
+                .collect::<Result<_>>()?;
+            blocks.push(CswinBlock {
+                qkv: linear(3 * d, d, &mut t)?,
+                norm1: norm(d)?,
+                proj: linear(d, d, &mut t)?,
+                lepe,
+                fc1: linear(hidden, d, &mut t)?,
+                fc2: linear(d, hidden, &mut t)?,
+                norm2: norm(d)?,
+            });
+        }
+        stages.push(blocks);
+    }
+    let merges = (0..3)
+        .map(|m| {
+            let d = config.dim(m);
+            Ok(Merge {
+                conv: Conv2d {
+                    weight: t(&[2 * d, d, 3, 3], 1.0 / (9.0 * d as f32).sqrt())?,
+                    bias: t(&[2 * d], 0.1)?,
+                },
+                norm: norm(2 * d)?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let head = linear(config.num_classes, config.dim(3), &mut t)?;
+    Ok(CswinWeights {
+        stem,
+        stem_norm: norm(c)?,
+        stages,
+        merges,
+        norm: norm(config.dim(3))?,
+        head,
+    })
+}
+
+/// Measures whole CSWin forwards. The check runs the CPU forward on the batch's first image
+/// and compares its stage-4 features and logits.
+pub fn cswin_suite(
+    ctx: &Context,
+    shapes: &[CswinShape],
+    options: &BenchOptions,
+    mut progress: impl FnMut(&str),
+) -> Result<Vec<Record>> {
+    let mut records = Vec::new();
+    let mut loaded: Option<(String, CswinConfig, CswinWeights<HostTensor>, Cswin)> = None;
+    for (n, shape) in shapes.iter().enumerate() {
+        progress(&format!(
+            "cswin {} {}x{} ({}/{})",
+            shape.variant,
+            shape.batch,
+            shape.size,
+            n + 1,
+            shapes.len()
+        ));
+        if loaded.as_ref().is_none_or(|l| l.0 != shape.variant) {
+            drop(loaded.take()); // free the previous model's GPU memory first
+            let config = CswinConfig::preset(&shape.variant)?;
+            let weights = random_cswin_weights(&config, 11)?;
+            let model = Cswin::new(ctx, config.clone(), &weights)?;
+            loaded = Some((shape.variant.clone(), config, weights, model));
+        }
+        let Some((_, config, weights, model)) = &loaded else {
+            unreachable!("loaded above")
+        };
+        records.push(cswin_one(ctx, config, weights, model, shape, options)?);
+    }
+    Ok(records)
+}
+
+fn cswin_one(
+    ctx: &Context,
+    config: &CswinConfig,
+    weights: &CswinWeights<HostTensor>,
+    model: &Cswin,
+    shape: &CswinShape,
+    options: &BenchOptions,
+) -> Result<Record> {
+    let mut rng = StdRng::seed_from_u64(shape.batch as u64 * 1000 + shape.size as u64);
+    let dims = [shape.batch, config.in_chans, shape.size, shape.size];
+    let per_image = config.in_chans * shape.size * shape.size;
+    let pixels = HostTensor::new(
+        &dims,
+        (0..shape.batch * per_image)
+            .map(|_| rng.random_range(-2.0f32..2.0))
+            .collect(),
+    )?;
+    let geometry = Geometry::new(config, &dims)?;
+
+    let start = Instant::now();
+    let first = model.forward_blocking(ctx, &pixels, false)?;
+    let first_run_ms = start.elapsed().as_secs_f64() * 1e3;
+    let timed = |ctx: &Context| model.forward_timed(ctx, &pixels);
+    let (gpu_ms, wall, clock, breakdown) = time_forwards(ctx, options, timed)?;
+
+    let one = HostTensor::new(
+        &[1, config.in_chans, shape.size, shape.size],
+        pixels.data[..per_image].to_vec(),
+    )?;
+    let cpu = cswin::forward_cpu(config, weights, &one, false)?;
+    let n4 = cpu.stages[3].data.len();
+    let classes = config.num_classes;
+    let pairs = [
+        (&first.stages[3].data[..n4], &cpu.stages[3].data[..]),
+        (&first.logits.data[..classes], &cpu.logits.data[..]),
+    ];
+    let check = compare(
+        &pairs,
+        1e-4,
+        1e-4,
+        first.stages[3].data.len() + first.logits.data.len(),
+    );
+    let label = format!(
+        "{} {}x{}",
+        shape.variant.trim_end_matches("-224"),
+        shape.batch,
+        shape.size
+    );
+    let mut r = record(
+        ctx,
+        "cswin",
+        label,
+        clock,
+        gpu_ms,
+        Stats::of(&wall),
+        first_run_ms,
+        shape.flops(config, &geometry),
+        check,
+        options,
+    );
+    r.items_per_s = Some(shape.batch as f64 / (gpu_ms.median * 1e-3));
+    r.breakdown = breakdown;
+    Ok(r)
+}
+
+/// Warm-up then timed forwards: (GPU stats, wall samples, clock, per-kernel mean ms).
+fn time_forwards(
+    ctx: &Context,
+    options: &BenchOptions,
+    forward: impl Fn(&Context) -> Result<Vec<PassTime>>,
+) -> Result<(Stats, Vec<f64>, Clock, Vec<(String, f64)>)> {
+    for _ in 0..options.warmup {
+        forward(ctx)?;
+    }
+    let (mut wall, mut gpu) = (Vec::new(), Vec::new());
+    let mut breakdown: Vec<(String, f64)> = Vec::new();
+    for _ in 0..options.iters.max(1) {
+        let start = Instant::now();
+        let times = forward(ctx)?;
+        wall.push(start.elapsed().as_secs_f64() * 1e3);
+        if !times.is_empty() {
+            gpu.push(PassTime::span_ms(&times));
+            for t in &times {
+                match breakdown.iter_mut().find(|(k, _)| k == t.label) {
+                    Some((_, ms)) => *ms += t.ms,
+                    None => breakdown.push((t.label.to_string(), t.ms)),
+                }
+            }
+        }
+    }
+    let runs = options.iters.max(1) as f64;
+    breakdown.iter_mut().for_each(|(_, ms)| *ms /= runs);
+    breakdown.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let clock = if gpu.len() == wall.len() {
+        Clock::Timestamp
+    } else {
+        Clock::Wall
+    };
+    let stats = Stats::of(if clock == Clock::Timestamp {
+        &gpu
+    } else {
+        &wall
+    });
+    Ok((stats, wall, clock, breakdown))
+}
+
+/// Compares (GPU, CPU) slices with |g - c| <= atol + rtol |c|.
+fn compare(pairs: &[(&[f32], &[f32])], atol: f64, rtol: f64, total: usize) -> Check {
+    let (mut passed, mut max_abs_err, mut compared) = (true, 0f64, 0);
+    for (got, want) in pairs {
+        for (&g, &w) in got.iter().zip(*want) {
+            let err = (g as f64 - w as f64).abs();
+            max_abs_err = max_abs_err.max(if err.is_nan() { f64::INFINITY } else { err });
+            passed &= err <= atol + rtol * (w as f64).abs();
+            compared += 1;
+        }
+    }
+    Check {
+        passed,
+        max_abs_err,
+        compared,
+        total,
+    }
 }

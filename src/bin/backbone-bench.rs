@@ -10,7 +10,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
-use backbone::bench::{self, BenchOptions, BertShape, MatmulSize};
+use backbone::bench::{self, BenchOptions, BertShape, CswinShape, MatmulSize};
 use backbone::{Context, ContextOptions};
 use clap::{Parser, ValueEnum};
 
@@ -20,6 +20,8 @@ enum Suite {
     Matmul,
     /// Whole BERT-base / MiniLM forwards with random weights of the real sizes.
     Bert,
+    /// Whole CSWin-T/S/B forwards with random weights of the real sizes.
+    Cswin,
 }
 
 #[derive(Debug, Parser)]
@@ -33,15 +35,18 @@ struct Args {
     /// BERT shapes, comma-separated: base:BxT or minilm:BxT (default: sized for the adapter).
     #[arg(long, value_delimiter = ',')]
     bert: Vec<String>,
+    /// CSWin shapes, comma-separated: t|s|b|l:B (224) or t|s|b|l:BxS (default: sized for the adapter).
+    #[arg(long, value_delimiter = ',')]
+    cswin: Vec<String>,
     /// Print the GPU time of each kernel in a model forward.
     #[arg(long)]
     breakdown: bool,
-    /// Untimed runs before measuring.
-    #[arg(long, default_value_t = 3)]
-    warmup: usize,
-    /// Timed runs per measurement (the median is reported).
-    #[arg(long, default_value_t = 10)]
-    iters: usize,
+    /// Untimed runs before measuring (default 3; 1 on software adapters).
+    #[arg(long)]
+    warmup: Option<usize>,
+    /// Timed runs per measurement, the median is reported (default 10; 3 on software adapters).
+    #[arg(long)]
+    iters: Option<usize>,
     /// The card's f32 peak in TFLOP/s, for "% of peak" (known cards are filled in).
     #[arg(long)]
     peak_tflops: Option<f64>,
@@ -80,13 +85,14 @@ fn main() -> Result<()> {
         },
         bench::COMMIT
     );
+    let software = caps.is_software();
     let options = BenchOptions {
-        warmup: args.warmup,
-        iters: args.iters,
+        warmup: args.warmup.unwrap_or(if software { 1 } else { 3 }),
+        iters: args.iters.unwrap_or(if software { 3 } else { 10 }),
         peak_tflops: args.peak_tflops,
     };
     let suites = if args.suites.is_empty() {
-        vec![Suite::Matmul, Suite::Bert]
+        vec![Suite::Matmul, Suite::Bert, Suite::Cswin]
     } else {
         args.suites.clone()
     };
@@ -119,6 +125,17 @@ fn main() -> Result<()> {
                         .collect::<Result<_, _>>()?
                 };
                 records.extend(bench::bert_suite(&ctx, &shapes, &options, progress)?);
+            }
+            Suite::Cswin => {
+                let shapes = if args.cswin.is_empty() {
+                    CswinShape::defaults(&ctx)
+                } else {
+                    args.cswin
+                        .iter()
+                        .map(|s| CswinShape::parse(s))
+                        .collect::<Result<_, _>>()?
+                };
+                records.extend(bench::cswin_suite(&ctx, &shapes, &options, progress)?);
             }
         }
     }
