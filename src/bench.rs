@@ -610,8 +610,12 @@ fn bert_one(
     let start = Instant::now();
     let first = model.forward_blocking(ctx, &input, false)?;
     let first_run_ms = start.elapsed().as_secs_f64() * 1e3;
-    let (gpu_ms, wall, clock, breakdown) =
-        time_forwards(ctx, options, |ctx| model.forward_timed(ctx, &input))?;
+    let Timings {
+        gpu_ms,
+        wall,
+        clock,
+        breakdown,
+    } = time_forwards(ctx, options, |ctx| model.forward_timed(ctx, &input))?;
 
     // Check: the first sequence alone through the CPU twins (sequences are independent).
     let one = BertInput::new(
@@ -889,7 +893,12 @@ fn cswin_one(
     let first = model.forward_blocking(ctx, &pixels, false)?;
     let first_run_ms = start.elapsed().as_secs_f64() * 1e3;
     let timed = |ctx: &Context| model.forward_timed(ctx, &pixels);
-    let (gpu_ms, wall, clock, breakdown) = time_forwards(ctx, options, timed)?;
+    let Timings {
+        gpu_ms,
+        wall,
+        clock,
+        breakdown,
+    } = time_forwards(ctx, options, timed)?;
 
     let one = HostTensor::new(
         &[1, config.in_chans, shape.size, shape.size],
@@ -931,12 +940,21 @@ fn cswin_one(
     Ok(r)
 }
 
-/// Warm-up then timed forwards: (GPU stats, wall samples, clock, per-kernel mean ms).
+/// What [`time_forwards`] measured.
+struct Timings {
+    gpu_ms: Stats,
+    wall: Vec<f64>,
+    clock: Clock,
+    /// Mean GPU ms per kernel over one forward, largest first.
+    breakdown: Vec<(String, f64)>,
+}
+
+/// Warm-up, then timed forwards.
 fn time_forwards(
     ctx: &Context,
     options: &BenchOptions,
     forward: impl Fn(&Context) -> Result<Vec<PassTime>>,
-) -> Result<(Stats, Vec<f64>, Clock, Vec<(String, f64)>)> {
+) -> Result<Timings> {
     for _ in 0..options.warmup {
         forward(ctx)?;
     }
