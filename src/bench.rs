@@ -982,12 +982,17 @@ fn time_forwards(
     } else {
         Clock::Wall
     };
-    let stats = Stats::of(if clock == Clock::Timestamp {
+    let gpu_ms = Stats::of(if clock == Clock::Timestamp {
         &gpu
     } else {
         &wall
     });
-    Ok((stats, wall, clock, breakdown))
+    Ok(Timings {
+        gpu_ms,
+        wall,
+        clock,
+        breakdown,
+    })
 }
 
 /// Compares (GPU, CPU) slices with |g - c| <= atol + rtol |c|.
