@@ -1,21 +1,26 @@
-//! `cargo bench`: the same suites as `backbone-bench`, through the library, on the adapter
-//! `BACKBONE_BACKEND` / `BACKBONE_ADAPTER` pick. Sizes follow the adapter (small on
-//! software adapters).
+//! `cargo bench`: the same suites as `backbone-bench` (every suite, default shapes for the
+//! adapter), through the library, on the adapter `BACKBONE_BACKEND` / `BACKBONE_ADAPTER` pick.
 
-use backbone::bench::{self, BenchOptions, MatmulSize};
+use backbone::bench::{self, BenchOptions};
 use backbone::{Context, ContextOptions};
 
 fn main() -> anyhow::Result<()> {
-    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing to run.
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing: then do nothing.
     if !std::env::args().any(|a| a == "--bench") {
         return Ok(());
     }
     let ctx = pollster::block_on(Context::new(ContextOptions::from_env()?))?;
     println!("adapter: {}", ctx.capabilities());
-    let options = BenchOptions::default();
-    let records = bench::matmul_suite(&ctx, &MatmulSize::defaults(&ctx), &options, |msg| {
-        eprintln!("running {msg}")
-    })?;
+    let options = if ctx.capabilities().is_software() {
+        BenchOptions {
+            warmup: 1,
+            iters: 3,
+            peak_tflops: None,
+        }
+    } else {
+        BenchOptions::default()
+    };
+    let records = bench::default_suites(&ctx, &options, |msg| eprintln!("running {msg}"))?;
     print!("{}", bench::table(&records));
     anyhow::ensure!(
         records.iter().all(|r| r.check.passed),

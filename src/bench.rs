@@ -160,7 +160,8 @@ impl MatmulSize {
                 s(128, 1536, 384),
             ]
         } else {
-            // Squares, then BERT-base at batch 32 x seq 128: QKV, FFN up, FFN down.
+            // Squares; BERT-base at batch 32 x seq 128: QKV, FFN up, FFN down; CSWin-T at
+            // batch 64: stage-1 QKV (64 x 3136 tokens) and stage-3 FFN up (64 x 196 tokens).
             vec![
                 s(1024, 1024, 1024),
                 s(2048, 2048, 2048),
@@ -168,6 +169,8 @@ impl MatmulSize {
                 s(4096, 2304, 768),
                 s(4096, 3072, 768),
                 s(4096, 768, 3072),
+                s(200704, 192, 64),
+                s(12544, 1024, 256),
             ]
         }
     }
@@ -207,46 +210,20 @@ fn matmul_one(ctx: &Context, size: MatmulSize, options: &BenchOptions) -> Result
     let w = Tensor::from_f32(ctx, &[n, k], &w_host.data, "w")?;
     let y = Tensor::empty(ctx, &[m, n], DType::F32, "y")?;
 
-    let run = |timed: bool| -> Result<(f64, Option<f64>)> {
-        let mut rec = if timed {
-            Recorder::with_timing(ctx, 1)
-        } else {
-            Recorder::new(ctx)
-        };
-        kernels::matmul(&mut rec, &x, &w, &y, Epilogue::none())?;
-        let start = Instant::now();
-        let times = rec.submit_blocking()?;
-        Ok((
-            start.elapsed().as_secs_f64() * 1e3,
-            times.first().map(|t| t.ms),
-        ))
+    let run = |timed: bool| {
+        kernel_run(ctx, timed, |rec| {
+            kernels::matmul(rec, &x, &w, &y, Epilogue::none())
+        })
     };
-    ctx.poll_wait()?; // uploads done before the cold run
-    let first_run_ms = {
-        let start = Instant::now();
-        run(false)?;
-        start.elapsed().as_secs_f64() * 1e3
-    };
-    for _ in 0..options.warmup {
-        run(false)?;
-    }
-    let mut wall = Vec::new();
-    let mut gpu = Vec::new();
-    for _ in 0..options.iters.max(1) {
-        let (w_ms, g_ms) = run(true)?;
-        wall.push(w_ms);
-        gpu.extend(g_ms);
-    }
-    let clock = if gpu.len() == wall.len() {
-        Clock::Timestamp
-    } else {
-        Clock::Wall
-    };
-    let gpu_ms = Stats::of(if clock == Clock::Timestamp {
-        &gpu
-    } else {
-        &wall
-    });
+    let (
+        Timings {
+            gpu_ms,
+            wall,
+            clock,
+            ..
+        },
+        first_run_ms,
+    ) = time_kernel(ctx, options, run)?;
 
     let check = check_matmul_rows(ctx, &x_host, &w_host, &y, size)?;
     let flops = kernels::matmul::flops(&StridedMatmul::contiguous(1, m, n, k, true));
@@ -1012,4 +989,335 @@ fn compare(pairs: &[(&[f32], &[f32])], atol: f64, rtol: f64, total: usize) -> Ch
         compared,
         total,
     }
+}
+
+/// A fused-attention problem for the `attention` suite (BERT's self-attention).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionShape {
+    pub batch: usize,
+    pub heads: usize,
+    pub seq: usize,
+    pub head_dim: usize,
+}
+
+impl AttentionShape {
+    /// BERT-base (head_dim 64) and MiniLM (32) at seq 128 (batch 32) and 512 (batch 8); one
+    /// small problem on a software adapter.
+    pub fn defaults(ctx: &Context) -> Vec<Self> {
+        let s = |batch, heads, seq, head_dim| Self {
+            batch,
+            heads,
+            seq,
+            head_dim,
+        };
+        if ctx.capabilities().is_software() {
+            vec![s(1, 4, 64, 32)]
+        } else {
+            vec![
+                s(32, 12, 128, 64),
+                s(8, 12, 512, 64),
+                s(32, 12, 128, 32),
+                s(8, 12, 512, 32),
+            ]
+        }
+    }
+
+    /// Parses `BxHxTxD`.
+    pub fn parse(text: &str) -> Result<Self> {
+        let v: Vec<usize> = text.split('x').filter_map(|p| p.parse().ok()).collect();
+        match v[..] {
+            [batch, heads, seq, head_dim] if batch * heads * seq * head_dim > 0 => Ok(Self {
+                batch,
+                heads,
+                seq,
+                head_dim,
+            }),
+            _ => Err(Error::Argument {
+                op: "bench",
+                arg: "attention",
+                reason: format!("{text:?} is not BxHxTxD"),
+            }),
+        }
+    }
+}
+
+/// Measures the fused attention kernel; checks the first batch entry against the CPU twin.
+pub fn attention_suite(
+    ctx: &Context,
+    shapes: &[AttentionShape],
+    options: &BenchOptions,
+    mut progress: impl FnMut(&str),
+) -> Result<Vec<Record>> {
+    let mut records = Vec::new();
+    for (n, s) in shapes.iter().enumerate() {
+        let label = format!("{}x{}x{}x{}", s.batch, s.heads, s.seq, s.head_dim);
+        progress(&format!("attention {label} ({}/{})", n + 1, shapes.len()));
+        let c = s.heads * s.head_dim;
+        let mut rng = StdRng::seed_from_u64(n as u64 + 77);
+        let qkv = HostTensor::new(
+            &[s.batch, s.seq, 3 * c],
+            random(&mut rng, s.batch * s.seq * 3 * c),
+        )?;
+        let gqkv = Tensor::from_f32(ctx, &qkv.shape, &qkv.data, "qkv")?;
+        let mask = Tensor::from_u32(ctx, &[s.batch, s.seq], &vec![1; s.batch * s.seq], "mask")?;
+        let out = Tensor::empty(ctx, &[s.batch, s.seq, c], DType::F32, "out")?;
+        let run = |timed: bool| {
+            kernel_run(ctx, timed, |rec| {
+                kernels::attention(rec, &gqkv, &mask, s.heads, &out)
+            })
+        };
+        let (
+            Timings {
+                gpu_ms,
+                wall,
+                clock,
+                ..
+            },
+            first_run_ms,
+        ) = time_kernel(ctx, options, run)?;
+        let one = HostTensor::new(&[1, s.seq, 3 * c], qkv.data[..s.seq * 3 * c].to_vec())?;
+        let mut cpu = HostTensor::zeros(&[1, s.seq, c]);
+        reference::attention(
+            &one,
+            &HostTensor::new(&[1, s.seq], vec![1u32; s.seq])?,
+            s.heads,
+            &mut cpu,
+        )?;
+        let got = out.read_f32_blocking(ctx)?;
+        let check = compare(&[(&got[..s.seq * c], &cpu.data[..])], 1e-5, 1e-4, got.len());
+        let flops = 4.0 * (s.batch * s.heads * s.seq * s.seq * s.head_dim) as f64;
+        records.push(record(
+            ctx,
+            "attention",
+            label,
+            clock,
+            gpu_ms,
+            Stats::of(&wall),
+            first_run_ms,
+            flops,
+            check,
+            options,
+        ));
+    }
+    Ok(records)
+}
+
+/// A CSWin stage's attention (both branches, or the global one) for the `cswin_attention`
+/// suite: CSWin-T at 224.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CswinAttentionShape {
+    pub stage: usize,
+    pub batch: usize,
+}
+
+impl CswinAttentionShape {
+    /// Every CSWin-T stage at 224, batch 64 (batch 1, stages 3 and 4 on a software adapter).
+    pub fn defaults(ctx: &Context) -> Vec<Self> {
+        if ctx.capabilities().is_software() {
+            vec![Self { stage: 3, batch: 1 }, Self { stage: 4, batch: 1 }]
+        } else {
+            (1..=4).map(|stage| Self { stage, batch: 64 }).collect()
+        }
+    }
+}
+
+/// Measures one CSWin-T stage's cross-shaped attention with LePE (all its branches in one
+/// recording); checks the first image against the CPU twin.
+pub fn cswin_attention_suite(
+    ctx: &Context,
+    shapes: &[CswinAttentionShape],
+    options: &BenchOptions,
+    mut progress: impl FnMut(&str),
+) -> Result<Vec<Record>> {
+    let config = CswinConfig::preset("cswin-t-224")?;
+    let mut records = Vec::new();
+    for (n, s) in shapes.iter().enumerate() {
+        let stage = s.stage.clamp(1, 4) - 1;
+        let geometry = Geometry::new(&config, &[s.batch, 3, 224, 224])?;
+        let branches = geometry.branches(&config, stage, config.branches(stage));
+        let (h, w) = geometry.stages[stage];
+        let label = format!(
+            "T stage{} {}x{}x{} b{}",
+            stage + 1,
+            h,
+            w,
+            config.dim(stage),
+            s.batch
+        );
+        progress(&format!(
+            "cswin_attention {label} ({}/{})",
+            n + 1,
+            shapes.len()
+        ));
+        let (c, tokens) = (config.dim(stage), h * w);
+        let mut rng = StdRng::seed_from_u64(n as u64 + 99);
+        let qkv = HostTensor::new(
+            &[s.batch, tokens, 3 * c],
+            random(&mut rng, s.batch * tokens * 3 * c),
+        )?;
+        let gqkv = Tensor::from_f32(ctx, &qkv.shape, &qkv.data, "qkv")?;
+        let lepe: Vec<(HostTensor, HostTensor)> = branches
+            .iter()
+            .map(|b| {
+                Ok((
+                    HostTensor::new(&[b.channels, 3, 3], random(&mut rng, b.channels * 9))?,
+                    HostTensor::new(&[b.channels], random(&mut rng, b.channels))?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        let glepe: Vec<(Tensor, Tensor)> = lepe
+            .iter()
+            .map(|(w, b)| {
+                Ok((
+                    Tensor::from_f32(ctx, &w.shape, &w.data, "lepe_w")?,
+                    Tensor::from_f32(ctx, &b.shape, &b.data, "lepe_b")?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        let out = Tensor::empty(ctx, &[s.batch, tokens, c], DType::F32, "out")?;
+        let run = |timed: bool| {
+            kernel_run(ctx, timed, |rec| {
+                for (b, (lw, lb)) in branches.iter().zip(&glepe) {
+                    kernels::cswin_attention(rec, &gqkv, lw, lb, b, &out)?;
+                }
+                Ok(())
+            })
+        };
+        let (
+            Timings {
+                gpu_ms,
+                wall,
+                clock,
+                ..
+            },
+            first_run_ms,
+        ) = time_kernel(ctx, options, run)?;
+        let one = HostTensor::new(&[1, tokens, 3 * c], qkv.data[..tokens * 3 * c].to_vec())?;
+        let mut cpu = HostTensor::zeros(&[1, tokens, c]);
+        for (b, (lw, lb)) in branches.iter().zip(&lepe) {
+            reference::cswin_attention(&one, lw, lb, b, &mut cpu)?;
+        }
+        let got = out.read_f32_blocking(ctx)?;
+        let check = compare(
+            &[(&got[..tokens * c], &cpu.data[..])],
+            1e-5,
+            1e-4,
+            got.len(),
+        );
+        let flops: f64 = branches
+            .iter()
+            .map(|b| {
+                2.0 * (s.batch * tokens * b.channels) as f64
+                    * (2.0 * (b.window.0 * b.window.1) as f64 + 9.0)
+            })
+            .sum();
+        records.push(record(
+            ctx,
+            "cswin_attn",
+            label,
+            clock,
+            gpu_ms,
+            Stats::of(&wall),
+            first_run_ms,
+            flops,
+            check,
+            options,
+        ));
+    }
+    Ok(records)
+}
+
+/// Records `f` into a fresh recorder (timed: one timestamp pair per pass) and submits it;
+/// returns (wall ms, GPU ms over all passes if timed).
+fn kernel_run(
+    ctx: &Context,
+    timed: bool,
+    f: impl FnOnce(&mut Recorder<'_>) -> Result<()>,
+) -> Result<(f64, Option<f64>)> {
+    let mut rec = if timed {
+        Recorder::with_timing(ctx, 8)
+    } else {
+        Recorder::new(ctx)
+    };
+    f(&mut rec)?;
+    let start = Instant::now();
+    let times = rec.submit_blocking()?;
+    let gpu = (!times.is_empty()).then(|| PassTime::span_ms(&times));
+    Ok((start.elapsed().as_secs_f64() * 1e3, gpu))
+}
+
+/// Cold run, warm-ups, then timed runs of one kernel recording; also returns the cold run's
+/// wall ms (pipeline compilation included).
+fn time_kernel(
+    ctx: &Context,
+    options: &BenchOptions,
+    run: impl Fn(bool) -> Result<(f64, Option<f64>)>,
+) -> Result<(Timings, f64)> {
+    ctx.poll_wait()?;
+    let start = Instant::now();
+    run(false)?;
+    let first_run_ms = start.elapsed().as_secs_f64() * 1e3;
+    for _ in 0..options.warmup {
+        run(false)?;
+    }
+    let (mut wall, mut gpu) = (Vec::new(), Vec::new());
+    for _ in 0..options.iters.max(1) {
+        let (w, g) = run(true)?;
+        wall.push(w);
+        gpu.extend(g);
+    }
+    let clock = if gpu.len() == wall.len() {
+        Clock::Timestamp
+    } else {
+        Clock::Wall
+    };
+    let gpu_ms = Stats::of(if clock == Clock::Timestamp {
+        &gpu
+    } else {
+        &wall
+    });
+    Ok((
+        Timings {
+            gpu_ms,
+            wall,
+            clock,
+            breakdown: Vec::new(),
+        },
+        first_run_ms,
+    ))
+}
+
+/// Every suite with its default shapes for this adapter (what `backbone-bench` and
+/// `cargo bench` run without arguments).
+pub fn default_suites(
+    ctx: &Context,
+    options: &BenchOptions,
+    mut progress: impl FnMut(&str),
+) -> Result<Vec<Record>> {
+    let mut records = matmul_suite(ctx, &MatmulSize::defaults(ctx), options, &mut progress)?;
+    records.extend(attention_suite(
+        ctx,
+        &AttentionShape::defaults(ctx),
+        options,
+        &mut progress,
+    )?);
+    records.extend(cswin_attention_suite(
+        ctx,
+        &CswinAttentionShape::defaults(ctx),
+        options,
+        &mut progress,
+    )?);
+    records.extend(bert_suite(
+        ctx,
+        &BertShape::defaults(ctx),
+        options,
+        &mut progress,
+    )?);
+    records.extend(cswin_suite(
+        ctx,
+        &CswinShape::defaults(ctx),
+        options,
+        &mut progress,
+    )?);
+    Ok(records)
 }

@@ -10,7 +10,9 @@ use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
-use backbone::bench::{self, BenchOptions, BertShape, CswinShape, MatmulSize};
+use backbone::bench::{
+    self, AttentionShape, BenchOptions, BertShape, CswinAttentionShape, CswinShape, MatmulSize,
+};
 use backbone::{Context, ContextOptions};
 use clap::{Parser, ValueEnum};
 
@@ -18,6 +20,10 @@ use clap::{Parser, ValueEnum};
 enum Suite {
     /// Y = X·Wᵀ in f32, square sizes and the BERT projection shapes.
     Matmul,
+    /// The fused BERT attention kernel at BERT-base / MiniLM shapes.
+    Attention,
+    /// CSWin-T's cross-shaped window attention with LePE, per stage at 224.
+    CswinAttention,
     /// Whole BERT-base / MiniLM forwards with random weights of the real sizes.
     Bert,
     /// Whole CSWin-T/S/B forwards with random weights of the real sizes.
@@ -32,6 +38,9 @@ struct Args {
     /// Matmul sizes, comma-separated: N for N³ or MxNxK (default: a short list for the adapter).
     #[arg(long, value_delimiter = ',')]
     sizes: Vec<String>,
+    /// Attention shapes, comma-separated: BxHxTxD (default: sized for the adapter).
+    #[arg(long, value_delimiter = ',')]
+    attention: Vec<String>,
     /// BERT shapes, comma-separated: base:BxT or minilm:BxT (default: sized for the adapter).
     #[arg(long, value_delimiter = ',')]
     bert: Vec<String>,
@@ -92,7 +101,13 @@ fn main() -> Result<()> {
         peak_tflops: args.peak_tflops,
     };
     let suites = if args.suites.is_empty() {
-        vec![Suite::Matmul, Suite::Bert, Suite::Cswin]
+        vec![
+            Suite::Matmul,
+            Suite::Attention,
+            Suite::CswinAttention,
+            Suite::Bert,
+            Suite::Cswin,
+        ]
     } else {
         args.suites.clone()
     };
@@ -114,6 +129,23 @@ fn main() -> Result<()> {
                         .collect::<Result<_, _>>()?
                 };
                 records.extend(bench::matmul_suite(&ctx, &sizes, &options, progress)?);
+            }
+            Suite::Attention => {
+                let shapes = if args.attention.is_empty() {
+                    AttentionShape::defaults(&ctx)
+                } else {
+                    args.attention
+                        .iter()
+                        .map(|s| AttentionShape::parse(s))
+                        .collect::<Result<_, _>>()?
+                };
+                records.extend(bench::attention_suite(&ctx, &shapes, &options, progress)?);
+            }
+            Suite::CswinAttention => {
+                let shapes = CswinAttentionShape::defaults(&ctx);
+                records.extend(bench::cswin_attention_suite(
+                    &ctx, &shapes, &options, progress,
+                )?);
             }
             Suite::Bert => {
                 let shapes = if args.bert.is_empty() {
