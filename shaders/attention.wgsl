@@ -29,7 +29,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
 const BQ: u32 = 64u;
-const MASKED: f32 = -3.40282347e+38; // torch.finfo(torch.float32).min
+const MASKED: f32 = F32_LOWEST; // torch.finfo(torch.float32).min
 
 var<workgroup> k_tile: array<f32, KV_TILE * HEAD_DIM>;
 var<workgroup> v_tile: array<f32, KV_TILE * HEAD_DIM>;

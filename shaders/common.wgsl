@@ -1,6 +1,11 @@
 // Helpers shared by every kernel. This file is prepended (after the specialisation
 // constants) to each kernel's source; it declares no bindings and no entry points.
 
+// The lowest finite f32, torch.finfo(torch.float32).min: Hugging Face's additive mask value
+// and the start of running maxima. Written in hex: browsers' WGSL compilers reject a decimal
+// literal that rounds past the f32 range.
+const F32_LOWEST: f32 = -0x1.fffffep+127f;
+
 // erf(x) by Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7), returned as the pair
 // (erf(|x|), erfc(|x|)) so callers near -inf avoid the cancellation in 1 + erf(x).
 fn erf_erfc_abs(x: f32) -> vec2<f32> {

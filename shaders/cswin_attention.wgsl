@@ -91,7 +91,7 @@ fn cswin_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
             q[d] = qkv[at + d];
         }
     }
-    var running_max = -3.40282347e+38;
+    var running_max = F32_LOWEST;
     var running_sum = 0.0;
 
     for (var k0 = 0u; k0 < win_tokens; k0 += KV_TILE) {
@@ -112,7 +112,7 @@ fn cswin_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
 
         if (has_query) {
             var scores: array<f32, KV_TILE>;
-            var tile_max = -3.40282347e+38;
+            var tile_max = F32_LOWEST;
             for (var j = 0u; j < keys; j++) {
                 var dot = 0.0;
                 for (var d = 0u; d < HEAD_DIM; d++) {

@@ -24,7 +24,7 @@ fn softmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let c = params.c;
     let base = row * c;
 
-    var m = -3.402823466e+38;
+    var m = F32_LOWEST;
     for (var i = lid; i < c; i += REDUCE_WG) {
         m = max(m, x[base + i]);
     }

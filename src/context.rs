@@ -107,7 +107,12 @@ impl Capabilities {
 impl fmt::Display for Capabilities {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let a = &self.adapter;
-        write!(f, "{} ({:?}, {:?}", a.name, a.backend, a.device_type)?;
+        let name = if a.name.is_empty() {
+            "unnamed adapter"
+        } else {
+            &a.name
+        };
+        write!(f, "{name} ({:?}, {:?}", a.backend, a.device_type)?;
         if !a.driver.is_empty() {
             write!(f, ", driver {} {}", a.driver, a.driver_info)?;
         }
@@ -161,6 +166,7 @@ fn new_instance(backend: Option<wgpu::Backend>) -> wgpu::Instance {
     wgpu::Instance::new(desc)
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// Lower is better: native APIs before GL (slow cold shader compiles on Mesa), real GPUs
 /// before software ones.
 fn adapter_rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
@@ -281,7 +287,8 @@ impl Context {
         self.pipelines.len()
     }
 
-    /// Blocks until all submitted work is done (native); a no-op on the web.
+    /// Blocks until all submitted work is done (native only: the web has no blocking waits).
+    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn poll_wait(&self) -> Result<()> {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())

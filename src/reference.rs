@@ -80,7 +80,18 @@ fn par_rows<T: Send>(out: &mut [T], row_len: usize, f: impl Fn(usize, &mut [T]) 
         return;
     }
     let rows = out.len() / row_len;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // No threads on wasm32-unknown-unknown: run serially there.
+    let threads = if cfg!(target_arch = "wasm32") {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    };
+    if threads == 1 {
+        for (i, row) in out.chunks_mut(row_len).enumerate() {
+            f(i, row);
+        }
+        return;
+    }
     let per_thread = rows.div_ceil(threads).max(1);
     std::thread::scope(|s| {
         for (chunk_index, chunk) in out.chunks_mut(per_thread * row_len).enumerate() {

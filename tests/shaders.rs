@@ -91,3 +91,23 @@ fn shader_files_match_the_kernel_list() {
         );
     }
 }
+
+/// Browsers' WGSL compilers (Tint) reject a decimal literal that rounds past the f32 range,
+/// where naga rounds it quietly: the f32 extremes must be written in hex (`F32_LOWEST`).
+#[test]
+fn no_decimal_literal_outside_the_f32_range() {
+    let files = Kernel::ALL
+        .iter()
+        .map(|k| (k.name(), k.wgsl()))
+        .chain([("common", include_str!("../shaders/common.wgsl"))]);
+    for (name, source) in files {
+        for (i, line) in source.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            assert!(
+                !code.contains("e+38") && !code.contains("e38"),
+                "shaders/{name}.wgsl:{}: {line}",
+                i + 1
+            );
+        }
+    }
+}

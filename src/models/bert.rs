@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::kernels::{self, Epilogue, MatrixView, StridedMatmul, WLayout};
 use crate::models::weights::{Weights, upload};
 pub use crate::models::{LayerNorm, Linear};
-use crate::pipeline::{PassTime, Recorder};
+use crate::pipeline::Recorder;
 use crate::reference::{self, HostTensor};
 use crate::tensor::{DType, Tensor};
 
@@ -733,7 +733,11 @@ impl Bert {
     /// Records and submits a forward with a timestamp around every pass; returns the pass
     /// times (empty without timestamp queries). For benchmarks.
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn forward_timed(&self, ctx: &Context, input: &BertInput) -> Result<Vec<PassTime>> {
+    pub fn forward_timed(
+        &self,
+        ctx: &Context,
+        input: &BertInput,
+    ) -> Result<Vec<crate::pipeline::PassTime>> {
         let passes = 6 + 7 * self.config.num_hidden_layers as u32 + 3;
         let mut rec = Recorder::with_timing(ctx, passes);
         self.record(&mut rec, input, |_, _, _| {})?;

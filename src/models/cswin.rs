@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::kernels::{self, ConvInput, CswinBranch, Epilogue};
 use crate::models::weights::Weights;
 use crate::models::{Conv2d, LayerNorm, Linear};
-use crate::pipeline::{PassTime, Recorder};
+use crate::pipeline::Recorder;
 use crate::reference::{self, HostTensor};
 use crate::tensor::{DType, Tensor};
 
@@ -690,7 +690,11 @@ impl Cswin {
 
     /// Records and submits one forward with a timestamp around every pass (benchmarks).
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn forward_timed(&self, ctx: &Context, pixel_values: &HostTensor) -> Result<Vec<PassTime>> {
+    pub fn forward_timed(
+        &self,
+        ctx: &Context,
+        pixel_values: &HostTensor,
+    ) -> Result<Vec<crate::pipeline::PassTime>> {
         self.check_depths()?;
         let blocks: usize = self.config.depth.iter().sum();
         let mut rec = Recorder::with_timing(ctx, (8 * blocks + 12) as u32);

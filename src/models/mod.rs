@@ -4,7 +4,6 @@
 pub mod bert;
 pub mod cswin;
 pub mod image;
-#[cfg(not(target_arch = "wasm32"))]
 pub mod tokenizer;
 pub mod weights;
 

@@ -57,6 +57,7 @@ impl TextTokenizer {
     }
 
     /// Loads `tokenizer.json` from a model folder; a missing file is a clear error.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn from_dir(dir: &std::path::Path, max_length: usize) -> Result<Self> {
         let path = dir.join("tokenizer.json");
         let json = std::fs::read(&path).map_err(|source| Error::Io {

@@ -1,0 +1,128 @@
+// The demo page's glue: file pickers and buttons call the wasm engine. With ?fixtures it loads
+// the repository's small test models and runs both demos (for screenshots); with ?check it runs
+// the browser test (every fixture output against its golden file) and writes the report to #result.
+import init, { Engine } from "./pkg/backbone_web.js";
+
+const $ = (id) => document.getElementById(id);
+const FIXTURES = "../../tests/fixtures";
+let engine;
+
+function fail(e) {
+  $("error").textContent = String(e && e.stack ? e.stack : e);
+  $("result").textContent = JSON.stringify({ passed: false, error: String(e) });
+  $("result").dataset.done = "1";
+}
+
+async function fetchBytes(url) {
+  const r = await fetch(url);
+  if (!r.ok) throw new Error(`${url}: ${r.status}`);
+  return new Uint8Array(await r.arrayBuffer());
+}
+const fetchText = async (url) => new TextDecoder().decode(await fetchBytes(url));
+
+// Files of a picked folder, by name.
+function folder(input) {
+  const files = {};
+  for (const f of input.files) files[f.name] = f;
+  return files;
+}
+async function need(files, name) {
+  if (!files[name]) throw new Error(`the folder has no ${name}`);
+  return new Uint8Array(await files[name].arrayBuffer());
+}
+
+function cosine(a, b) {
+  let dot = 0, na = 0, nb = 0;
+  for (let i = 0; i < a.length; i++) { dot += a[i] * b[i]; na += a[i] * a[i]; nb += b[i] * b[i]; }
+  return dot / Math.sqrt(na * nb);
+}
+
+async function embed() {
+  const texts = $("sentences").value.split("\n").map((s) => s.trim()).filter((s) => s);
+  const start = performance.now();
+  const flat = await engine.embed(texts);
+  $("embed-time").textContent = `${(performance.now() - start).toFixed(1)} ms for ${texts.length} sentences`;
+  const dim = flat.length / texts.length;
+  const rows = texts.map((_, i) => flat.subarray(i * dim, (i + 1) * dim));
+  let html = "<table><tr><th></th>" + texts.map((_, j) => `<th>${j + 1}</th>`).join("") + "</tr>";
+  texts.forEach((t, i) => {
+    html += `<tr><th title="${t.replace(/"/g, "&quot;")}">${i + 1}. ${t.slice(0, 40)}</th>`;
+    html += rows.map((r) => `<td>${cosine(rows[i], r).toFixed(3)}</td>`).join("") + "</tr>";
+  });
+  $("similarity").innerHTML = html + "</table>";
+}
+
+async function classify(bytes) {
+  const start = performance.now();
+  const top = JSON.parse(await engine.classify(bytes));
+  $("classify-time").textContent = `${(performance.now() - start).toFixed(1)} ms`;
+  $("classes").innerHTML = "<table><tr><th>class</th><th>label</th><th>probability</th></tr>" +
+    top.map((c) => `<tr><td>${c.class}</td><td>${c.label}</td><td>${(100 * c.prob).toFixed(2)}%</td></tr>`).join("") + "</table>";
+}
+
+// A synthetic test image (the fixtures ship no photos): a colour gradient as PNG bytes.
+async function gradientPng(w, h) {
+  const canvas = new OffscreenCanvas(w, h);
+  const g = canvas.getContext("2d");
+  const grad = g.createLinearGradient(0, 0, w, h);
+  grad.addColorStop(0, "#1e88e5"); grad.addColorStop(0.5, "#fdd835"); grad.addColorStop(1, "#e53935");
+  g.fillStyle = grad; g.fillRect(0, 0, w, h);
+  return new Uint8Array(await (await canvas.convertToBlob({ type: "image/png" })).arrayBuffer());
+}
+
+async function loadFixtures() {
+  const bert = `${FIXTURES}/bert-micro-12l-random`, cswin = `${FIXTURES}/cswin-micro-s3full`;
+  engine.load_bert(await fetchText(`${bert}/config.json`), await fetchBytes(`${bert}/model.safetensors`), await fetchBytes(`${bert}/tokenizer.json`), 128);
+  $("bert-status").textContent = "loaded bert-micro-12l-random (test fixture, random weights)";
+  engine.load_cswin(await fetchText(`${cswin}/config.json`), await fetchBytes(`${cswin}/model.safetensors`));
+  $("cswin-status").textContent = "loaded cswin-micro-s3full (test fixture, random weights)";
+}
+
+async function check() {
+  const bert = `${FIXTURES}/bert-micro-12l-random`, cswin = `${FIXTURES}/cswin-micro-s3full`;
+  const report = await engine.check_fixtures(
+    await fetchText(`${bert}/config.json`), await fetchBytes(`${bert}/model.safetensors`), await fetchBytes(`${bert}/io.safetensors`),
+    await fetchText(`${cswin}/config.json`), await fetchBytes(`${cswin}/model.safetensors`), await fetchBytes(`${cswin}/golden.safetensors`));
+  $("result").textContent = report;
+  $("result").hidden = false;
+  $("result").dataset.done = "1";
+}
+
+async function main() {
+  await init();
+  engine = await Engine.create();
+  $("adapter").textContent = engine.adapter();
+  $("bert-dir").onchange = async () => {
+    try {
+      const f = folder($("bert-dir"));
+      engine.load_bert(new TextDecoder().decode(await need(f, "config.json")), await need(f, "model.safetensors"), await need(f, "tokenizer.json"), 256);
+      $("bert-status").textContent = "loaded";
+    } catch (e) { fail(e); }
+  };
+  $("cswin-dir").onchange = async () => {
+    try {
+      const f = folder($("cswin-dir"));
+      engine.load_cswin(new TextDecoder().decode(await need(f, "config.json")), await need(f, "model.safetensors"));
+      $("cswin-status").textContent = "loaded";
+    } catch (e) { fail(e); }
+  };
+  $("embed").onclick = () => embed().catch(fail);
+  $("classify").onclick = async () => {
+    try {
+      const file = $("image").files[0];
+      if (!file) throw new Error("pick an image first");
+      await classify(new Uint8Array(await file.arrayBuffer()));
+    } catch (e) { fail(e); }
+  };
+  const params = new URLSearchParams(location.search);
+  if (params.has("check")) await check();
+  if (params.has("fixtures")) {
+    await loadFixtures();
+    await embed();
+    await classify(await gradientPng(160, 120));
+    $("result").textContent = JSON.stringify({ passed: true, demo: "done" });
+    $("result").dataset.done = "1";
+  }
+}
+
+main().catch(fail);
