@@ -201,3 +201,66 @@ fn classify_prints_the_top5_of_each_image() {
     }
     assert_eq!(outputs[0], outputs[1], "GPU and CPU rank the classes alike");
 }
+
+/// `backbone-bench --json` writes one record per measurement with the documented fields, and
+/// PASS on a small run.
+#[test]
+fn bench_json_has_the_documented_fields() {
+    if gpu().is_none() {
+        return;
+    }
+    let path = std::env::temp_dir().join("backbone-bench-test.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_backbone-bench"))
+        .args([
+            "matmul",
+            "attention",
+            "--sizes",
+            "7,1x9x3",
+            "--attention",
+            "1x2x5x8",
+            "--iters",
+            "2",
+            "--warmup",
+            "0",
+            "--json",
+        ])
+        .arg(&path)
+        .output()
+        .expect("run backbone-bench");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(stdout.matches("PASS").count(), 3, "{stdout}");
+    let records: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(&path).expect("json")).expect("parse");
+    assert_eq!(records.len(), 3);
+    for r in &records {
+        for key in [
+            "suite",
+            "shape",
+            "dtype",
+            "adapter",
+            "backend",
+            "driver",
+            "clock",
+            "wall_ms",
+            "first_run_ms",
+            "gflops",
+            "check",
+            "commit",
+        ] {
+            assert!(r.get(key).is_some(), "record lacks {key}: {r}");
+        }
+        for key in ["median", "min", "max"] {
+            assert!(
+                r["gpu_ms"][key].as_f64().is_some_and(|v| v > 0.0),
+                "gpu_ms.{key}: {r}"
+            );
+        }
+        assert_eq!(r["check"]["passed"], true);
+    }
+    assert_eq!(records[2]["suite"], "attention");
+}
