@@ -319,6 +319,21 @@ impl<'c> Recorder<'c> {
         self.pending.extend(verdicts);
     }
 
+    /// Records a copy of `t` into a new tensor (to keep an intermediate state that later
+    /// dispatches overwrite).
+    pub fn copy_of(
+        &mut self,
+        t: &crate::tensor::Tensor,
+        label: &str,
+    ) -> Result<crate::tensor::Tensor> {
+        let copy = crate::tensor::Tensor::empty(self.ctx, t.shape(), t.dtype(), label)?;
+        let size = t.buffer().size();
+        self.encode_raw(|_, encoder| {
+            encoder.copy_buffer_to_buffer(t.buffer(), 0, copy.buffer(), 0, size)
+        });
+        Ok(copy)
+    }
+
     pub(crate) fn dispatch(&mut self, d: Dispatch<'_>) -> Result<()> {
         let ctx = self.ctx;
         let max = ctx.limits().max_compute_workgroups_per_dimension;

@@ -176,6 +176,11 @@ impl Tensor {
         })
     }
 
+    /// Copies the tensor back as a host tensor of the same shape (f32).
+    pub async fn read_host(&self, ctx: &Context) -> Result<crate::reference::HostTensor> {
+        crate::reference::HostTensor::new(&self.shape, self.read_f32(ctx).await?)
+    }
+
     /// Copies a u32 tensor back to the host.
     pub async fn read_u32(&self, ctx: &Context) -> Result<Vec<u32>> {
         check_dtype("read_u32", "self", self, DType::U32)?;

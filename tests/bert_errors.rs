@@ -5,7 +5,6 @@ mod common;
 use backbone::Error;
 use backbone::models::bert::{self, Bert, BertConfig, BertInput, BertWeights};
 use backbone::models::tokenizer::TextTokenizer;
-use backbone::models::weights::to_safetensors;
 use backbone::reference::HostTensor;
 use common::*;
 
@@ -19,26 +18,11 @@ fn micro() -> (BertConfig, BertWeights<HostTensor>) {
 
 /// The micro checkpoint's tensors, to rewrite with a defect.
 fn micro_tensors() -> Vec<(String, HostTensor)> {
-    let bytes =
-        std::fs::read(fixture("bert-micro-12l-random").join("model.safetensors")).expect("model");
-    let file = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
-    let mut out: Vec<_> = file
-        .tensors()
-        .into_iter()
-        .map(|(name, v)| {
-            (
-                name,
-                host(v.shape(), bytemuck::pod_collect_to_vec(v.data())),
-            )
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
+    checkpoint_tensors("bert-micro-12l-random")
 }
 
 fn write(tensors: &[(String, HostTensor)]) -> Vec<u8> {
-    let refs: Vec<(&str, &HostTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    to_safetensors(&refs).expect("serialize")
+    checkpoint_bytes(tensors)
 }
 
 fn input(batch: usize, seq: usize, ids: Vec<u32>) -> BertInput {

@@ -4,7 +4,6 @@ mod common;
 
 use backbone::Error;
 use backbone::models::cswin::{self, CswinConfig, CswinWeights};
-use backbone::models::weights::to_safetensors;
 use backbone::reference::HostTensor;
 use common::*;
 
@@ -13,26 +12,11 @@ fn config_json() -> String {
 }
 
 fn tensors() -> Vec<(String, HostTensor)> {
-    let bytes =
-        std::fs::read(fixture("cswin-micro-s3full").join("model.safetensors")).expect("model");
-    let file = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
-    let mut out: Vec<_> = file
-        .tensors()
-        .into_iter()
-        .map(|(name, v)| {
-            (
-                name,
-                host(v.shape(), bytemuck::pod_collect_to_vec(v.data())),
-            )
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
+    checkpoint_tensors("cswin-micro-s3full")
 }
 
 fn write(tensors: &[(String, HostTensor)]) -> Vec<u8> {
-    let refs: Vec<(&str, &HostTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    to_safetensors(&refs).expect("serialize")
+    checkpoint_bytes(tensors)
 }
 
 #[test]

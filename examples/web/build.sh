@@ -26,7 +26,7 @@ else
         mkdir -p "$work/src" && : >"$work/src/lib.rs"
         printf '[package]\nname="stdbuild"\nversion="0.0.0"\nedition="2021"\n' >"$work/Cargo.toml"
         (cd "$work" && RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 /usr/bin/cargo build --quiet --release \
-            -Zbuild-std=std,panic_abort,test --target wasm32-unknown-unknown)
+            -Zbuild-std=std,panic_abort,test --target wasm32-unknown-unknown --target-dir "$work/target")
         mkdir -p "$libdir"
         cp "$work"/target/wasm32-unknown-unknown/release/deps/lib*.rlib "$libdir/"
         rm -f "$libdir"/libstdbuild*

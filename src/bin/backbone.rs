@@ -147,13 +147,8 @@ fn classify(dir: &Path, device: Device, paths: &[PathBuf]) -> Result<()> {
     let labels = labels(dir)?;
     let classes = out.logits.shape[1];
     for (path, logits) in paths.iter().zip(out.logits.data.chunks(classes)) {
-        let max = logits.iter().fold(f32::MIN, |m, &v| m.max(v));
-        let sum: f32 = logits.iter().map(|&v| (v - max).exp()).sum();
-        let mut ranked: Vec<usize> = (0..classes).collect();
-        ranked.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
         println!("{}:", path.display());
-        for &k in ranked.iter().take(5) {
-            let p = (logits[k] - max).exp() / sum;
+        for (k, p) in cswin::top_k(logits, 5) {
             let label = labels.get(k).map_or("", String::as_str);
             println!("  {:>6.2}%  {k:>5}  {label}", 100.0 * p);
         }
@@ -164,15 +159,8 @@ fn classify(dir: &Path, device: Device, paths: &[PathBuf]) -> Result<()> {
 /// Class names from config.json's `id2label`, else `labels.txt` (one per line), else none.
 fn labels(dir: &Path) -> Result<Vec<String>> {
     let json: serde_json::Value = serde_json::from_slice(&read_file(&dir.join("config.json"))?)?;
-    if let Some(map) = json.get("id2label").and_then(|v| v.as_object()) {
-        let mut labels = vec![String::new(); map.len()];
-        for (k, v) in map {
-            if let (Ok(i), Some(name)) = (k.parse::<usize>(), v.as_str())
-                && i < labels.len()
-            {
-                labels[i] = name.to_string();
-            }
-        }
+    let labels = cswin::id2label(&json);
+    if !labels.is_empty() {
         return Ok(labels);
     }
     match std::fs::read_to_string(dir.join("labels.txt")) {

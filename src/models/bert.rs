@@ -163,19 +163,8 @@ impl BertWeights<HostTensor> {
     pub fn from_safetensors(config: &BertConfig, bytes: &[u8]) -> Result<Self> {
         let mut w = Weights::from_bytes(bytes)?.with_fallback_prefix("bert.");
         let (c, i) = (config.hidden_size, config.intermediate_size);
-        let linear =
-            |w: &mut Weights, key: &str, out: usize, inp: usize| -> Result<Linear<HostTensor>> {
-                Ok(Linear {
-                    weight: w.get(&format!("{key}.weight"), &[out, inp])?,
-                    bias: w.get(&format!("{key}.bias"), &[out])?,
-                })
-            };
-        let norm = |w: &mut Weights, key: &str| -> Result<LayerNorm<HostTensor>> {
-            Ok(LayerNorm {
-                weight: w.get(&format!("{key}.weight"), &[c])?,
-                bias: w.get(&format!("{key}.bias"), &[c])?,
-            })
-        };
+        let linear = Linear::load;
+        let norm = |w: &mut Weights, key: &str| LayerNorm::load(w, key, c);
         let embeddings = BertEmbeddings {
             word_embeddings: w.get("embeddings.word_embeddings.weight", &[config.vocab_size, c])?,
             position_embeddings: w.get(
@@ -235,18 +224,8 @@ impl BertWeights<HostTensor> {
 
     /// The same weights in GPU buffers.
     pub fn upload(&self, ctx: &Context) -> Result<BertWeights<Tensor>> {
-        let lin = |name: &str, l: &Linear<HostTensor>| -> Result<Linear<Tensor>> {
-            Ok(Linear {
-                weight: upload(ctx, &format!("{name}.weight"), &l.weight)?,
-                bias: upload(ctx, &format!("{name}.bias"), &l.bias)?,
-            })
-        };
-        let norm = |name: &str, n: &LayerNorm<HostTensor>| -> Result<LayerNorm<Tensor>> {
-            Ok(LayerNorm {
-                weight: upload(ctx, &format!("{name}.weight"), &n.weight)?,
-                bias: upload(ctx, &format!("{name}.bias"), &n.bias)?,
-            })
-        };
+        let lin = |name: &str, l: &Linear<HostTensor>| l.upload(ctx, name);
+        let norm = |name: &str, n: &LayerNorm<HostTensor>| n.upload(ctx, name);
         let e = &self.embeddings;
         let embeddings = BertEmbeddings {
             word_embeddings: upload(ctx, "embeddings.word_embeddings.weight", &e.word_embeddings)?,
@@ -699,22 +678,22 @@ impl Bert {
         let mut copies = Vec::new();
         let plan = self.record(&mut rec, input, |rec, _, h| {
             if hidden_states {
-                copies.push(copy_of(rec, h));
+                copies.push(rec.copy_of(h, "hidden_state"));
             }
         })?;
         let copies = copies.into_iter().collect::<Result<Vec<_>>>()?;
         rec.submit().await?;
         let mut states = Vec::new();
         for copy in &copies {
-            states.push(read_host(ctx, copy).await?);
+            states.push(copy.read_host(ctx).await?);
         }
         Ok(BertOutput {
-            last_hidden_state: read_host(ctx, &plan.hidden).await?,
+            last_hidden_state: plan.hidden.read_host(ctx).await?,
             pooler_output: match self.has_pooler() {
-                true => Some(read_host(ctx, &plan.pooler_output).await?),
+                true => Some(plan.pooler_output.read_host(ctx).await?),
                 false => None,
             },
-            sentence_embedding: read_host(ctx, &plan.sentence_embedding).await?,
+            sentence_embedding: plan.sentence_embedding.read_host(ctx).await?,
             hidden_states: states,
         })
     }
@@ -743,20 +722,6 @@ impl Bert {
         self.record(&mut rec, input, |_, _, _| {})?;
         rec.submit_blocking()
     }
-}
-
-async fn read_host(ctx: &Context, t: &Tensor) -> Result<HostTensor> {
-    HostTensor::new(t.shape(), t.read_f32(ctx).await?)
-}
-
-/// Records a copy of `t` into a fresh tensor (for returning intermediate states).
-fn copy_of(rec: &mut Recorder<'_>, t: &Tensor) -> Result<Tensor> {
-    let copy = Tensor::empty(rec.context(), t.shape(), t.dtype(), "hidden_state")?;
-    let size = t.buffer().size();
-    rec.encode_raw(|_, encoder| {
-        encoder.copy_buffer_to_buffer(t.buffer(), 0, copy.buffer(), 0, size)
-    });
-    Ok(copy)
 }
 
 /// Reads `config.json` and `model.safetensors` from a model folder.

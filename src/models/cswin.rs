@@ -655,25 +655,25 @@ impl Cswin {
         let mut copies = Vec::new();
         let p = self.record(&mut rec, pixel_values, |rec, t| {
             if block0_attention {
-                copies.push(copy_of(rec, t));
+                copies.push(rec.copy_of(t, "attention_copy"));
             }
         })?;
         let copies = copies.into_iter().collect::<Result<Vec<_>>>()?;
         rec.submit().await?;
         let mut attention = Vec::new();
         for c in &copies {
-            attention.push(read_host(ctx, c).await?);
+            attention.push(c.read_host(ctx).await?);
         }
         let mut stages = Vec::new();
         for x in &p.x {
-            stages.push(read_host(ctx, x).await?);
+            stages.push(x.read_host(ctx).await?);
         }
         Ok(CswinOutput {
             geometry: p.geometry.clone(),
-            stem: read_host(ctx, &p.stem).await?,
+            stem: p.stem.read_host(ctx).await?,
             stages,
-            pooled: read_host(ctx, &p.pooled).await?,
-            logits: read_host(ctx, &p.logits).await?,
+            pooled: p.pooled.read_host(ctx).await?,
+            logits: p.logits.read_host(ctx).await?,
             block0_attention: attention,
         })
     }
@@ -714,19 +714,6 @@ fn check_depths(config: &CswinConfig) -> Result<()> {
         ))),
         None => Ok(()),
     }
-}
-
-async fn read_host(ctx: &Context, t: &Tensor) -> Result<HostTensor> {
-    HostTensor::new(t.shape(), t.read_f32(ctx).await?)
-}
-
-fn copy_of(rec: &mut Recorder<'_>, t: &Tensor) -> Result<Tensor> {
-    let copy = Tensor::empty(rec.context(), t.shape(), t.dtype(), "attention_copy")?;
-    let size = t.buffer().size();
-    rec.encode_raw(|_, encoder| {
-        encoder.copy_buffer_to_buffer(t.buffer(), 0, copy.buffer(), 0, size)
-    });
-    Ok(copy)
 }
 
 /// Reads `config.json` and `model.safetensors` from a model folder.
@@ -879,4 +866,33 @@ pub fn pixel_values_from_safetensors(bytes: &[u8]) -> Result<HostTensor> {
         reason: "missing from the input file".into(),
     })?;
     file.get("pixel_values", &shape)
+}
+
+/// Class names from a config.json's `id2label` map (empty when it has none).
+pub fn id2label(config_json: &serde_json::Value) -> Vec<String> {
+    let Some(map) = config_json.get("id2label").and_then(|v| v.as_object()) else {
+        return Vec::new();
+    };
+    let mut labels = vec![String::new(); map.len()];
+    for (k, v) in map {
+        if let (Ok(i), Some(name)) = (k.parse::<usize>(), v.as_str())
+            && i < labels.len()
+        {
+            labels[i] = name.to_string();
+        }
+    }
+    labels
+}
+
+/// The `k` most probable classes of one row of logits: (class, softmax probability), best first.
+pub fn top_k(logits: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let max = logits.iter().fold(f32::MIN, |m, &v| m.max(v));
+    let sum: f32 = logits.iter().map(|&v| (v - max).exp()).sum();
+    let mut ranked: Vec<usize> = (0..logits.len()).collect();
+    ranked.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    ranked
+        .into_iter()
+        .take(k)
+        .map(|c| (c, (logits[c] - max).exp() / sum))
+        .collect()
 }

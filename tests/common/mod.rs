@@ -165,3 +165,28 @@ pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
     let den: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
     (num / den.max(1e-300)).sqrt()
 }
+
+/// Every tensor of a fixture's model.safetensors (f32), sorted by name: a checkpoint to
+/// rewrite with a defect.
+pub fn checkpoint_tensors(fixture_name: &str) -> Vec<(String, HostTensor)> {
+    let bytes = std::fs::read(fixture(fixture_name).join("model.safetensors")).expect("model");
+    let file = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    let mut out: Vec<_> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, v)| {
+            (
+                name,
+                host(v.shape(), bytemuck::pod_collect_to_vec(v.data())),
+            )
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Named tensors as safetensors bytes.
+pub fn checkpoint_bytes(tensors: &[(String, HostTensor)]) -> Vec<u8> {
+    let refs: Vec<(&str, &HostTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    backbone::models::weights::to_safetensors(&refs).expect("serialize")
+}

@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use backbone::models::bert::{Bert, BertConfig, BertInput, BertWeights};
-use backbone::models::cswin::{Cswin, CswinConfig, CswinWeights};
+use backbone::models::cswin::{self, Cswin, CswinConfig, CswinWeights};
 use backbone::models::image;
 use backbone::models::tokenizer::TextTokenizer;
 use backbone::models::weights::Weights;
@@ -81,7 +81,7 @@ impl Engine {
     /// Loads a CSWin folder's config.json text and model.safetensors bytes.
     pub fn load_cswin(&self, config: &str, weights: &[u8]) -> Result<(), JsValue> {
         let json: serde_json::Value = serde_json::from_str(config).map_err(js_err)?;
-        let labels = labels(&json);
+        let labels = cswin::id2label(&json);
         let config = CswinConfig::from_json(config).map_err(js_err)?;
         let host = CswinWeights::from_safetensors(&config, weights).map_err(js_err)?;
         let model = Cswin::new(&self.ctx, config, &host).map_err(js_err)?;
@@ -143,32 +143,13 @@ impl Engine {
     }
 }
 
-fn labels(config: &serde_json::Value) -> Vec<String> {
-    let Some(map) = config.get("id2label").and_then(|v| v.as_object()) else {
-        return Vec::new();
-    };
-    let mut labels = vec![String::new(); map.len()];
-    for (k, v) in map {
-        if let (Ok(i), Some(name)) = (k.parse::<usize>(), v.as_str()) {
-            if i < labels.len() {
-                labels[i] = name.to_string();
-            }
-        }
-    }
-    labels
-}
-
+/// The top 5 as JSON: `[{"class": k, "label": ..., "prob": p}]`.
 fn top5(logits: &[f32], labels: &[String]) -> String {
-    let max = logits.iter().fold(f32::MIN, |m, &v| m.max(v));
-    let sum: f32 = logits.iter().map(|&v| (v - max).exp()).sum();
-    let mut ranked: Vec<usize> = (0..logits.len()).collect();
-    ranked.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-    let top: Vec<_> = ranked
-        .iter()
-        .take(5)
-        .map(|&k| {
+    let top: Vec<_> = cswin::top_k(logits, 5)
+        .into_iter()
+        .map(|(k, prob)| {
             let label = labels.get(k).cloned().unwrap_or_default();
-            serde_json::json!({ "class": k, "label": label, "prob": (logits[k] - max).exp() / sum })
+            serde_json::json!({ "class": k, "label": label, "prob": prob })
         })
         .collect();
     serde_json::Value::Array(top).to_string()
