@@ -304,7 +304,10 @@ impl BertInput {
         attention_mask: Option<Vec<u32>>,
         token_type_ids: Option<Vec<u32>>,
     ) -> Result<Self> {
-        let n = batch * seq;
+        let n = batch.checked_mul(seq).ok_or_else(|| Error::Input {
+            arg: "input_ids".into(),
+            reason: format!("shape [{batch}, {seq}] is too large"),
+        })?;
         let attention_mask = attention_mask.unwrap_or_else(|| vec![1; n]);
         let token_type_ids = token_type_ids.unwrap_or_else(|| vec![0; n]);
         for (arg, len) in [

@@ -71,6 +71,12 @@ pub fn stack(images: &[HostTensor]) -> Result<HostTensor> {
         });
     };
     let mut shape = first.shape.clone();
+    if shape.len() != 4 || images.iter().any(|t| t.shape != first.shape) {
+        return Err(Error::Input {
+            arg: "images".into(),
+            reason: "every image must be a [1, 3, S, S] tensor of the same size".into(),
+        });
+    }
     shape[0] = images.len();
     HostTensor::new(
         &shape,
