@@ -6,14 +6,14 @@
 //! are fused into one [3C, C] projection at load time, so attention reads Q, K and V from a
 //! single matmul output.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::kernels::{self, Epilogue, MatrixView, StridedMatmul, WLayout};
+use crate::models::Plans;
 use crate::models::weights::{Weights, upload};
 pub use crate::models::{LayerNorm, Linear};
 use crate::pipeline::Recorder;
@@ -450,7 +450,7 @@ impl BertOutput {
 pub struct Bert {
     pub config: BertConfig,
     weights: BertWeights<Tensor>,
-    plans: Mutex<HashMap<(usize, usize), Arc<Plan>>>,
+    plans: Plans<(usize, usize), Plan>,
 }
 
 /// Buffers for one (batch, seq).
@@ -537,7 +537,7 @@ impl Bert {
         Ok(Self {
             weights: weights.upload(ctx)?,
             config,
-            plans: Mutex::default(),
+            plans: Plans::default(),
         })
     }
 
@@ -553,13 +553,8 @@ impl Bert {
     }
 
     fn plan(&self, ctx: &Context, batch: usize, seq: usize) -> Result<Arc<Plan>> {
-        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(plan) = plans.get(&(batch, seq)) {
-            return Ok(plan.clone());
-        }
-        let plan = Arc::new(Plan::new(ctx, &self.config, batch, seq)?);
-        plans.insert((batch, seq), plan.clone());
-        Ok(plan)
+        self.plans
+            .get_or_make((batch, seq), || Plan::new(ctx, &self.config, batch, seq))
     }
 
     /// Validates and uploads `input`, then records the whole forward into `rec`. Returns the

@@ -8,8 +8,7 @@
 //! projection, as the official segmentation backbone does, when the window does not divide the
 //! map. At the checkpoint's `img_size` this is exactly the classification model.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -17,7 +16,7 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::kernels::{self, ConvInput, CswinBranch, Epilogue};
 use crate::models::weights::Weights;
-use crate::models::{Conv2d, LayerNorm, Linear};
+use crate::models::{Conv2d, LayerNorm, Linear, Plans};
 use crate::pipeline::Recorder;
 use crate::reference::{self, HostTensor};
 use crate::tensor::{DType, Tensor};
@@ -519,7 +518,7 @@ impl Plan {
 pub struct Cswin {
     pub config: CswinConfig,
     weights: CswinWeights<Tensor>,
-    plans: Mutex<HashMap<Vec<usize>, Arc<Plan>>>,
+    plans: Plans<Vec<usize>, Plan>,
 }
 
 impl Cswin {
@@ -531,7 +530,7 @@ impl Cswin {
         Ok(Self {
             weights: weights.upload(ctx)?,
             config,
-            plans: Mutex::default(),
+            plans: Plans::default(),
         })
     }
 
@@ -543,13 +542,8 @@ impl Cswin {
 
     fn plan(&self, ctx: &Context, shape: &[usize]) -> Result<Arc<Plan>> {
         let geometry = Geometry::new(&self.config, shape)?;
-        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = plans.get(shape) {
-            return Ok(p.clone());
-        }
-        let plan = Arc::new(Plan::new(ctx, &self.config, geometry)?);
-        plans.insert(shape.to_vec(), plan.clone());
-        Ok(plan)
+        self.plans
+            .get_or_make(shape.to_vec(), || Plan::new(ctx, &self.config, geometry))
     }
 
     /// Uploads `pixel_values` [B, C, H, W] and records the whole forward into `rec`.

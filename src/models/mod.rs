@@ -28,6 +28,10 @@ pub struct Conv2d<T> {
     pub bias: T,
 }
 
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+
 use crate::context::Context;
 use crate::error::Result;
 use crate::models::weights::{Weights, upload};
@@ -82,5 +86,28 @@ impl Conv2d<HostTensor> {
             weight: upload(ctx, &format!("{key}.weight"), &self.weight)?,
             bias: upload(ctx, &format!("{key}.bias"), &self.bias)?,
         })
+    }
+}
+
+/// Buffers planned once per input shape and reused by every later call with that shape.
+pub(crate) struct Plans<K, P>(Mutex<HashMap<K, Arc<P>>>);
+
+impl<K, P> Default for Plans<K, P> {
+    fn default() -> Self {
+        Self(Mutex::default())
+    }
+}
+
+impl<K: Eq + Hash, P> Plans<K, P> {
+    /// The plan for `key`, made by `make` the first time.
+    pub(crate) fn get_or_make(&self, key: K, make: impl FnOnce() -> Result<P>) -> Result<Arc<P>> {
+        // A poisoned lock only means another thread panicked mid-insert; the map is still valid.
+        let mut plans = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(plan) = plans.get(&key) {
+            return Ok(plan.clone());
+        }
+        let plan = Arc::new(make()?);
+        plans.insert(key, plan.clone());
+        Ok(plan)
     }
 }
