@@ -9,6 +9,7 @@
 //   residual: laid out exactly as y (dummy when !HAS_RESIDUAL)
 //   y:        batch of (M, N) f32; element (b, m, n) at y_offset + outer*y_outer
 //             + inner*y_inner + m*ldc + n
+//   x4, w4:   x and w again, seen as vec4s, for the vectorised loads (VEC_X, VEC_W)
 // where batch index b = outer(b) * batch_inner + inner(b).
 //
 // Tiling: a workgroup owns a BM x BN tile of Y for one batch entry and walks K in steps of
@@ -17,8 +18,9 @@
 // invocations accumulates a TM x TN block of outputs in registers, as (TM/4) x (TN/4)
 // 4x4 sub-blocks spread over the tile so that workgroup-memory reads are whole vec4s and
 // neighbouring invocations read neighbouring vec4s. Edges are bounds-checked on load (zero
-// fill) and store, so any M, N, K works.
-// Specialisation: BM, BN, BK, TM, TN, W_NK, HAS_BIAS, HAS_RESIDUAL, ACT.
+// fill) and store, so any M, N, K works. When the contiguous dimension and every offset and
+// stride of an operand are multiples of 4 (VEC_X, VEC_W), its global loads are vec4s.
+// Specialisation: BM, BN, BK, TM, TN, W_NK, VEC_X, VEC_W, HAS_BIAS, HAS_RESIDUAL, ACT.
 
 struct Params {
     m: u32,
@@ -48,7 +50,9 @@ struct Params {
 @group(0) @binding(2) var<storage, read> w: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read> residual: array<f32>;
-@group(0) @binding(5) var<storage, read_write> y: array<f32>;
+@group(0) @binding(5) var<storage, read> x4: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> w4: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> y: array<f32>;
 
 const THREADS_M: u32 = BM / TM;
 const THREADS_N: u32 = BN / TN;
@@ -82,36 +86,77 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     }
 
     for (var k0 = 0u; k0 < k; k0 += BK) {
-        // Stage X[row0 .. row0+BM, k0 .. k0+BK]: consecutive invocations read consecutive k.
-        for (var l = tid; l < BM * BK; l += WG) {
-            let r = l / BK;
-            let kk = l % BK;
-            var v = 0.0;
-            if (row0 + r < m && k0 + kk < k) {
-                v = x[x_base + (row0 + r) * params.lda + k0 + kk];
-            }
-            tile_x[kk * A_STRIDE + r / 4u][r % 4u] = v;
-        }
-        // Stage W's slice as (BK, BN), k-major.
-        for (var l = tid; l < BN * BK; l += WG) {
-            var c: u32;
-            var kk: u32;
-            if (W_NK) {
-                c = l / BK;
-                kk = l % BK; // consecutive invocations read consecutive k of one W row
-            } else {
-                kk = l / BN;
-                c = l % BN; // consecutive invocations read consecutive n of one W row
-            }
-            var v = 0.0;
-            if (col0 + c < n && k0 + kk < k) {
-                if (W_NK) {
-                    v = w[w_base + (col0 + c) * params.ldb + k0 + kk];
-                } else {
-                    v = w[w_base + (k0 + kk) * params.ldb + col0 + c];
+        // Stage X[row0 .. row0+BM, k0 .. k0+BK], k-major: consecutive invocations read
+        // consecutive k (four at a time when VEC_X; K % 4 == 0 then, so a vec4 is all in or out).
+        if (VEC_X) {
+            for (var l = tid; l < BM * BK / 4u; l += WG) {
+                let r = l / (BK / 4u);
+                let kq = (l % (BK / 4u)) * 4u;
+                var v = vec4<f32>(0.0);
+                if (row0 + r < m && k0 + kq < k) {
+                    v = x4[(x_base + (row0 + r) * params.lda + k0 + kq) / 4u];
+                }
+                for (var j = 0u; j < 4u; j++) {
+                    tile_x[(kq + j) * A_STRIDE + r / 4u][r % 4u] = v[j];
                 }
             }
-            tile_w[kk * B_STRIDE + c / 4u][c % 4u] = v;
+        } else {
+            for (var l = tid; l < BM * BK; l += WG) {
+                let r = l / BK;
+                let kk = l % BK;
+                var v = 0.0;
+                if (row0 + r < m && k0 + kk < k) {
+                    v = x[x_base + (row0 + r) * params.lda + k0 + kk];
+                }
+                tile_x[kk * A_STRIDE + r / 4u][r % 4u] = v;
+            }
+        }
+        // Stage W's slice as (BK, BN), k-major.
+        if (VEC_W && W_NK) {
+            // Four consecutive k of one W row per invocation (K % 4 == 0).
+            for (var l = tid; l < BN * BK / 4u; l += WG) {
+                let c = l / (BK / 4u);
+                let kq = (l % (BK / 4u)) * 4u;
+                var v = vec4<f32>(0.0);
+                if (col0 + c < n && k0 + kq < k) {
+                    v = w4[(w_base + (col0 + c) * params.ldb + k0 + kq) / 4u];
+                }
+                for (var j = 0u; j < 4u; j++) {
+                    tile_w[(kq + j) * B_STRIDE + c / 4u][c % 4u] = v[j];
+                }
+            }
+        } else if (VEC_W) {
+            // Four consecutive n of one W row per invocation (N % 4 == 0): one tile vec4.
+            for (var l = tid; l < BN * BK / 4u; l += WG) {
+                let kk = l / (BN / 4u);
+                let cq = (l % (BN / 4u)) * 4u;
+                var v = vec4<f32>(0.0);
+                if (col0 + cq < n && k0 + kk < k) {
+                    v = w4[(w_base + (k0 + kk) * params.ldb + col0 + cq) / 4u];
+                }
+                tile_w[kk * B_STRIDE + cq / 4u] = v;
+            }
+        } else {
+            for (var l = tid; l < BN * BK; l += WG) {
+                var c: u32;
+                var kk: u32;
+                if (W_NK) {
+                    c = l / BK;
+                    kk = l % BK; // consecutive invocations read consecutive k of one W row
+                } else {
+                    kk = l / BN;
+                    c = l % BN; // consecutive invocations read consecutive n of one W row
+                }
+                var v = 0.0;
+                if (col0 + c < n && k0 + kk < k) {
+                    if (W_NK) {
+                        v = w[w_base + (col0 + c) * params.ldb + k0 + kk];
+                    } else {
+                        v = w[w_base + (k0 + kk) * params.ldb + col0 + c];
+                    }
+                }
+                tile_w[kk * B_STRIDE + c / 4u][c % 4u] = v;
+            }
         }
         workgroupBarrier();
 

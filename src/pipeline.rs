@@ -84,8 +84,8 @@ impl Kernel {
     const fn bindings(self) -> &'static [Binding] {
         use Binding::*;
         match self {
-            // params, x, w, bias, residual, y
-            Kernel::Matmul => &[Uniform, Read, Read, Read, Read, Write],
+            // params, x, w, bias, residual, x as vec4s, w as vec4s, y
+            Kernel::Matmul => &[Uniform, Read, Read, Read, Read, Read, Read, Write],
             // params, x, residual, gamma, beta, y
             Kernel::LayerNorm => &[Uniform, Read, Read, Read, Read, Write],
             // params, x, y

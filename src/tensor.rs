@@ -254,8 +254,9 @@ fn byte_size(shape: &[usize], dtype: DType, label: &str) -> Result<u64> {
             arg: "shape",
             reason: format!("{shape:?} overflows for tensor `{label}`"),
         })?;
-    // wgpu buffers are sized in multiples of 4 bytes and may not be empty when bound.
-    Ok(bytes.next_multiple_of(4).max(4))
+    // Whole vec4s, so any tensor can also be bound as array<vec4<f32>> (the matmul's vector
+    // loads); wgpu buffers may not be empty when bound.
+    Ok(bytes.next_multiple_of(16).max(16))
 }
 
 fn check_binding_size(ctx: &Context, bytes: u64, label: &str) -> Result<()> {

@@ -723,3 +723,37 @@ fn cswin_attention_matches_twin() {
         );
     }
 }
+
+/// Both load paths of the matmul: vec4 global loads (contiguous dimension, offsets and strides
+/// all multiples of 4) and scalar loads (any of them not), for W as [N, K] and as [K, N].
+#[test]
+fn matmul_vectorised_and_scalar_loads() {
+    let Some(ctx) = gpu() else { return };
+    for (i, (m, n, k)) in [(33, 68, 68), (33, 67, 68), (33, 68, 67), (5, 132, 260)]
+        .into_iter()
+        .enumerate()
+    {
+        for layout in [WLayout::NK, WLayout::KN] {
+            for tile in MatmulTile::ALL {
+                let mut r = rng(1500 + i as u64);
+                let x = random_host(&mut r, &[m, k], 1.0);
+                let (w_shape, w_view) = match layout {
+                    WLayout::NK => ([n, k], MatrixView::contiguous(n, k)),
+                    WLayout::KN => ([k, n], MatrixView::contiguous(k, n)),
+                };
+                let w = random_host(&mut r, &w_shape, 1.0);
+                let p = StridedMatmul {
+                    m,
+                    n,
+                    k,
+                    batch: [1, 1],
+                    x: MatrixView::contiguous(m, k),
+                    w: w_view,
+                    w_layout: layout,
+                    y: MatrixView::contiguous(m, n),
+                };
+                check_matmul(ctx, 1500, &x, &w, &[m, n], &p, Epilogue::none(), tile);
+            }
+        }
+    }
+}

@@ -204,6 +204,21 @@ impl StridedMatmul {
         Ok(())
     }
 
+    /// Whether X and W can be loaded as aligned vec4s: the contiguous dimension (K for X and
+    /// for W as [N, K]; N for W as [K, N]) and every offset and stride a multiple of 4.
+    fn vec4_loads(&self) -> (bool, bool) {
+        let aligned = |v: &MatrixView, contiguous: usize| {
+            [contiguous, v.ld, v.offset, v.outer_stride, v.inner_stride]
+                .iter()
+                .all(|d| d % 4 == 0)
+        };
+        let w_contiguous = match self.w_layout {
+            WLayout::NK => self.k,
+            WLayout::KN => self.n,
+        };
+        (aligned(&self.x, self.k), aligned(&self.w, w_contiguous))
+    }
+
     fn flops(&self) -> f64 {
         2.0 * (self.m * self.n * self.k * self.batch[0] * self.batch[1]) as f64
     }
@@ -260,7 +275,14 @@ impl MatmulTile {
             && self.workgroup_bytes() <= l.max_compute_workgroup_storage_size
     }
 
-    fn spec(self, w_layout: WLayout, bias: bool, act: Activation, residual: bool) -> Spec {
+    fn spec(
+        self,
+        w_layout: WLayout,
+        vec: (bool, bool),
+        bias: bool,
+        act: Activation,
+        residual: bool,
+    ) -> Spec {
         let (bm, bn, bk, tm, tn) = self.dims();
         Spec::new()
             .u32("BM", bm)
@@ -269,6 +291,8 @@ impl MatmulTile {
             .u32("TM", tm)
             .u32("TN", tn)
             .bool("W_NK", w_layout == WLayout::NK)
+            .bool("VEC_X", vec.0)
+            .bool("VEC_W", vec.1)
             .bool("HAS_BIAS", bias)
             .bool("HAS_RESIDUAL", residual)
             .u32("ACT", act.code())
@@ -282,7 +306,9 @@ pub(super) fn variants() -> Vec<Spec> {
             for act in [Activation::None, Activation::Gelu, Activation::Tanh] {
                 for (bias, residual) in [(false, false), (true, false), (false, true), (true, true)]
                 {
-                    out.push(tile.spec(layout, bias, act, residual));
+                    for vec in [(false, false), (true, false), (false, true), (true, true)] {
+                        out.push(tile.spec(layout, vec, bias, act, residual));
+                    }
                 }
             }
         }
@@ -430,13 +456,21 @@ pub fn matmul_with_tile(
     ];
     rec.dispatch(Dispatch {
         kernel: Kernel::Matmul,
-        spec: tile.spec(p.w_layout, ep.bias.is_some(), ep.act, ep.residual.is_some()),
+        spec: tile.spec(
+            p.w_layout,
+            p.vec4_loads(),
+            ep.bias.is_some(),
+            ep.act,
+            ep.residual.is_some(),
+        ),
         params: bytemuck::bytes_of(&params),
         buffers: &[
             x.buffer(),
             w.buffer(),
             ep.bias.map_or(&ctx.dummy, |b| b.buffer()),
             ep.residual.map_or(&ctx.dummy, |r| r.buffer()),
+            x.buffer(),
+            w.buffer(),
             y.buffer(),
         ],
         groups,
