@@ -224,10 +224,13 @@ impl StridedMatmul {
     }
 }
 
-/// Workgroup tile shapes. Both use 256 invocations and under 9 KiB of workgroup memory, so
-/// they fit WebGPU's default limits (16 KiB, 256 invocations).
+/// Workgroup tile shapes. All use at most 256 invocations and under 9 KiB of workgroup
+/// memory, so they fit WebGPU's default limits (16 KiB, 256 invocations).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MatmulTile {
+    /// 16 x 64 outputs per workgroup, 4 x 4 per invocation (64 invocations), K step 16: for
+    /// few rows (batch-1 tokens, late CSWin stages), where a 64-row tile computes mostly padding.
+    Skinny,
     /// 64 x 64 outputs per workgroup, 4 x 4 per invocation, K step 16.
     Small,
     /// 128 x 128 outputs per workgroup, 8 x 8 per invocation, K step 8.
@@ -235,11 +238,12 @@ pub enum MatmulTile {
 }
 
 impl MatmulTile {
-    pub const ALL: [MatmulTile; 2] = [MatmulTile::Small, MatmulTile::Large];
+    pub const ALL: [MatmulTile; 3] = [MatmulTile::Skinny, MatmulTile::Small, MatmulTile::Large];
 
     /// (BM, BN, BK, TM, TN)
     pub const fn dims(self) -> (u32, u32, u32, u32, u32) {
         match self {
+            MatmulTile::Skinny => (16, 64, 16, 4, 4),
             MatmulTile::Small => (64, 64, 16, 4, 4),
             MatmulTile::Large => (128, 128, 8, 8, 8),
         }
@@ -255,13 +259,16 @@ impl MatmulTile {
         bk * (bm / 4 + 1 + bn / 4 + 1) * 16
     }
 
-    /// The tile for this problem on this adapter: large tiles once there are enough of them
-    /// to fill a real GPU, small ones otherwise (and always on software adapters).
+    /// The tile for this problem on this adapter: skinny tiles for at most 32 rows, large
+    /// tiles once there are enough of them to fill a real GPU, small ones otherwise (and always
+    /// on software adapters).
     pub fn choose(ctx: &Context, m: usize, n: usize, batch: usize) -> Self {
         let large = MatmulTile::Large;
         let (bm, bn, ..) = large.dims();
         let tiles = m.div_ceil(bm as usize) * n.div_ceil(bn as usize) * batch;
-        if !ctx.capabilities().is_software() && tiles >= 256 && large.fits(ctx) {
+        if m <= 32 && MatmulTile::Skinny.fits(ctx) {
+            MatmulTile::Skinny
+        } else if !ctx.capabilities().is_software() && tiles >= 256 && large.fits(ctx) {
             large
         } else {
             MatmulTile::Small
