@@ -1,0 +1,403 @@
+//! Kernel suites: matmul, BERT attention, CSWin attention.
+
+use rand::{SeedableRng, rngs::StdRng};
+
+use super::{
+    BenchOptions, Check, Record, Stats, Timings, compare, kernel_run, random, record, time_kernel,
+};
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::kernels::{self, Epilogue, StridedMatmul};
+use crate::models::cswin::{CswinConfig, Geometry};
+use crate::reference::{self, HostTensor};
+use crate::tensor::{DType, Tensor};
+
+/// A matmul problem size: Y[M, N] = X[M, K] · W[N, K]ᵀ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatmulSize {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+}
+
+impl MatmulSize {
+    /// Parses `N` (square) or `MxNxK`.
+    pub fn parse(s: &str) -> Result<Self> {
+        let parts: Vec<&str> = s.split('x').collect();
+        let nums: Option<Vec<usize>> = parts.iter().map(|p| p.trim().parse().ok()).collect();
+        match nums.as_deref() {
+            Some(&[n]) if n > 0 => Ok(Self { m: n, n, k: n }),
+            Some(&[m, n, k]) if m > 0 && n > 0 && k > 0 => Ok(Self { m, n, k }),
+            _ => Err(Error::Argument {
+                op: "bench",
+                arg: "sizes",
+                reason: format!("{s:?} is not N or MxNxK with positive sizes"),
+            }),
+        }
+    }
+
+    /// A short default list sized for the adapter: small on software adapters.
+    pub fn defaults(ctx: &Context) -> Vec<Self> {
+        let s = |m, n, k| Self { m, n, k };
+        if ctx.capabilities().is_software() {
+            vec![
+                s(64, 64, 64),
+                s(128, 128, 128),
+                s(256, 256, 256),
+                s(128, 1536, 384),
+            ]
+        } else {
+            // Squares; BERT-base at batch 32 x seq 128: QKV, FFN up, FFN down; CSWin-T at
+            // batch 64: stage-1 QKV (64 x 3136 tokens) and stage-3 FFN up (64 x 196 tokens).
+            vec![
+                s(1024, 1024, 1024),
+                s(2048, 2048, 2048),
+                s(4096, 4096, 4096),
+                s(4096, 2304, 768),
+                s(4096, 3072, 768),
+                s(4096, 768, 3072),
+                s(200704, 192, 64),
+                s(12544, 1024, 256),
+            ]
+        }
+    }
+}
+
+impl std::fmt::Display for MatmulSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}x{}", self.m, self.n, self.k)
+    }
+}
+
+/// Measures `Y = X·Wᵀ` (f32) for each size.
+pub fn matmul_suite(
+    ctx: &Context,
+    sizes: &[MatmulSize],
+    options: &BenchOptions,
+    mut progress: impl FnMut(&str),
+) -> Result<Vec<Record>> {
+    let mut records = Vec::new();
+    for (i, &size) in sizes.iter().enumerate() {
+        progress(&format!("matmul {size} ({}/{})", i + 1, sizes.len()));
+        records.push(matmul_one(ctx, size, options)?);
+    }
+    Ok(records)
+}
+
+fn matmul_one(ctx: &Context, size: MatmulSize, options: &BenchOptions) -> Result<Record> {
+    let MatmulSize { m, n, k } = size;
+    let mut rng = StdRng::seed_from_u64((m * 31 + n * 17 + k) as u64);
+    let x_host = HostTensor::new(&[m, k], random(&mut rng, m * k))?;
+    let w_host = HostTensor::new(&[n, k], random(&mut rng, n * k))?;
+    let x = Tensor::from_f32(ctx, &[m, k], &x_host.data, "x")?;
+    let w = Tensor::from_f32(ctx, &[n, k], &w_host.data, "w")?;
+    let y = Tensor::empty(ctx, &[m, n], DType::F32, "y")?;
+
+    let run = |timed: bool| {
+        kernel_run(ctx, timed, |rec| {
+            kernels::matmul(rec, &x, &w, &y, Epilogue::none())
+        })
+    };
+    let (
+        Timings {
+            gpu_ms,
+            wall,
+            clock,
+            ..
+        },
+        first_run_ms,
+    ) = time_kernel(ctx, options, run)?;
+
+    let check = check_matmul_rows(ctx, &x_host, &w_host, &y, size)?;
+    let flops = kernels::matmul::flops(&StridedMatmul::contiguous(1, m, n, k, true));
+    Ok(record(
+        ctx,
+        "matmul",
+        size.to_string(),
+        clock,
+        gpu_ms,
+        Stats::of(&wall),
+        first_run_ms,
+        flops,
+        check,
+        options,
+    ))
+}
+
+/// Compares Y with the CPU twin: all of it for small problems, 16 spread rows otherwise.
+fn check_matmul_rows(
+    ctx: &Context,
+    x: &HostTensor,
+    w: &HostTensor,
+    y: &Tensor,
+    size: MatmulSize,
+) -> Result<Check> {
+    let MatmulSize { m, n, k } = size;
+    // Every row while the CPU twin is cheap (up to 2^27 multiply-adds), else 16 spread rows.
+    let rows: Vec<usize> = if m <= 16 || m * n * k <= 1 << 27 {
+        (0..m).collect()
+    } else {
+        (0..16).map(|i| i * (m - 1) / 15).collect()
+    };
+    let mut xs = Vec::with_capacity(rows.len() * k);
+    for &r in &rows {
+        xs.extend_from_slice(&x.data[r * k..(r + 1) * k]);
+    }
+    let x_rows = HostTensor::new(&[rows.len(), k], xs)?;
+    let mut expect = HostTensor::zeros(&[rows.len(), n]);
+    reference::matmul(&x_rows, w, &mut expect, Epilogue::none())?;
+    let got = y.read_f32_blocking(ctx)?;
+    let atol = (2e-6 * (k as f64).sqrt()).max(1e-5);
+    let mut passed = true;
+    let mut max_abs_err = 0f64;
+    for (i, &r) in rows.iter().enumerate() {
+        for j in 0..n {
+            let (g, c) = (got[r * n + j] as f64, expect.data[i * n + j] as f64);
+            let err = (g - c).abs();
+            max_abs_err = max_abs_err.max(if err.is_nan() { f64::INFINITY } else { err });
+            passed &= err <= atol + 1e-5 * c.abs();
+        }
+    }
+    Ok(Check {
+        passed,
+        max_abs_err,
+        compared: rows.len() * n,
+        total: m * n,
+    })
+}
+
+/// A fused-attention problem for the `attention` suite (BERT's self-attention).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionShape {
+    pub batch: usize,
+    pub heads: usize,
+    pub seq: usize,
+    pub head_dim: usize,
+}
+
+impl AttentionShape {
+    /// BERT-base (head_dim 64) and MiniLM (32) at seq 128 (batch 32) and 512 (batch 8); one
+    /// small problem on a software adapter.
+    pub fn defaults(ctx: &Context) -> Vec<Self> {
+        let s = |batch, heads, seq, head_dim| Self {
+            batch,
+            heads,
+            seq,
+            head_dim,
+        };
+        if ctx.capabilities().is_software() {
+            vec![s(1, 4, 64, 32)]
+        } else {
+            vec![
+                s(32, 12, 128, 64),
+                s(8, 12, 512, 64),
+                s(32, 12, 128, 32),
+                s(8, 12, 512, 32),
+            ]
+        }
+    }
+
+    /// Parses `BxHxTxD`.
+    pub fn parse(text: &str) -> Result<Self> {
+        let v: Vec<usize> = text.split('x').filter_map(|p| p.parse().ok()).collect();
+        match v[..] {
+            [batch, heads, seq, head_dim] if batch * heads * seq * head_dim > 0 => Ok(Self {
+                batch,
+                heads,
+                seq,
+                head_dim,
+            }),
+            _ => Err(Error::Argument {
+                op: "bench",
+                arg: "attention",
+                reason: format!("{text:?} is not BxHxTxD"),
+            }),
+        }
+    }
+}
+
+/// Measures the fused attention kernel; checks the first batch entry against the CPU twin.
+pub fn attention_suite(
+    ctx: &Context,
+    shapes: &[AttentionShape],
+    options: &BenchOptions,
+    mut progress: impl FnMut(&str),
+) -> Result<Vec<Record>> {
+    let mut records = Vec::new();
+    for (n, s) in shapes.iter().enumerate() {
+        let label = format!("{}x{}x{}x{}", s.batch, s.heads, s.seq, s.head_dim);
+        progress(&format!("attention {label} ({}/{})", n + 1, shapes.len()));
+        let c = s.heads * s.head_dim;
+        let mut rng = StdRng::seed_from_u64(n as u64 + 77);
+        let qkv = HostTensor::new(
+            &[s.batch, s.seq, 3 * c],
+            random(&mut rng, s.batch * s.seq * 3 * c),
+        )?;
+        let gqkv = Tensor::from_f32(ctx, &qkv.shape, &qkv.data, "qkv")?;
+        let mask = Tensor::from_u32(ctx, &[s.batch, s.seq], &vec![1; s.batch * s.seq], "mask")?;
+        let out = Tensor::empty(ctx, &[s.batch, s.seq, c], DType::F32, "out")?;
+        let run = |timed: bool| {
+            kernel_run(ctx, timed, |rec| {
+                kernels::attention(rec, &gqkv, &mask, s.heads, &out)
+            })
+        };
+        let (
+            Timings {
+                gpu_ms,
+                wall,
+                clock,
+                ..
+            },
+            first_run_ms,
+        ) = time_kernel(ctx, options, run)?;
+        let one = HostTensor::new(&[1, s.seq, 3 * c], qkv.data[..s.seq * 3 * c].to_vec())?;
+        let mut cpu = HostTensor::zeros(&[1, s.seq, c]);
+        reference::attention(
+            &one,
+            &HostTensor::new(&[1, s.seq], vec![1u32; s.seq])?,
+            s.heads,
+            &mut cpu,
+        )?;
+        let got = out.read_f32_blocking(ctx)?;
+        let check = compare(&[(&got[..s.seq * c], &cpu.data[..])], 1e-5, 1e-4, got.len());
+        let flops = 4.0 * (s.batch * s.heads * s.seq * s.seq * s.head_dim) as f64;
+        records.push(record(
+            ctx,
+            "attention",
+            label,
+            clock,
+            gpu_ms,
+            Stats::of(&wall),
+            first_run_ms,
+            flops,
+            check,
+            options,
+        ));
+    }
+    Ok(records)
+}
+
+/// A CSWin stage's attention (both branches, or the global one) for the `cswin_attention`
+/// suite: CSWin-T at 224.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CswinAttentionShape {
+    pub stage: usize,
+    pub batch: usize,
+}
+
+impl CswinAttentionShape {
+    /// Every CSWin-T stage at 224, batch 64 (batch 1, stages 3 and 4 on a software adapter).
+    pub fn defaults(ctx: &Context) -> Vec<Self> {
+        if ctx.capabilities().is_software() {
+            vec![Self { stage: 3, batch: 1 }, Self { stage: 4, batch: 1 }]
+        } else {
+            (1..=4).map(|stage| Self { stage, batch: 64 }).collect()
+        }
+    }
+}
+
+/// Measures one CSWin-T stage's cross-shaped attention with LePE (all its branches in one
+/// recording); checks the first image against the CPU twin.
+pub fn cswin_attention_suite(
+    ctx: &Context,
+    shapes: &[CswinAttentionShape],
+    options: &BenchOptions,
+    mut progress: impl FnMut(&str),
+) -> Result<Vec<Record>> {
+    let config = CswinConfig::preset("cswin-t-224")?;
+    let mut records = Vec::new();
+    for (n, s) in shapes.iter().enumerate() {
+        let stage = s.stage.clamp(1, 4) - 1;
+        let geometry = Geometry::new(&config, &[s.batch, 3, 224, 224])?;
+        let branches = geometry.branches(&config, stage, config.branches(stage));
+        let (h, w) = geometry.stages[stage];
+        let label = format!(
+            "T stage{} {}x{}x{} b{}",
+            stage + 1,
+            h,
+            w,
+            config.dim(stage),
+            s.batch
+        );
+        progress(&format!(
+            "cswin_attention {label} ({}/{})",
+            n + 1,
+            shapes.len()
+        ));
+        let (c, tokens) = (config.dim(stage), h * w);
+        let mut rng = StdRng::seed_from_u64(n as u64 + 99);
+        let qkv = HostTensor::new(
+            &[s.batch, tokens, 3 * c],
+            random(&mut rng, s.batch * tokens * 3 * c),
+        )?;
+        let gqkv = Tensor::from_f32(ctx, &qkv.shape, &qkv.data, "qkv")?;
+        let lepe: Vec<(HostTensor, HostTensor)> = branches
+            .iter()
+            .map(|b| {
+                Ok((
+                    HostTensor::new(&[b.channels, 3, 3], random(&mut rng, b.channels * 9))?,
+                    HostTensor::new(&[b.channels], random(&mut rng, b.channels))?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        let glepe: Vec<(Tensor, Tensor)> = lepe
+            .iter()
+            .map(|(w, b)| {
+                Ok((
+                    Tensor::from_f32(ctx, &w.shape, &w.data, "lepe_w")?,
+                    Tensor::from_f32(ctx, &b.shape, &b.data, "lepe_b")?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        let out = Tensor::empty(ctx, &[s.batch, tokens, c], DType::F32, "out")?;
+        let run = |timed: bool| {
+            kernel_run(ctx, timed, |rec| {
+                for (b, (lw, lb)) in branches.iter().zip(&glepe) {
+                    kernels::cswin_attention(rec, &gqkv, lw, lb, b, &out)?;
+                }
+                Ok(())
+            })
+        };
+        let (
+            Timings {
+                gpu_ms,
+                wall,
+                clock,
+                ..
+            },
+            first_run_ms,
+        ) = time_kernel(ctx, options, run)?;
+        let one = HostTensor::new(&[1, tokens, 3 * c], qkv.data[..tokens * 3 * c].to_vec())?;
+        let mut cpu = HostTensor::zeros(&[1, tokens, c]);
+        for (b, (lw, lb)) in branches.iter().zip(&lepe) {
+            reference::cswin_attention(&one, lw, lb, b, &mut cpu)?;
+        }
+        let got = out.read_f32_blocking(ctx)?;
+        let check = compare(
+            &[(&got[..tokens * c], &cpu.data[..])],
+            1e-5,
+            1e-4,
+            got.len(),
+        );
+        let flops: f64 = branches
+            .iter()
+            .map(|b| {
+                2.0 * (s.batch * tokens * b.channels) as f64
+                    * (2.0 * (b.window.0 * b.window.1) as f64 + 9.0)
+            })
+            .sum();
+        records.push(record(
+            ctx,
+            "cswin_attn",
+            label,
+            clock,
+            gpu_ms,
+            Stats::of(&wall),
+            first_run_ms,
+            flops,
+            check,
+            options,
+        ));
+    }
+    Ok(records)
+}

@@ -1,0 +1,425 @@
+//! Benchmark suites, shared by the `backbone-bench` binary and `cargo bench`.
+//!
+//! Each measurement: one cold run (pipeline compilation and first dispatch, wall clock),
+//! warm-up runs, then timed runs reported as median and min–max. GPU time comes from
+//! timestamp queries around the kernel's pass when the adapter has them; wall time (submit
+//! to completion) is always reported beside it. Every result is checked against the CPU
+//! twin (on sampled rows for large outputs).
+
+use std::time::Instant;
+
+use rand::{Rng, rngs::StdRng};
+use serde::Serialize;
+
+use crate::context::Context;
+use crate::error::Result;
+use crate::pipeline::{PassTime, Recorder};
+
+mod kernels;
+mod models;
+
+pub use kernels::{
+    AttentionShape, CswinAttentionShape, MatmulSize, attention_suite, cswin_attention_suite,
+    matmul_suite,
+};
+pub use models::{
+    BertShape, BertSize, CswinShape, bert_suite, cswin_suite, random_bert_weights,
+    random_cswin_weights,
+};
+
+/// The commit this binary was built from (`-dirty` when the tree had changes).
+pub const COMMIT: &str = env!("BACKBONE_COMMIT");
+
+/// How many runs to make, and the card's peak for "% of peak".
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub warmup: usize,
+    pub iters: usize,
+    /// Peak f32 throughput in TFLOP/s; `None` uses [`known_peak_tflops`].
+    pub peak_tflops: Option<f64>,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        Self {
+            warmup: 3,
+            iters: 10,
+            peak_tflops: None,
+        }
+    }
+}
+
+/// f32 FMA peak of cards we know (see shared PEERS.md), by adapter-name substring.
+pub fn known_peak_tflops(adapter_name: &str) -> Option<f64> {
+    const KNOWN: [(&str, f64); 2] = [("H100", 67.0), ("H200", 67.0)];
+    KNOWN
+        .iter()
+        .find(|(name, _)| adapter_name.contains(name))
+        .map(|&(_, tflops)| tflops)
+}
+
+/// Median, minimum and maximum of a set of timings, in milliseconds.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Stats {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Stats {
+    pub fn of(samples: &[f64]) -> Self {
+        let mut s = samples.to_vec();
+        s.sort_by(f64::total_cmp);
+        let median = match s.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => s[n / 2],
+            n => 0.5 * (s[n / 2 - 1] + s[n / 2]),
+        };
+        Self {
+            median,
+            min: s.first().copied().unwrap_or(f64::NAN),
+            max: s.last().copied().unwrap_or(f64::NAN),
+        }
+    }
+}
+
+/// Which clock gave `gpu_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Clock {
+    /// Timestamp queries around the kernel's compute pass.
+    Timestamp,
+    /// No timestamp queries on this adapter: wall time, submit to completion.
+    Wall,
+}
+
+/// Result of comparing the GPU output with the CPU twin.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub passed: bool,
+    pub max_abs_err: f64,
+    /// How many output values were compared.
+    pub compared: usize,
+    pub total: usize,
+}
+
+/// One measurement, as written to `--json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    pub suite: String,
+    pub shape: String,
+    pub dtype: String,
+    pub adapter: String,
+    pub backend: String,
+    pub driver: String,
+    pub clock: Clock,
+    pub gpu_ms: Stats,
+    pub wall_ms: Stats,
+    /// The first run: pipeline compilation plus one execution, wall clock.
+    pub first_run_ms: f64,
+    pub flops: f64,
+    pub gflops: f64,
+    pub pct_of_peak: Option<f64>,
+    pub check: Check,
+    /// Sequences (or images) per second, for model suites.
+    pub items_per_s: Option<f64>,
+    /// GPU ms per kernel over one forward (summed by kernel), for model suites.
+    pub breakdown: Vec<(String, f64)>,
+    pub commit: String,
+}
+
+pub(super) fn random(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn record(
+    ctx: &Context,
+    suite: &str,
+    shape: String,
+    clock: Clock,
+    gpu_ms: Stats,
+    wall_ms: Stats,
+    first_run_ms: f64,
+    flops: f64,
+    check: Check,
+    options: &BenchOptions,
+) -> Record {
+    let info = &ctx.capabilities().adapter;
+    let gflops = flops / (gpu_ms.median * 1e-3) / 1e9;
+    let peak = options
+        .peak_tflops
+        .or_else(|| known_peak_tflops(&info.name));
+    Record {
+        suite: suite.into(),
+        shape,
+        dtype: "f32".into(),
+        adapter: info.name.clone(),
+        backend: format!("{:?}", info.backend),
+        driver: format!("{} {}", info.driver, info.driver_info)
+            .trim()
+            .to_string(),
+        clock,
+        gpu_ms,
+        wall_ms,
+        first_run_ms,
+        flops,
+        gflops,
+        pct_of_peak: peak.map(|p| 100.0 * gflops / (p * 1e3)),
+        check,
+        items_per_s: None,
+        breakdown: Vec::new(),
+        commit: COMMIT.into(),
+    }
+}
+
+/// A plain-text table of records.
+pub fn table(records: &[Record]) -> String {
+    let mut out = format!(
+        "{:<10} {:<24} {:>5} {:>10} {:>21} {:>10} {:>9} {:>10} {:>6} {:>9}  {}\n",
+        "suite",
+        "shape",
+        "dtype",
+        "gpu ms",
+        "(min-max)",
+        "wall ms",
+        "first ms",
+        "GFLOP/s",
+        "%peak",
+        "items/s",
+        "check"
+    );
+    for r in records {
+        out += &format!(
+            "{:<10} {:<24} {:>5} {:>10.4} {:>21} {:>10.3} {:>9.1} {:>10.1} {:>6} {:>9}  {} (max err {:.1e}, {}/{} values)\n",
+            r.suite,
+            r.shape,
+            r.dtype,
+            r.gpu_ms.median,
+            format!("({:.4}-{:.4})", r.gpu_ms.min, r.gpu_ms.max),
+            r.wall_ms.median,
+            r.first_run_ms,
+            r.gflops,
+            r.pct_of_peak.map_or("-".into(), |p| format!("{p:.1}")),
+            r.items_per_s.map_or("-".into(), |v| format!("{v:.1}")),
+            if r.check.passed { "PASS" } else { "FAIL" },
+            r.check.max_abs_err,
+            r.check.compared,
+            r.check.total,
+        );
+    }
+    out
+}
+
+/// A Markdown table of records (for BENCHMARKS.md).
+pub fn markdown(records: &[Record]) -> String {
+    let mut out = String::from(
+        "| suite | shape | dtype | GPU ms (median) | min-max | wall ms | GFLOP/s | % peak | items/s | check |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in records {
+        out += &format!(
+            "| {} | {} | {} | {:.4} | {:.4}-{:.4} | {:.3} | {:.1} | {} | {} | {} |\n",
+            r.suite,
+            r.shape,
+            r.dtype,
+            r.gpu_ms.median,
+            r.gpu_ms.min,
+            r.gpu_ms.max,
+            r.wall_ms.median,
+            r.gflops,
+            r.pct_of_peak.map_or("-".into(), |p| format!("{p:.1}")),
+            r.items_per_s.map_or("-".into(), |v| format!("{v:.1}")),
+            if r.check.passed { "PASS" } else { "FAIL" },
+        );
+    }
+    out
+}
+
+/// Per-kernel GPU time of model records, as text.
+pub fn breakdown_table(records: &[Record]) -> String {
+    let mut out = String::new();
+    for r in records.iter().filter(|r| !r.breakdown.is_empty()) {
+        let total: f64 = r.breakdown.iter().map(|(_, ms)| ms).sum();
+        out += &format!(
+            "{} {}: GPU time by kernel (sum of passes {total:.3} ms)\n",
+            r.suite, r.shape
+        );
+        for (kernel, ms) in &r.breakdown {
+            out += &format!(
+                "  {kernel:<14} {ms:>10.3} ms {:>6.1}%\n",
+                100.0 * ms / total
+            );
+        }
+    }
+    out
+}
+
+/// What [`time_forwards`] measured.
+pub(super) struct Timings {
+    pub gpu_ms: Stats,
+    pub wall: Vec<f64>,
+    pub clock: Clock,
+    /// Mean GPU ms per kernel over one forward, largest first.
+    pub breakdown: Vec<(String, f64)>,
+}
+
+/// Warm-up, then timed forwards.
+pub(super) fn time_forwards(
+    ctx: &Context,
+    options: &BenchOptions,
+    forward: impl Fn(&Context) -> Result<Vec<PassTime>>,
+) -> Result<Timings> {
+    for _ in 0..options.warmup {
+        forward(ctx)?;
+    }
+    let (mut wall, mut gpu) = (Vec::new(), Vec::new());
+    let mut breakdown: Vec<(String, f64)> = Vec::new();
+    for _ in 0..options.iters.max(1) {
+        let start = Instant::now();
+        let times = forward(ctx)?;
+        wall.push(start.elapsed().as_secs_f64() * 1e3);
+        if !times.is_empty() {
+            gpu.push(PassTime::span_ms(&times));
+            for t in &times {
+                match breakdown.iter_mut().find(|(k, _)| k == t.label) {
+                    Some((_, ms)) => *ms += t.ms,
+                    None => breakdown.push((t.label.to_string(), t.ms)),
+                }
+            }
+        }
+    }
+    let runs = options.iters.max(1) as f64;
+    breakdown.iter_mut().for_each(|(_, ms)| *ms /= runs);
+    breakdown.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let clock = if gpu.len() == wall.len() {
+        Clock::Timestamp
+    } else {
+        Clock::Wall
+    };
+    let gpu_ms = Stats::of(if clock == Clock::Timestamp {
+        &gpu
+    } else {
+        &wall
+    });
+    Ok(Timings {
+        gpu_ms,
+        wall,
+        clock,
+        breakdown,
+    })
+}
+
+/// Compares (GPU, CPU) slices with |g - c| <= atol + rtol |c|.
+pub(super) fn compare(pairs: &[(&[f32], &[f32])], atol: f64, rtol: f64, total: usize) -> Check {
+    let (mut passed, mut max_abs_err, mut compared) = (true, 0f64, 0);
+    for (got, want) in pairs {
+        for (&g, &w) in got.iter().zip(*want) {
+            let err = (g as f64 - w as f64).abs();
+            max_abs_err = max_abs_err.max(if err.is_nan() { f64::INFINITY } else { err });
+            passed &= err <= atol + rtol * (w as f64).abs();
+            compared += 1;
+        }
+    }
+    Check {
+        passed,
+        max_abs_err,
+        compared,
+        total,
+    }
+}
+
+/// Records `f` into a fresh recorder (timed: one timestamp pair per pass) and submits it;
+/// returns (wall ms, GPU ms over all passes if timed).
+pub(super) fn kernel_run(
+    ctx: &Context,
+    timed: bool,
+    f: impl FnOnce(&mut Recorder<'_>) -> Result<()>,
+) -> Result<(f64, Option<f64>)> {
+    let mut rec = if timed {
+        Recorder::with_timing(ctx, 8)
+    } else {
+        Recorder::new(ctx)
+    };
+    f(&mut rec)?;
+    let start = Instant::now();
+    let times = rec.submit_blocking()?;
+    let gpu = (!times.is_empty()).then(|| PassTime::span_ms(&times));
+    Ok((start.elapsed().as_secs_f64() * 1e3, gpu))
+}
+
+/// Cold run, warm-ups, then timed runs of one kernel recording; also returns the cold run's
+/// wall ms (pipeline compilation included).
+pub(super) fn time_kernel(
+    ctx: &Context,
+    options: &BenchOptions,
+    run: impl Fn(bool) -> Result<(f64, Option<f64>)>,
+) -> Result<(Timings, f64)> {
+    ctx.poll_wait()?;
+    let start = Instant::now();
+    run(false)?;
+    let first_run_ms = start.elapsed().as_secs_f64() * 1e3;
+    for _ in 0..options.warmup {
+        run(false)?;
+    }
+    let (mut wall, mut gpu) = (Vec::new(), Vec::new());
+    for _ in 0..options.iters.max(1) {
+        let (w, g) = run(true)?;
+        wall.push(w);
+        gpu.extend(g);
+    }
+    let clock = if gpu.len() == wall.len() {
+        Clock::Timestamp
+    } else {
+        Clock::Wall
+    };
+    let gpu_ms = Stats::of(if clock == Clock::Timestamp {
+        &gpu
+    } else {
+        &wall
+    });
+    Ok((
+        Timings {
+            gpu_ms,
+            wall,
+            clock,
+            breakdown: Vec::new(),
+        },
+        first_run_ms,
+    ))
+}
+
+/// Every suite with its default shapes for this adapter (what `backbone-bench` and
+/// `cargo bench` run without arguments).
+pub fn default_suites(
+    ctx: &Context,
+    options: &BenchOptions,
+    mut progress: impl FnMut(&str),
+) -> Result<Vec<Record>> {
+    let mut records = matmul_suite(ctx, &MatmulSize::defaults(ctx), options, &mut progress)?;
+    records.extend(attention_suite(
+        ctx,
+        &AttentionShape::defaults(ctx),
+        options,
+        &mut progress,
+    )?);
+    records.extend(cswin_attention_suite(
+        ctx,
+        &CswinAttentionShape::defaults(ctx),
+        options,
+        &mut progress,
+    )?);
+    records.extend(bert_suite(
+        ctx,
+        &BertShape::defaults(ctx),
+        options,
+        &mut progress,
+    )?);
+    records.extend(cswin_suite(
+        ctx,
+        &CswinShape::defaults(ctx),
+        options,
+        &mut progress,
+    )?);
+    Ok(records)
+}

@@ -1,0 +1,526 @@
+//! Model suites: whole BERT and CSWin forwards with random weights of the real sizes.
+
+use std::time::Instant;
+
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+use super::{BenchOptions, Record, Stats, Timings, compare, record, time_forwards};
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::models::Conv2d;
+use crate::models::bert::{
+    self, Bert, BertConfig, BertEmbeddings, BertInput, BertLayer, BertWeights, LayerNorm, Linear,
+};
+use crate::models::cswin::{self, Cswin, CswinBlock, CswinConfig, CswinWeights, Geometry, Merge};
+use crate::reference::HostTensor;
+
+/// A BERT-family shape for the `bert` suite (random weights of the real sizes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BertShape {
+    pub model: BertSize,
+    pub batch: usize,
+    pub seq: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BertSize {
+    /// bert-base-uncased: 12 layers, 768 hidden, 12 heads, 3072 intermediate.
+    Base,
+    /// all-MiniLM-L6-v2: 6 layers, 384 hidden, 12 heads, 1536 intermediate.
+    MiniLm,
+}
+
+impl BertSize {
+    pub fn name(self) -> &'static str {
+        match self {
+            BertSize::Base => "bert-base",
+            BertSize::MiniLm => "minilm-l6",
+        }
+    }
+
+    pub fn config(self) -> BertConfig {
+        let (layers, hidden, intermediate) = match self {
+            BertSize::Base => (12, 768, 3072),
+            BertSize::MiniLm => (6, 384, 1536),
+        };
+        BertConfig {
+            model_type: "bert".into(),
+            vocab_size: 30522,
+            hidden_size: hidden,
+            num_hidden_layers: layers,
+            num_attention_heads: 12,
+            intermediate_size: intermediate,
+            hidden_act: "gelu".into(),
+            max_position_embeddings: 512,
+            type_vocab_size: 2,
+            layer_norm_eps: 1e-12,
+            position_embedding_type: "absolute".into(),
+        }
+    }
+}
+
+impl BertShape {
+    /// The default shapes: BERT-base and MiniLM at batch 1 / seq 128, batch 32 / seq 128 and
+    /// batch 8 / seq 512 on a real GPU; one small MiniLM forward on a software adapter.
+    pub fn defaults(ctx: &Context) -> Vec<Self> {
+        let s = |model, batch, seq| Self { model, batch, seq };
+        if ctx.capabilities().is_software() {
+            vec![s(BertSize::MiniLm, 1, 32)]
+        } else {
+            let mut out = Vec::new();
+            for model in [BertSize::Base, BertSize::MiniLm] {
+                out.extend([s(model, 1, 128), s(model, 32, 128), s(model, 8, 512)]);
+            }
+            out
+        }
+    }
+
+    /// Parses `base:BxT` or `minilm:BxT`.
+    pub fn parse(text: &str) -> Result<Self> {
+        let err = || Error::Argument {
+            op: "bench",
+            arg: "bert",
+            reason: format!("{text:?} is not base:BxT or minilm:BxT"),
+        };
+        let (model, dims) = text.split_once(':').ok_or_else(err)?;
+        let model = match model {
+            "base" | "bert-base" => BertSize::Base,
+            "minilm" | "minilm-l6" => BertSize::MiniLm,
+            _ => return Err(err()),
+        };
+        let (b, t) = dims.split_once('x').ok_or_else(err)?;
+        let (batch, seq) = (b.parse().map_err(|_| err())?, t.parse().map_err(|_| err())?);
+        if batch == 0 || seq == 0 || seq > 512 {
+            return Err(err());
+        }
+        Ok(Self { model, batch, seq })
+    }
+
+    /// Multiply-adds x 2 of one forward: projections, FFN, attention's two products, pooler.
+    pub fn flops(&self, config: &BertConfig) -> f64 {
+        let (b, t) = (self.batch as f64, self.seq as f64);
+        let (c, i, l) = (
+            config.hidden_size as f64,
+            config.intermediate_size as f64,
+            config.num_hidden_layers as f64,
+        );
+        let per_layer = 2.0 * b * t * (4.0 * c * c + 2.0 * c * i) + 4.0 * b * t * t * c;
+        l * per_layer + 2.0 * b * c * c
+    }
+}
+
+/// Seeded random weights of a config's real sizes (LayerNorm weights near 1).
+pub fn random_bert_weights(config: &BertConfig, seed: u64) -> Result<BertWeights<HostTensor>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut t = |shape: &[usize], scale: f32, center: f32| -> Result<HostTensor> {
+        let n = shape.iter().product();
+        HostTensor::new(
+            shape,
+            (0..n)
+                .map(|_| center + scale * rng.random_range(-1.0f32..1.0))
+                .collect(),
+        )
+    };
+    let (c, i) = (config.hidden_size, config.intermediate_size);
+    let mut linear = |out: usize, inp: usize| -> Result<Linear<HostTensor>> {
+        let scale = 1.0 / (inp as f32).sqrt();
+        Ok(Linear {
+            weight: t(&[out, inp], scale, 0.0)?,
+            bias: t(&[out], 0.1, 0.0)?,
+        })
+    };
+    let mut layers = Vec::new();
+    for _ in 0..config.num_hidden_layers {
+        layers.push(BertLayer {
+            qkv: linear(3 * c, c)?,
+            attention_output: linear(c, c)?,
+            attention_norm: LayerNorm {
+                weight: HostTensor::new(&[c], vec![1.0; c])?,
+                bias: HostTensor::zeros(&[c]),
+            },
+            intermediate: linear(i, c)?,
+            output: linear(c, i)?,
+            output_norm: LayerNorm {
+                weight: HostTensor::new(&[c], vec![1.0; c])?,
+                bias: HostTensor::zeros(&[c]),
+            },
+        });
+    }
+    let pooler = Some(linear(c, c)?);
+    let mut t = |shape: &[usize]| -> Result<HostTensor> {
+        let n = shape.iter().product();
+        HostTensor::new(
+            shape,
+            (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect(),
+        )
+    };
+    let embeddings = BertEmbeddings {
+        word_embeddings: t(&[config.vocab_size, c])?,
+        position_embeddings: t(&[config.max_position_embeddings, c])?,
+        token_type_embeddings: t(&[config.type_vocab_size, c])?,
+        layer_norm: LayerNorm {
+            weight: HostTensor::new(&[c], vec![1.0; c])?,
+            bias: HostTensor::zeros(&[c]),
+        },
+    };
+    Ok(BertWeights {
+        embeddings,
+        layers,
+        pooler,
+    })
+}
+
+/// Measures whole BERT forwards (one submission each). The check runs the CPU forward on
+/// the batch's first sequence and compares its hidden states and sentence embedding.
+pub fn bert_suite(
+    ctx: &Context,
+    shapes: &[BertShape],
+    options: &BenchOptions,
+    mut progress: impl FnMut(&str),
+) -> Result<Vec<Record>> {
+    let mut records = Vec::new();
+    let mut loaded: Option<(BertSize, BertConfig, BertWeights<HostTensor>, Bert)> = None;
+    for (n, &shape) in shapes.iter().enumerate() {
+        let label = format!("{} {}x{}", shape.model.name(), shape.batch, shape.seq);
+        progress(&format!("bert {label} ({}/{})", n + 1, shapes.len()));
+        if loaded.as_ref().is_none_or(|l| l.0 != shape.model) {
+            drop(loaded.take()); // free the previous model's GPU memory first
+            let config = shape.model.config();
+            let weights = random_bert_weights(&config, 7)?;
+            let model = Bert::new(ctx, config.clone(), &weights)?;
+            loaded = Some((shape.model, config, weights, model));
+        }
+        let Some((_, config, weights, model)) = &loaded else {
+            continue;
+        };
+        records.push(bert_one(ctx, config, weights, model, shape, options)?);
+    }
+    Ok(records)
+}
+
+fn bert_one(
+    ctx: &Context,
+    config: &BertConfig,
+    weights: &BertWeights<HostTensor>,
+    model: &Bert,
+    shape: BertShape,
+    options: &BenchOptions,
+) -> Result<Record> {
+    let mut rng = StdRng::seed_from_u64(shape.batch as u64 * 1000 + shape.seq as u64);
+    let n = shape.batch * shape.seq;
+    let ids: Vec<u32> = (0..n).map(|_| rng.random_range(1000..30000)).collect();
+    let input = BertInput::new(shape.batch, shape.seq, ids, None, None)?;
+
+    let start = Instant::now();
+    let first = model.forward_blocking(ctx, &input, false)?;
+    let first_run_ms = start.elapsed().as_secs_f64() * 1e3;
+    let Timings {
+        gpu_ms,
+        wall,
+        clock,
+        breakdown,
+    } = time_forwards(ctx, options, |ctx| model.forward_timed(ctx, &input))?;
+
+    // Check: the first sequence alone through the CPU twins (sequences are independent).
+    let one = BertInput::new(
+        1,
+        shape.seq,
+        input.input_ids[..shape.seq].to_vec(),
+        None,
+        None,
+    )?;
+    let cpu = bert::forward_cpu(config, weights, &one, false)?;
+    let c = config.hidden_size;
+    let pairs = [
+        (
+            &first.last_hidden_state.data[..shape.seq * c],
+            &cpu.last_hidden_state.data[..],
+        ),
+        (
+            &first.sentence_embedding.data[..c],
+            &cpu.sentence_embedding.data[..],
+        ),
+    ];
+    let check = compare(&pairs, 1e-4, 1e-4, (n + shape.batch) * c);
+    let flops = shape.flops(config);
+    let shape_label = format!("{} {}x{}", shape.model.name(), shape.batch, shape.seq);
+    let mut r = record(
+        ctx,
+        "bert",
+        shape_label,
+        clock,
+        gpu_ms,
+        Stats::of(&wall),
+        first_run_ms,
+        flops,
+        check,
+        options,
+    );
+    r.items_per_s = Some(shape.batch as f64 / (gpu_ms.median * 1e-3));
+    r.breakdown = breakdown;
+    Ok(r)
+}
+
+/// A CSWin shape for the `cswin` suite (random weights of the real sizes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CswinShape {
+    /// A preset name (`cswin-t-224`, ...).
+    pub variant: String,
+    pub batch: usize,
+    /// Square input side.
+    pub size: usize,
+}
+
+impl CswinShape {
+    /// CSWin-T/S/B at 224, batch 1 and 64, on a real GPU; CSWin-T on one 64x64 image on a
+    /// software adapter.
+    pub fn defaults(ctx: &Context) -> Vec<Self> {
+        let s = |v: &str, batch, size| Self {
+            variant: v.into(),
+            batch,
+            size,
+        };
+        if ctx.capabilities().is_software() {
+            vec![s("cswin-t-224", 1, 64)]
+        } else {
+            ["cswin-t-224", "cswin-s-224", "cswin-b-224"]
+                .iter()
+                .flat_map(|v| [s(v, 1, 224), s(v, 64, 224)])
+                .collect()
+        }
+    }
+
+    /// Parses `t:B`, `s:B`, `b:B`, `l:B` (at the preset's size) or `t:BxS` (square side S).
+    pub fn parse(text: &str) -> Result<Self> {
+        let err = || Error::Argument {
+            op: "bench",
+            arg: "cswin",
+            reason: format!("{text:?} is not t|s|b|l:B or t|s|b|l:BxS"),
+        };
+        let (v, dims) = text.split_once(':').ok_or_else(err)?;
+        let variant = format!("cswin-{v}-224");
+        let (batch, size) = match dims.split_once('x') {
+            Some((b, s)) => (b.parse().map_err(|_| err())?, s.parse().map_err(|_| err())?),
+            None => (dims.parse().map_err(|_| err())?, 224),
+        };
+        CswinConfig::preset(&variant)?;
+        if batch == 0 || size < 32 {
+            return Err(err());
+        }
+        Ok(Self {
+            variant,
+            batch,
+            size,
+        })
+    }
+
+    /// 2 x multiply-adds of one forward (convolutions, projections, MLPs, window attention, LePE).
+    pub fn flops(&self, config: &CswinConfig, geometry: &Geometry) -> f64 {
+        let b = self.batch as f64;
+        let tokens = |s: usize| (geometry.stages[s].0 * geometry.stages[s].1) as f64;
+        let mut macs = tokens(0) * config.embed_dim as f64 * 3.0 * 49.0;
+        for s in 0..4 {
+            let (n, d, hid) = (tokens(s), config.dim(s) as f64, config.hidden(s) as f64);
+            let branches = geometry.branches(config, s, config.branches(s));
+            let attention: f64 = branches
+                .iter()
+                .map(|br| {
+                    2.0 * n * (br.window.0 * br.window.1) as f64 * br.channels as f64
+                        + 9.0 * n * br.channels as f64
+                })
+                .sum();
+            macs += config.depth[s] as f64
+                * (n * d * 3.0 * d + n * d * d + 2.0 * n * d * hid + attention);
+            if s < 3 {
+                macs += tokens(s + 1) * 2.0 * d * d * 9.0;
+            }
+        }
+        macs += config.dim(3) as f64 * config.num_classes as f64;
+        2.0 * b * macs
+    }
+}
+
+/// Seeded random CSWin weights of a config's real sizes.
+pub fn random_cswin_weights(config: &CswinConfig, seed: u64) -> Result<CswinWeights<HostTensor>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut t = |shape: &[usize], scale: f32| -> Result<HostTensor> {
+        let n = shape.iter().product();
+        HostTensor::new(
+            shape,
+            (0..n)
+                .map(|_| scale * rng.random_range(-1.0f32..1.0))
+                .collect(),
+        )
+    };
+    let ones = |c: usize| HostTensor::new(&[c], vec![1.0; c]);
+    let norm = |c: usize| -> Result<LayerNorm<HostTensor>> {
+        Ok(LayerNorm {
+            weight: ones(c)?,
+            bias: HostTensor::zeros(&[c]),
+        })
+    };
+    let linear = |out: usize,
+                  inp: usize,
+                  t: &mut dyn FnMut(&[usize], f32) -> Result<HostTensor>|
+     -> Result<Linear<HostTensor>> {
+        Ok(Linear {
+            weight: t(&[out, inp], 1.0 / (inp as f32).sqrt())?,
+            bias: t(&[out], 0.1)?,
+        })
+    };
+    let c = config.embed_dim;
+    let stem = Conv2d {
+        weight: t(&[c, config.in_chans, 7, 7], 0.1)?,
+        bias: t(&[c], 0.1)?,
+    };
+    let mut stages = Vec::new();
+    for s in 0..4 {
+        let (d, hidden, branches) = (config.dim(s), config.hidden(s), config.branches(s));
+        let mut blocks = Vec::new();
+        for _ in 0..config.depth[s] {
+            let lepe = (0..branches)
+                .map(|_| {
+                    Ok(Linear {
+                        weight: t(&[d / branches, 3, 3], 0.3)?,
+                        bias: t(&[d / branches], 0.1)?,
+                    })
+                })
+                .collect::<Result<_>>()?;
+            blocks.push(CswinBlock {
+                qkv: linear(3 * d, d, &mut t)?,
+                norm1: norm(d)?,
+                proj: linear(d, d, &mut t)?,
+                lepe,
+                fc1: linear(hidden, d, &mut t)?,
+                fc2: linear(d, hidden, &mut t)?,
+                norm2: norm(d)?,
+            });
+        }
+        stages.push(blocks);
+    }
+    let merges = (0..3)
+        .map(|m| {
+            let d = config.dim(m);
+            Ok(Merge {
+                conv: Conv2d {
+                    weight: t(&[2 * d, d, 3, 3], 1.0 / (9.0 * d as f32).sqrt())?,
+                    bias: t(&[2 * d], 0.1)?,
+                },
+                norm: norm(2 * d)?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let head = linear(config.num_classes, config.dim(3), &mut t)?;
+    Ok(CswinWeights {
+        stem,
+        stem_norm: norm(c)?,
+        stages,
+        merges,
+        norm: norm(config.dim(3))?,
+        head,
+    })
+}
+
+/// Measures whole CSWin forwards. The check runs the CPU forward on the batch's first image
+/// and compares its stage-4 features and logits.
+pub fn cswin_suite(
+    ctx: &Context,
+    shapes: &[CswinShape],
+    options: &BenchOptions,
+    mut progress: impl FnMut(&str),
+) -> Result<Vec<Record>> {
+    let mut records = Vec::new();
+    let mut loaded: Option<(String, CswinConfig, CswinWeights<HostTensor>, Cswin)> = None;
+    for (n, shape) in shapes.iter().enumerate() {
+        progress(&format!(
+            "cswin {} {}x{} ({}/{})",
+            shape.variant,
+            shape.batch,
+            shape.size,
+            n + 1,
+            shapes.len()
+        ));
+        if loaded.as_ref().is_none_or(|l| l.0 != shape.variant) {
+            drop(loaded.take()); // free the previous model's GPU memory first
+            let config = CswinConfig::preset(&shape.variant)?;
+            let weights = random_cswin_weights(&config, 11)?;
+            let model = Cswin::new(ctx, config.clone(), &weights)?;
+            loaded = Some((shape.variant.clone(), config, weights, model));
+        }
+        let Some((_, config, weights, model)) = &loaded else {
+            continue;
+        };
+        records.push(cswin_one(ctx, config, weights, model, shape, options)?);
+    }
+    Ok(records)
+}
+
+fn cswin_one(
+    ctx: &Context,
+    config: &CswinConfig,
+    weights: &CswinWeights<HostTensor>,
+    model: &Cswin,
+    shape: &CswinShape,
+    options: &BenchOptions,
+) -> Result<Record> {
+    let mut rng = StdRng::seed_from_u64(shape.batch as u64 * 1000 + shape.size as u64);
+    let dims = [shape.batch, config.in_chans, shape.size, shape.size];
+    let per_image = config.in_chans * shape.size * shape.size;
+    let pixels = HostTensor::new(
+        &dims,
+        (0..shape.batch * per_image)
+            .map(|_| rng.random_range(-2.0f32..2.0))
+            .collect(),
+    )?;
+    let geometry = Geometry::new(config, &dims)?;
+
+    let start = Instant::now();
+    let first = model.forward_blocking(ctx, &pixels, false)?;
+    let first_run_ms = start.elapsed().as_secs_f64() * 1e3;
+    let timed = |ctx: &Context| model.forward_timed(ctx, &pixels);
+    let Timings {
+        gpu_ms,
+        wall,
+        clock,
+        breakdown,
+    } = time_forwards(ctx, options, timed)?;
+
+    let one = HostTensor::new(
+        &[1, config.in_chans, shape.size, shape.size],
+        pixels.data[..per_image].to_vec(),
+    )?;
+    let cpu = cswin::forward_cpu(config, weights, &one, false)?;
+    let n4 = cpu.stages[3].data.len();
+    let classes = config.num_classes;
+    let pairs = [
+        (&first.stages[3].data[..n4], &cpu.stages[3].data[..]),
+        (&first.logits.data[..classes], &cpu.logits.data[..]),
+    ];
+    let check = compare(
+        &pairs,
+        1e-4,
+        1e-4,
+        first.stages[3].data.len() + first.logits.data.len(),
+    );
+    let label = format!(
+        "{} {}x{}",
+        shape.variant.trim_end_matches("-224"),
+        shape.batch,
+        shape.size
+    );
+    let mut r = record(
+        ctx,
+        "cswin",
+        label,
+        clock,
+        gpu_ms,
+        Stats::of(&wall),
+        first_run_ms,
+        shape.flops(config, &geometry),
+        check,
+        options,
+    );
+    r.items_per_s = Some(shape.batch as f64 / (gpu_ms.median * 1e-3));
+    r.breakdown = breakdown;
+    Ok(r)
+}
