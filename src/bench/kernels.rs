@@ -2,9 +2,7 @@
 
 use rand::{SeedableRng, rngs::StdRng};
 
-use super::{
-    BenchOptions, Check, Record, Stats, Timings, compare, kernel_run, random, record, time_kernel,
-};
+use super::{BenchOptions, Check, Record, compare, kernel_run, random, record, time_kernel};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::kernels::{self, Epilogue, StridedMatmul};
@@ -98,15 +96,7 @@ fn matmul_one(ctx: &Context, size: MatmulSize, options: &BenchOptions) -> Result
             kernels::matmul(rec, &x, &w, &y, Epilogue::none())
         })
     };
-    let (
-        Timings {
-            gpu_ms,
-            wall,
-            clock,
-            ..
-        },
-        first_run_ms,
-    ) = time_kernel(ctx, options, run)?;
+    let (timings, first_run_ms) = time_kernel(ctx, options, run)?;
 
     let check = check_matmul_rows(ctx, &x_host, &w_host, &y, size)?;
     let flops = kernels::matmul::flops(&StridedMatmul::contiguous(1, m, n, k, true));
@@ -114,9 +104,7 @@ fn matmul_one(ctx: &Context, size: MatmulSize, options: &BenchOptions) -> Result
         ctx,
         "matmul",
         size.to_string(),
-        clock,
-        gpu_ms,
-        Stats::of(&wall),
+        &timings,
         first_run_ms,
         flops,
         check,
@@ -241,15 +229,7 @@ pub fn attention_suite(
                 kernels::attention(rec, &gqkv, &mask, s.heads, &out)
             })
         };
-        let (
-            Timings {
-                gpu_ms,
-                wall,
-                clock,
-                ..
-            },
-            first_run_ms,
-        ) = time_kernel(ctx, options, run)?;
+        let (timings, first_run_ms) = time_kernel(ctx, options, run)?;
         let one = HostTensor::new(&[1, s.seq, 3 * c], qkv.data[..s.seq * 3 * c].to_vec())?;
         let mut cpu = HostTensor::zeros(&[1, s.seq, c]);
         reference::attention(
@@ -265,9 +245,7 @@ pub fn attention_suite(
             ctx,
             "attention",
             label,
-            clock,
-            gpu_ms,
-            Stats::of(&wall),
+            &timings,
             first_run_ms,
             flops,
             check,
@@ -358,15 +336,7 @@ pub fn cswin_attention_suite(
                 Ok(())
             })
         };
-        let (
-            Timings {
-                gpu_ms,
-                wall,
-                clock,
-                ..
-            },
-            first_run_ms,
-        ) = time_kernel(ctx, options, run)?;
+        let (timings, first_run_ms) = time_kernel(ctx, options, run)?;
         let one = HostTensor::new(&[1, tokens, 3 * c], qkv.data[..tokens * 3 * c].to_vec())?;
         let mut cpu = HostTensor::zeros(&[1, tokens, c]);
         for (b, (lw, lb)) in branches.iter().zip(&lepe) {
@@ -390,9 +360,7 @@ pub fn cswin_attention_suite(
             ctx,
             "cswin_attn",
             label,
-            clock,
-            gpu_ms,
-            Stats::of(&wall),
+            &timings,
             first_run_ms,
             flops,
             check,

@@ -137,14 +137,13 @@ pub(super) fn record(
     ctx: &Context,
     suite: &str,
     shape: String,
-    clock: Clock,
-    gpu_ms: Stats,
-    wall_ms: Stats,
+    timings: &Timings,
     first_run_ms: f64,
     flops: f64,
     check: Check,
     options: &BenchOptions,
 ) -> Record {
+    let (gpu_ms, clock) = (timings.gpu_ms, timings.clock);
     let info = &ctx.capabilities().adapter;
     let gflops = flops / (gpu_ms.median * 1e-3) / 1e9;
     let peak = options
@@ -161,14 +160,14 @@ pub(super) fn record(
             .to_string(),
         clock,
         gpu_ms,
-        wall_ms,
+        wall_ms: Stats::of(&timings.wall),
         first_run_ms,
         flops,
         gflops,
         pct_of_peak: peak.map(|p| 100.0 * gflops / (p * 1e3)),
         check,
         items_per_s: None,
-        breakdown: Vec::new(),
+        breakdown: timings.breakdown.clone(),
         commit: COMMIT.into(),
     }
 }
@@ -257,11 +256,11 @@ pub fn breakdown_table(records: &[Record]) -> String {
 
 /// What [`time_forwards`] measured.
 pub(super) struct Timings {
-    pub gpu_ms: Stats,
-    pub wall: Vec<f64>,
-    pub clock: Clock,
+    gpu_ms: Stats,
+    wall: Vec<f64>,
+    clock: Clock,
     /// Mean GPU ms per kernel over one forward, largest first.
-    pub breakdown: Vec<(String, f64)>,
+    breakdown: Vec<(String, f64)>,
 }
 
 /// Warm-up, then timed forwards.

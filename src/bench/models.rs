@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-use super::{BenchOptions, Record, Stats, Timings, compare, record, time_forwards};
+use super::{BenchOptions, Record, compare, record, time_forwards};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::models::Conv2d;
@@ -214,12 +214,7 @@ fn bert_one(
     let start = Instant::now();
     let first = model.forward_blocking(ctx, &input, false)?;
     let first_run_ms = start.elapsed().as_secs_f64() * 1e3;
-    let Timings {
-        gpu_ms,
-        wall,
-        clock,
-        breakdown,
-    } = time_forwards(ctx, options, |ctx| model.forward_timed(ctx, &input))?;
+    let timings = time_forwards(ctx, options, |ctx| model.forward_timed(ctx, &input))?;
 
     // Check: the first sequence alone through the CPU twins (sequences are independent).
     let one = BertInput::new(
@@ -248,16 +243,13 @@ fn bert_one(
         ctx,
         "bert",
         shape_label,
-        clock,
-        gpu_ms,
-        Stats::of(&wall),
+        &timings,
         first_run_ms,
         flops,
         check,
         options,
     );
-    r.items_per_s = Some(shape.batch as f64 / (gpu_ms.median * 1e-3));
-    r.breakdown = breakdown;
+    r.items_per_s = Some(shape.batch as f64 / (timings.gpu_ms.median * 1e-3));
     Ok(r)
 }
 
@@ -478,12 +470,7 @@ fn cswin_one(
     let first = model.forward_blocking(ctx, &pixels, false)?;
     let first_run_ms = start.elapsed().as_secs_f64() * 1e3;
     let timed = |ctx: &Context| model.forward_timed(ctx, &pixels);
-    let Timings {
-        gpu_ms,
-        wall,
-        clock,
-        breakdown,
-    } = time_forwards(ctx, options, timed)?;
+    let timings = time_forwards(ctx, options, timed)?;
 
     let one = HostTensor::new(
         &[1, config.in_chans, shape.size, shape.size],
@@ -512,15 +499,12 @@ fn cswin_one(
         ctx,
         "cswin",
         label,
-        clock,
-        gpu_ms,
-        Stats::of(&wall),
+        &timings,
         first_run_ms,
         shape.flops(config, &geometry),
         check,
         options,
     );
-    r.items_per_s = Some(shape.batch as f64 / (gpu_ms.median * 1e-3));
-    r.breakdown = breakdown;
+    r.items_per_s = Some(shape.batch as f64 / (timings.gpu_ms.median * 1e-3));
     Ok(r)
 }
