@@ -1,7 +1,14 @@
-//! Embeds the git commit into the build (`BACKBONE_COMMIT`), for benchmark records.
+//! Embeds the git commit into the build (`BACKBONE_COMMIT`), for benchmark records, and sets
+//! `cfg(skip_gpu_tests)` when `BACKBONE_SKIP_GPU_TESTS=1`: the GPU tests are then reported as
+//! ignored (a machine without any adapter) instead of passing with nothing compared.
 use std::process::Command;
 
 fn main() {
+    println!("cargo::rustc-check-cfg=cfg(skip_gpu_tests)");
+    println!("cargo:rerun-if-env-changed=BACKBONE_SKIP_GPU_TESTS");
+    if std::env::var("BACKBONE_SKIP_GPU_TESTS").is_ok_and(|v| v == "1") {
+        println!("cargo:rustc-cfg=skip_gpu_tests");
+    }
     let commit = Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
         .output()

@@ -147,6 +147,8 @@ pub struct Context {
     pub(crate) pipelines: PipelineCache,
     /// A small zeroed buffer bound where an optional input (bias, residual) is absent.
     pub(crate) dummy: wgpu::Buffer,
+    /// Why the device was lost, once wgpu has said so.
+    lost: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// Adapters this build can reach, in the order `BACKBONE_ADAPTER=<index>` refers to.
@@ -184,6 +186,14 @@ fn adapter_rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
         wgpu::DeviceType::Other => 4,
     };
     (device, backend)
+}
+
+/// Live GPU objects of a device ([`Context::resource_counts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ResourceCounts {
+    pub buffers: u64,
+    pub buffer_bytes: u64,
+    pub bind_groups: u64,
 }
 
 impl Context {
@@ -231,6 +241,14 @@ impl Context {
         // Errors outside our error scopes (from code that uses the device directly) are
         // logged rather than panicking, wgpu's default.
         device.on_uncaptured_error(std::sync::Arc::new(|e| log::error!("wgpu: {e}")));
+        // A lost device (driver reset, unplugged GPU, `destroy`) turns every later call into
+        // an `Error::DeviceLost` instead of work on dead objects.
+        let lost = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let flag = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            log::error!("wgpu: device lost ({reason:?}): {message}");
+            *flag.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{reason:?}: {message}"));
+        });
         let info = adapter.get_info();
         let cooperative_matrix =
             if features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
@@ -263,6 +281,7 @@ impl Context {
             caps,
             pipelines: PipelineCache::default(),
             dummy,
+            lost,
         })
     }
 
@@ -280,6 +299,29 @@ impl Context {
 
     pub fn queue(&self) -> &wgpu::Queue {
         &self.queue
+    }
+
+    /// `Err(Error::DeviceLost)` once the device is lost: a new `Context` is needed then.
+    pub fn check_device(&self) -> Result<()> {
+        match &*self.lost.lock().unwrap_or_else(|e| e.into_inner()) {
+            None => Ok(()),
+            Some(reason) => Err(Error::DeviceLost {
+                reason: reason.clone(),
+            }),
+        }
+    }
+
+    /// Live GPU objects of this device, after freeing what finished work released: for
+    /// checking that long runs do not leak. Zeros where the backend keeps no counts (the web).
+    pub fn resource_counts(&self) -> ResourceCounts {
+        #[cfg(not(target_arch = "wasm32"))]
+        let _ = self.device.poll(wgpu::PollType::Poll);
+        let c = self.device.get_internal_counters();
+        ResourceCounts {
+            buffers: c.hal.buffers.read().max(0) as u64,
+            buffer_bytes: c.hal.buffer_memory.read().max(0) as u64,
+            bind_groups: c.hal.bind_groups.read().max(0) as u64,
+        }
     }
 
     /// Number of distinct compiled pipelines so far (each (kernel, specialisation) once).

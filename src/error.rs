@@ -78,6 +78,10 @@ pub enum Error {
     #[error("GPU error during {during}: {message}")]
     Gpu { during: String, message: String },
 
+    /// The GPU device is gone (driver reset, removed GPU, destroyed); make a new context.
+    #[error("the GPU device was lost ({reason}); create a new Context to continue")]
+    DeviceLost { reason: String },
+
     /// A model's config is missing something, malformed, or asks for what we do not support.
     #[error("config: {0}")]
     Config(String),
@@ -101,9 +105,31 @@ pub enum Error {
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 
+    /// A file is not in the format it should be (truncated, a bad header, over a limit).
+    #[error("{0}")]
+    Format(String),
+
+    /// Something went wrong with the contents of a file: the inner error, prefixed with the
+    /// file's path.
+    #[error("{path}: {error}")]
+    InFile { path: String, error: Box<Error> },
+
     /// Reading a buffer back to the host failed.
     #[error("reading back `{what}` failed: {message}")]
     Readback { what: String, message: String },
+}
+
+impl Error {
+    /// This error, naming the file it came from (errors that already name a path are kept).
+    pub fn in_file(self, path: &std::path::Path) -> Self {
+        match self {
+            Error::Io { .. } | Error::InFile { .. } => self,
+            other => Error::InFile {
+                path: path.display().to_string(),
+                error: Box::new(other),
+            },
+        }
+    }
 }
 
 /// A dtype name, used in error messages (keeps [`Error`] independent of the tensor module).

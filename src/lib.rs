@@ -22,13 +22,16 @@
 pub mod bench;
 pub mod context;
 pub mod error;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod io;
 pub mod kernels;
+pub mod limits;
 pub mod models;
 pub mod pipeline;
 pub mod reference;
 pub mod tensor;
 
-pub use context::{Capabilities, Context, ContextOptions};
+pub use context::{Capabilities, Context, ContextOptions, ResourceCounts};
 pub use error::{Error, Result};
 pub use pipeline::{Kernel, PassTime, Recorder, Spec, shader_source};
 pub use tensor::{DType, Tensor};

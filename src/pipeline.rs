@@ -7,7 +7,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
-use wgpu::util::DeviceExt as _;
 
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -356,16 +355,18 @@ impl<'c> Recorder<'c> {
                     .into(),
             });
         }
+        ctx.check_device()?;
         let (encoder, timer) = (&mut self.encoder, &mut self.timer);
-        let ((), verdicts) = scoped(&ctx.device, || encode_pass(ctx, encoder, timer, &d));
+        let (encoded, verdicts) = scoped(&ctx.device, || encode_pass(ctx, encoder, timer, &d));
         self.pending.extend(verdicts);
-        Ok(())
+        encoded
     }
 
     /// Submits everything recorded, waits for wgpu's verdict on it, and (for a timed
     /// recorder) returns the GPU time of each timed pass.
     pub async fn submit(mut self) -> Result<Vec<PassTime>> {
         let ctx = self.ctx;
+        ctx.check_device()?;
         let timer = self.timer.take().filter(|t| !t.labels.is_empty());
         let staging = timer.as_ref().map(|t| {
             let n = t.labels.len() as u32 * 2;
@@ -448,15 +449,9 @@ fn encode_pass(
     encoder: &mut wgpu::CommandEncoder,
     timer: &mut Option<Timer>,
     d: &Dispatch<'_>,
-) {
+) -> Result<()> {
     let pipeline = ctx.pipelines.get(&ctx.device, d.kernel, &d.spec);
-    let params = ctx
-        .device
-        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(d.kernel.name()),
-            contents: d.params,
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
+    let params = uniform_buffer(ctx, d.kernel.name(), d.params)?;
     let mut entries = vec![wgpu::BindGroupEntry {
         binding: 0,
         resource: params.as_entire_binding(),
@@ -494,6 +489,30 @@ fn encode_pass(
     if x > 0 && y > 0 && z > 0 {
         pass.dispatch_workgroups(x, y, z);
     }
+    Ok(())
+}
+
+/// A uniform buffer holding `contents`. Unlike wgpu's `create_buffer_init`, which panics when
+/// the buffer cannot be mapped (a lost device), this returns the error.
+fn uniform_buffer(ctx: &Context, label: &str, contents: &[u8]) -> Result<wgpu::Buffer> {
+    let size = (contents.len() as u64)
+        .next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT)
+        .max(wgpu::COPY_BUFFER_ALIGNMENT);
+    let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size,
+        usage: wgpu::BufferUsages::UNIFORM,
+        mapped_at_creation: true,
+    });
+    {
+        let mut view = buffer.get_mapped_range_mut(..).map_err(|e| Error::Gpu {
+            during: format!("creating the parameters of {label}"),
+            message: e.to_string(),
+        })?;
+        view.slice(..contents.len()).copy_from_slice(contents);
+    }
+    buffer.unmap();
+    Ok(buffer)
 }
 
 /// Splits `groups` workgroups over x and y so neither exceeds the per-dimension limit;

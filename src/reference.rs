@@ -45,6 +45,30 @@ impl<T: Clone + Default> HostTensor<T> {
     }
 }
 
+impl HostTensor {
+    /// The first NaN or infinite value: (flat index, value).
+    pub fn first_non_finite(&self) -> Option<(usize, f32)> {
+        self.data
+            .iter()
+            .position(|v| !v.is_finite())
+            .map(|i| (i, self.data[i]))
+    }
+
+    /// An input error naming `arg` and the first non-finite value, if there is one.
+    pub fn check_finite(&self, arg: &str) -> Result<()> {
+        match self.first_non_finite() {
+            None => Ok(()),
+            Some((i, v)) => Err(Error::Input {
+                arg: arg.into(),
+                reason: format!(
+                    "{v} at flat index {i} (of shape {:?}): inputs must be finite",
+                    self.shape
+                ),
+            }),
+        }
+    }
+}
+
 fn same_shape<T, U>(
     op: &'static str,
     arg: &'static str,

@@ -43,6 +43,7 @@ impl Tensor {
     pub fn empty(ctx: &Context, shape: &[usize], dtype: DType, label: &str) -> Result<Self> {
         let bytes = byte_size(shape, dtype, label)?;
         check_binding_size(ctx, bytes, label)?;
+        ctx.check_device()?;
         let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes,
@@ -220,6 +221,7 @@ impl Tensor {
 
 /// Maps `buffer` for reading and waits for it (polling the device on native).
 pub(crate) async fn map_read(ctx: &Context, buffer: &wgpu::Buffer, what: &str) -> Result<()> {
+    ctx.check_device()?;
     let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
     buffer.map_async(wgpu::MapMode::Read, .., move |result| {
         sender.send(result).ok();

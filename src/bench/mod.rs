@@ -17,6 +17,7 @@ use crate::pipeline::{PassTime, Recorder};
 
 mod kernels;
 mod models;
+pub mod soak;
 
 pub use kernels::{
     AttentionShape, CswinAttentionShape, MatmulSize, attention_suite, cswin_attention_suite,

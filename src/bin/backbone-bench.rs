@@ -3,6 +3,7 @@
 //! ```text
 //! backbone-bench                      # default suite, sized for the adapter found
 //! backbone-bench matmul --sizes 1024,4096,128x1536x384 --json out.json
+//! backbone-bench soak --forwards 10000   # memory soak, GPU and CPU
 //! backbone-bench --list-adapters
 //! ```
 
@@ -10,6 +11,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
+use backbone::bench::soak::{self, SoakDevice};
 use backbone::bench::{
     self, AttentionShape, BenchOptions, BertShape, CswinAttentionShape, CswinShape, MatmulSize,
 };
@@ -28,6 +30,9 @@ enum Suite {
     Bert,
     /// Whole CSWin-T/S/B forwards with random weights of the real sizes.
     Cswin,
+    /// Memory soak (not in the default set): --forwards small BERT forwards on the GPU and
+    /// the CPU path; fails unless memory and live GPU objects stay flat after warm-up.
+    Soak,
 }
 
 #[derive(Debug, Parser)]
@@ -65,6 +70,9 @@ struct Args {
     /// Also print a Markdown table (for BENCHMARKS.md).
     #[arg(long)]
     markdown: bool,
+    /// Forwards per device for the soak.
+    #[arg(long, default_value_t = 10_000)]
+    forwards: usize,
     /// List the adapters (BACKBONE_ADAPTER takes an index or a name) and exit.
     #[arg(long)]
     list_adapters: bool,
@@ -168,6 +176,16 @@ fn main() -> Result<()> {
                         .collect::<Result<_, _>>()?
                 };
                 records.extend(bench::cswin_suite(&ctx, &shapes, &options, progress)?);
+            }
+            Suite::Soak => {
+                for device in [SoakDevice::Gpu, SoakDevice::Cpu] {
+                    let warmup = (args.forwards / 10).max(12);
+                    let report = soak::soak(Some(&ctx), device, args.forwards, warmup)?;
+                    println!("{}", report.summary());
+                    if !report.is_flat() {
+                        bail!("the {} soak grew: {report:?}", report.device);
+                    }
+                }
             }
         }
     }

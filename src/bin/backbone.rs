@@ -9,13 +9,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
-use backbone::models::bert::{self, Bert, BertInput, BertOutput};
-use backbone::models::cswin::{self, Cswin, CswinOutput};
+use backbone::models::bert::{self, Bert, BertConfig, BertInput, BertOutput};
+use backbone::models::cswin::{self, Cswin, CswinConfig, CswinOutput};
 use backbone::models::image;
 use backbone::models::tokenizer::{DEFAULT_MAX_LENGTH, TextTokenizer};
-use backbone::models::weights::read_file;
 use backbone::reference::HostTensor;
-use backbone::{Context, ContextOptions};
+use backbone::{Context, ContextOptions, io, limits};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
@@ -82,35 +81,14 @@ enum Command {
 
 fn main() -> Result<()> {
     env_logger::init();
+    ignore_file_size_signal();
     match Cli::parse().command {
         Command::Run {
             model,
             input,
             output,
             device,
-        } => {
-            let model_type = model_type(&model)?;
-            match model_type.as_str() {
-                "bert" => {
-                    let input = BertInput::from_safetensors(&read_file(&input)?)
-                        .with_context(|| format!("reading {}", input.display()))?;
-                    let out = run_bert(&model, &input, device)?;
-                    std::fs::write(&output, out.to_safetensors()?)
-                        .with_context(|| format!("writing {}", output.display()))?;
-                }
-                "cswin" => {
-                    let pixels = cswin::pixel_values_from_safetensors(&read_file(&input)?)
-                        .with_context(|| format!("reading {}", input.display()))?;
-                    let out = run_cswin(&model, &pixels, device)?;
-                    std::fs::write(&output, out.to_safetensors()?)
-                        .with_context(|| format!("writing {}", output.display()))?;
-                }
-                other => bail!(
-                    "{}: model_type {other:?} is not supported (bert, cswin)",
-                    model.display()
-                ),
-            }
-        }
+        } => run(&model, &input, &output, device)?,
         Command::Embed {
             model,
             max_length,
@@ -120,9 +98,12 @@ fn main() -> Result<()> {
             let tokenizer = TextTokenizer::from_dir(&model, max_length)?;
             let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
             let input = tokenizer.encode(&texts)?;
-            let out = run_bert(&model, &input, device)?;
-            let c = out.sentence_embedding.shape[1];
-            let rows: Vec<&[f32]> = out.sentence_embedding.data.chunks(c).collect();
+            let config = bert::load_config(&model)?;
+            input.validate(&config)?;
+            let out = run_bert(&model, config, &input, device)?;
+            let embeddings = &out.sentence_embedding;
+            check_finite("sentence_embedding", embeddings)?;
+            let rows: Vec<&[f32]> = embeddings.data.chunks(embeddings.shape[1]).collect();
             println!("{}", serde_json::to_string(&rows)?);
         }
         Command::Classify {
@@ -134,17 +115,80 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// `run`: everything the user gave is checked (input file, output path, model config, input
+/// against the config) before the weights are read; the output is written atomically.
+fn run(model: &Path, input: &Path, output: &Path, device: Device) -> Result<()> {
+    if io::same_file(input, output) {
+        bail!(
+            "--output {} is the --input file: refusing to overwrite the input",
+            output.display()
+        );
+    }
+    io::check_writable(output).context("--output")?;
+    let model_type = model_type(model)?;
+    let bytes = io::read_safetensors(input)?;
+    let reading = || format!("reading {}", input.display());
+    let result = match model_type.as_str() {
+        "bert" => {
+            let input = BertInput::from_safetensors(&bytes).with_context(reading)?;
+            let config = bert::load_config(model)?;
+            input.validate(&config).with_context(reading)?;
+            let out = run_bert(model, config, &input, device)?;
+            check_finite("last_hidden_state", &out.last_hidden_state)?;
+            out.to_safetensors()?
+        }
+        "cswin" => {
+            let pixels = cswin::pixel_values_from_safetensors(&bytes).with_context(reading)?;
+            let config = cswin::load_config(model)?;
+            cswin::check_input(&config, &pixels).with_context(reading)?;
+            let out = run_cswin(model, config, &pixels, device)?;
+            check_finite("logits", &out.logits)?;
+            out.to_safetensors()?
+        }
+        other => bail!(
+            "{}: model_type {other:?} is not supported (bert, cswin)",
+            model.display()
+        ),
+    };
+    io::write_atomic(output, &result)?;
+    Ok(())
+}
+
+/// A model output with NaN or infinity is an error, not a result (finite inputs and weights
+/// can still overflow).
+fn check_finite(name: &str, t: &HostTensor) -> Result<()> {
+    if let Some((i, v)) = t.first_non_finite() {
+        bail!("the model produced {v} in `{name}` at flat index {i}: no output written");
+    }
+    Ok(())
+}
+
+/// Past a file-size limit (`ulimit -f`) the kernel sends SIGXFSZ, which kills the process
+/// mid-write; ignored, the write fails with EFBIG and the atomic write cleans up.
+fn ignore_file_size_signal() {
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to SIG_IGN at start-up, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}
+
 fn classify(dir: &Path, device: Device, paths: &[PathBuf]) -> Result<()> {
-    let size = cswin::load_dir(dir)?.0.img_size;
+    let config = cswin::load_config(dir)?;
+    let size = config.img_size;
     let pixels = paths
         .iter()
         .map(|p| {
-            let img = image::decode(&read_file(p)?, &p.display().to_string())?;
-            image::imagenet_preprocess(&img, size)
+            let bytes = io::read_bounded(p, limits::MAX_IMAGE_FILE_BYTES)?;
+            let img = image::decode(&bytes, &p.display().to_string())?;
+            image::imagenet_preprocess(&img, size).map_err(|e| e.in_file(p))
         })
         .collect::<backbone::Result<Vec<_>>>()?;
-    let out = run_cswin(dir, &image::stack(&pixels)?, device)?;
+    let pixels = image::stack(&pixels)?;
+    cswin::check_input(&config, &pixels)?;
     let labels = labels(dir)?;
+    let out = run_cswin(dir, config, &pixels, device)?;
+    check_finite("logits", &out.logits)?;
     let classes = out.logits.shape[1];
     for (path, logits) in paths.iter().zip(out.logits.data.chunks(classes)) {
         println!("{}:", path.display());
@@ -158,19 +202,33 @@ fn classify(dir: &Path, device: Device, paths: &[PathBuf]) -> Result<()> {
 
 /// Class names from config.json's `id2label`, else `labels.txt` (one per line), else none.
 fn labels(dir: &Path) -> Result<Vec<String>> {
-    let json: serde_json::Value = serde_json::from_slice(&read_file(&dir.join("config.json"))?)?;
-    let labels = cswin::id2label(&json);
+    let labels = cswin::id2label(&read_json(&dir.join("config.json"))?);
     if !labels.is_empty() {
         return Ok(labels);
     }
-    match std::fs::read_to_string(dir.join("labels.txt")) {
-        Ok(text) => Ok(text.lines().map(str::to_string).collect()),
-        Err(_) => Ok(Vec::new()),
+    let path = dir.join("labels.txt");
+    if !path.exists() {
+        return Ok(Vec::new());
     }
+    let text = io::read_bounded(&path, limits::MAX_CONFIG_BYTES)?;
+    Ok(String::from_utf8_lossy(&text)
+        .lines()
+        .map(str::to_string)
+        .collect())
 }
 
-fn run_cswin(dir: &Path, pixels: &HostTensor, device: Device) -> Result<CswinOutput> {
-    let (config, weights) = cswin::load_dir(dir)?;
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    serde_json::from_slice(&io::read_bounded(path, limits::MAX_CONFIG_BYTES)?)
+        .with_context(|| format!("parsing {}", path.display()))
+}
+
+fn run_cswin(
+    dir: &Path,
+    config: CswinConfig,
+    pixels: &HostTensor,
+    device: Device,
+) -> Result<CswinOutput> {
+    let weights = cswin::load_weights(dir, &config)?;
     Ok(match device {
         Device::Cpu => cswin::forward_cpu(&config, &weights, pixels, false)?,
         Device::Gpu => {
@@ -183,16 +241,19 @@ fn run_cswin(dir: &Path, pixels: &HostTensor, device: Device) -> Result<CswinOut
 /// `model_type` from a model folder's config.json.
 fn model_type(dir: &Path) -> Result<String> {
     let path = dir.join("config.json");
-    let json: serde_json::Value = serde_json::from_slice(&read_file(&path)?)
-        .with_context(|| format!("parsing {}", path.display()))?;
-    match json.get("model_type").and_then(|v| v.as_str()) {
+    match read_json(&path)?.get("model_type").and_then(|v| v.as_str()) {
         Some(t) => Ok(t.to_string()),
         None => bail!("{}: no model_type", path.display()),
     }
 }
 
-fn run_bert(dir: &Path, input: &BertInput, device: Device) -> Result<BertOutput> {
-    let (config, weights) = bert::load_dir(dir)?;
+fn run_bert(
+    dir: &Path,
+    config: BertConfig,
+    input: &BertInput,
+    device: Device,
+) -> Result<BertOutput> {
+    let weights = bert::load_weights(dir, &config)?;
     Ok(match device {
         Device::Cpu => bert::forward_cpu(&config, &weights, input, false)?,
         Device::Gpu => {

@@ -6,16 +6,15 @@
 //! are fused into one [3C, C] projection at load time, so attention reads Q, K and V from a
 //! single matmul output.
 
-use std::sync::Arc;
-
 use serde::Deserialize;
 
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::kernels::{self, Epilogue, MatrixView, StridedMatmul, WLayout};
-use crate::models::Plans;
+use crate::limits;
 use crate::models::weights::{Weights, upload};
 pub use crate::models::{LayerNorm, Linear};
+use crate::models::{PlanLease, Plans};
 use crate::pipeline::Recorder;
 use crate::reference::{self, HostTensor};
 use crate::tensor::{DType, Tensor};
@@ -99,6 +98,28 @@ impl BertConfig {
         if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
             return unsupported(format!("{name} is 0"));
         }
+        // Bounds (largest released value in parentheses): XLM-R's 250k vocabulary, 4096-wide
+        // hidden states, 48 layers, 64 heads, 16k MLP, 8192 positions.
+        for (key, max) in [
+            ("vocab_size", 1 << 22),
+            ("hidden_size", 1 << 14),
+            ("num_hidden_layers", 512),
+            ("num_attention_heads", 1 << 10),
+            ("intermediate_size", 1 << 17),
+            ("max_position_embeddings", 1 << 17),
+            ("type_vocab_size", 1 << 16),
+        ] {
+            let value = sizes.iter().find(|(k, _)| *k == key).map_or(0, |(_, v)| *v);
+            limits::check_key(key, value as u64, max)?;
+        }
+        limits::check_elements(
+            "vocab_size x hidden_size",
+            &[self.vocab_size, self.hidden_size],
+        )?;
+        limits::check_elements(
+            "intermediate_size x hidden_size",
+            &[self.intermediate_size, self.hidden_size],
+        )?;
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return unsupported(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
@@ -346,6 +367,17 @@ impl BertInput {
                 format!("empty batch [{}, {}]", self.batch, self.seq),
             );
         }
+        if self.batch.saturating_mul(self.seq) > limits::MAX_BATCH_TOKENS {
+            return bad(
+                "input_ids",
+                format!(
+                    "batch [{}, {}] has more than {} tokens: split it",
+                    self.batch,
+                    self.seq,
+                    limits::MAX_BATCH_TOKENS
+                ),
+            );
+        }
         if self.seq > config.max_position_embeddings {
             return bad(
                 "input_ids",
@@ -552,9 +584,19 @@ impl Bert {
         self.weights.pooler.is_some()
     }
 
-    fn plan(&self, ctx: &Context, batch: usize, seq: usize) -> Result<Arc<Plan>> {
+    /// Buffer plans kept for reuse (at most [`crate::models::MAX_IDLE_PLANS`]).
+    pub fn cached_plans(&self) -> usize {
+        self.plans.idle_count()
+    }
+
+    fn plan(
+        &self,
+        ctx: &Context,
+        batch: usize,
+        seq: usize,
+    ) -> Result<PlanLease<'_, (usize, usize), Plan>> {
         self.plans
-            .get_or_make((batch, seq), || Plan::new(ctx, &self.config, batch, seq))
+            .lease((batch, seq), || Plan::new(ctx, &self.config, batch, seq))
     }
 
     /// Validates and uploads `input`, then records the whole forward into `rec`. Returns the
@@ -565,7 +607,7 @@ impl Bert {
         rec: &mut Recorder<'_>,
         input: &BertInput,
         mut after_layer: impl FnMut(&mut Recorder<'_>, usize, &Tensor),
-    ) -> Result<Arc<Plan>> {
+    ) -> Result<PlanLease<'_, (usize, usize), Plan>> {
         let ctx = rec.context();
         input.validate(&self.config)?;
         let p = self.plan(ctx, input.batch, input.seq)?;
@@ -725,12 +767,25 @@ impl Bert {
 /// Reads `config.json` and `model.safetensors` from a model folder.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn load_dir(dir: &std::path::Path) -> Result<(BertConfig, BertWeights<HostTensor>)> {
-    use crate::models::weights::read_file;
-    let json = read_file(&dir.join("config.json"))?;
-    let config = BertConfig::from_json(&String::from_utf8_lossy(&json))?;
-    let weights =
-        BertWeights::from_safetensors(&config, &read_file(&dir.join("model.safetensors"))?)?;
+    let config = load_config(dir)?;
+    let weights = load_weights(dir, &config)?;
     Ok((config, weights))
+}
+
+/// Reads and checks a model folder's `config.json`; errors name the file.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn load_config(dir: &std::path::Path) -> Result<BertConfig> {
+    let path = dir.join("config.json");
+    let json = crate::io::read_bounded(&path, crate::limits::MAX_CONFIG_BYTES)?;
+    BertConfig::from_json(&String::from_utf8_lossy(&json)).map_err(|e| e.in_file(&path))
+}
+
+/// Reads a model folder's `model.safetensors` for `config`; errors name the file.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn load_weights(dir: &std::path::Path, config: &BertConfig) -> Result<BertWeights<HostTensor>> {
+    let path = dir.join("model.safetensors");
+    BertWeights::from_safetensors(config, &crate::io::read_safetensors(&path)?)
+        .map_err(|e| e.in_file(&path))
 }
 
 /// The CPU forward, built only from the kernels' CPU twins.

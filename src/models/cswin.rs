@@ -8,15 +8,14 @@
 //! projection, as the official segmentation backbone does, when the window does not divide the
 //! map. At the checkpoint's `img_size` this is exactly the classification model.
 
-use std::sync::Arc;
-
 use serde::Deserialize;
 
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::kernels::{self, ConvInput, CswinBranch, Epilogue};
+use crate::limits;
 use crate::models::weights::Weights;
-use crate::models::{Conv2d, LayerNorm, Linear, Plans};
+use crate::models::{Conv2d, LayerNorm, Linear, PlanLease, Plans};
 use crate::pipeline::Recorder;
 use crate::reference::{self, HostTensor};
 use crate::tensor::{DType, Tensor};
@@ -116,6 +115,32 @@ impl CswinConfig {
         if let Some(s) = self.split_size.iter().position(|&s| s == 0) {
             return bad(format!("split_size[{s}] is 0"));
         }
+        // Bounds (largest official value in parentheses): img_size (384), embed_dim (144),
+        // depth (32), classes (21,841), mlp_ratio (4); every stripe at most its stage's side.
+        limits::check_key("img_size", self.img_size as u64, 4096)?;
+        limits::check_key("in_chans", self.in_chans as u64, 64)?;
+        limits::check_key("embed_dim", self.embed_dim as u64, 2048)?;
+        limits::check_key("num_classes", self.num_classes as u64, 1 << 20)?;
+        for s in 0..4 {
+            limits::check_key(&format!("depth[{s}]"), self.depth[s] as u64, 256)?;
+            limits::check_key(
+                &format!("num_heads[{s}]"),
+                self.num_heads[s] as u64,
+                self.dim(s) as u64,
+            )?;
+            limits::check_key(
+                &format!("split_size[{s}]"),
+                self.split_size[s] as u64,
+                self.resolution(s).max(1) as u64,
+            )?;
+        }
+        if !(self.mlp_ratio > 0.0 && self.mlp_ratio <= 64.0) {
+            return bad(format!("mlp_ratio {} is not in (0, 64]", self.mlp_ratio));
+        }
+        limits::check_elements(
+            "num_classes x 8 embed_dim",
+            &[self.num_classes, self.dim(3)],
+        )?;
         if !(self.mlp_ratio > 0.0
             && (self.hidden(0) as f64 - self.dim(0) as f64 * self.mlp_ratio).abs() < 1e-6)
         {
@@ -375,6 +400,31 @@ impl Geometry {
                 ),
             });
         }
+        let size = config.img_size as u64;
+        let (side, area) = (
+            limits::CSWIN_SIDE_FACTOR * size,
+            limits::CSWIN_IMAGE_AREA_FACTOR * size * size,
+        );
+        let batch_area = limits::CSWIN_BATCH_AREA_FACTOR * size * size;
+        let pixels = (h as u64).saturating_mul(w as u64);
+        if h as u64 > side || w as u64 > side || pixels > area {
+            return Err(Error::Input {
+                arg: "pixel_values".into(),
+                reason: format!(
+                    "images of {h}x{w} are over this model's limit (img_size {size}: sides up to \
+                     {side}, at most {area} pixels)"
+                ),
+            });
+        }
+        if pixels.saturating_mul(batch as u64) > batch_area {
+            return Err(Error::Input {
+                arg: "pixel_values".into(),
+                reason: format!(
+                    "a batch of {batch} images of {h}x{w} is over this model's limit of \
+                     {batch_area} pixels per forward (img_size {size}): split the batch"
+                ),
+            });
+        }
         let mut stages = [((h - 3) / 4 + 1, (w - 3) / 4 + 1); 4];
         for s in 1..4 {
             let (ph, pw) = stages[s - 1];
@@ -540,10 +590,15 @@ impl Cswin {
         Self::new(ctx, config, &weights)
     }
 
-    fn plan(&self, ctx: &Context, shape: &[usize]) -> Result<Arc<Plan>> {
+    /// Buffer plans kept for reuse (at most [`crate::models::MAX_IDLE_PLANS`]).
+    pub fn cached_plans(&self) -> usize {
+        self.plans.idle_count()
+    }
+
+    fn plan(&self, ctx: &Context, shape: &[usize]) -> Result<PlanLease<'_, Vec<usize>, Plan>> {
         let geometry = Geometry::new(&self.config, shape)?;
         self.plans
-            .get_or_make(shape.to_vec(), || Plan::new(ctx, &self.config, geometry))
+            .lease(shape.to_vec(), || Plan::new(ctx, &self.config, geometry))
     }
 
     /// Uploads `pixel_values` [B, C, H, W] and records the whole forward into `rec`.
@@ -553,8 +608,9 @@ impl Cswin {
         rec: &mut Recorder<'_>,
         pixel_values: &HostTensor,
         mut on_attention: impl FnMut(&mut Recorder<'_>, &Tensor),
-    ) -> Result<Arc<Plan>> {
+    ) -> Result<PlanLease<'_, Vec<usize>, Plan>> {
         let ctx = rec.context();
+        check_input(&self.config, pixel_values)?;
         let p = self.plan(ctx, &pixel_values.shape)?;
         p.pixels.write(ctx, &pixel_values.data)?;
         let (cfg, w) = (&self.config, &self.weights);
@@ -713,12 +769,28 @@ fn check_depths(config: &CswinConfig) -> Result<()> {
 /// Reads `config.json` and `model.safetensors` from a model folder.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn load_dir(dir: &std::path::Path) -> Result<(CswinConfig, CswinWeights<HostTensor>)> {
-    use crate::models::weights::read_file;
-    let json = read_file(&dir.join("config.json"))?;
-    let config = CswinConfig::from_json(&String::from_utf8_lossy(&json))?;
-    let weights =
-        CswinWeights::from_safetensors(&config, &read_file(&dir.join("model.safetensors"))?)?;
+    let config = load_config(dir)?;
+    let weights = load_weights(dir, &config)?;
     Ok((config, weights))
+}
+
+/// Reads and checks a model folder's `config.json`; errors name the file.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn load_config(dir: &std::path::Path) -> Result<CswinConfig> {
+    let path = dir.join("config.json");
+    let json = crate::io::read_bounded(&path, crate::limits::MAX_CONFIG_BYTES)?;
+    CswinConfig::from_json(&String::from_utf8_lossy(&json)).map_err(|e| e.in_file(&path))
+}
+
+/// Reads a model folder's `model.safetensors` for `config`; errors name the file.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn load_weights(
+    dir: &std::path::Path,
+    config: &CswinConfig,
+) -> Result<CswinWeights<HostTensor>> {
+    let path = dir.join("model.safetensors");
+    CswinWeights::from_safetensors(config, &crate::io::read_safetensors(&path)?)
+        .map_err(|e| e.in_file(&path))
 }
 
 /// The CPU forward, built only from the kernels' CPU twins.
@@ -729,6 +801,7 @@ pub fn forward_cpu(
     block0_attention: bool,
 ) -> Result<CswinOutput> {
     check_depths(config)?;
+    check_input(config, pixel_values)?;
     let g = Geometry::new(config, &pixel_values.shape)?;
     let b = g.batch;
     let eps = config.layer_norm_eps as f32;
@@ -859,7 +932,16 @@ pub fn pixel_values_from_safetensors(bytes: &[u8]) -> Result<HostTensor> {
         arg: "pixel_values".into(),
         reason: "missing from the input file".into(),
     })?;
-    file.get("pixel_values", &shape)
+    let pixels = file.get_f32("pixel_values", &shape)?;
+    pixels.check_finite("pixel_values")?;
+    Ok(pixels)
+}
+
+/// Checks `pixel_values` for a model before anything is allocated for it: its shape and size
+/// (within the model's limits) and that every value is finite.
+pub fn check_input(config: &CswinConfig, pixel_values: &HostTensor) -> Result<()> {
+    Geometry::new(config, &pixel_values.shape)?;
+    pixel_values.check_finite("pixel_values")
 }
 
 /// Class names from a config.json's `id2label` map (empty when it has none).

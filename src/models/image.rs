@@ -5,6 +5,7 @@
 use image::{DynamicImage, imageops::FilterType};
 
 use crate::error::{Error, Result};
+use crate::limits;
 use crate::reference::HostTensor;
 
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -15,32 +16,103 @@ pub fn crop_pct(size: usize) -> f64 {
     if size >= 384 { 1.0 } else { 0.9 }
 }
 
-/// Decodes an encoded image (JPEG, PNG, WebP, BMP).
-pub fn decode(bytes: &[u8], what: &str) -> Result<DynamicImage> {
-    image::load_from_memory(bytes).map_err(|e| Error::Input {
+fn input_error(what: &str, reason: String) -> Error {
+    Error::Input {
         arg: what.into(),
-        reason: format!("cannot decode image: {e}"),
+        reason,
+    }
+}
+
+/// Decodes an encoded image (JPEG, PNG, WebP, BMP) strictly and within bounds: sides up to
+/// [`limits::MAX_IMAGE_SIDE`], decoder memory up to [`limits::MAX_DECODE_BYTES`], both
+/// checked from the header before the pixels are decoded; a truncated or corrupt file is an
+/// error, not a partly grey picture.
+pub fn decode(bytes: &[u8], what: &str) -> Result<DynamicImage> {
+    let format = image::guess_format(bytes)
+        .map_err(|e| input_error(what, format!("cannot decode image: {e}")))?;
+    if format == image::ImageFormat::Jpeg {
+        check_jpeg_strictly(bytes, what)?;
+    }
+    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(limits::MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(limits::MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(limits::MAX_DECODE_BYTES);
+    reader.limits(limits);
+    reader.decode().map_err(|e| {
+        input_error(
+            what,
+            match e {
+                image::ImageError::Limits(_) => format!(
+                    "image is over the decoder's limits (sides up to {} pixels, {} MiB): {e}",
+                    limits::MAX_IMAGE_SIDE,
+                    limits::MAX_DECODE_BYTES >> 20
+                ),
+                _ => format!("cannot decode image: {e}"),
+            },
+        )
     })
+}
+
+/// `image` decodes JPEG leniently (a file cut short comes out grey at the bottom); decode it
+/// once in zune-jpeg's strict mode, which refuses truncated or corrupt entropy data.
+fn check_jpeg_strictly(bytes: &[u8], what: &str) -> Result<()> {
+    use zune_jpeg::zune_core::{
+        bytestream::ZCursor, colorspace::ColorSpace, options::DecoderOptions,
+    };
+    let side = limits::MAX_IMAGE_SIDE as usize;
+    let options = DecoderOptions::default()
+        .set_strict_mode(true)
+        .set_max_width(side)
+        .set_max_height(side)
+        .jpeg_set_out_colorspace(ColorSpace::RGB);
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+    decoder
+        .decode()
+        .map(|_| ())
+        .map_err(|e| input_error(what, format!("corrupt or truncated JPEG: {e:?}")))
+}
+
+/// The resize before the centre crop: the shorter side to `scale_size`, the other in
+/// proportion; refused when that image would be over [`limits::RESIZE_AREA_FACTOR`] squares.
+fn resize_target(width: u32, height: u32, scale_size: u32) -> Result<(u32, u32)> {
+    let (w, h) = (width as f64, height as f64);
+    let long = |ratio: f64| (ratio * scale_size as f64).round();
+    let (rw, rh) = if w <= h {
+        (scale_size as f64, long(h / w))
+    } else {
+        (long(w / h), scale_size as f64)
+    };
+    let budget = limits::RESIZE_AREA_FACTOR * scale_size as u64 * scale_size as u64;
+    if rw * rh > budget as f64 {
+        return Err(input_error(
+            "image",
+            format!(
+                "{width}x{height} has an aspect ratio over {}:1: resizing it to {rw}x{rh} for a \
+                 {scale_size}-pixel short side is over the {budget}-pixel budget",
+                limits::RESIZE_AREA_FACTOR
+            ),
+        ));
+    }
+    Ok((rw as u32, rh as u32))
 }
 
 /// One image as `pixel_values` [1, 3, size, size].
 pub fn imagenet_preprocess(img: &DynamicImage, size: usize) -> Result<HostTensor> {
     if size == 0 || img.width() == 0 || img.height() == 0 {
-        return Err(Error::Input {
-            arg: "image".into(),
-            reason: "empty image or size".into(),
-        });
+        return Err(input_error("image", "empty image or size".into()));
+    }
+    let max = limits::MAX_IMAGE_SIDE as usize;
+    if size > max {
+        return Err(input_error(
+            "size",
+            format!("{size} is over the maximum side of {max}"),
+        ));
     }
     let scale_size = (size as f64 / crop_pct(size)).floor() as u32;
-    let (w, h) = (img.width() as f64, img.height() as f64);
-    let (rw, rh) = if w <= h {
-        (scale_size, ((h / w) * scale_size as f64).round() as u32)
-    } else {
-        (((w / h) * scale_size as f64).round() as u32, scale_size)
-    };
-    let resized = img.to_rgb8();
+    let (rw, rh) = resize_target(img.width(), img.height(), scale_size)?;
     let resized = image::imageops::resize(
-        &resized,
+        &img.to_rgb8(),
         rw.max(size as u32),
         rh.max(size as u32),
         FilterType::CatmullRom,

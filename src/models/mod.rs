@@ -28,8 +28,6 @@ pub struct Conv2d<T> {
     pub bias: T,
 }
 
-use std::collections::HashMap;
-use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
 use crate::context::Context;
@@ -89,25 +87,85 @@ impl Conv2d<HostTensor> {
     }
 }
 
-/// Buffers planned once per input shape and reused by every later call with that shape.
-pub(crate) struct Plans<K, P>(Mutex<HashMap<K, Arc<P>>>);
+/// Idle plans kept for reuse, over all shapes; the least recently used go first.
+pub const MAX_IDLE_PLANS: usize = 4;
+
+/// Buffers planned per input shape and reused by later calls with that shape. A forward
+/// leases a plan for its whole run (inputs written, kernels recorded and submitted, outputs
+/// read back), so concurrent forwards never share buffers: a caller that finds every plan of
+/// its shape in use gets a new one. At most [`MAX_IDLE_PLANS`] idle plans are kept, so a
+/// stream of new shapes does not grow memory without bound.
+pub(crate) struct Plans<K, P>(Mutex<PlanPool<K, P>>);
+
+struct PlanPool<K, P> {
+    /// (key, plan), least recently used first.
+    idle: Vec<(K, Arc<P>)>,
+}
 
 impl<K, P> Default for Plans<K, P> {
     fn default() -> Self {
-        Self(Mutex::default())
+        Self(Mutex::new(PlanPool { idle: Vec::new() }))
     }
 }
 
-impl<K: Eq + Hash, P> Plans<K, P> {
-    /// The plan for `key`, made by `make` the first time.
-    pub(crate) fn get_or_make(&self, key: K, make: impl FnOnce() -> Result<P>) -> Result<Arc<P>> {
-        // A poisoned lock only means another thread panicked mid-insert; the map is still valid.
-        let mut plans = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(plan) = plans.get(&key) {
-            return Ok(plan.clone());
+impl<K, P> Plans<K, P> {
+    fn pool(&self) -> std::sync::MutexGuard<'_, PlanPool<K, P>> {
+        // A poisoned lock only means another thread panicked mid-update; the pool stays valid.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Idle plans held now.
+    pub(crate) fn idle_count(&self) -> usize {
+        self.pool().idle.len()
+    }
+}
+
+impl<K: Eq + Clone, P> Plans<K, P> {
+    /// Leases an idle plan for `key`, or one made by `make`.
+    pub(crate) fn lease(
+        &self,
+        key: K,
+        make: impl FnOnce() -> Result<P>,
+    ) -> Result<PlanLease<'_, K, P>> {
+        let found = {
+            let mut pool = self.pool();
+            let at = pool.idle.iter().rposition(|(k, _)| *k == key);
+            at.map(|i| pool.idle.remove(i).1)
+        };
+        let plan = match found {
+            Some(plan) => plan,
+            None => Arc::new(make()?),
+        };
+        Ok(PlanLease {
+            plans: self,
+            key: Some(key),
+            plan,
+        })
+    }
+}
+
+/// A plan in use by one forward; back in the pool when dropped.
+pub struct PlanLease<'a, K: Eq + Clone, P> {
+    plans: &'a Plans<K, P>,
+    key: Option<K>,
+    plan: Arc<P>,
+}
+
+impl<K: Eq + Clone, P> std::ops::Deref for PlanLease<'_, K, P> {
+    type Target = P;
+    fn deref(&self) -> &P {
+        &self.plan
+    }
+}
+
+impl<K: Eq + Clone, P> Drop for PlanLease<'_, K, P> {
+    fn drop(&mut self) {
+        let Some(key) = self.key.take() else { return };
+        let mut pool = self.plans.pool();
+        pool.idle.push((key, self.plan.clone()));
+        if pool.idle.len() > MAX_IDLE_PLANS {
+            let excess = pool.idle.len() - MAX_IDLE_PLANS;
+            pool.idle.drain(..excess);
         }
-        let plan = Arc::new(make()?);
-        plans.insert(key, plan.clone());
-        Ok(plan)
     }
 }

@@ -60,14 +60,17 @@ impl TextTokenizer {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn from_dir(dir: &std::path::Path, max_length: usize) -> Result<Self> {
         let path = dir.join("tokenizer.json");
-        let json = std::fs::read(&path).map_err(|source| Error::Io {
-            path: format!(
-                "{} (the model folder needs its tokenizer.json)",
-                path.display()
-            ),
-            source,
-        })?;
-        Self::from_bytes(&json, max_length)
+        let json = match crate::io::read_bounded(&path, crate::limits::MAX_TOKENIZER_BYTES) {
+            Err(Error::Io { source, .. }) => Err(Error::Io {
+                path: format!(
+                    "{} (the model folder needs its tokenizer.json)",
+                    path.display()
+                ),
+                source,
+            }),
+            other => other,
+        }?;
+        Self::from_bytes(&json, max_length).map_err(|e| e.in_file(&path))
     }
 
     /// Tokenizes single texts.

@@ -60,8 +60,22 @@ impl<'a> Weights<'a> {
         self.resolve(key).is_some()
     }
 
-    /// The tensor `key` as f32 (from f32, f16 or bf16), which must have exactly `shape`.
+    /// The weight `key` as f32 (from f32, f16 or bf16), which must have exactly `shape` and
+    /// hold only finite values.
     pub fn get(&mut self, key: &str, shape: &[usize]) -> Result<HostTensor> {
+        let t = self.get_f32(key, shape)?;
+        match t.first_non_finite() {
+            None => Ok(t),
+            Some((i, v)) => Err(Error::Weights {
+                key: self.resolve(key).unwrap_or_else(|| key.to_string()),
+                reason: format!("{v} at flat index {i}: weights must be finite"),
+            }),
+        }
+    }
+
+    /// The tensor `key` as f32 (from f32, f16 or bf16), which must have exactly `shape`;
+    /// values are not checked.
+    pub fn get_f32(&mut self, key: &str, shape: &[usize]) -> Result<HostTensor> {
         let name = self.resolve(key).ok_or_else(|| Error::Weights {
             key: key.to_string(),
             reason: if self.prefix.is_empty() {
@@ -153,15 +167,6 @@ impl<'a> Weights<'a> {
         keys.sort();
         keys
     }
-}
-
-/// Reads a whole file, naming it in the error.
-#[cfg(not(target_arch = "wasm32"))]
-pub fn read_file(path: &std::path::Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    })
 }
 
 /// Uploads a host tensor, labelled with its checkpoint name.

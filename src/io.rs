@@ -1,0 +1,291 @@
+//! Files in and out, bounded and atomic: every read is capped (by the file's own declared size
+//! for safetensors, by a fixed budget otherwise) before anything is allocated, and every write
+//! goes to a temporary file beside the target that is synced and renamed over it, so a failed
+//! write leaves the old file intact.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+
+use crate::error::{Error, Result};
+use crate::limits;
+
+fn io_error(path: &Path, source: std::io::Error) -> Error {
+    Error::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn too_large(path: &Path, what: &str, size: u64, limit: u64) -> Error {
+    Error::Input {
+        arg: path.display().to_string(),
+        reason: format!("{what} of {size} bytes is over the limit of {limit} bytes"),
+    }
+}
+
+/// Reads a whole file of at most `max_bytes`. A regular file over the limit is refused from
+/// its metadata; a stream (a pipe, `/dev/zero`) is read until it ends or passes the limit.
+pub fn read_bounded(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
+    let mut file = File::open(path).map_err(|e| io_error(path, e))?;
+    let meta = file.metadata().map_err(|e| io_error(path, e))?;
+    if meta.is_dir() {
+        return Err(io_error(
+            path,
+            std::io::Error::other("is a directory, not a file"),
+        ));
+    }
+    if meta.is_file() && meta.len() > max_bytes {
+        return Err(too_large(path, "file", meta.len(), max_bytes));
+    }
+    let capacity = if meta.is_file() { meta.len() } else { 0 };
+    let mut bytes = Vec::with_capacity(capacity as usize);
+    (&mut file)
+        .take(max_bytes + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| io_error(path, e))?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(too_large(path, "input", bytes.len() as u64, max_bytes));
+    }
+    Ok(bytes)
+}
+
+/// What a safetensors header declares, read without building a map of its entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderSummary {
+    /// Tensors listed (`__metadata__` not counted).
+    pub tensors: usize,
+    /// The largest `data_offsets` end: the byte size of the data section.
+    pub data_len: u64,
+}
+
+/// Checks a safetensors header (the JSON after the 8-byte length) against the limits: at most
+/// [`limits::MAX_TENSORS`] entries, each with two ordered `data_offsets`. Stops at the first
+/// entry over the limit, so a hostile header costs no more than its own bytes.
+pub fn summarize_header(header: &[u8]) -> std::result::Result<HeaderSummary, String> {
+    let mut de = serde_json::Deserializer::from_slice(header);
+    let summary = HeaderVisitor
+        .deserialize(&mut de)
+        .map_err(|e| e.to_string())?;
+    de.end().map_err(|e| e.to_string())?;
+    Ok(summary)
+}
+
+struct HeaderVisitor;
+
+impl<'de> DeserializeSeed<'de> for HeaderVisitor {
+    type Value = HeaderSummary;
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Entry {
+    data_offsets: (u64, u64),
+}
+
+impl<'de> Visitor<'de> for HeaderVisitor {
+    type Value = HeaderSummary;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a safetensors header (a JSON object of tensors)")
+    }
+    fn visit_map<A: MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let mut summary = HeaderSummary {
+            tensors: 0,
+            data_len: 0,
+        };
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key == "__metadata__" {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            }
+            summary.tensors += 1;
+            if summary.tensors > limits::MAX_TENSORS {
+                return Err(de::Error::custom(format!(
+                    "more than {} tensors",
+                    limits::MAX_TENSORS
+                )));
+            }
+            let Entry {
+                data_offsets: (begin, end),
+            } = map.next_value()?;
+            if begin > end {
+                return Err(de::Error::custom(format!(
+                    "tensor `{key}` has data_offsets [{begin}, {end}] out of order"
+                )));
+            }
+            summary.data_len = summary.data_len.max(end);
+        }
+        Ok(summary)
+    }
+}
+
+/// Reads a safetensors file, bounded by its own declared size: the header (at most
+/// [`limits::MAX_HEADER_BYTES`]) is read and checked first, then exactly the data it
+/// declares. A file shorter or longer than it declares is an error naming the file.
+pub fn read_safetensors(path: &Path) -> Result<Vec<u8>> {
+    let bad = Error::Format;
+    let in_file = |e: Error| e.in_file(path);
+    let mut file = File::open(path).map_err(|e| io_error(path, e))?;
+    let meta = file.metadata().map_err(|e| io_error(path, e))?;
+    if meta.is_dir() {
+        return Err(io_error(
+            path,
+            std::io::Error::other("is a directory, not a file"),
+        ));
+    }
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|_| {
+        in_file(bad(
+            "not a safetensors file: shorter than its 8-byte header length".into(),
+        ))
+    })?;
+    let n = u64::from_le_bytes(len);
+    if n == 0 || n > limits::MAX_HEADER_BYTES {
+        return Err(in_file(bad(format!(
+            "not a safetensors file: header length {n} (must be 1..={} bytes)",
+            limits::MAX_HEADER_BYTES
+        ))));
+    }
+    if meta.is_file() && 8 + n > meta.len() {
+        return Err(in_file(bad(format!(
+            "truncated: the header declares {n} bytes but the file has {}",
+            meta.len()
+        ))));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header)
+        .map_err(|_| in_file(bad(format!("truncated: the header declares {n} bytes"))))?;
+    let summary =
+        summarize_header(&header).map_err(|e| in_file(bad(format!("invalid header: {e}"))))?;
+    let total = 8 + n + summary.data_len;
+    if meta.is_file() && meta.len() != total {
+        return Err(in_file(bad(format!(
+            "the header declares {total} bytes in all but the file has {} ({})",
+            meta.len(),
+            if meta.len() < total {
+                "truncated"
+            } else {
+                "trailing bytes"
+            }
+        ))));
+    }
+    let capacity = if meta.is_file() { total } else { 8 + n };
+    let mut bytes = Vec::with_capacity(capacity as usize);
+    bytes.extend_from_slice(&len);
+    bytes.extend_from_slice(&header);
+    (&mut file)
+        .take(summary.data_len)
+        .read_to_end(&mut bytes)
+        .map_err(|e| io_error(path, e))?;
+    if (bytes.len() as u64) < total {
+        return Err(in_file(bad(format!(
+            "truncated: the header declares {total} bytes, only {} could be read",
+            bytes.len()
+        ))));
+    }
+    Ok(bytes)
+}
+
+/// Checks that `path` can be written atomically: its folder exists and takes a new file, and
+/// `path` is not a folder. Run before the work whose result goes there.
+pub fn check_writable(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        return Err(io_error(
+            path,
+            std::io::Error::other("is a directory; give a file name"),
+        ));
+    }
+    let (tmp, file) = create_temp(path)?;
+    drop(file);
+    std::fs::remove_file(&tmp).map_err(|e| io_error(&tmp, e))
+}
+
+/// True when `a` and `b` name the same existing file (hard links and `./x` vs `x` included).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (std::fs::metadata(a), std::fs::metadata(b)) {
+            (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+fn create_temp(path: &Path) -> Result<(PathBuf, File)> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| io_error(path, std::io::Error::other("has no file name")))?
+        .to_string_lossy();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    for attempt in 0..16u32 {
+        let tmp = dir.join(format!(
+            ".{name}.{}.{nanos:x}{attempt}.tmp",
+            std::process::id()
+        ));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+        {
+            Ok(file) => return Ok((tmp, file)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io_error(path, e)),
+        }
+    }
+    Err(io_error(
+        path,
+        std::io::Error::other("could not create a temporary file beside it"),
+    ))
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder, written, synced,
+/// then renamed over `path` (and the folder synced). On any failure the temporary file is
+/// removed and whatever was at `path` before is left as it was.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let (tmp, mut file) = create_temp(path)?;
+    let written = file
+        .write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| {
+            drop(file);
+            std::fs::rename(&tmp, path)
+        });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_error(path, e));
+    }
+    #[cfg(unix)]
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
