@@ -7,10 +7,8 @@ use backbone::{Context, Recorder};
 use common::*;
 
 #[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
 fn pipelines_are_compiled_once_per_specialisation() {
-    if gpu().is_none() {
-        return;
-    }
     // A context of its own, so other tests' pipelines do not count.
     let ctx = Context::from_env_blocking().expect("context");
     let mut r = rng(1);
@@ -40,8 +38,9 @@ fn pipelines_are_compiled_once_per_specialisation() {
 }
 
 #[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
 fn capabilities_name_the_adapter() {
-    let Some(ctx) = gpu() else { return };
+    let ctx = ctx();
     let caps = ctx.capabilities();
     let shown = caps.to_string();
     assert!(shown.contains(&caps.adapter.name), "{shown}");
@@ -49,8 +48,9 @@ fn capabilities_name_the_adapter() {
 }
 
 #[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
 fn timed_recorder_reports_each_pass() {
-    let Some(ctx) = gpu() else { return };
+    let ctx = ctx();
     let mut r = rng(2);
     let x = upload(ctx, &random_host(&mut r, &[64, 64], 1.0), "x");
     let y = empty(ctx, &[64, 64], "y");

@@ -11,8 +11,9 @@ fn tensor(ctx: &Context, shape: &[usize], label: &str) -> Tensor {
 }
 
 #[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
 fn matmul_shape_mismatch_names_the_argument() {
-    let Some(ctx) = gpu() else { return };
+    let ctx = ctx();
     let (x, w, y) = (
         tensor(ctx, &[4, 8], "x"),
         tensor(ctx, &[5, 9], "w"),
@@ -44,8 +45,9 @@ fn matmul_shape_mismatch_names_the_argument() {
 }
 
 #[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
 fn strided_matmul_view_past_the_end_is_rejected() {
-    let Some(ctx) = gpu() else { return };
+    let ctx = ctx();
     let (x, w, y) = (
         tensor(ctx, &[4, 8], "x"),
         tensor(ctx, &[5, 8], "w"),
@@ -59,8 +61,9 @@ fn strided_matmul_view_past_the_end_is_rejected() {
 }
 
 #[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
 fn wrong_dtype_is_rejected() {
-    let Some(ctx) = gpu() else { return };
+    let ctx = ctx();
     let ids = Tensor::from_u32(ctx, &[2, 3], &[0; 6], "ids").expect("upload");
     let y = tensor(ctx, &[2, 3], "y");
     let mut rec = Recorder::new(ctx);
@@ -79,8 +82,9 @@ fn wrong_dtype_is_rejected() {
 }
 
 #[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
 fn layer_norm_bad_gamma_and_eps() {
-    let Some(ctx) = gpu() else { return };
+    let ctx = ctx();
     let x = tensor(ctx, &[3, 16], "x");
     let (good, bad) = (tensor(ctx, &[16], "gamma"), tensor(ctx, &[15], "gamma"));
     let mut rec = Recorder::new(ctx);
@@ -101,8 +105,9 @@ fn token_id_past_the_vocabulary_is_an_error() {
 }
 
 #[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
 fn upload_with_wrong_length_is_an_error() {
-    let Some(ctx) = gpu() else { return };
+    let ctx = ctx();
     let err = Tensor::from_f32(ctx, &[2, 3], &[0.0; 5], "weights").unwrap_err();
     assert!(
         matches!(
@@ -121,10 +126,8 @@ fn upload_with_wrong_length_is_an_error() {
 /// A tensor bigger than the adapter's storage-binding limit is refused up front. The limit
 /// is capped to 1 MiB here so the test needs no huge allocation.
 #[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
 fn tensor_over_the_binding_limit_is_an_error() {
-    if gpu().is_none() {
-        return;
-    }
     let mut options = ContextOptions::from_env().expect("options");
     options.limit_cap = Some(wgpu::Limits {
         max_storage_buffer_binding_size: 1 << 20,
@@ -150,8 +153,9 @@ fn tensor_over_the_binding_limit_is_an_error() {
 }
 
 #[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
 fn dispatch_over_the_workgroup_grid_limit_is_an_error() {
-    let Some(ctx) = gpu() else { return };
+    let ctx = ctx();
     let batch = ctx.limits().max_compute_workgroups_per_dimension as usize + 1;
     let (x, w, y) = (
         tensor(ctx, &[batch, 1, 1], "x"),
@@ -174,8 +178,9 @@ fn dispatch_over_the_workgroup_grid_limit_is_an_error() {
 
 /// wgpu validation errors raised while recording come back from `submit` as `Error::Gpu`.
 #[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
 fn wgpu_validation_error_is_returned_not_panicked() {
-    let Some(ctx) = gpu() else { return };
+    let ctx = ctx();
     let mut rec = Recorder::new(ctx);
     // MAP_READ may only be combined with COPY_DST: wgpu reports a validation error.
     rec.encode_raw(|device, _| {

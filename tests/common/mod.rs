@@ -7,29 +7,45 @@ use backbone::reference::HostTensor;
 use backbone::{Context, DType, Tensor};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-/// Set to 1 to skip GPU tests on a machine without any adapter (not even lavapipe).
+/// Set to 1 on a machine without any adapter (not even lavapipe): build.rs then sets
+/// `cfg(skip_gpu_tests)` and every GPU test, marked
+/// `#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]`, is
+/// reported as ignored (never as passed with nothing compared).
 pub const SKIP_VAR: &str = "BACKBONE_SKIP_GPU_TESTS";
 
-/// The shared GPU context, or `None` when the user opted out. Without an adapter (and no
-/// opt-out) this fails loudly: GPU tests never skip silently.
-pub fn gpu() -> Option<&'static Context> {
-    static CTX: OnceLock<Option<Context>> = OnceLock::new();
-    CTX.get_or_init(|| {
-        if std::env::var(SKIP_VAR).is_ok_and(|v| v == "1") {
-            eprintln!("backbone tests: GPU tests skipped ({SKIP_VAR}=1)");
-            return None;
+/// The adapter's context, opened once per test binary (or why it could not be).
+fn shared_context() -> &'static Result<Context, String> {
+    static CTX: OnceLock<Result<Context, String>> = OnceLock::new();
+    CTX.get_or_init(|| match Context::from_env_blocking() {
+        Ok(ctx) => {
+            eprintln!("backbone tests: adapter = {}", ctx.capabilities());
+            Ok(ctx)
         }
-        match Context::from_env_blocking() {
-            Ok(ctx) => {
-                eprintln!("backbone tests: adapter = {}", ctx.capabilities());
-                Some(ctx)
-            }
-            Err(e) => panic!(
-                "GPU tests need an adapter: {e}\n(set {SKIP_VAR}=1 to skip them on a machine without one)"
-            ),
-        }
+        Err(e) => Err(e.to_string()),
     })
-    .as_ref()
+}
+
+/// The shared GPU context for a GPU test (one marked ignored under `cfg(skip_gpu_tests)`).
+/// Without an adapter this fails loudly: GPU tests never pass silently.
+pub fn ctx() -> &'static Context {
+    match shared_context() {
+        Ok(ctx) => ctx,
+        Err(e) => panic!(
+            "GPU tests need an adapter: {e}\n(set {SKIP_VAR}=1 on a machine without one: the GPU \
+             tests are then reported as ignored)"
+        ),
+    }
+}
+
+/// The old opt-out form, for callers that run a GPU part only when one is wanted: `None` when
+/// `BACKBONE_SKIP_GPU_TESTS=1`, else the context of [`ctx`] (panicking without an adapter).
+/// Prefer [`ctx`] in a test marked ignored under `cfg(skip_gpu_tests)`.
+pub fn gpu() -> Option<&'static Context> {
+    if std::env::var(SKIP_VAR).is_ok_and(|v| v == "1") {
+        eprintln!("backbone tests: GPU part skipped ({SKIP_VAR}=1)");
+        return None;
+    }
+    Some(ctx())
 }
 
 pub fn rng(seed: u64) -> StdRng {
@@ -60,6 +76,23 @@ pub fn upload_u32(ctx: &Context, t: &HostTensor<u32>, label: &str) -> Tensor {
 
 pub fn empty(ctx: &Context, shape: &[usize], label: &str) -> Tensor {
     Tensor::empty(ctx, shape, DType::F32, label).expect("allocate")
+}
+
+/// An f32 output tensor filled with NaN: an element the kernel fails to write (a skipped zero
+/// result, a lost tail) stays NaN, and [`assert_close`] fails on it.
+pub fn nan_filled(ctx: &Context, shape: &[usize], label: &str) -> Tensor {
+    let n: usize = shape.iter().product();
+    Tensor::from_f32(ctx, shape, &vec![f32::NAN; n], label).expect("upload NaN-filled output")
+}
+
+/// A host output filled with NaN, so a CPU twin is checked to write every element too.
+pub fn nan_host(shape: &[usize]) -> HostTensor {
+    host(shape, vec![f32::NAN; shape.iter().product()])
+}
+
+/// Reads an f32 tensor back.
+pub fn read_f32(ctx: &Context, t: &Tensor) -> Vec<f32> {
+    t.read_f32_blocking(ctx).expect("read back")
 }
 
 /// Asserts `|gpu - cpu| <= atol + rtol * |cpu|` everywhere; on failure names the first bad
@@ -189,4 +222,114 @@ pub fn checkpoint_tensors(fixture_name: &str) -> Vec<(String, HostTensor)> {
 pub fn checkpoint_bytes(tensors: &[(String, HostTensor)]) -> Vec<u8> {
     let refs: Vec<(&str, &HostTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     backbone::models::weights::to_safetensors(&refs).expect("serialize")
+}
+
+/// One tensor's float32-vs-float64 deviation, as the fixture generator recorded it in
+/// `tests/fixtures/<name>/tolerance.json` (the PyTorch float32 run against the same weights and
+/// input in float64).
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+pub struct Deviation {
+    pub max_abs_diff: f64,
+    pub max_abs_ref: f64,
+    pub rel_l2: f64,
+}
+
+/// A fixture's `tolerance.json`.
+#[derive(Debug, serde::Deserialize)]
+pub struct Tolerances {
+    tensors: std::collections::BTreeMap<String, Deviation>,
+}
+
+/// How far a path may drift from the golden output, relative to the recorded float32 error.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    /// Bound on max |got - golden| as a multiple of the recorded `max_abs_diff`.
+    pub max_abs: f64,
+    /// Bound on ||got - golden|| / ||golden|| as a multiple of the recorded `rel_l2`.
+    pub rel_l2: f64,
+}
+
+/// The GPU path (float32, its own summation orders) against the golden float32 outputs.
+/// Measured on lavapipe: at most 2.7x the recorded max-abs deviation (cswin-micro-s3full
+/// logits) and 1.8x the recorded relative L2, so the worst error / bound ratio is 0.34; an
+/// error 3x the worst seen today fails.
+pub const GPU_BUDGET: Budget = Budget {
+    max_abs: 8.0,
+    rel_l2: 8.0,
+};
+/// The CPU path accumulates in float64, so it sits about as far from the golden float32 file
+/// as that file sits from the float64 truth: measured at most 1.2x the recorded max-abs
+/// deviation and 1.14x the recorded relative L2 (worst ratio 0.30).
+pub const CPU_BUDGET: Budget = Budget {
+    max_abs: 4.0,
+    rel_l2: 4.0,
+};
+
+/// The floor under a max-abs bound, in float32 epsilons of the tensor's largest value
+/// (`max_abs_ref`), i.e. about two units in the last place of that value. A correct float32
+/// result can be half an ulp off per rounding however it sums, so a tensor whose recorded
+/// deviation is tiny (under half an ulp of its largest value, when the golden run happened to
+/// round well) still gets a bound it can meet. No fixture tensor needs it today (the smallest
+/// recorded deviation is 1.0 epsilon of its largest value, so 4x that is above the floor).
+pub const FLOOR_EPS_OF_MAX: f64 = 2.0;
+/// The floor under a relative-L2 bound (float32 epsilon is 1.2e-7; the smallest recorded
+/// relative L2 is 7.2e-8).
+pub const REL_L2_FLOOR: f64 = 1e-7;
+
+impl Tolerances {
+    pub fn load(fixture_name: &str) -> Self {
+        let path = fixture(fixture_name).join("tolerance.json");
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// The recorded deviation of `key`; panics when the fixture has none (a new output needs
+    /// its own recorded deviation, not a borrowed one).
+    pub fn get(&self, key: &str) -> Deviation {
+        *self.tensors.get(key).unwrap_or_else(|| {
+            panic!(
+                "tolerance.json has no entry {key:?} (has {:?})",
+                self.tensors.keys().collect::<Vec<_>>()
+            )
+        })
+    }
+
+    /// Checks `got` against the golden `want` within `budget` times the recorded deviation of
+    /// `key` (floored, see [`FLOOR_EPS_OF_MAX`], [`REL_L2_FLOOR`]); prints the measured error,
+    /// the bound and their ratio, and returns the larger of the two ratios. A failure names the
+    /// first index over the max-abs bound.
+    pub fn check(&self, what: &str, key: &str, got: &[f32], want: &[f32], budget: Budget) -> f64 {
+        let dev = self.get(key);
+        let floor = FLOOR_EPS_OF_MAX * f32::EPSILON as f64 * dev.max_abs_ref;
+        let abs_bound = (budget.max_abs * dev.max_abs_diff).max(floor);
+        let rel_bound = (budget.rel_l2 * dev.rel_l2).max(REL_L2_FLOOR);
+        assert_eq!(got.len(), want.len(), "{what}: {key}: length differs");
+        let worst = got
+            .iter()
+            .zip(want)
+            .map(|(&g, &w)| {
+                let e = (g as f64 - w as f64).abs();
+                if e.is_nan() { f64::INFINITY } else { e }
+            })
+            .fold(0.0, f64::max);
+        let rel = rel_l2(got, want);
+        let (abs_ratio, rel_ratio) = (worst / abs_bound, rel / rel_bound);
+        eprintln!(
+            "{what}: {key}: max abs {worst:.3e} = {:.2}x recorded {:.3e}, bound {abs_bound:.3e} \
+             (ratio {abs_ratio:.3}); rel L2 {rel:.3e} = {:.2}x recorded {:.3e}, bound \
+             {rel_bound:.3e} (ratio {rel_ratio:.3})",
+            worst / dev.max_abs_diff,
+            dev.max_abs_diff,
+            rel / dev.rel_l2,
+            dev.rel_l2,
+        );
+        assert_close(&format!("{what}: {key}"), got, want, abs_bound as f32, 0.0);
+        assert!(
+            rel <= rel_bound,
+            "{what}: {key}: relative L2 {rel:.3e} > {rel_bound:.3e} ({}x recorded {:.3e})",
+            budget.rel_l2,
+            dev.rel_l2
+        );
+        abs_ratio.max(rel_ratio)
+    }
 }
