@@ -1,0 +1,279 @@
+//! The GPU forward: weights uploaded once, buffers leased per (batch, seq), one submission.
+
+
+use super::{BertConfig, BertInput, BertOutput, BertWeights, pooler_problem};
+use crate::context::Context;
+use crate::error::Result;
+use crate::kernels::{self, Epilogue};
+use crate::models::{PlanLease, Plans};
+use crate::pipeline::Recorder;
+use crate::reference::HostTensor;
+use crate::tensor::{DType, Tensor};
+
+/// A BERT encoder on the GPU: weights uploaded once, pipelines cached by the context, and
+/// intermediate buffers planned once per (batch, seq) and reused.
+pub struct Bert {
+    pub config: BertConfig,
+    weights: BertWeights<Tensor>,
+    plans: Plans<(usize, usize), Plan>,
+}
+
+/// Buffers for one (batch, seq).
+pub struct Plan {
+    batch: usize,
+    seq: usize,
+    input_ids: Tensor,
+    position_ids: Tensor,
+    token_type_ids: Tensor,
+    mask: Tensor,
+    word: Tensor,
+    position: Tensor,
+    token_type: Tensor,
+    word_position: Tensor,
+    hidden: Tensor,
+    qkv: Tensor,
+    context: Tensor,
+    attention_sum: Tensor,
+    attention_out: Tensor,
+    intermediate: Tensor,
+    output_sum: Tensor,
+    pooled: Tensor,
+    sentence_embedding: Tensor,
+    pooler_output: Tensor,
+}
+
+impl Plan {
+    fn new(ctx: &Context, config: &BertConfig, batch: usize, seq: usize) -> Result<Self> {
+        let (c, i) = (config.hidden_size, config.intermediate_size);
+        let f32s = |shape: &[usize], label: &str| Tensor::empty(ctx, shape, DType::F32, label);
+        let u32s = |label: &str| Tensor::empty(ctx, &[batch, seq], DType::U32, label);
+        let btc = [batch, seq, c];
+        Ok(Self {
+            batch,
+            seq,
+            input_ids: u32s("input_ids")?,
+            position_ids: u32s("position_ids")?,
+            token_type_ids: u32s("token_type_ids")?,
+            mask: u32s("attention_mask")?,
+            word: f32s(&btc, "word")?,
+            position: f32s(&btc, "position")?,
+            token_type: f32s(&btc, "token_type")?,
+            word_position: f32s(&btc, "word_position")?,
+            hidden: f32s(&btc, "hidden")?,
+            qkv: f32s(&[batch, seq, 3 * c], "qkv")?,
+            context: f32s(&btc, "context")?,
+            attention_sum: f32s(&btc, "attention_sum")?,
+            attention_out: f32s(&btc, "attention_out")?,
+            intermediate: f32s(&[batch, seq, i], "intermediate")?,
+            output_sum: f32s(&btc, "output_sum")?,
+            pooled: f32s(&[batch, c], "pooled")?,
+            sentence_embedding: f32s(&[batch, c], "sentence_embedding")?,
+            pooler_output: f32s(&[batch, c], "pooler_output")?,
+        })
+    }
+}
+
+impl Bert {
+    /// Uploads host weights.
+    pub fn new(
+        ctx: &Context,
+        config: BertConfig,
+        weights: &BertWeights<HostTensor>,
+    ) -> Result<Self> {
+        Ok(Self {
+            weights: weights.upload(ctx)?,
+            config,
+            plans: Plans::default(),
+        })
+    }
+
+    /// Loads `config.json` and `model.safetensors` from a Hugging Face model folder.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn from_dir(ctx: &Context, dir: &std::path::Path) -> Result<Self> {
+        let (config, weights) = super::load_dir(dir)?;
+        Self::new(ctx, config, &weights)
+    }
+
+    pub fn has_pooler(&self) -> bool {
+        self.weights.pooler.is_some()
+    }
+
+    /// Buffer plans kept for reuse (at most [`crate::models::MAX_IDLE_PLANS`]).
+    pub fn cached_plans(&self) -> usize {
+        self.plans.idle_count()
+    }
+
+    fn plan(
+        &self,
+        ctx: &Context,
+        batch: usize,
+        seq: usize,
+    ) -> Result<PlanLease<'_, (usize, usize), Plan>> {
+        self.plans
+            .lease((batch, seq), || Plan::new(ctx, &self.config, batch, seq))
+    }
+
+    /// Validates and uploads `input`, then records the whole forward into `rec`. Returns the
+    /// plan whose output tensors hold the results once `rec` is submitted. `after_layer` is
+    /// called with the hidden state after the embeddings and after each layer (to copy it).
+    pub fn record(
+        &self,
+        rec: &mut Recorder<'_>,
+        input: &BertInput,
+        mut after_layer: impl FnMut(&mut Recorder<'_>, usize, &Tensor),
+    ) -> Result<PlanLease<'_, (usize, usize), Plan>> {
+        let ctx = rec.context();
+        input.validate(&self.config)?;
+        let p = self.plan(ctx, input.batch, input.seq)?;
+        p.input_ids.write(ctx, &input.input_ids)?;
+        p.position_ids.write(ctx, &input.position_ids())?;
+        p.token_type_ids.write(ctx, &input.token_type_ids)?;
+        p.mask.write(ctx, &input.attention_mask)?;
+
+        let (cfg, w) = (&self.config, &self.weights);
+        let eps = cfg.layer_norm_eps as f32;
+        // Embeddings: word + position + token type, then LayerNorm.
+        let e = &w.embeddings;
+        kernels::embedding(rec, &p.input_ids, &e.word_embeddings, &p.word)?;
+        kernels::embedding(rec, &p.position_ids, &e.position_embeddings, &p.position)?;
+        kernels::embedding(
+            rec,
+            &p.token_type_ids,
+            &e.token_type_embeddings,
+            &p.token_type,
+        )?;
+        kernels::add(rec, &p.word, &p.position, &p.word_position)?;
+        let ln = &e.layer_norm;
+        kernels::layer_norm(
+            rec,
+            &p.word_position,
+            Some(&p.token_type),
+            &ln.weight,
+            &ln.bias,
+            eps,
+            &p.hidden,
+        )?;
+        after_layer(rec, 0, &p.hidden);
+
+        for (l, layer) in w.layers.iter().enumerate() {
+            // Self-attention: fused QKV projection, fused attention, output projection + residual, norm.
+            let qkv = Epilogue::none().bias(&layer.qkv.bias);
+            kernels::matmul(rec, &p.hidden, &layer.qkv.weight, &p.qkv, qkv)?;
+            kernels::attention(rec, &p.qkv, &p.mask, cfg.num_attention_heads, &p.context)?;
+            let out = Epilogue::none()
+                .bias(&layer.attention_output.bias)
+                .residual(&p.hidden);
+            kernels::matmul(
+                rec,
+                &p.context,
+                &layer.attention_output.weight,
+                &p.attention_sum,
+                out,
+            )?;
+            let n = &layer.attention_norm;
+            kernels::layer_norm(
+                rec,
+                &p.attention_sum,
+                None,
+                &n.weight,
+                &n.bias,
+                eps,
+                &p.attention_out,
+            )?;
+            // Feed-forward: up + GELU, down + residual, norm.
+            let up = Epilogue::none().bias(&layer.intermediate.bias).gelu();
+            kernels::matmul(
+                rec,
+                &p.attention_out,
+                &layer.intermediate.weight,
+                &p.intermediate,
+                up,
+            )?;
+            let down = Epilogue::none()
+                .bias(&layer.output.bias)
+                .residual(&p.attention_out);
+            kernels::matmul(
+                rec,
+                &p.intermediate,
+                &layer.output.weight,
+                &p.output_sum,
+                down,
+            )?;
+            let n = &layer.output_norm;
+            kernels::layer_norm(rec, &p.output_sum, None, &n.weight, &n.bias, eps, &p.hidden)?;
+            after_layer(rec, l + 1, &p.hidden);
+        }
+
+        if let Some(pooler) = &w.pooler {
+            let problem = pooler_problem(p.batch, p.seq, cfg.hidden_size);
+            let ep = Epilogue::none().bias(&pooler.bias).tanh();
+            kernels::matmul_strided(
+                rec,
+                &p.hidden,
+                &pooler.weight,
+                &p.pooler_output,
+                ep,
+                &problem,
+            )?;
+        }
+        kernels::mean_pool(rec, &p.hidden, &p.mask, &p.pooled)?;
+        kernels::l2_normalize(rec, &p.pooled, &p.sentence_embedding)?;
+        Ok(p)
+    }
+
+    /// Runs the encoder on the GPU: one command encoder, one submission.
+    pub async fn forward(
+        &self,
+        ctx: &Context,
+        input: &BertInput,
+        hidden_states: bool,
+    ) -> Result<BertOutput> {
+        let mut rec = Recorder::new(ctx);
+        let mut copies = Vec::new();
+        let plan = self.record(&mut rec, input, |rec, _, h| {
+            if hidden_states {
+                copies.push(rec.copy_of(h, "hidden_state"));
+            }
+        })?;
+        let copies = copies.into_iter().collect::<Result<Vec<_>>>()?;
+        rec.submit().await?;
+        let mut states = Vec::new();
+        for copy in &copies {
+            states.push(copy.read_host(ctx).await?);
+        }
+        Ok(BertOutput {
+            last_hidden_state: plan.hidden.read_host(ctx).await?,
+            pooler_output: match self.has_pooler() {
+                true => Some(plan.pooler_output.read_host(ctx).await?),
+                false => None,
+            },
+            sentence_embedding: plan.sentence_embedding.read_host(ctx).await?,
+            hidden_states: states,
+        })
+    }
+
+    /// [`Bert::forward`], blocking (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn forward_blocking(
+        &self,
+        ctx: &Context,
+        input: &BertInput,
+        hidden_states: bool,
+    ) -> Result<BertOutput> {
+        pollster::block_on(self.forward(ctx, input, hidden_states))
+    }
+
+    /// Records and submits a forward with a timestamp around every pass; returns the pass
+    /// times (empty without timestamp queries). For benchmarks.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn forward_timed(
+        &self,
+        ctx: &Context,
+        input: &BertInput,
+    ) -> Result<Vec<crate::pipeline::PassTime>> {
+        let passes = 6 + 7 * self.config.num_hidden_layers as u32 + 3;
+        let mut rec = Recorder::with_timing(ctx, passes);
+        self.record(&mut rec, input, |_, _, _| {})?;
+        rec.submit_blocking()
+    }
+}

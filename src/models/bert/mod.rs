@@ -1,0 +1,73 @@
+//! BERT-family encoders from Hugging Face checkpoints (`config.json` + `model.safetensors`),
+//! mirroring `transformers`' `BertModel` (modeling_bert.py): embeddings, post-norm encoder
+//! layers, pooler, plus sentence-transformers' mean pooling and L2 normalisation.
+//!
+//! The Rust tree follows the checkpoint keys; the one change is that query, key and value
+//! are fused into one [3C, C] projection at load time, so attention reads Q, K and V from a
+//! single matmul output.
+
+mod config;
+mod cpu;
+mod gpu;
+mod input;
+mod weights;
+
+pub use crate::models::{LayerNorm, Linear};
+pub use config::BertConfig;
+pub use cpu::forward_cpu;
+pub use gpu::{Bert, Plan};
+pub use input::BertInput;
+pub use weights::{BertEmbeddings, BertLayer, BertWeights};
+#[cfg(not(target_arch = "wasm32"))]
+pub use weights::{load_config, load_dir, load_weights};
+
+use crate::error::Result;
+use crate::kernels::{MatrixView, StridedMatmul, WLayout};
+use crate::reference::HostTensor;
+
+/// What a forward returns (host tensors).
+#[derive(Debug, Clone)]
+pub struct BertOutput {
+    /// [B, T, C]: the last layer's output.
+    pub last_hidden_state: HostTensor,
+    /// [B, C]: tanh(dense(h[:, 0])), when the checkpoint has a pooler.
+    pub pooler_output: Option<HostTensor>,
+    /// [B, C]: mean over real tokens, L2-normalised (sentence-transformers).
+    pub sentence_embedding: HostTensor,
+    /// Embedding output then each layer's output ([B, T, C] each), when requested.
+    pub hidden_states: Vec<HostTensor>,
+}
+
+impl BertOutput {
+    /// `last_hidden_state`, `pooler_output` (when present) and `sentence_embedding` as an F32
+    /// safetensors file.
+    pub fn to_safetensors(&self) -> Result<Vec<u8>> {
+        let mut tensors = vec![
+            ("last_hidden_state", &self.last_hidden_state),
+            ("sentence_embedding", &self.sentence_embedding),
+        ];
+        if let Some(p) = &self.pooler_output {
+            tensors.push(("pooler_output", p));
+        }
+        crate::models::weights::to_safetensors(&tensors)
+    }
+}
+
+/// The pooler's product reads row 0 of each sequence: X rows are `seq · C` apart.
+fn pooler_problem(batch: usize, seq: usize, c: usize) -> StridedMatmul {
+    StridedMatmul {
+        m: batch,
+        n: c,
+        k: c,
+        batch: [1, 1],
+        x: MatrixView {
+            offset: 0,
+            ld: seq * c,
+            outer_stride: 0,
+            inner_stride: 0,
+        },
+        w: MatrixView::contiguous(c, c),
+        w_layout: WLayout::NK,
+        y: MatrixView::contiguous(batch, c),
+    }
+}

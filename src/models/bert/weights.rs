@@ -1,0 +1,190 @@
+//! `BertModel`'s parameters under the checkpoint keys (Q, K, V fused at load), uploaded once.
+
+use super::BertConfig;
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::models::weights::{Weights, upload};
+use crate::models::{LayerNorm, Linear};
+use crate::reference::HostTensor;
+use crate::tensor::Tensor;
+
+/// `BertEmbeddings`.
+#[derive(Debug, Clone)]
+pub struct BertEmbeddings<T> {
+    pub word_embeddings: T,
+    pub position_embeddings: T,
+    pub token_type_embeddings: T,
+    pub layer_norm: LayerNorm<T>,
+}
+
+/// `BertLayer`: `attention.self.{query,key,value}` (fused as `qkv`), `attention.output`,
+/// `intermediate`, `output`.
+#[derive(Debug, Clone)]
+pub struct BertLayer<T> {
+    pub qkv: Linear<T>,
+    pub attention_output: Linear<T>,
+    pub attention_norm: LayerNorm<T>,
+    pub intermediate: Linear<T>,
+    pub output: Linear<T>,
+    pub output_norm: LayerNorm<T>,
+}
+
+/// `BertModel`'s parameters, on the host (`T = HostTensor`) or the GPU (`T = Tensor`).
+#[derive(Debug, Clone)]
+pub struct BertWeights<T> {
+    pub embeddings: BertEmbeddings<T>,
+    pub layers: Vec<BertLayer<T>>,
+    /// `pooler.dense`, when the checkpoint has one.
+    pub pooler: Option<Linear<T>>,
+}
+
+impl BertWeights<HostTensor> {
+    /// Loads and checks every tensor from safetensors bytes (keys with or without `bert.`;
+    /// f32, f16 or bf16). Unknown extra tensors are an error unless they belong to a task head
+    /// (`cls.*`, `classifier.*`, ...) or are the `position_ids` buffer.
+    pub fn from_safetensors(config: &BertConfig, bytes: &[u8]) -> Result<Self> {
+        let mut w = Weights::from_bytes(bytes)?.with_fallback_prefix("bert.");
+        let (c, i) = (config.hidden_size, config.intermediate_size);
+        let linear = Linear::load;
+        let norm = |w: &mut Weights, key: &str| LayerNorm::load(w, key, c);
+        let embeddings = BertEmbeddings {
+            word_embeddings: w.get("embeddings.word_embeddings.weight", &[config.vocab_size, c])?,
+            position_embeddings: w.get(
+                "embeddings.position_embeddings.weight",
+                &[config.max_position_embeddings, c],
+            )?,
+            token_type_embeddings: w.get(
+                "embeddings.token_type_embeddings.weight",
+                &[config.type_vocab_size, c],
+            )?,
+            layer_norm: norm(&mut w, "embeddings.LayerNorm")?,
+        };
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for l in 0..config.num_hidden_layers {
+            let p = format!("encoder.layer.{l}");
+            let q = linear(&mut w, &format!("{p}.attention.self.query"), c, c)?;
+            let k = linear(&mut w, &format!("{p}.attention.self.key"), c, c)?;
+            let v = linear(&mut w, &format!("{p}.attention.self.value"), c, c)?;
+            let qkv = Linear {
+                weight: concat_rows(&[&q.weight, &k.weight, &v.weight], &[3 * c, c])?,
+                bias: concat_rows(&[&q.bias, &k.bias, &v.bias], &[3 * c])?,
+            };
+            layers.push(BertLayer {
+                qkv,
+                attention_output: linear(&mut w, &format!("{p}.attention.output.dense"), c, c)?,
+                attention_norm: norm(&mut w, &format!("{p}.attention.output.LayerNorm"))?,
+                intermediate: linear(&mut w, &format!("{p}.intermediate.dense"), i, c)?,
+                output: linear(&mut w, &format!("{p}.output.dense"), c, i)?,
+                output_norm: norm(&mut w, &format!("{p}.output.LayerNorm"))?,
+            });
+        }
+        let pooler = if w.contains("pooler.dense.weight") {
+            Some(linear(&mut w, "pooler.dense", c, c)?)
+        } else {
+            None
+        };
+        let head = ["cls.", "classifier.", "qa_outputs.", "bert.pooler."];
+        let unused =
+            w.unused(|k| k.ends_with("position_ids") || head.iter().any(|h| k.starts_with(h)));
+        if let Some(key) = unused.first() {
+            return Err(Error::Weights {
+                key: key.clone(),
+                reason: format!(
+                    "not part of a BertModel with this config ({} unexpected tensors; more layers \
+                     than num_hidden_layers = {}?)",
+                    unused.len(),
+                    config.num_hidden_layers
+                ),
+            });
+        }
+        Ok(Self {
+            embeddings,
+            layers,
+            pooler,
+        })
+    }
+
+    /// The same weights in GPU buffers.
+    pub fn upload(&self, ctx: &Context) -> Result<BertWeights<Tensor>> {
+        let lin = |name: &str, l: &Linear<HostTensor>| l.upload(ctx, name);
+        let norm = |name: &str, n: &LayerNorm<HostTensor>| n.upload(ctx, name);
+        let e = &self.embeddings;
+        let embeddings = BertEmbeddings {
+            word_embeddings: upload(ctx, "embeddings.word_embeddings.weight", &e.word_embeddings)?,
+            position_embeddings: upload(
+                ctx,
+                "embeddings.position_embeddings.weight",
+                &e.position_embeddings,
+            )?,
+            token_type_embeddings: upload(
+                ctx,
+                "embeddings.token_type_embeddings.weight",
+                &e.token_type_embeddings,
+            )?,
+            layer_norm: norm("embeddings.LayerNorm", &e.layer_norm)?,
+        };
+        let layers = self
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let p = format!("encoder.layer.{i}");
+                Ok(BertLayer {
+                    qkv: lin(&format!("{p}.attention.self.qkv"), &l.qkv)?,
+                    attention_output: lin(
+                        &format!("{p}.attention.output.dense"),
+                        &l.attention_output,
+                    )?,
+                    attention_norm: norm(
+                        &format!("{p}.attention.output.LayerNorm"),
+                        &l.attention_norm,
+                    )?,
+                    intermediate: lin(&format!("{p}.intermediate.dense"), &l.intermediate)?,
+                    output: lin(&format!("{p}.output.dense"), &l.output)?,
+                    output_norm: norm(&format!("{p}.output.LayerNorm"), &l.output_norm)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let pooler = self
+            .pooler
+            .as_ref()
+            .map(|p| lin("pooler.dense", p))
+            .transpose()?;
+        Ok(BertWeights {
+            embeddings,
+            layers,
+            pooler,
+        })
+    }
+}
+
+fn concat_rows(parts: &[&HostTensor], shape: &[usize]) -> Result<HostTensor> {
+    HostTensor::new(
+        shape,
+        parts.iter().flat_map(|p| p.data.iter().copied()).collect(),
+    )
+}
+
+/// Reads `config.json` and `model.safetensors` from a model folder.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn load_dir(dir: &std::path::Path) -> Result<(BertConfig, BertWeights<HostTensor>)> {
+    let config = load_config(dir)?;
+    let weights = load_weights(dir, &config)?;
+    Ok((config, weights))
+}
+
+/// Reads and checks a model folder's `config.json`; errors name the file.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn load_config(dir: &std::path::Path) -> Result<BertConfig> {
+    let path = dir.join("config.json");
+    let json = crate::io::read_bounded(&path, crate::limits::MAX_CONFIG_BYTES)?;
+    BertConfig::from_json(&String::from_utf8_lossy(&json)).map_err(|e| e.in_file(&path))
+}
+
+/// Reads a model folder's `model.safetensors` for `config`; errors name the file.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn load_weights(dir: &std::path::Path, config: &BertConfig) -> Result<BertWeights<HostTensor>> {
+    let path = dir.join("model.safetensors");
+    BertWeights::from_safetensors(config, &crate::io::read_safetensors(&path)?)
+        .map_err(|e| e.in_file(&path))
+}

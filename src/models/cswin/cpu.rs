@@ -1,0 +1,139 @@
+//! The CPU forward, built only from the kernels' CPU twins.
+
+use super::config::check_depths;
+use super::{CswinConfig, CswinOutput, CswinWeights, Geometry, check_input};
+use crate::error::Result;
+use crate::kernels::{ConvInput, Epilogue};
+use crate::reference::{self, HostTensor};
+
+/// The CPU forward, built only from the kernels' CPU twins.
+pub fn forward_cpu(
+    config: &CswinConfig,
+    w: &CswinWeights<HostTensor>,
+    pixel_values: &HostTensor,
+    block0_attention: bool,
+) -> Result<CswinOutput> {
+    check_depths(config)?;
+    check_input(config, pixel_values)?;
+    let g = Geometry::new(config, &pixel_values.shape)?;
+    let b = g.batch;
+    let eps = config.layer_norm_eps as f32;
+    let z = HostTensor::zeros;
+    let tokens = |s: usize| g.stages[s].0 * g.stages[s].1;
+
+    let mut stem_conv = z(&[b, tokens(0), config.embed_dim]);
+    reference::conv2d(
+        pixel_values,
+        ConvInput::Nchw,
+        &w.stem.weight,
+        &w.stem.bias,
+        4,
+        2,
+        &mut stem_conv,
+    )?;
+    let mut stem = z(&stem_conv.shape);
+    reference::layer_norm(
+        &stem_conv,
+        None,
+        &w.stem_norm.weight,
+        &w.stem_norm.bias,
+        eps,
+        &mut stem,
+    )?;
+    let mut x = stem.clone();
+    let (mut stages, mut attention) = (Vec::new(), Vec::new());
+    for s in 0..4 {
+        let (d, n) = (config.dim(s), tokens(s));
+        let (mut normed, mut qkv, mut attn) = (z(&[b, n, d]), z(&[b, n, 3 * d]), z(&[b, n, d]));
+        let (mut x2, mut hidden) = (z(&[b, n, d]), z(&[b, n, config.hidden(s)]));
+        for (i, block) in w.stages[s].iter().enumerate() {
+            reference::layer_norm(
+                &x,
+                None,
+                &block.norm1.weight,
+                &block.norm1.bias,
+                eps,
+                &mut normed,
+            )?;
+            reference::matmul(
+                &normed,
+                &block.qkv.weight,
+                &mut qkv,
+                Epilogue::none().bias(&block.qkv.bias),
+            )?;
+            for (branch, lepe) in g
+                .branches(config, s, block.lepe.len())
+                .iter()
+                .zip(&block.lepe)
+            {
+                reference::cswin_attention(&qkv, &lepe.weight, &lepe.bias, branch, &mut attn)?;
+            }
+            if i == 0 && block0_attention {
+                attention.push(attn.clone());
+            }
+            reference::matmul(
+                &attn,
+                &block.proj.weight,
+                &mut x2,
+                Epilogue::none().bias(&block.proj.bias).residual(&x),
+            )?;
+            reference::layer_norm(
+                &x2,
+                None,
+                &block.norm2.weight,
+                &block.norm2.bias,
+                eps,
+                &mut normed,
+            )?;
+            reference::matmul(
+                &normed,
+                &block.fc1.weight,
+                &mut hidden,
+                Epilogue::none().bias(&block.fc1.bias).gelu(),
+            )?;
+            reference::matmul(
+                &hidden,
+                &block.fc2.weight,
+                &mut x,
+                Epilogue::none().bias(&block.fc2.bias).residual(&x2),
+            )?;
+        }
+        stages.push(x.clone());
+        if s < 3 {
+            let (h, w_) = g.stages[s];
+            let m = &w.merges[s];
+            let mut conv = z(&[b, tokens(s + 1), config.dim(s + 1)]);
+            reference::conv2d(
+                &x,
+                ConvInput::Tokens { h, w: w_ },
+                &m.conv.weight,
+                &m.conv.bias,
+                2,
+                1,
+                &mut conv,
+            )?;
+            x = z(&conv.shape);
+            reference::layer_norm(&conv, None, &m.norm.weight, &m.norm.bias, eps, &mut x)?;
+        }
+    }
+    let mut final_norm = z(&x.shape);
+    reference::layer_norm(&x, None, &w.norm.weight, &w.norm.bias, eps, &mut final_norm)?;
+    let ones = HostTensor::new(&[b, tokens(3)], vec![1u32; b * tokens(3)])?;
+    let mut pooled = z(&[b, config.dim(3)]);
+    reference::mean_pool(&final_norm, &ones, &mut pooled)?;
+    let mut logits = z(&[b, config.num_classes]);
+    reference::matmul(
+        &pooled,
+        &w.head.weight,
+        &mut logits,
+        Epilogue::none().bias(&w.head.bias),
+    )?;
+    Ok(CswinOutput {
+        geometry: g,
+        stem,
+        stages,
+        pooled,
+        logits,
+        block0_attention: attention,
+    })
+}

@@ -1,0 +1,269 @@
+//! The GPU forward: weights uploaded once, buffers leased per input shape, one submission.
+
+use super::config::check_depths;
+use super::{CswinConfig, CswinOutput, CswinWeights, Geometry, check_input};
+use crate::context::Context;
+use crate::error::Result;
+use crate::kernels::{self, ConvInput, Epilogue};
+use crate::models::{PlanLease, Plans};
+use crate::pipeline::Recorder;
+use crate::reference::HostTensor;
+use crate::tensor::{DType, Tensor};
+
+/// Buffers for one input shape.
+struct Plan {
+    geometry: Geometry,
+    pixels: Tensor,
+    stem_conv: Tensor,
+    stem: Tensor,
+    /// Per stage: x (block output, the stage feature), x2 (after attention), normed, qkv,
+    /// attention output, MLP hidden; then the merge's conv output and norm output.
+    x: Vec<Tensor>,
+    x2: Vec<Tensor>,
+    normed: Vec<Tensor>,
+    qkv: Vec<Tensor>,
+    attn: Vec<Tensor>,
+    hidden: Vec<Tensor>,
+    merge_conv: Vec<Tensor>,
+    merged: Vec<Tensor>,
+    final_norm: Tensor,
+    ones: Tensor,
+    pooled: Tensor,
+    logits: Tensor,
+}
+
+impl Plan {
+    fn new(ctx: &Context, config: &CswinConfig, geometry: Geometry) -> Result<Self> {
+        let b = geometry.batch;
+        let f32s = |shape: &[usize], label: &str| Tensor::empty(ctx, shape, DType::F32, label);
+        let tokens = |s: usize| geometry.stages[s].0 * geometry.stages[s].1;
+        let per_stage = |label: &str, width: &dyn Fn(usize) -> usize| -> Result<Vec<Tensor>> {
+            (0..4)
+                .map(|s| {
+                    f32s(
+                        &[b, tokens(s), width(s)],
+                        &format!("stage{}.{label}", s + 1),
+                    )
+                })
+                .collect()
+        };
+        let (img_h, img_w) = geometry.image;
+        let c = config.embed_dim;
+        let n4 = tokens(3);
+        Ok(Self {
+            pixels: f32s(&[b, config.in_chans, img_h, img_w], "pixel_values")?,
+            stem_conv: f32s(&[b, tokens(0), c], "stem_conv")?,
+            stem: f32s(&[b, tokens(0), c], "stem")?,
+            x: per_stage("x", &|s| config.dim(s))?,
+            x2: per_stage("x2", &|s| config.dim(s))?,
+            normed: per_stage("normed", &|s| config.dim(s))?,
+            qkv: per_stage("qkv", &|s| 3 * config.dim(s))?,
+            attn: per_stage("attn", &|s| config.dim(s))?,
+            hidden: per_stage("hidden", &|s| config.hidden(s))?,
+            merge_conv: (1..4)
+                .map(|s| f32s(&[b, tokens(s), config.dim(s)], "merge_conv"))
+                .collect::<Result<_>>()?,
+            merged: (1..4)
+                .map(|s| f32s(&[b, tokens(s), config.dim(s)], "merged"))
+                .collect::<Result<_>>()?,
+            final_norm: f32s(&[b, n4, config.dim(3)], "norm")?,
+            ones: Tensor::from_u32(ctx, &[b, n4], &vec![1; b * n4], "all_tokens")?,
+            pooled: f32s(&[b, config.dim(3)], "pooled")?,
+            logits: f32s(&[b, config.num_classes], "logits")?,
+            geometry,
+        })
+    }
+}
+
+/// A CSWin model on the GPU: weights uploaded once, buffers planned once per input shape.
+pub struct Cswin {
+    pub config: CswinConfig,
+    weights: CswinWeights<Tensor>,
+    plans: Plans<Vec<usize>, Plan>,
+}
+
+impl Cswin {
+    pub fn new(
+        ctx: &Context,
+        config: CswinConfig,
+        weights: &CswinWeights<HostTensor>,
+    ) -> Result<Self> {
+        Ok(Self {
+            weights: weights.upload(ctx)?,
+            config,
+            plans: Plans::default(),
+        })
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn from_dir(ctx: &Context, dir: &std::path::Path) -> Result<Self> {
+        let (config, weights) = super::load_dir(dir)?;
+        Self::new(ctx, config, &weights)
+    }
+
+    /// Buffer plans kept for reuse (at most [`crate::models::MAX_IDLE_PLANS`]).
+    pub fn cached_plans(&self) -> usize {
+        self.plans.idle_count()
+    }
+
+    fn plan(&self, ctx: &Context, shape: &[usize]) -> Result<PlanLease<'_, Vec<usize>, Plan>> {
+        let geometry = Geometry::new(&self.config, shape)?;
+        self.plans
+            .lease(shape.to_vec(), || Plan::new(ctx, &self.config, geometry))
+    }
+
+    /// Uploads `pixel_values` [B, C, H, W] and records the whole forward into `rec`.
+    /// `on_attention` sees each stage's first block's attention output (to copy it).
+    fn record(
+        &self,
+        rec: &mut Recorder<'_>,
+        pixel_values: &HostTensor,
+        mut on_attention: impl FnMut(&mut Recorder<'_>, &Tensor),
+    ) -> Result<PlanLease<'_, Vec<usize>, Plan>> {
+        let ctx = rec.context();
+        check_input(&self.config, pixel_values)?;
+        let p = self.plan(ctx, &pixel_values.shape)?;
+        p.pixels.write(ctx, &pixel_values.data)?;
+        let (cfg, w) = (&self.config, &self.weights);
+        let eps = cfg.layer_norm_eps as f32;
+        let g = &p.geometry;
+
+        kernels::conv2d(
+            rec,
+            &p.pixels,
+            ConvInput::Nchw,
+            &w.stem.weight,
+            &w.stem.bias,
+            4,
+            2,
+            &p.stem_conv,
+        )?;
+        let n = &w.stem_norm;
+        kernels::layer_norm(rec, &p.stem_conv, None, &n.weight, &n.bias, eps, &p.stem)?;
+        for s in 0..4 {
+            let mut input = if s == 0 { &p.stem } else { &p.merged[s - 1] };
+            for (i, block) in w.stages[s].iter().enumerate() {
+                // x2 = x + proj(attention(norm1(x))); x = x2 + fc2(gelu(fc1(norm2(x2))))
+                let n = &block.norm1;
+                kernels::layer_norm(rec, input, None, &n.weight, &n.bias, eps, &p.normed[s])?;
+                let qkv = Epilogue::none().bias(&block.qkv.bias);
+                kernels::matmul(rec, &p.normed[s], &block.qkv.weight, &p.qkv[s], qkv)?;
+                for (branch, lepe) in g.branches(cfg, s, block.lepe.len()).iter().zip(&block.lepe) {
+                    kernels::cswin_attention(
+                        rec,
+                        &p.qkv[s],
+                        &lepe.weight,
+                        &lepe.bias,
+                        branch,
+                        &p.attn[s],
+                    )?;
+                }
+                if i == 0 {
+                    on_attention(rec, &p.attn[s]);
+                }
+                let proj = Epilogue::none().bias(&block.proj.bias).residual(input);
+                kernels::matmul(rec, &p.attn[s], &block.proj.weight, &p.x2[s], proj)?;
+                let n = &block.norm2;
+                kernels::layer_norm(rec, &p.x2[s], None, &n.weight, &n.bias, eps, &p.normed[s])?;
+                let fc1 = Epilogue::none().bias(&block.fc1.bias).gelu();
+                kernels::matmul(rec, &p.normed[s], &block.fc1.weight, &p.hidden[s], fc1)?;
+                let fc2 = Epilogue::none().bias(&block.fc2.bias).residual(&p.x2[s]);
+                kernels::matmul(rec, &p.hidden[s], &block.fc2.weight, &p.x[s], fc2)?;
+                input = &p.x[s];
+            }
+            if s < 3 {
+                let (h, w_) = g.stages[s];
+                let m = &w.merges[s];
+                let tokens = ConvInput::Tokens { h, w: w_ };
+                kernels::conv2d(
+                    rec,
+                    input,
+                    tokens,
+                    &m.conv.weight,
+                    &m.conv.bias,
+                    2,
+                    1,
+                    &p.merge_conv[s],
+                )?;
+                kernels::layer_norm(
+                    rec,
+                    &p.merge_conv[s],
+                    None,
+                    &m.norm.weight,
+                    &m.norm.bias,
+                    eps,
+                    &p.merged[s],
+                )?;
+            }
+        }
+        let n = &w.norm;
+        kernels::layer_norm(rec, &p.x[3], None, &n.weight, &n.bias, eps, &p.final_norm)?;
+        kernels::mean_pool(rec, &p.final_norm, &p.ones, &p.pooled)?;
+        let head = Epilogue::none().bias(&w.head.bias);
+        kernels::matmul(rec, &p.pooled, &w.head.weight, &p.logits, head)?;
+        Ok(p)
+    }
+
+    /// Runs the model on the GPU (one submission). Every stage must have at least one block.
+    pub async fn forward(
+        &self,
+        ctx: &Context,
+        pixel_values: &HostTensor,
+        block0_attention: bool,
+    ) -> Result<CswinOutput> {
+        self.check_depths()?;
+        let mut rec = Recorder::new(ctx);
+        let mut copies = Vec::new();
+        let p = self.record(&mut rec, pixel_values, |rec, t| {
+            if block0_attention {
+                copies.push(rec.copy_of(t, "attention_copy"));
+            }
+        })?;
+        let copies = copies.into_iter().collect::<Result<Vec<_>>>()?;
+        rec.submit().await?;
+        let mut attention = Vec::new();
+        for c in &copies {
+            attention.push(c.read_host(ctx).await?);
+        }
+        let mut stages = Vec::new();
+        for x in &p.x {
+            stages.push(x.read_host(ctx).await?);
+        }
+        Ok(CswinOutput {
+            geometry: p.geometry.clone(),
+            stem: p.stem.read_host(ctx).await?,
+            stages,
+            pooled: p.pooled.read_host(ctx).await?,
+            logits: p.logits.read_host(ctx).await?,
+            block0_attention: attention,
+        })
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn forward_blocking(
+        &self,
+        ctx: &Context,
+        pixel_values: &HostTensor,
+        block0_attention: bool,
+    ) -> Result<CswinOutput> {
+        pollster::block_on(self.forward(ctx, pixel_values, block0_attention))
+    }
+
+    /// Records and submits one forward with a timestamp around every pass (benchmarks).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn forward_timed(
+        &self,
+        ctx: &Context,
+        pixel_values: &HostTensor,
+    ) -> Result<Vec<crate::pipeline::PassTime>> {
+        self.check_depths()?;
+        let blocks: usize = self.config.depth.iter().sum();
+        let mut rec = Recorder::with_timing(ctx, (8 * blocks + 12) as u32);
+        self.record(&mut rec, pixel_values, |_, _| {})?;
+        rec.submit_blocking()
+    }
+
+    fn check_depths(&self) -> Result<()> {
+        check_depths(&self.config)
+    }
+}

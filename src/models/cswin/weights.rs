@@ -1,0 +1,196 @@
+//! CSWin parameters under the official `state_dict` names: loaded, checked and uploaded.
+
+use super::CswinConfig;
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::models::weights::Weights;
+use crate::models::{Conv2d, LayerNorm, Linear};
+use crate::reference::HostTensor;
+use crate::tensor::Tensor;
+
+/// One CSWinBlock's parameters. `lepe` holds each branch's `attns.{i}.get_v` as [Cb, 3, 3].
+#[derive(Debug, Clone)]
+pub struct CswinBlock<T> {
+    pub qkv: Linear<T>,
+    pub norm1: LayerNorm<T>,
+    pub proj: Linear<T>,
+    pub lepe: Vec<Linear<T>>,
+    pub fc1: Linear<T>,
+    pub fc2: Linear<T>,
+    pub norm2: LayerNorm<T>,
+}
+
+/// `Merge_Block`: conv 3x3 / 2 then LayerNorm.
+#[derive(Debug, Clone)]
+pub struct Merge<T> {
+    pub conv: Conv2d<T>,
+    pub norm: LayerNorm<T>,
+}
+
+/// All parameters of a CSWinTransformer.
+#[derive(Debug, Clone)]
+pub struct CswinWeights<T> {
+    /// `stage1_conv_embed.0`
+    pub stem: Conv2d<T>,
+    /// `stage1_conv_embed.2`
+    pub stem_norm: LayerNorm<T>,
+    /// `stage1`..`stage4`
+    pub stages: Vec<Vec<CswinBlock<T>>>,
+    /// `merge1`..`merge3`
+    pub merges: Vec<Merge<T>>,
+    pub norm: LayerNorm<T>,
+    pub head: Linear<T>,
+}
+
+impl CswinWeights<HostTensor> {
+    /// Loads and checks every tensor (official key names; f32, f16 or bf16).
+    pub fn from_safetensors(config: &CswinConfig, bytes: &[u8]) -> Result<Self> {
+        let mut w = Weights::from_bytes(bytes)?;
+        let c = config.embed_dim;
+        let stem = Conv2d::load(&mut w, "stage1_conv_embed.0", [c, config.in_chans, 7, 7])?;
+        let stem_norm = LayerNorm::load(&mut w, "stage1_conv_embed.2", c)?;
+        let mut stages = Vec::new();
+        for s in 0..4 {
+            let (d, hidden) = (config.dim(s), config.hidden(s));
+            let mut blocks = Vec::new();
+            for i in 0..config.depth[s] {
+                let p = format!("stage{}.{i}", s + 1);
+                let branches = config.branches(s);
+                let has_second = w.contains(&format!("{p}.attns.1.get_v.weight"));
+                if has_second != (branches == 2) {
+                    return Err(Error::Weights {
+                        key: format!("{p}.attns.1.get_v.weight"),
+                        reason: format!(
+                            "the config gives stage {} {branches} branch(es) (img_size {}, split {}), the checkpoint {}",
+                            s + 1,
+                            config.img_size,
+                            config.split_size[s],
+                            if has_second { "2" } else { "1" }
+                        ),
+                    });
+                }
+                let cb = d / branches;
+                let lepe = (0..branches)
+                    .map(|b| {
+                        let key = format!("{p}.attns.{b}.get_v");
+                        let weight = w.get(&format!("{key}.weight"), &[cb, 1, 3, 3])?;
+                        Ok(Linear {
+                            weight: HostTensor::new(&[cb, 3, 3], weight.data)?,
+                            bias: w.get(&format!("{key}.bias"), &[cb])?,
+                        })
+                    })
+                    .collect::<Result<_>>()?;
+                blocks.push(CswinBlock {
+                    qkv: Linear::load(&mut w, &format!("{p}.qkv"), 3 * d, d)?,
+                    norm1: LayerNorm::load(&mut w, &format!("{p}.norm1"), d)?,
+                    proj: Linear::load(&mut w, &format!("{p}.proj"), d, d)?,
+                    lepe,
+                    fc1: Linear::load(&mut w, &format!("{p}.mlp.fc1"), hidden, d)?,
+                    fc2: Linear::load(&mut w, &format!("{p}.mlp.fc2"), d, hidden)?,
+                    norm2: LayerNorm::load(&mut w, &format!("{p}.norm2"), d)?,
+                });
+            }
+            stages.push(blocks);
+        }
+        let merges = (0..3)
+            .map(|m| {
+                let (d, p) = (config.dim(m), format!("merge{}", m + 1));
+                Ok(Merge {
+                    conv: Conv2d::load(&mut w, &format!("{p}.conv"), [2 * d, d, 3, 3])?,
+                    norm: LayerNorm::load(&mut w, &format!("{p}.norm"), 2 * d)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let norm = LayerNorm::load(&mut w, "norm", config.dim(3))?;
+        let head = Linear::load(&mut w, "head", config.num_classes, config.dim(3))?;
+        let unused = w.unused(|_| false);
+        if let Some(key) = unused.first() {
+            return Err(Error::Weights {
+                key: key.clone(),
+                reason: format!(
+                    "not part of a CSWin with this config ({} unexpected tensors)",
+                    unused.len()
+                ),
+            });
+        }
+        Ok(Self {
+            stem,
+            stem_norm,
+            stages,
+            merges,
+            norm,
+            head,
+        })
+    }
+
+    pub fn upload(&self, ctx: &Context) -> Result<CswinWeights<Tensor>> {
+        let stages = self
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(s, blocks)| {
+                blocks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| {
+                        let p = format!("stage{}.{i}", s + 1);
+                        Ok(CswinBlock {
+                            qkv: b.qkv.upload(ctx, &format!("{p}.qkv"))?,
+                            norm1: b.norm1.upload(ctx, &format!("{p}.norm1"))?,
+                            proj: b.proj.upload(ctx, &format!("{p}.proj"))?,
+                            lepe: (b.lepe.iter().enumerate())
+                                .map(|(j, l)| l.upload(ctx, &format!("{p}.attns.{j}.get_v")))
+                                .collect::<Result<_>>()?,
+                            fc1: b.fc1.upload(ctx, &format!("{p}.mlp.fc1"))?,
+                            fc2: b.fc2.upload(ctx, &format!("{p}.mlp.fc2"))?,
+                            norm2: b.norm2.upload(ctx, &format!("{p}.norm2"))?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<_>>()?;
+        let merges = (self.merges.iter().enumerate())
+            .map(|(m, g)| {
+                Ok(Merge {
+                    conv: g.conv.upload(ctx, &format!("merge{}.conv", m + 1))?,
+                    norm: g.norm.upload(ctx, &format!("merge{}.norm", m + 1))?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(CswinWeights {
+            stem: self.stem.upload(ctx, "stage1_conv_embed.0")?,
+            stem_norm: self.stem_norm.upload(ctx, "stage1_conv_embed.2")?,
+            stages,
+            merges,
+            norm: self.norm.upload(ctx, "norm")?,
+            head: self.head.upload(ctx, "head")?,
+        })
+    }
+}
+
+/// Reads `config.json` and `model.safetensors` from a model folder.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn load_dir(dir: &std::path::Path) -> Result<(CswinConfig, CswinWeights<HostTensor>)> {
+    let config = load_config(dir)?;
+    let weights = load_weights(dir, &config)?;
+    Ok((config, weights))
+}
+
+/// Reads and checks a model folder's `config.json`; errors name the file.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn load_config(dir: &std::path::Path) -> Result<CswinConfig> {
+    let path = dir.join("config.json");
+    let json = crate::io::read_bounded(&path, crate::limits::MAX_CONFIG_BYTES)?;
+    CswinConfig::from_json(&String::from_utf8_lossy(&json)).map_err(|e| e.in_file(&path))
+}
+
+/// Reads a model folder's `model.safetensors` for `config`; errors name the file.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn load_weights(
+    dir: &std::path::Path,
+    config: &CswinConfig,
+) -> Result<CswinWeights<HostTensor>> {
+    let path = dir.join("model.safetensors");
+    CswinWeights::from_safetensors(config, &crate::io::read_safetensors(&path)?)
+        .map_err(|e| e.in_file(&path))
+}
