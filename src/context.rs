@@ -247,7 +247,8 @@ impl Context {
         let flag = lost.clone();
         device.set_device_lost_callback(move |reason, message| {
             log::error!("wgpu: device lost ({reason:?}): {message}");
-            *flag.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{reason:?}: {message}"));
+            *flag.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(format!("{reason:?}: {message}"));
         });
         let info = adapter.get_info();
         let cooperative_matrix =

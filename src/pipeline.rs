@@ -7,7 +7,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
-
 use crate::context::Context;
 use crate::error::{Error, Result};
 
