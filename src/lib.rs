@@ -33,5 +33,5 @@ pub mod tensor;
 
 pub use context::{Capabilities, Context, ContextOptions, ResourceCounts};
 pub use error::{Error, Result};
-pub use pipeline::{Kernel, PassTime, Recorder, Spec, shader_source};
+pub use pipeline::{Kernel, PassStat, PassTime, Recorder, Spec, Traffic, shader_source};
 pub use tensor::{DType, Tensor};

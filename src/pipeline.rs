@@ -28,10 +28,11 @@ pub enum Kernel {
     Attention,
     Conv2d,
     CswinAttention,
+    BertEmbeddings,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 11] = [
+    pub const ALL: [Kernel; 12] = [
         Kernel::Matmul,
         Kernel::LayerNorm,
         Kernel::Softmax,
@@ -43,6 +44,7 @@ impl Kernel {
         Kernel::Attention,
         Kernel::Conv2d,
         Kernel::CswinAttention,
+        Kernel::BertEmbeddings,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -58,6 +60,7 @@ impl Kernel {
             Kernel::Attention => "attention",
             Kernel::Conv2d => "conv2d",
             Kernel::CswinAttention => "cswin_attention",
+            Kernel::BertEmbeddings => "bert_embeddings",
         }
     }
 
@@ -75,6 +78,7 @@ impl Kernel {
             Kernel::Attention => include_str!("../shaders/attention.wgsl"),
             Kernel::Conv2d => include_str!("../shaders/conv2d.wgsl"),
             Kernel::CswinAttention => include_str!("../shaders/cswin_attention.wgsl"),
+            Kernel::BertEmbeddings => include_str!("../shaders/bert_embeddings.wgsl"),
         }
     }
 
@@ -92,6 +96,8 @@ impl Kernel {
             Kernel::Add => &[Uniform, Read, Read, Write],
             // params, ids, table, y
             Kernel::Embedding => &[Uniform, Read, Read, Write],
+            // params, ids, word, position, token_type, gamma, beta, y
+            Kernel::BertEmbeddings => &[Uniform, Read, Read, Read, Read, Read, Read, Write],
             // params, x, mask, y
             Kernel::MeanPool => &[Uniform, Read, Read, Write],
             // params, qkv, mask, out
@@ -212,13 +218,50 @@ fn compile(device: &wgpu::Device, kernel: Kernel, spec: &Spec) -> Pipeline {
     Pipeline { pipeline, layout }
 }
 
-/// One dispatch: which kernel, its specialisation, uniforms, buffers in binding order, grid.
+/// One dispatch: which kernel, its specialisation, uniforms, buffers in binding order, grid,
+/// and the memory traffic it must do.
 pub(crate) struct Dispatch<'b> {
     pub kernel: Kernel,
     pub spec: Spec,
     pub params: &'b [u8],
     pub buffers: &'b [&'b wgpu::Buffer],
     pub groups: [u32; 3],
+    pub traffic: Traffic,
+}
+
+/// The compulsory memory traffic of a dispatch: the bytes its kernel must read and write if
+/// every element it needs is read once (re-reads from tiling and caches not counted). Summed
+/// over a forward, it shows what a fusion saves on any adapter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Traffic {
+    pub read: u64,
+    pub written: u64,
+}
+
+impl Traffic {
+    /// Every element of `inputs` read, every element of `output` written.
+    pub(crate) fn whole(inputs: &[&crate::tensor::Tensor], output: &crate::tensor::Tensor) -> Self {
+        let bytes = |t: &crate::tensor::Tensor| (t.numel() * t.dtype().size()) as u64;
+        Self {
+            read: inputs.iter().map(|t| bytes(t)).sum(),
+            written: bytes(output),
+        }
+    }
+
+    /// `read` and `written` f32 (or u32) elements.
+    pub(crate) fn elements(read: usize, written: usize) -> Self {
+        Self {
+            read: 4 * read as u64,
+            written: 4 * written as u64,
+        }
+    }
+}
+
+/// One recorded dispatch, for counting passes and bytes per forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassStat {
+    pub kernel: &'static str,
+    pub traffic: Traffic,
 }
 
 /// GPU time of one recorded pass.
@@ -267,6 +310,7 @@ pub struct Recorder<'c> {
     encoder: wgpu::CommandEncoder,
     pending: Vec<ScopeResult>,
     timer: Option<Timer>,
+    passes: Vec<PassStat>,
 }
 
 impl<'c> Recorder<'c> {
@@ -281,6 +325,7 @@ impl<'c> Recorder<'c> {
             encoder,
             pending: Vec::new(),
             timer: None,
+            passes: Vec::new(),
         }
     }
 
@@ -307,6 +352,11 @@ impl<'c> Recorder<'c> {
 
     pub fn context(&self) -> &'c Context {
         self.ctx
+    }
+
+    /// The dispatches recorded so far, in order, with their compulsory traffic.
+    pub fn passes(&self) -> &[PassStat] {
+        &self.passes
     }
 
     /// Encodes caller-provided commands (copies, clears, passes of the caller's own) into the
@@ -355,6 +405,10 @@ impl<'c> Recorder<'c> {
             });
         }
         ctx.check_device()?;
+        self.passes.push(PassStat {
+            kernel: d.kernel.name(),
+            traffic: d.traffic,
+        });
         let (encoder, timer) = (&mut self.encoder, &mut self.timer);
         let (encoded, verdicts) = scoped(&ctx.device, || encode_pass(ctx, encoder, timer, &d));
         self.pending.extend(verdicts);

@@ -315,6 +315,54 @@ pub fn embedding(ids: &HostTensor<u32>, table: &HostTensor, y: &mut HostTensor) 
     Ok(())
 }
 
+/// Twin of [`crate::kernels::bert_embeddings`]: the three rows summed and normalised in f64.
+/// Unlike the GPU kernel it can see the ids, so an id past its table is an error here.
+pub fn bert_embeddings(
+    ids: &HostTensor<u32>,
+    tables: &crate::kernels::EmbeddingTables<'_, HostTensor>,
+    eps: f32,
+    y: &mut HostTensor,
+) -> Result<()> {
+    let (rows, c, sizes) = crate::kernels::bert_embeddings_dims(
+        &ids.shape,
+        [
+            &tables.word.shape,
+            &tables.position.shape,
+            &tables.token_type.shape,
+        ],
+        [&tables.gamma.shape, &tables.beta.shape],
+        &y.shape,
+    )?;
+    let names = [
+        "ids[0] (token ids)",
+        "ids[1] (position ids)",
+        "ids[2] (token-type ids)",
+    ];
+    for (k, name) in names.into_iter().enumerate() {
+        crate::kernels::check_ids(name, &ids.data[k * rows..(k + 1) * rows], sizes[k])?;
+    }
+    let tables3 = [tables.word, tables.position, tables.token_type];
+    let mut s = vec![0.0f64; c];
+    for r in 0..rows {
+        let row = |k: usize| {
+            let id = ids.data[k * rows + r] as usize;
+            &tables3[k].data[id * c..(id + 1) * c]
+        };
+        let (w, p, t) = (row(0), row(1), row(2));
+        for i in 0..c {
+            s[i] = w[i] as f64 + p[i] as f64 + t[i] as f64;
+        }
+        let mean = s.iter().sum::<f64>() / c as f64;
+        let var = s.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / c as f64;
+        let inv_std = 1.0 / (var + eps as f64).sqrt();
+        for i in 0..c {
+            y.data[r * c + i] = ((s[i] - mean) * inv_std * tables.gamma.data[i] as f64
+                + tables.beta.data[i] as f64) as f32;
+        }
+    }
+    Ok(())
+}
+
 /// Twin of [`crate::kernels::mean_pool`].
 pub fn mean_pool(x: &HostTensor, mask: &HostTensor<u32>, y: &mut HostTensor) -> Result<()> {
     let &[b, t, c] = x.shape.as_slice() else {

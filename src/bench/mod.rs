@@ -126,7 +126,27 @@ pub struct Record {
     pub items_per_s: Option<f64>,
     /// GPU ms per kernel over one forward (summed by kernel), for model suites.
     pub breakdown: Vec<(String, f64)>,
+    /// Dispatches and compulsory bytes of one forward, for model suites.
+    pub traffic: Option<ForwardTraffic>,
     pub commit: String,
+}
+
+/// What one model forward dispatches and moves ([`crate::Traffic`] summed over its passes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ForwardTraffic {
+    pub dispatches: usize,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+}
+
+impl ForwardTraffic {
+    pub fn of(passes: &[crate::PassStat]) -> Self {
+        Self {
+            dispatches: passes.len(),
+            bytes_read: passes.iter().map(|p| p.traffic.read).sum(),
+            bytes_written: passes.iter().map(|p| p.traffic.written).sum(),
+        }
+    }
 }
 
 pub(super) fn random(rng: &mut StdRng, n: usize) -> Vec<f32> {
@@ -169,6 +189,7 @@ pub(super) fn record(
         check,
         items_per_s: None,
         breakdown: timings.breakdown.clone(),
+        traffic: None,
         commit: COMMIT.into(),
     }
 }
@@ -214,12 +235,12 @@ pub fn table(records: &[Record]) -> String {
 /// A Markdown table of records (for BENCHMARKS.md).
 pub fn markdown(records: &[Record]) -> String {
     let mut out = String::from(
-        "| suite | shape | dtype | GPU ms (median) | min-max | wall ms | GFLOP/s | % peak | items/s | check |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+        "| suite | shape | dtype | GPU ms (median) | min-max | wall ms | GFLOP/s | % peak | items/s | dispatches | MB moved | check |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in records {
         out += &format!(
-            "| {} | {} | {} | {:.4} | {:.4}-{:.4} | {:.3} | {:.1} | {} | {} | {} |\n",
+            "| {} | {} | {} | {:.4} | {:.4}-{:.4} | {:.3} | {:.1} | {} | {} | {} | {} | {} |\n",
             r.suite,
             r.shape,
             r.dtype,
@@ -230,8 +251,37 @@ pub fn markdown(records: &[Record]) -> String {
             r.gflops,
             r.pct_of_peak.map_or("-".into(), |p| format!("{p:.1}")),
             r.items_per_s.map_or("-".into(), |v| format!("{v:.1}")),
+            r.traffic.map_or("-".into(), |t| t.dispatches.to_string()),
+            r.traffic.map_or("-".into(), |t| format!(
+                "{:.1}",
+                (t.bytes_read + t.bytes_written) as f64 / 1e6
+            )),
             if r.check.passed { "PASS" } else { "FAIL" },
         );
+    }
+    out
+}
+
+/// Dispatches and compulsory bytes per forward of model records, as text.
+pub fn traffic_table(records: &[Record]) -> String {
+    let mut out = String::new();
+    for r in records {
+        if let Some(t) = r.traffic {
+            if out.is_empty() {
+                out += &format!(
+                    "{:<10} {:<24} {:>10} {:>12} {:>12}\n",
+                    "model", "shape", "dispatches", "MB read", "MB written"
+                );
+            }
+            out += &format!(
+                "{:<10} {:<24} {:>10} {:>12.2} {:>12.2}\n",
+                r.suite,
+                r.shape,
+                t.dispatches,
+                t.bytes_read as f64 / 1e6,
+                t.bytes_written as f64 / 1e6
+            );
+        }
     }
     out
 }

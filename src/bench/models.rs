@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-use super::{BenchOptions, Record, compare, record, time_forwards};
+use super::{BenchOptions, ForwardTraffic, Record, compare, record, time_forwards};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::models::Conv2d;
@@ -250,6 +250,7 @@ fn bert_one(
         options,
     );
     r.items_per_s = Some(shape.batch as f64 / (timings.gpu_ms.median * 1e-3));
+    r.traffic = Some(ForwardTraffic::of(&model.forward_passes(ctx, &input)?));
     Ok(r)
 }
 
@@ -506,5 +507,6 @@ fn cswin_one(
         options,
     );
     r.items_per_s = Some(shape.batch as f64 / (timings.gpu_ms.median * 1e-3));
+    r.traffic = Some(ForwardTraffic::of(&model.forward_passes(ctx, &pixels)?));
     Ok(r)
 }

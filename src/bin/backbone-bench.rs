@@ -191,6 +191,10 @@ fn main() -> Result<()> {
     }
     eprint!("\r\x1b[2K");
     print!("{}", bench::table(&records));
+    let traffic = bench::traffic_table(&records);
+    if !traffic.is_empty() {
+        print!("\n{traffic}");
+    }
     if args.breakdown {
         print!("\n{}", bench::breakdown_table(&records));
     }

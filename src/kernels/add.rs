@@ -1,6 +1,6 @@
 use super::elementwise::{Sizes, rows_of};
 use crate::error::Result;
-use crate::pipeline::{Dispatch, Kernel, Recorder, Spec, grid_1d};
+use crate::pipeline::{Dispatch, Kernel, Recorder, Spec, Traffic, grid_1d};
 use crate::tensor::{Tensor, check_shape};
 
 /// y = a + b elementwise. All three are f32 of the same shape.
@@ -16,5 +16,6 @@ pub fn add(rec: &mut Recorder<'_>, a: &Tensor, b: &Tensor, y: &Tensor) -> Result
         params: bytemuck::bytes_of(&Sizes::new(n, 0)),
         buffers: &[a.buffer(), b.buffer(), y.buffer()],
         groups,
+        traffic: Traffic::whole(&[a, b], y),
     })
 }

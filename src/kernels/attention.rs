@@ -1,5 +1,5 @@
 use crate::error::{Error, Result};
-use crate::pipeline::{Dispatch, Kernel, Recorder, Spec};
+use crate::pipeline::{Dispatch, Kernel, Recorder, Spec, Traffic};
 use crate::tensor::{DType, Tensor, check_dtype};
 
 /// Largest head size the fused kernel takes (it keeps a query row in registers).
@@ -108,5 +108,6 @@ pub fn attention(
         params: bytemuck::bytes_of(&params),
         buffers: &[qkv.buffer(), mask.buffer(), out.buffer()],
         groups: [t.div_ceil(64) as u32, heads as u32, b as u32],
+        traffic: Traffic::whole(&[qkv, mask], out),
     })
 }

@@ -1,5 +1,5 @@
 use crate::error::{Error, Result};
-use crate::pipeline::{Dispatch, Kernel, Recorder, Spec};
+use crate::pipeline::{Dispatch, Kernel, Recorder, Spec, Traffic};
 use crate::tensor::{DType, Tensor, check_dtype, check_shape};
 
 /// How the input of [`conv2d`] is laid out.
@@ -159,5 +159,6 @@ pub fn conv2d(
         params: bytemuck::bytes_of(&params),
         buffers: &[x.buffer(), weight.buffer(), bias.buffer(), y.buffer()],
         groups: [g.cout.div_ceil(64) as u32, m.div_ceil(64) as u32, 1],
+        traffic: Traffic::whole(&[x, weight, bias], y),
     })
 }

@@ -1,5 +1,5 @@
 use crate::error::{Error, Result};
-use crate::pipeline::{Dispatch, Kernel, Recorder, Spec};
+use crate::pipeline::{Dispatch, Kernel, Recorder, Spec, Traffic};
 use crate::tensor::{DType, Tensor, check_dtype};
 
 /// One branch of a CSWin block's attention over an `h x w` map of `c` channels: the branch
@@ -174,5 +174,9 @@ pub fn cswin_attention(
             branch.heads as u32,
             batch as u32,
         ],
+        traffic: Traffic::elements(
+            batch * branch.h * branch.w * 3 * branch.channels + 10 * branch.channels,
+            batch * branch.h * branch.w * branch.channels,
+        ),
     })
 }

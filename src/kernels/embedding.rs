@@ -1,6 +1,6 @@
 use super::elementwise::Sizes;
 use crate::error::{Error, Result};
-use crate::pipeline::{Dispatch, Kernel, Recorder, Spec, grid_1d};
+use crate::pipeline::{Dispatch, Kernel, Recorder, Spec, Traffic, grid_1d};
 use crate::tensor::{DType, Tensor, check_dtype, check_shape};
 
 /// Row gather: `y[i, :] = table[ids[i], :]`. `ids` is u32 of any shape, `table` is f32
@@ -37,6 +37,7 @@ pub fn embedding(rec: &mut Recorder<'_>, ids: &Tensor, table: &Tensor, y: &Tenso
         params: bytemuck::bytes_of(&params),
         buffers: &[ids.buffer(), table.buffer(), y.buffer()],
         groups: grid_1d(rec.context(), n as u32),
+        traffic: Traffic::elements(n + n * c, n * c),
     })
 }
 

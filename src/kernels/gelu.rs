@@ -1,6 +1,6 @@
 use super::elementwise::{Sizes, rows_of};
 use crate::error::Result;
-use crate::pipeline::{Dispatch, Kernel, Recorder, Spec, grid_1d};
+use crate::pipeline::{Dispatch, Kernel, Recorder, Spec, Traffic, grid_1d};
 use crate::tensor::Tensor;
 
 /// y = GELU(x) elementwise, exact-erf form. `x` and `y` are f32 of the same shape.
@@ -14,5 +14,6 @@ pub fn gelu(rec: &mut Recorder<'_>, x: &Tensor, y: &Tensor) -> Result<()> {
         params: bytemuck::bytes_of(&Sizes::new(n, 0)),
         buffers: &[x.buffer(), y.buffer()],
         groups,
+        traffic: Traffic::whole(&[x], y),
     })
 }

@@ -1,6 +1,6 @@
 use super::elementwise::{Sizes, rows_of};
 use crate::error::Result;
-use crate::pipeline::{Dispatch, Kernel, Recorder, Spec, grid_1d};
+use crate::pipeline::{Dispatch, Kernel, Recorder, Spec, Traffic, grid_1d};
 use crate::tensor::Tensor;
 
 /// Each row (last dimension) divided by max(its L2 norm, 1e-12), as torch's `F.normalize`.
@@ -13,5 +13,6 @@ pub fn l2_normalize(rec: &mut Recorder<'_>, x: &Tensor, y: &Tensor) -> Result<()
         params: bytemuck::bytes_of(&Sizes::new(rows, c)),
         buffers: &[x.buffer(), y.buffer()],
         groups,
+        traffic: Traffic::whole(&[x], y),
     })
 }

@@ -1,6 +1,6 @@
 use super::elementwise::rows_of;
 use crate::error::{Error, Result};
-use crate::pipeline::{Dispatch, Kernel, Recorder, Spec, grid_1d};
+use crate::pipeline::{Dispatch, Kernel, Recorder, Spec, Traffic, grid_1d};
 use crate::tensor::{DType, Tensor, check_dtype, check_shape};
 
 #[repr(C)]
@@ -62,5 +62,9 @@ pub fn layer_norm(
             y.buffer(),
         ],
         groups: grid_1d(ctx, rows as u32),
+        traffic: Traffic::elements(
+            rows * c * (1 + usize::from(residual.is_some())) + 2 * c,
+            rows * c,
+        ),
     })
 }

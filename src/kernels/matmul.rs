@@ -2,7 +2,7 @@
 
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::pipeline::{Dispatch, Kernel, Recorder, Spec};
+use crate::pipeline::{Dispatch, Kernel, Recorder, Spec, Traffic};
 use crate::tensor::{DType, Tensor, check_dtype, check_shape};
 
 /// The activation a matmul epilogue applies after the bias.
@@ -158,6 +158,21 @@ pub struct StridedMatmul {
 }
 
 impl StridedMatmul {
+    /// Compulsory traffic: each distinct X and W matrix read once (a view with stride 0 over a
+    /// batch dimension is one matrix for it), bias and residual once, Y written once.
+    pub fn traffic(&self, bias: bool, residual: bool) -> Traffic {
+        let distinct = |v: &MatrixView| {
+            (if v.outer_stride > 0 { self.batch[0] } else { 1 })
+                * (if v.inner_stride > 0 { self.batch[1] } else { 1 })
+        };
+        let outputs = self.batch[0] * self.batch[1] * self.m * self.n;
+        let read = distinct(&self.x) * self.m * self.k
+            + distinct(&self.w) * self.n * self.k
+            + if bias { self.n } else { 0 }
+            + if residual { outputs } else { 0 };
+        Traffic::elements(read, outputs)
+    }
+
     /// The plain case: contiguous X [batch, M, K], W [N, K] shared by the whole batch
     /// (`w_shared`) or [batch, N, K], Y [batch, M, N].
     pub fn contiguous(batch: usize, m: usize, n: usize, k: usize, w_shared: bool) -> Self {
@@ -481,6 +496,7 @@ pub fn matmul_with_tile(
             y.buffer(),
         ],
         groups,
+        traffic: p.traffic(ep.bias.is_some(), ep.residual.is_some()),
     })
 }
 

@@ -1,6 +1,6 @@
 use super::elementwise::Sizes;
 use crate::error::{Error, Result};
-use crate::pipeline::{Dispatch, Kernel, Recorder, Spec, grid_1d};
+use crate::pipeline::{Dispatch, Kernel, Recorder, Spec, Traffic, grid_1d};
 use crate::tensor::{DType, Tensor, check_dtype, check_shape};
 
 /// Masked mean over tokens: `y[b, c] = Σ_t m[b,t]·x[b,t,c] / max(Σ_t m[b,t], 1e-9)` with
@@ -31,5 +31,6 @@ pub fn mean_pool(rec: &mut Recorder<'_>, x: &Tensor, mask: &Tensor, y: &Tensor) 
         params: bytemuck::bytes_of(&params),
         buffers: &[x.buffer(), mask.buffer(), y.buffer()],
         groups: grid_1d(rec.context(), (b * c).div_ceil(256) as u32),
+        traffic: Traffic::whole(&[x, mask], y),
     })
 }

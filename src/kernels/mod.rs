@@ -4,6 +4,7 @@
 
 mod add;
 mod attention;
+mod bert_embeddings;
 mod conv2d;
 mod cswin_attention;
 mod elementwise;
@@ -17,6 +18,7 @@ mod softmax;
 
 pub use add::add;
 pub use attention::{MAX_HEAD_DIM, attention, attention_dims};
+pub use bert_embeddings::{EmbeddingTables, bert_embeddings, bert_embeddings_dims};
 pub use conv2d::{ConvGeometry, ConvInput, conv2d};
 pub use cswin_attention::{CswinBranch, cswin_attention};
 pub use embedding::{check_ids, embedding};

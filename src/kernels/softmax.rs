@@ -1,6 +1,6 @@
 use super::elementwise::{Sizes, rows_of};
 use crate::error::Result;
-use crate::pipeline::{Dispatch, Kernel, Recorder, Spec, grid_1d};
+use crate::pipeline::{Dispatch, Kernel, Recorder, Spec, Traffic, grid_1d};
 use crate::tensor::Tensor;
 
 /// Softmax over the last dimension. `x` and `y` are f32 of the same shape.
@@ -13,5 +13,6 @@ pub fn softmax(rec: &mut Recorder<'_>, x: &Tensor, y: &Tensor) -> Result<()> {
         params: bytemuck::bytes_of(&Sizes::new(rows, c)),
         buffers: &[x.buffer(), y.buffer()],
         groups,
+        traffic: Traffic::whole(&[x], y),
     })
 }

@@ -25,30 +25,9 @@ pub fn forward_cpu(
     let z = HostTensor::zeros;
     let mask = ids(&input.attention_mask)?;
 
-    let e = &w.embeddings;
-    let (mut word, mut position, mut token_type, mut sum) = (z(&btc), z(&btc), z(&btc), z(&btc));
-    reference::embedding(&ids(&input.input_ids)?, &e.word_embeddings, &mut word)?;
-    reference::embedding(
-        &ids(&input.position_ids())?,
-        &e.position_embeddings,
-        &mut position,
-    )?;
-    reference::embedding(
-        &ids(&input.token_type_ids)?,
-        &e.token_type_embeddings,
-        &mut token_type,
-    )?;
-    reference::add(&word, &position, &mut sum)?;
     let mut hidden = z(&btc);
-    let ln = &e.layer_norm;
-    reference::layer_norm(
-        &sum,
-        Some(&token_type),
-        &ln.weight,
-        &ln.bias,
-        eps,
-        &mut hidden,
-    )?;
+    let embedding_ids = HostTensor::new(&[3, b * t], input.embedding_ids())?;
+    reference::bert_embeddings(&embedding_ids, &w.embeddings.tables(), eps, &mut hidden)?;
     let mut states = Vec::new();
     if hidden_states {
         states.push(hidden.clone());

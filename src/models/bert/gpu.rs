@@ -1,12 +1,11 @@
 //! The GPU forward: weights uploaded once, buffers leased per (batch, seq), one submission.
 
-
 use super::{BertConfig, BertInput, BertOutput, BertWeights, pooler_problem};
 use crate::context::Context;
 use crate::error::Result;
 use crate::kernels::{self, Epilogue};
 use crate::models::{PlanLease, Plans};
-use crate::pipeline::Recorder;
+use crate::pipeline::{PassStat, Recorder};
 use crate::reference::HostTensor;
 use crate::tensor::{DType, Tensor};
 
@@ -22,14 +21,9 @@ pub struct Bert {
 pub struct Plan {
     batch: usize,
     seq: usize,
-    input_ids: Tensor,
-    position_ids: Tensor,
-    token_type_ids: Tensor,
+    /// Token, position and token-type ids, [3, batch x seq].
+    ids: Tensor,
     mask: Tensor,
-    word: Tensor,
-    position: Tensor,
-    token_type: Tensor,
-    word_position: Tensor,
     hidden: Tensor,
     qkv: Tensor,
     context: Tensor,
@@ -46,19 +40,12 @@ impl Plan {
     fn new(ctx: &Context, config: &BertConfig, batch: usize, seq: usize) -> Result<Self> {
         let (c, i) = (config.hidden_size, config.intermediate_size);
         let f32s = |shape: &[usize], label: &str| Tensor::empty(ctx, shape, DType::F32, label);
-        let u32s = |label: &str| Tensor::empty(ctx, &[batch, seq], DType::U32, label);
         let btc = [batch, seq, c];
         Ok(Self {
             batch,
             seq,
-            input_ids: u32s("input_ids")?,
-            position_ids: u32s("position_ids")?,
-            token_type_ids: u32s("token_type_ids")?,
-            mask: u32s("attention_mask")?,
-            word: f32s(&btc, "word")?,
-            position: f32s(&btc, "position")?,
-            token_type: f32s(&btc, "token_type")?,
-            word_position: f32s(&btc, "word_position")?,
+            ids: Tensor::empty(ctx, &[3, batch * seq], DType::U32, "embedding_ids")?,
+            mask: Tensor::empty(ctx, &[batch, seq], DType::U32, "attention_mask")?,
             hidden: f32s(&btc, "hidden")?,
             qkv: f32s(&[batch, seq, 3 * c], "qkv")?,
             context: f32s(&btc, "context")?,
@@ -98,6 +85,14 @@ impl Bert {
         self.weights.pooler.is_some()
     }
 
+    /// The dispatches of one forward on this input, with their compulsory traffic (recorded,
+    /// not run): how many passes and bytes a forward costs, on any adapter.
+    pub fn forward_passes(&self, ctx: &Context, input: &BertInput) -> Result<Vec<PassStat>> {
+        let mut rec = Recorder::new(ctx);
+        self.record(&mut rec, input, |_, _, _| {})?;
+        Ok(rec.passes().to_vec())
+    }
+
     /// Buffer plans kept for reuse (at most [`crate::models::MAX_IDLE_PLANS`]).
     pub fn cached_plans(&self) -> usize {
         self.plans.idle_count()
@@ -125,34 +120,13 @@ impl Bert {
         let ctx = rec.context();
         input.validate(&self.config)?;
         let p = self.plan(ctx, input.batch, input.seq)?;
-        p.input_ids.write(ctx, &input.input_ids)?;
-        p.position_ids.write(ctx, &input.position_ids())?;
-        p.token_type_ids.write(ctx, &input.token_type_ids)?;
+        p.ids.write(ctx, &input.embedding_ids())?;
         p.mask.write(ctx, &input.attention_mask)?;
 
         let (cfg, w) = (&self.config, &self.weights);
         let eps = cfg.layer_norm_eps as f32;
-        // Embeddings: word + position + token type, then LayerNorm.
-        let e = &w.embeddings;
-        kernels::embedding(rec, &p.input_ids, &e.word_embeddings, &p.word)?;
-        kernels::embedding(rec, &p.position_ids, &e.position_embeddings, &p.position)?;
-        kernels::embedding(
-            rec,
-            &p.token_type_ids,
-            &e.token_type_embeddings,
-            &p.token_type,
-        )?;
-        kernels::add(rec, &p.word, &p.position, &p.word_position)?;
-        let ln = &e.layer_norm;
-        kernels::layer_norm(
-            rec,
-            &p.word_position,
-            Some(&p.token_type),
-            &ln.weight,
-            &ln.bias,
-            eps,
-            &p.hidden,
-        )?;
+        // Embeddings: word + position + token type, then LayerNorm, in one pass.
+        kernels::bert_embeddings(rec, &p.ids, &w.embeddings.tables(), eps, &p.hidden)?;
         after_layer(rec, 0, &p.hidden);
 
         for (l, layer) in w.layers.iter().enumerate() {

@@ -146,6 +146,16 @@ impl BertInput {
         Self::new(batch, seq, ids.1, mask, types)
     }
 
+    /// Token, position and token-type ids one after the other: the [3, batch x seq] `ids` of
+    /// [`crate::kernels::bert_embeddings`].
+    pub fn embedding_ids(&self) -> Vec<u32> {
+        let mut ids = Vec::with_capacity(3 * self.input_ids.len());
+        ids.extend_from_slice(&self.input_ids);
+        ids.extend(self.position_ids());
+        ids.extend_from_slice(&self.token_type_ids);
+        ids
+    }
+
     pub(crate) fn position_ids(&self) -> Vec<u32> {
         (0..self.batch).flat_map(|_| 0..self.seq as u32).collect()
     }

@@ -3,6 +3,7 @@
 use super::BertConfig;
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::kernels::EmbeddingTables;
 use crate::models::weights::{Weights, upload};
 use crate::models::{LayerNorm, Linear};
 use crate::reference::HostTensor;
@@ -15,6 +16,19 @@ pub struct BertEmbeddings<T> {
     pub position_embeddings: T,
     pub token_type_embeddings: T,
     pub layer_norm: LayerNorm<T>,
+}
+
+impl<T> BertEmbeddings<T> {
+    /// The tables as the fused embedding kernel (and its twin) take them.
+    pub fn tables(&self) -> EmbeddingTables<'_, T> {
+        EmbeddingTables {
+            word: &self.word_embeddings,
+            position: &self.position_embeddings,
+            token_type: &self.token_type_embeddings,
+            gamma: &self.layer_norm.weight,
+            beta: &self.layer_norm.bias,
+        }
+    }
 }
 
 /// `BertLayer`: `attention.self.{query,key,value}` (fused as `qkv`), `attention.output`,

@@ -6,7 +6,7 @@ use crate::context::Context;
 use crate::error::Result;
 use crate::kernels::{self, ConvInput, Epilogue};
 use crate::models::{PlanLease, Plans};
-use crate::pipeline::Recorder;
+use crate::pipeline::{PassStat, Recorder};
 use crate::reference::HostTensor;
 use crate::tensor::{DType, Tensor};
 
@@ -99,6 +99,18 @@ impl Cswin {
     pub fn from_dir(ctx: &Context, dir: &std::path::Path) -> Result<Self> {
         let (config, weights) = super::load_dir(dir)?;
         Self::new(ctx, config, &weights)
+    }
+
+    /// The dispatches of one forward on this input, with their compulsory traffic (recorded,
+    /// not run): how many passes and bytes a forward costs, on any adapter.
+    pub fn forward_passes(
+        &self,
+        ctx: &Context,
+        pixel_values: &HostTensor,
+    ) -> Result<Vec<PassStat>> {
+        let mut rec = Recorder::new(ctx);
+        self.record(&mut rec, pixel_values, |_, _| {})?;
+        Ok(rec.passes().to_vec())
     }
 
     /// Buffer plans kept for reuse (at most [`crate::models::MAX_IDLE_PLANS`]).
