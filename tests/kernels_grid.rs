@@ -3,7 +3,8 @@
 //! spreads them over x and y (`pipeline::grid_1d`: x = ceil(groups / y), y = ceil(groups /
 //! limit), so a few spare workgroups may run past the end) and its shader rebuilds the linear
 //! index. The kernels that do are the elementwise ones (add, gelu: one workgroup per 256
-//! elements), the row kernels (layer_norm, softmax, l2_normalize, embedding: one per row) and
+//! elements), the row kernels (layer_norm, softmax, l2_normalize, embedding, bert_embeddings: one per
+//! row) and
 //! mean_pool (one per 256 outputs); matmul, conv2d and the attention kernels put their rows in
 //! y and batch in z and never come near the limit at model sizes (they refuse a grid past it
 //! with `Error::Limit`, see tests/errors.rs). The real case is CSWin's stage 1: 56 x 56 =
@@ -17,7 +18,7 @@
 
 mod common;
 
-use backbone::kernels;
+use backbone::kernels::{self, EmbeddingTables};
 use backbone::reference::{self, HostTensor};
 use backbone::{Context, ContextOptions, Recorder, Tensor};
 use common::*;
@@ -245,6 +246,43 @@ fn row_and_elementwise_kernels_on_a_grid_limit_of_7() {
         run(ctx, |rec| kernels::embedding(rec, &gids, &gtable, &y));
         let what = format!("embedding rows={rows} c={c}");
         assert_close(&what, &read_f32(ctx, &y), &cpu.data, 0.0, 0.0);
+
+        // The fused BERT embeddings: ids [3, rows] into word, position and token-type tables.
+        let (word, position, token_type) = (
+            random_host(&mut r, &[vocab, c], 1.0),
+            random_host(&mut r, &[rows + 2, c], 0.5),
+            random_host(&mut r, &[2, c], 0.5),
+        );
+        let ids: Vec<u32> = (0..rows)
+            .map(|i| (i * 7 % vocab) as u32)
+            .chain((0..rows).map(|i| i as u32))
+            .chain((0..rows).map(|i| (i % 2) as u32))
+            .collect();
+        let ids = HostTensor::new(&[3, rows], ids).expect("ids");
+        let mut cpu = nan_host(&[rows, c]);
+        let host_tables = EmbeddingTables {
+            word: &word,
+            position: &position,
+            token_type: &token_type,
+            gamma: &gamma,
+            beta: &beta,
+        };
+        reference::bert_embeddings(&ids, &host_tables, 1e-12, &mut cpu).expect("cpu");
+        let gpu_tables = [&word, &position, &token_type].map(|t| upload(ctx, t, "table"));
+        let tables = EmbeddingTables {
+            word: &gpu_tables[0],
+            position: &gpu_tables[1],
+            token_type: &gpu_tables[2],
+            gamma: &gg,
+            beta: &gbeta,
+        };
+        let y = nan_filled(ctx, &[rows, c], "y");
+        let gids = upload_u32(ctx, &ids, "ids");
+        run(ctx, |rec| {
+            kernels::bert_embeddings(rec, &gids, &tables, 1e-12, &y)
+        });
+        let what = format!("bert_embeddings rows={rows} c={c}");
+        assert_close(&what, &read_f32(ctx, &y), &cpu.data, 2e-5, 1e-5);
     }
 
     // mean_pool: one workgroup per 256 outputs (B x C).
