@@ -1,8 +1,8 @@
 // matmul: Y = epilogue(alpha * X · Wᵀ), batched and strided, with a fused epilogue
 // (+ bias[n]) (then the activation ACT: 0 none, 1 exact GELU, 2 tanh) (then + residual).
-//   x:        batch of (M, K) f32; element (b, m, k) at x_offset + outer(b)*x_outer
+//   x:        batch of (M, K) XT (f32, or f16 storage read as f32); element (b, m, k) at x_offset + outer(b)*x_outer
 //             + inner(b)*x_inner + m*lda + k
-//   w:        batch of (N, K) f32 when W_NK (PyTorch Linear's [out, in]), element (b, n, k) at
+//   w:        batch of (N, K) WT (f32 or f16) when W_NK (PyTorch Linear's [out, in]), element (b, n, k) at
 //             w_offset + outer*w_outer + inner*w_inner + n*ldb + k; batch of (K, N) otherwise,
 //             element (b, k, n) at ... + k*ldb + n
 //   bias:     (N) f32 (dummy when !HAS_BIAS)
@@ -20,7 +20,9 @@
 // neighbouring invocations read neighbouring vec4s. Edges are bounds-checked on load (zero
 // fill) and store, so any M, N, K works. When the contiguous dimension and every offset and
 // stride of an operand are multiples of 4 (VEC_X, VEC_W), its global loads are vec4s.
-// Specialisation: BM, BN, BK, TM, TN, W_NK, VEC_X, VEC_W, HAS_BIAS, HAS_RESIDUAL, ACT.
+// Products accumulate in f32 whatever the storage type; bias, residual and y are f32.
+// Specialisation: BM, BN, BK, TM, TN, W_NK, VEC_X, VEC_W, HAS_BIAS, HAS_RESIDUAL, ACT, and the
+// storage types XT, WT (aliases to f32 or f16).
 
 struct Params {
     m: u32,
@@ -46,12 +48,12 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<XT>;
+@group(0) @binding(2) var<storage, read> w: array<WT>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read> residual: array<f32>;
-@group(0) @binding(5) var<storage, read> x4: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read> w4: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> x4: array<vec4<XT>>;
+@group(0) @binding(6) var<storage, read> w4: array<vec4<WT>>;
 @group(0) @binding(7) var<storage, read_write> y: array<f32>;
 
 const THREADS_M: u32 = BM / TM;
@@ -94,7 +96,7 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
                 let kq = (l % (BK / 4u)) * 4u;
                 var v = vec4<f32>(0.0);
                 if (row0 + r < m && k0 + kq < k) {
-                    v = x4[(x_base + (row0 + r) * params.lda + k0 + kq) / 4u];
+                    v = vec4<f32>(x4[(x_base + (row0 + r) * params.lda + k0 + kq) / 4u]);
                 }
                 for (var j = 0u; j < 4u; j++) {
                     tile_x[(kq + j) * A_STRIDE + r / 4u][r % 4u] = v[j];
@@ -106,7 +108,7 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
                 let kk = l % BK;
                 var v = 0.0;
                 if (row0 + r < m && k0 + kk < k) {
-                    v = x[x_base + (row0 + r) * params.lda + k0 + kk];
+                    v = f32(x[x_base + (row0 + r) * params.lda + k0 + kk]);
                 }
                 tile_x[kk * A_STRIDE + r / 4u][r % 4u] = v;
             }
@@ -119,7 +121,7 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
                 let kq = (l % (BK / 4u)) * 4u;
                 var v = vec4<f32>(0.0);
                 if (col0 + c < n && k0 + kq < k) {
-                    v = w4[(w_base + (col0 + c) * params.ldb + k0 + kq) / 4u];
+                    v = vec4<f32>(w4[(w_base + (col0 + c) * params.ldb + k0 + kq) / 4u]);
                 }
                 for (var j = 0u; j < 4u; j++) {
                     tile_w[(kq + j) * B_STRIDE + c / 4u][c % 4u] = v[j];
@@ -132,7 +134,7 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
                 let cq = (l % (BN / 4u)) * 4u;
                 var v = vec4<f32>(0.0);
                 if (col0 + cq < n && k0 + kk < k) {
-                    v = w4[(w_base + (k0 + kk) * params.ldb + col0 + cq) / 4u];
+                    v = vec4<f32>(w4[(w_base + (k0 + kk) * params.ldb + col0 + cq) / 4u]);
                 }
                 tile_w[kk * B_STRIDE + cq / 4u] = v;
             }
@@ -150,9 +152,9 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
                 var v = 0.0;
                 if (col0 + c < n && k0 + kk < k) {
                     if (W_NK) {
-                        v = w[w_base + (col0 + c) * params.ldb + k0 + kk];
+                        v = f32(w[w_base + (col0 + c) * params.ldb + k0 + kk]);
                     } else {
-                        v = w[w_base + (k0 + kk) * params.ldb + col0 + c];
+                        v = f32(w[w_base + (k0 + kk) * params.ldb + col0 + c]);
                     }
                 }
                 tile_w[kk * B_STRIDE + c / 4u][c % 4u] = v;

@@ -135,6 +135,25 @@ impl Spec {
         let _ = writeln!(self.0, "const {name}: bool = {value};");
         self
     }
+
+    /// A storage element type: `alias {name} = f16;` (enabling WGSL's f16 extension, on the
+    /// first line as WGSL requires) or `alias {name} = f32;`.
+    pub fn storage(mut self, name: &str, f16: bool) -> Self {
+        if f16 && !self.0.starts_with("enable f16;") {
+            self.0.insert_str(0, "enable f16;\n");
+        }
+        let _ = writeln!(
+            self.0,
+            "alias {name} = {};",
+            if f16 { "f16" } else { "f32" }
+        );
+        self
+    }
+
+    /// Whether the source needs the f16 extension (and so the adapter's `SHADER_F16`).
+    pub fn uses_f16(&self) -> bool {
+        self.0.starts_with("enable f16;")
+    }
 }
 
 /// The full WGSL a kernel is compiled from: specialisation constants, shared helpers, kernel.

@@ -7,10 +7,17 @@ use backbone::{Kernel, kernels, shader_source};
 use naga::back::{hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 
-fn validate(label: &str, source: &str) -> (naga::Module, naga::valid::ModuleInfo) {
+/// Validates with the capabilities the variant needs: f16 storage needs SHADER_FLOAT16 (the
+/// adapter's `SHADER_F16`); everything else none.
+fn validate(label: &str, source: &str, f16: bool) -> (naga::Module, naga::valid::ModuleInfo) {
     let module = naga::front::wgsl::parse_str(source)
         .unwrap_or_else(|e| panic!("{label}: WGSL parse error:\n{}", e.emit_to_string(source)));
-    let info = Validator::new(ValidationFlags::all(), Capabilities::empty())
+    let caps = if f16 {
+        Capabilities::SHADER_FLOAT16
+    } else {
+        Capabilities::empty()
+    };
+    let info = Validator::new(ValidationFlags::all(), caps)
         .validate(&module)
         .unwrap_or_else(|e| panic!("{label}: validation error:\n{}", e.emit_to_string(source)));
     (module, info)
@@ -30,7 +37,7 @@ fn every_kernel_variant_validates_and_translates_to_spirv_msl_hlsl() {
             kernel.name(),
             format!("{spec:?}").replace('\n', " ")
         );
-        let (module, info) = validate(&label, &source);
+        let (module, info) = validate(&label, &source, spec.uses_f16());
         assert!(
             module
                 .entry_points
@@ -55,7 +62,15 @@ fn every_kernel_variant_validates_and_translates_to_spirv_msl_hlsl() {
         )
         .unwrap_or_else(|e| panic!("{label}: MSL: {e}"));
 
-        let options = hlsl::Options::default();
+        // DX12 takes f16 from shader model 6.2 (DXC), as wgpu asks for with SHADER_F16.
+        let options = hlsl::Options {
+            shader_model: if spec.uses_f16() {
+                hlsl::ShaderModel::V6_2
+            } else {
+                hlsl::Options::default().shader_model
+            },
+            ..Default::default()
+        };
         let pipeline = hlsl::PipelineOptions::default();
         let mut out = String::new();
         hlsl::Writer::new(&mut out, &options, &pipeline)

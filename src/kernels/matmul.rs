@@ -159,18 +159,21 @@ pub struct StridedMatmul {
 
 impl StridedMatmul {
     /// Compulsory traffic: each distinct X and W matrix read once (a view with stride 0 over a
-    /// batch dimension is one matrix for it), bias and residual once, Y written once.
-    pub fn traffic(&self, bias: bool, residual: bool) -> Traffic {
+    /// batch dimension is one matrix for it) at its element size in bytes, bias and residual
+    /// once, Y written once (f32).
+    pub fn traffic(&self, sizes: (usize, usize), bias: bool, residual: bool) -> Traffic {
         let distinct = |v: &MatrixView| {
             (if v.outer_stride > 0 { self.batch[0] } else { 1 })
                 * (if v.inner_stride > 0 { self.batch[1] } else { 1 })
         };
         let outputs = self.batch[0] * self.batch[1] * self.m * self.n;
-        let read = distinct(&self.x) * self.m * self.k
-            + distinct(&self.w) * self.n * self.k
-            + if bias { self.n } else { 0 }
-            + if residual { outputs } else { 0 };
-        Traffic::elements(read, outputs)
+        let operands = distinct(&self.x) * self.m * self.k * sizes.0
+            + distinct(&self.w) * self.n * self.k * sizes.1;
+        let epilogue = 4 * (if bias { self.n } else { 0 } + if residual { outputs } else { 0 });
+        Traffic {
+            read: (operands + epilogue) as u64,
+            written: 4 * outputs as u64,
+        }
     }
 
     /// The plain case: contiguous X [batch, M, K], W [N, K] shared by the whole batch
@@ -297,6 +300,7 @@ impl MatmulTile {
             && self.workgroup_bytes() <= l.max_compute_workgroup_storage_size
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn spec(
         self,
         w_layout: WLayout,
@@ -304,9 +308,12 @@ impl MatmulTile {
         bias: bool,
         act: Activation,
         residual: bool,
+        f16: (bool, bool),
     ) -> Spec {
         let (bm, bn, bk, tm, tn) = self.dims();
         Spec::new()
+            .storage("XT", f16.0)
+            .storage("WT", f16.1)
             .u32("BM", bm)
             .u32("BN", bn)
             .u32("BK", bk)
@@ -329,8 +336,18 @@ pub(super) fn variants() -> Vec<Spec> {
                 for (bias, residual) in [(false, false), (true, false), (false, true), (true, true)]
                 {
                     for vec in [(false, false), (true, false), (false, true), (true, true)] {
-                        out.push(tile.spec(layout, vec, bias, act, residual));
+                        out.push(tile.spec(layout, vec, bias, act, residual, (false, false)));
                     }
+                }
+            }
+        }
+    }
+    // f16 storage of X, W or both: every load path, with the fullest epilogue.
+    for tile in MatmulTile::ALL {
+        for layout in [WLayout::NK, WLayout::KN] {
+            for vec in [(false, false), (true, true)] {
+                for f16 in [(true, false), (false, true), (true, true)] {
+                    out.push(tile.spec(layout, vec, true, Activation::Gelu, true, f16));
                 }
             }
         }
@@ -436,9 +453,23 @@ pub fn matmul_with_tile(
     p: &StridedMatmul,
     tile: MatmulTile,
 ) -> Result<()> {
-    for (arg, t) in [("x", x), ("w", w), ("y", y)] {
-        check_dtype("matmul", arg, t, DType::F32)?;
+    check_dtype("matmul", "y", y, DType::F32)?;
+    for (arg, t) in [("x", x), ("w", w)] {
+        if t.dtype() == DType::F16 {
+            if !rec.context().capabilities().has(wgpu::Features::SHADER_F16) {
+                return Err(Error::Argument {
+                    op: "matmul",
+                    arg,
+                    reason: "f16 storage needs the adapter feature SHADER_F16, which this \
+                             adapter does not have"
+                        .into(),
+                });
+            }
+        } else {
+            check_dtype("matmul", arg, t, DType::F32)?;
+        }
     }
+    let f16 = (x.dtype() == DType::F16, w.dtype() == DType::F16);
     p.check(x.numel(), w.numel(), y.numel())?;
     if let Some(bias) = ep.bias {
         check_dtype("matmul", "bias", bias, DType::F32)?;
@@ -484,6 +515,7 @@ pub fn matmul_with_tile(
             ep.bias.is_some(),
             ep.act,
             ep.residual.is_some(),
+            f16,
         ),
         params: bytemuck::bytes_of(&params),
         buffers: &[
@@ -496,7 +528,11 @@ pub fn matmul_with_tile(
             y.buffer(),
         ],
         groups,
-        traffic: p.traffic(ep.bias.is_some(), ep.residual.is_some()),
+        traffic: p.traffic(
+            (x.dtype().size(), w.dtype().size()),
+            ep.bias.is_some(),
+            ep.residual.is_some(),
+        ),
     })
 }
 
