@@ -1,12 +1,12 @@
 // attention: fused multi-head self-attention, flash-style (online softmax, no score matrix in
 // memory), reading Q, K and V straight from the fused QKV projection and writing the merged
 // heads, with the Hugging Face padding mask.
-//   qkv:  (B, T, 3C) f32, row-major; for head h, q = [.., h*D .. (h+1)*D), k the same at C + h*D,
+//   qkv:  (B, T, 3C) XT (f32 or f16 storage), row-major; for head h, q = [.., h*D .. (h+1)*D), k the same at C + h*D,
 //         v at 2C + h*D, with C = H * D
 //   mask: (B, T) u32; key t of batch entry b is attended to when mask[b, t] != 0. A masked
 //         key gets the additive bias f32::MIN, as Hugging Face adds torch.finfo(float32).min
 //         (never -inf: a fully masked row averages V uniformly instead of becoming NaN)
-//   out:  (B, T, C) f32, row-major; heads merged: out[b, t, h*D + d]
+//   out:  (B, T, C) YT (f32 or f16), row-major; heads merged: out[b, t, h*D + d]
 // scores = (q · k) * scale + bias, softmax over keys, out = softmax · V.
 //
 // A workgroup owns BQ = 64 consecutive queries of one (batch, head): grid (ceil(T/64), H, B).
@@ -14,7 +14,8 @@
 // workgroup walks the keys in tiles of KV_TILE, staging K and V tiles (and the mask bias) in
 // workgroup memory (2 * KV_TILE * HEAD_DIM floats), and per tile rescales each query's
 // running max, sum and accumulator once.
-// Specialisation: HEAD_DIM (D), KV_TILE.
+// Scores, softmax state and accumulators are f32 whatever the storage types.
+// Specialisation: HEAD_DIM (D), KV_TILE, XT, YT.
 
 struct Params {
     batch: u32,
@@ -24,9 +25,9 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> qkv: array<f32>;
+@group(0) @binding(1) var<storage, read> qkv: array<XT>;
 @group(0) @binding(2) var<storage, read> mask: array<u32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<YT>;
 
 const BQ: u32 = 64u;
 const MASKED: f32 = F32_LOWEST; // torch.finfo(torch.float32).min
@@ -50,7 +51,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     if (has_query) {
         let q_at = (b * t + query) * row_stride + h * HEAD_DIM;
         for (var d = 0u; d < HEAD_DIM; d++) {
-            q[d] = qkv[q_at + d];
+            q[d] = f32(qkv[q_at + d]);
         }
     }
     for (var d = 0u; d < HEAD_DIM; d++) {
@@ -65,8 +66,8 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
             let j = l / HEAD_DIM;
             let d = l % HEAD_DIM;
             let at = (b * t + k0 + j) * row_stride + h * HEAD_DIM + d;
-            k_tile[l] = qkv[at + c];
-            v_tile[l] = qkv[at + 2u * c];
+            k_tile[l] = f32(qkv[at + c]);
+            v_tile[l] = f32(qkv[at + 2u * c]);
         }
         for (var j = lid; j < keys; j += BQ) {
             bias_tile[j] = select(MASKED, 0.0, mask[b * t + k0 + j] != 0u);
@@ -107,7 +108,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
         let inv = 1.0 / running_sum;
         let out_at = (b * t + query) * c + h * HEAD_DIM;
         for (var d = 0u; d < HEAD_DIM; d++) {
-            out[out_at + d] = acc[d] * inv;
+            out[out_at + d] = YT(acc[d] * inv);
         }
     }
 }

@@ -7,12 +7,13 @@
 //   ids:        (3, rows) u32: token ids, then position ids, then token-type ids; an id past
 //               its table contributes zeros (ids are checked on the host), so the GPU never
 //               reads out of bounds
-//   word:       (vocab, C) f32, row-major
-//   position:   (positions, C) f32, row-major
-//   token_type: (types, C) f32, row-major
+//   word:       (vocab, C) TT (f32 or f16 storage), row-major
+//   position:   (positions, C) TT, row-major
+//   token_type: (types, C) TT, row-major
 //   gamma:      (C) f32
 //   beta:       (C) f32
-//   y:          (rows, C) f32, row-major
+//   y:          (rows, C) YT (f32 or f16), row-major
+// Sums and the normalisation are f32 whatever the storage types. Specialisation: TT, YT.
 // One workgroup of 256 per row (grid spread over x and y), striding over C.
 
 struct Params {
@@ -28,22 +29,22 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> ids: array<u32>;
-@group(0) @binding(2) var<storage, read> word: array<f32>;
-@group(0) @binding(3) var<storage, read> position: array<f32>;
-@group(0) @binding(4) var<storage, read> token_type: array<f32>;
+@group(0) @binding(2) var<storage, read> word: array<TT>;
+@group(0) @binding(3) var<storage, read> position: array<TT>;
+@group(0) @binding(4) var<storage, read> token_type: array<TT>;
 @group(0) @binding(5) var<storage, read> gamma: array<f32>;
 @group(0) @binding(6) var<storage, read> beta: array<f32>;
-@group(0) @binding(7) var<storage, read_write> y: array<f32>;
+@group(0) @binding(7) var<storage, read_write> y: array<YT>;
 
 // Row `id` of a table with `n` rows, element i; zero for an id out of range.
 fn gather_word(id: u32, i: u32) -> f32 {
-    return select(0.0, word[id * params.c + i], id < params.vocab);
+    return select(0.0, f32(word[id * params.c + i]), id < params.vocab);
 }
 fn gather_position(id: u32, i: u32) -> f32 {
-    return select(0.0, position[id * params.c + i], id < params.positions);
+    return select(0.0, f32(position[id * params.c + i]), id < params.positions);
 }
 fn gather_type(id: u32, i: u32) -> f32 {
-    return select(0.0, token_type[id * params.c + i], id < params.types);
+    return select(0.0, f32(token_type[id * params.c + i]), id < params.types);
 }
 
 @compute @workgroup_size(256)
@@ -74,6 +75,6 @@ fn bert_embeddings(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     let base = row * c;
     for (var i = lid; i < c; i += REDUCE_WG) {
         let s = (gather_word(tok, i) + gather_position(pos, i)) + gather_type(typ, i);
-        y[base + i] = (s - mean) * inv_std * gamma[i] + beta[i];
+        y[base + i] = YT((s - mean) * inv_std * gamma[i] + beta[i]);
     }
 }

@@ -2,12 +2,13 @@
 // s = x + residual when HAS_RESIDUAL (the post-norm transformer's "add & norm") and s = x
 // otherwise. Biased variance, two passes over the row (mean, then squared deviations), as
 // PyTorch computes it.
-//   x:        (rows, C) f32, row-major
-//   residual: (rows, C) f32, row-major (bound to a dummy buffer when !HAS_RESIDUAL)
+//   x:        (rows, C) XT (f32 or f16 storage), row-major
+//   residual: (rows, C) XT, row-major (bound to a dummy buffer when !HAS_RESIDUAL)
 //   gamma:    (C) f32
 //   beta:     (C) f32
-//   y:        (rows, C) f32, row-major
-// Specialisation: HAS_RESIDUAL. One workgroup of 256 per row (grid spread over x and y).
+//   y:        (rows, C) YT (f32 or f16), row-major
+// Sums and the normalisation are f32 whatever the storage types.
+// Specialisation: HAS_RESIDUAL, XT, YT. One workgroup of 256 per row (grid spread over x and y).
 
 struct Params {
     rows: u32,
@@ -17,17 +18,17 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> residual: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<XT>;
+@group(0) @binding(2) var<storage, read> residual: array<XT>;
 @group(0) @binding(3) var<storage, read> gamma: array<f32>;
 @group(0) @binding(4) var<storage, read> beta: array<f32>;
-@group(0) @binding(5) var<storage, read_write> y: array<f32>;
+@group(0) @binding(5) var<storage, read_write> y: array<YT>;
 
 fn load(i: u32) -> f32 {
     if (HAS_RESIDUAL) {
-        return x[i] + residual[i];
+        return f32(x[i]) + f32(residual[i]);
     }
-    return x[i];
+    return f32(x[i]);
 }
 
 @compute @workgroup_size(256)
@@ -54,6 +55,6 @@ fn layer_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     let inv_std = inverseSqrt(workgroup_sum(lid, sq) / f32(c) + params.eps);
 
     for (var i = lid; i < c; i += REDUCE_WG) {
-        y[base + i] = (load(base + i) - mean) * inv_std * gamma[i] + beta[i];
+        y[base + i] = YT((load(base + i) - mean) * inv_std * gamma[i] + beta[i]);
     }
 }

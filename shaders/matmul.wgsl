@@ -6,8 +6,8 @@
 //             w_offset + outer*w_outer + inner*w_inner + n*ldb + k; batch of (K, N) otherwise,
 //             element (b, k, n) at ... + k*ldb + n
 //   bias:     (N) f32 (dummy when !HAS_BIAS)
-//   residual: laid out exactly as y (dummy when !HAS_RESIDUAL)
-//   y:        batch of (M, N) f32; element (b, m, n) at y_offset + outer*y_outer
+//   residual: laid out exactly as y, of y's storage type YT (dummy when !HAS_RESIDUAL)
+//   y:        batch of (M, N) YT (f32 or f16); element (b, m, n) at y_offset + outer*y_outer
 //             + inner*y_inner + m*ldc + n
 //   x4, w4:   x and w again, seen as vec4s, for the vectorised loads (VEC_X, VEC_W)
 // where batch index b = outer(b) * batch_inner + inner(b).
@@ -20,9 +20,9 @@
 // neighbouring invocations read neighbouring vec4s. Edges are bounds-checked on load (zero
 // fill) and store, so any M, N, K works. When the contiguous dimension and every offset and
 // stride of an operand are multiples of 4 (VEC_X, VEC_W), its global loads are vec4s.
-// Products accumulate in f32 whatever the storage type; bias, residual and y are f32.
+// Products and the epilogue compute in f32 whatever the storage types; bias is f32.
 // Specialisation: BM, BN, BK, TM, TN, W_NK, VEC_X, VEC_W, HAS_BIAS, HAS_RESIDUAL, ACT, and the
-// storage types XT, WT (aliases to f32 or f16).
+// storage types XT, WT, YT (aliases to f32 or f16).
 
 struct Params {
     m: u32,
@@ -51,10 +51,10 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x: array<XT>;
 @group(0) @binding(2) var<storage, read> w: array<WT>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read> residual: array<f32>;
+@group(0) @binding(4) var<storage, read> residual: array<YT>;
 @group(0) @binding(5) var<storage, read> x4: array<vec4<XT>>;
 @group(0) @binding(6) var<storage, read> w4: array<vec4<WT>>;
-@group(0) @binding(7) var<storage, read_write> y: array<f32>;
+@group(0) @binding(7) var<storage, read_write> y: array<YT>;
 
 const THREADS_M: u32 = BM / TM;
 const THREADS_N: u32 = BN / TN;
@@ -209,9 +209,9 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
                     }
                     let at = y_base + row * params.ldc + col;
                     if (HAS_RESIDUAL) {
-                        v += residual[at];
+                        v += f32(residual[at]);
                     }
-                    y[at] = v;
+                    y[at] = YT(v);
                 }
             }
         }

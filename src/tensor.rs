@@ -283,6 +283,33 @@ fn check_binding_size(ctx: &Context, bytes: u64, label: &str) -> Result<()> {
     Ok(())
 }
 
+/// Accepts an f32 tensor, or an f16 one where the adapter has `SHADER_F16` (an error naming
+/// the feature otherwise); returns whether it is f16.
+pub(crate) fn check_float(
+    ctx: &Context,
+    op: &'static str,
+    arg: &'static str,
+    t: &Tensor,
+) -> Result<bool> {
+    match t.dtype {
+        DType::F32 => Ok(false),
+        DType::F16 if ctx.capabilities().has(wgpu::Features::SHADER_F16) => Ok(true),
+        DType::F16 => Err(Error::Argument {
+            op,
+            arg,
+            reason: "f16 storage needs the adapter feature SHADER_F16, which this adapter \
+                     does not have"
+                .into(),
+        }),
+        DType::U32 => Err(Error::DType {
+            op,
+            arg,
+            expected: DTypeName("f32 or f16"),
+            found: t.dtype.name(),
+        }),
+    }
+}
+
 pub(crate) fn check_dtype(
     op: &'static str,
     arg: &'static str,

@@ -1,4 +1,5 @@
-//! f16 storage variants against the CPU twins. The twin of an f16 run is the same twin on
+//! f16 storage variants (matmul, layer_norm, attention, mean_pool, bert_embeddings) against
+//! the CPU twins. The twin of an f16 run is the same twin on
 //! inputs rounded to f16 (what the GPU reads), so the comparison checks the kernel's f32
 //! accumulation over exactly the same values. Outputs start as NaN.
 
@@ -29,6 +30,22 @@ fn upload_as(ctx: &Context, t: &HostTensor, f16: bool, label: &str) -> Tensor {
     }
 }
 
+/// An output tensor prefilled with NaN, f16 or f32.
+fn nan_output(ctx: &Context, shape: &[usize], f16: bool) -> Tensor {
+    if f16 {
+        let n = shape.iter().product();
+        Tensor::from_f16(ctx, shape, &vec![half::f16::NAN; n], "y16").expect("nan f16")
+    } else {
+        nan_filled(ctx, shape, "y")
+    }
+}
+
+/// Relative bound added by an f16 output: the GPU rounds its f32 result to f16 (half an ulp,
+/// 2^-11 relative), the twin's f64 result may sit on the other side of a rounding boundary.
+fn out_rtol(f16: bool) -> f32 {
+    if f16 { 1e-3 } else { 1e-5 }
+}
+
 fn f16_ctx() -> Option<&'static Context> {
     let ctx = ctx();
     if ctx.capabilities().has(wgpu::Features::SHADER_F16) {
@@ -48,7 +65,7 @@ fn check(
     ctx: &Context,
     (m, n, k): (usize, usize, usize),
     layout: WLayout,
-    f16: (bool, bool),
+    f16: (bool, bool, bool),
     epilogue: bool,
     tile: MatmulTile,
     seed: u64,
@@ -62,6 +79,12 @@ fn check(
     let w = random_host(&mut r, &w_shape, 0.5);
     let bias = random_host(&mut r, &[n], 1.0);
     let residual = random_host(&mut r, &[m, n], 1.0);
+    // An f16 output has an f16 residual: the twin reads the rounded one too.
+    let residual = if f16.2 {
+        round_f16(&residual)
+    } else {
+        residual
+    };
     let (xr, wr) = (
         if f16.0 { round_f16(&x) } else { x.clone() },
         if f16.1 { round_f16(&w) } else { w.clone() },
@@ -103,12 +126,13 @@ fn check(
     kernels::matmul::matmul_with_tile(&mut rec, &gx, &gw, &gy, gep, &p, tile).expect("record");
     rec.submit_blocking().expect("submit");
     let what = format!(
-        "f16 matmul x16={} w16={} {tile:?} m={m} n={n} k={k} {layout:?} epilogue={epilogue}",
-        f16.0, f16.1
+        "f16 matmul x16={} w16={} y16={} {tile:?} m={m} n={n} k={k} {layout:?} epilogue={epilogue}",
+        f16.0, f16.1, f16.2
     );
-    // Same inputs on both sides: only the f32 accumulation order differs, as in the f32 tests.
+    // Same inputs on both sides: only the f32 accumulation order differs, as in the f32 tests,
+    // plus the f16 rounding of an f16 output.
     let tol = (2e-6 * (k as f32).sqrt()).max(1e-5);
-    assert_close(&what, &read_f32(ctx, &gy), &cpu.data, tol, 1e-5);
+    assert_close(&what, &read_f32(ctx, &gy), &cpu.data, tol, out_rtol(f16.2));
 }
 
 #[test]
@@ -120,7 +144,12 @@ fn matmul_f16_storage_matches_twin() {
     let shapes = [(1, 7, 5), (65, 127, 63), (33, 68, 132), (128, 768, 768)];
     let mut seed = 900;
     for (i, &shape) in shapes.iter().enumerate() {
-        for f16 in [(true, false), (false, true), (true, true)] {
+        for f16 in [
+            (true, false, false),
+            (false, true, false),
+            (true, true, false),
+            (true, true, true),
+        ] {
             for tile in MatmulTile::ALL {
                 let layout = if i % 2 == 0 { WLayout::NK } else { WLayout::KN };
                 seed += 1;
@@ -142,9 +171,11 @@ fn matmul_f16_storage_dtype_rules() {
     );
     let y16 = Tensor::empty(ctx, &[2, 3], DType::F16, "y16").expect("y16");
     let mut rec = Recorder::new(ctx);
-    // The output stays f32.
-    let err = kernels::matmul(&mut rec, &x, &w, &y16, Epilogue::none()).expect_err("f16 y");
-    assert!(err.to_string().contains("`y`"), "{err}");
+    // A residual has the output's storage type.
+    let r32 = nan_filled(ctx, &[2, 3], "r32");
+    let err = kernels::matmul(&mut rec, &x, &w, &y16, Epilogue::none().residual(&r32))
+        .expect_err("f32 residual for an f16 y");
+    assert!(err.to_string().contains("`residual`"), "{err}");
     // u32 is no storage type for a product.
     let wu = Tensor::from_u32(ctx, &[3, 4], &[1; 12], "wu").expect("wu");
     let y = nan_filled(ctx, &[2, 3], "y");
@@ -154,5 +185,167 @@ fn matmul_f16_storage_dtype_rules() {
         kernels::matmul(&mut rec, &x, &w, &y, Epilogue::none()).expect("f16 x, f32 w");
         rec.submit_blocking().expect("submit");
         assert_close("ones x halves", &read_f32(ctx, &y), &[2.0; 6], 0.0, 0.0);
+    }
+}
+
+#[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
+fn layer_norm_f16_storage_matches_twin() {
+    let Some(ctx) = f16_ctx() else { return };
+    for (i, (rows, c)) in [(1, 7), (65, 300), (256, 768)].into_iter().enumerate() {
+        for f16 in [(true, false), (false, true), (true, true)] {
+            for with_residual in [false, true] {
+                let mut r = rng(700 + i as u64);
+                let x = round_f16(&random_host(&mut r, &[rows, c], 3.0));
+                let res = round_f16(&random_host(&mut r, &[rows, c], 1.0));
+                let gamma = random_host(&mut r, &[c], 1.5);
+                let beta = random_host(&mut r, &[c], 0.2);
+                let mut cpu = nan_host(&[rows, c]);
+                let residual = with_residual.then_some(&res);
+                reference::layer_norm(&x, residual, &gamma, &beta, 1e-12, &mut cpu).expect("twin");
+                let gres = upload_as(ctx, &res, f16.0, "residual");
+                let gy = nan_output(ctx, &[rows, c], f16.1);
+                let mut rec = Recorder::new(ctx);
+                kernels::layer_norm(
+                    &mut rec,
+                    &upload_as(ctx, &x, f16.0, "x"),
+                    with_residual.then_some(&gres),
+                    &upload(ctx, &gamma, "gamma"),
+                    &upload(ctx, &beta, "beta"),
+                    1e-12,
+                    &gy,
+                )
+                .expect("record");
+                rec.submit_blocking().expect("submit");
+                let what = format!("layer_norm f16={f16:?} rows={rows} c={c} res={with_residual}");
+                assert_close(&what, &read_f32(ctx, &gy), &cpu.data, 2e-5, out_rtol(f16.1));
+            }
+        }
+    }
+}
+
+#[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
+fn attention_f16_storage_matches_twin() {
+    let Some(ctx) = f16_ctx() else { return };
+    // (B, T, heads, head_dim): below one key tile, off the multiple, BERT-base.
+    for (i, (b, t, heads, d)) in [(1, 5, 2, 8), (2, 37, 4, 16), (2, 128, 12, 64)]
+        .into_iter()
+        .enumerate()
+    {
+        let c = heads * d;
+        let mut r = rng(800 + i as u64);
+        let qkv = round_f16(&random_host(&mut r, &[b, t, 3 * c], 1.0));
+        // Right padding on the last sequence, left padding on the first.
+        let mask: Vec<u32> = (0..b * t)
+            .map(|j| {
+                let (s, k) = (j / t, j % t);
+                u32::from(if s == 0 { k >= t / 3 } else { k < t - t / 4 })
+            })
+            .collect();
+        let mask = HostTensor::new(&[b, t], mask).expect("mask");
+        let mut cpu = nan_host(&[b, t, c]);
+        reference::attention(&qkv, &mask, heads, &mut cpu).expect("twin");
+        for f16 in [(true, false), (false, true), (true, true)] {
+            let gy = nan_output(ctx, &[b, t, c], f16.1);
+            let mut rec = Recorder::new(ctx);
+            kernels::attention(
+                &mut rec,
+                &upload_as(ctx, &qkv, f16.0, "qkv"),
+                &upload_u32(ctx, &mask, "mask"),
+                heads,
+                &gy,
+            )
+            .expect("record");
+            rec.submit_blocking().expect("submit");
+            let what = format!("attention f16={f16:?} b={b} t={t} heads={heads} d={d}");
+            assert_close(&what, &read_f32(ctx, &gy), &cpu.data, 1e-5, out_rtol(f16.1));
+        }
+    }
+}
+
+#[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
+fn mean_pool_and_embeddings_f16_storage_match_twins() {
+    let Some(ctx) = f16_ctx() else { return };
+    let (b, t, c) = (3, 41, 300);
+    let mut r = rng(900);
+    let x = round_f16(&random_host(&mut r, &[b, t, c], 2.0));
+    let mask = HostTensor::new(
+        &[b, t],
+        (0..b * t)
+            .map(|j| u32::from(j % t < t - 7 * (j / t)))
+            .collect(),
+    )
+    .expect("mask");
+    let mut cpu = nan_host(&[b, c]);
+    reference::mean_pool(&x, &mask, &mut cpu).expect("twin");
+    let gy = nan_filled(ctx, &[b, c], "pooled");
+    let mut rec = Recorder::new(ctx);
+    kernels::mean_pool(
+        &mut rec,
+        &upload_as(ctx, &x, true, "x"),
+        &upload_u32(ctx, &mask, "mask"),
+        &gy,
+    )
+    .expect("record");
+    rec.submit_blocking().expect("submit");
+    assert_close(
+        "mean_pool f16 x",
+        &read_f32(ctx, &gy),
+        &cpu.data,
+        1e-6,
+        1e-5,
+    );
+
+    // The fused embeddings with f16 tables and/or an f16 output.
+    let rows = 65;
+    let sizes = [1000, 70, 3];
+    let mut ids = Vec::new();
+    for (k, &n) in sizes.iter().enumerate() {
+        ids.extend((0..rows).map(|i| ((i * 7919 + k * 31) % n) as u32));
+    }
+    let ids = HostTensor::new(&[3, rows], ids).expect("ids");
+    let tables: Vec<HostTensor> = sizes
+        .iter()
+        .map(|&n| round_f16(&random_host(&mut r, &[n, c], 1.0)))
+        .collect();
+    let gamma = random_host(&mut r, &[c], 1.5);
+    let beta = random_host(&mut r, &[c], 0.2);
+    let host_tables = kernels::EmbeddingTables {
+        word: &tables[0],
+        position: &tables[1],
+        token_type: &tables[2],
+        gamma: &gamma,
+        beta: &beta,
+    };
+    let mut cpu = nan_host(&[rows, c]);
+    reference::bert_embeddings(&ids, &host_tables, 1e-12, &mut cpu).expect("twin");
+    for f16 in [(true, false), (false, true), (true, true)] {
+        let g: Vec<Tensor> = tables
+            .iter()
+            .map(|t| upload_as(ctx, t, f16.0, "table"))
+            .collect();
+        let (gg, gb) = (upload(ctx, &gamma, "gamma"), upload(ctx, &beta, "beta"));
+        let gpu_tables = kernels::EmbeddingTables {
+            word: &g[0],
+            position: &g[1],
+            token_type: &g[2],
+            gamma: &gg,
+            beta: &gb,
+        };
+        let gy = nan_output(ctx, &[rows, c], f16.1);
+        let mut rec = Recorder::new(ctx);
+        kernels::bert_embeddings(
+            &mut rec,
+            &upload_u32(ctx, &ids, "ids"),
+            &gpu_tables,
+            1e-12,
+            &gy,
+        )
+        .expect("record");
+        rec.submit_blocking().expect("submit");
+        let what = format!("bert_embeddings f16={f16:?}");
+        assert_close(&what, &read_f32(ctx, &gy), &cpu.data, 2e-5, out_rtol(f16.1));
     }
 }

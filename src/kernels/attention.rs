@@ -1,6 +1,6 @@
 use crate::error::{Error, Result};
 use crate::pipeline::{Dispatch, Kernel, Recorder, Spec, Traffic};
-use crate::tensor::{DType, Tensor, check_dtype};
+use crate::tensor::{DType, Tensor, check_dtype, check_float};
 
 /// Largest head size the fused kernel takes (it keeps a query row in registers).
 pub const MAX_HEAD_DIM: usize = 128;
@@ -14,16 +14,19 @@ struct Params {
     scale: f32,
 }
 
-/// Keys per staged tile: K and V tiles take 8 KiB of workgroup memory at most.
+/// Keys per staged tile, a power of two from 4 to 32 with KV_TILE x HEAD_DIM <= 1024: the K
+/// and V tiles (f32) take 8 KiB of workgroup memory at most (4 to 32 keys for head sizes
+/// 1..=128; WebGPU guarantees 16 KiB).
 fn kv_tile(head_dim: usize) -> u32 {
-    (1024 / head_dim.max(1))
-        .clamp(4, 32)
-        .next_power_of_two()
-        .min(32) as u32
+    let keys = (1024 / head_dim.max(1)).clamp(4, 32);
+    1 << (usize::BITS - 1 - keys.leading_zeros())
 }
 
-pub(super) fn spec(head_dim: usize) -> Spec {
+/// Specialisation: head size, key tile, and the storage types of `qkv` and `out`.
+pub(super) fn spec(head_dim: usize, f16: (bool, bool)) -> Spec {
     Spec::new()
+        .storage("XT", f16.0)
+        .storage("YT", f16.1)
         .u32("HEAD_DIM", head_dim as u32)
         .u32("KV_TILE", kv_tile(head_dim))
 }
@@ -92,9 +95,12 @@ pub fn attention(
     heads: usize,
     out: &Tensor,
 ) -> Result<()> {
-    check_dtype("attention", "qkv", qkv, DType::F32)?;
+    let ctx = rec.context();
+    let f16 = (
+        check_float(ctx, "attention", "qkv", qkv)?,
+        check_float(ctx, "attention", "out", out)?,
+    );
     check_dtype("attention", "mask", mask, DType::U32)?;
-    check_dtype("attention", "out", out, DType::F32)?;
     let (b, t, _c, d) = attention_dims(qkv.shape(), mask.shape(), heads, out.shape())?;
     let params = Params {
         batch: b as u32,
@@ -104,7 +110,7 @@ pub fn attention(
     };
     rec.dispatch(Dispatch {
         kernel: Kernel::Attention,
-        spec: spec(d),
+        spec: spec(d, f16),
         params: bytemuck::bytes_of(&params),
         buffers: &[qkv.buffer(), mask.buffer(), out.buffer()],
         groups: [t.div_ceil(64) as u32, heads as u32, b as u32],

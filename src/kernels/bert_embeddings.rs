@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::pipeline::{Dispatch, Kernel, Recorder, Spec, Traffic, grid_1d};
-use crate::tensor::{DType, Tensor, check_dtype};
+use crate::tensor::{DType, Tensor, check_dtype, check_float};
 
 /// The tables of BERT's embedding block, on the GPU (`T = Tensor`) or the host.
 #[derive(Debug, Clone, Copy)]
@@ -72,6 +72,11 @@ pub fn bert_embeddings_dims(
     Ok((rows, c, sizes))
 }
 
+/// Specialisation: the storage types of the three tables and of `y`.
+pub(super) fn spec(f16: (bool, bool)) -> Spec {
+    Spec::new().storage("TT", f16.0).storage("YT", f16.1)
+}
+
 /// `y = LayerNorm((word[ids[0]] + position[ids[1]]) + token_type[ids[2]])` per row, as BERT's
 /// embedding block (and its five separate passes) computes it. Ids past a table contribute
 /// zeros on the GPU: check them on the host with [`super::check_ids`].
@@ -83,16 +88,19 @@ pub fn bert_embeddings(
     y: &Tensor,
 ) -> Result<()> {
     check_dtype("bert_embeddings", "ids", ids, DType::U32)?;
+    let ctx = rec.context();
+    let f16 = (
+        check_float(ctx, "bert_embeddings", "word", tables.word)?,
+        check_float(ctx, "bert_embeddings", "y", y)?,
+    );
     let named = [
-        ("word", tables.word),
-        ("position", tables.position),
-        ("token_type", tables.token_type),
-        ("gamma", tables.gamma),
-        ("beta", tables.beta),
-        ("y", y),
+        ("position", tables.position, tables.word.dtype()),
+        ("token_type", tables.token_type, tables.word.dtype()),
+        ("gamma", tables.gamma, DType::F32),
+        ("beta", tables.beta, DType::F32),
     ];
-    for (arg, t) in named {
-        check_dtype("bert_embeddings", arg, t, DType::F32)?;
+    for (arg, t, dtype) in named {
+        check_dtype("bert_embeddings", arg, t, dtype)?;
     }
     let (rows, c, [vocab, positions, types]) = bert_embeddings_dims(
         ids.shape(),
@@ -122,7 +130,7 @@ pub fn bert_embeddings(
     };
     rec.dispatch(Dispatch {
         kernel: Kernel::BertEmbeddings,
-        spec: Spec::new(),
+        spec: spec(f16),
         params: bytemuck::bytes_of(&params),
         buffers: &[
             ids.buffer(),
@@ -135,6 +143,9 @@ pub fn bert_embeddings(
         ],
         groups: grid_1d(rec.context(), rows as u32),
         // ids, three gathered rows and the norm's parameters read; one row written.
-        traffic: Traffic::elements(3 * rows + 3 * rows * c + 2 * c, rows * c),
+        traffic: Traffic {
+            read: (4 * 3 * rows + 3 * rows * c * tables.word.dtype().size() + 4 * 2 * c) as u64,
+            written: (rows * c * y.dtype().size()) as u64,
+        },
     })
 }

@@ -101,7 +101,7 @@ impl CswinBranch {
 pub(super) const VALIDATED_HEAD_DIMS: [usize; 6] = [8, 12, 16, 24, 32, 48];
 
 pub(super) fn spec(head_dim: usize) -> Spec {
-    super::attention::spec(head_dim)
+    super::attention::spec(head_dim, (false, false))
 }
 
 #[repr(C)]

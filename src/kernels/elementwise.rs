@@ -30,6 +30,11 @@ impl Sizes {
 pub(crate) fn rows_of(op: &'static str, x: &Tensor, y: &Tensor) -> Result<(usize, usize)> {
     check_dtype(op, "x", x, DType::F32)?;
     check_dtype(op, "y", y, DType::F32)?;
+    shape_rows(op, x, y)
+}
+
+/// [`rows_of`] without the dtype checks (for kernels that also take f16 storage).
+pub(crate) fn shape_rows(op: &'static str, x: &Tensor, y: &Tensor) -> Result<(usize, usize)> {
     let Some(&c) = x.shape().last() else {
         return Err(Error::Shape {
             op,

@@ -1,7 +1,7 @@
-use super::elementwise::rows_of;
+use super::elementwise::shape_rows;
 use crate::error::{Error, Result};
 use crate::pipeline::{Dispatch, Kernel, Recorder, Spec, Traffic, grid_1d};
-use crate::tensor::{DType, Tensor, check_dtype, check_shape};
+use crate::tensor::{DType, Tensor, check_dtype, check_float, check_shape};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -12,8 +12,12 @@ struct Params {
     _pad: u32,
 }
 
-pub(super) fn spec(has_residual: bool) -> Spec {
-    Spec::new().bool("HAS_RESIDUAL", has_residual)
+/// Specialisation: the residual, and the storage types of `x` (and `residual`) and `y`.
+pub(super) fn spec(has_residual: bool, f16: (bool, bool)) -> Spec {
+    Spec::new()
+        .storage("XT", f16.0)
+        .storage("YT", f16.1)
+        .bool("HAS_RESIDUAL", has_residual)
 }
 
 /// LayerNorm over the last dimension of `x + residual` (or `x`), scaled by `gamma` and shifted
@@ -27,13 +31,18 @@ pub fn layer_norm(
     eps: f32,
     y: &Tensor,
 ) -> Result<()> {
-    let (rows, c) = rows_of("layer_norm", x, y)?;
+    let ctx = rec.context();
+    let f16 = (
+        check_float(ctx, "layer_norm", "x", x)?,
+        check_float(ctx, "layer_norm", "y", y)?,
+    );
+    let (rows, c) = shape_rows("layer_norm", x, y)?;
     for (arg, t) in [("gamma", gamma), ("beta", beta)] {
         check_dtype("layer_norm", arg, t, DType::F32)?;
         check_shape("layer_norm", arg, t, &[c])?;
     }
     if let Some(r) = residual {
-        check_dtype("layer_norm", "residual", r, DType::F32)?;
+        check_dtype("layer_norm", "residual", r, x.dtype())?;
         check_shape("layer_norm", "residual", r, x.shape())?;
     }
     if !(eps.is_finite() && eps > 0.0) {
@@ -43,7 +52,6 @@ pub fn layer_norm(
             reason: format!("{eps} is not a positive finite number"),
         });
     }
-    let ctx = rec.context();
     let params = Params {
         rows: rows as u32,
         c: c as u32,
@@ -52,7 +60,7 @@ pub fn layer_norm(
     };
     rec.dispatch(Dispatch {
         kernel: Kernel::LayerNorm,
-        spec: spec(residual.is_some()),
+        spec: spec(residual.is_some(), f16),
         params: bytemuck::bytes_of(&params),
         buffers: &[
             x.buffer(),
@@ -62,9 +70,10 @@ pub fn layer_norm(
             y.buffer(),
         ],
         groups: grid_1d(ctx, rows as u32),
-        traffic: Traffic::elements(
-            rows * c * (1 + usize::from(residual.is_some())) + 2 * c,
-            rows * c,
-        ),
+        traffic: Traffic {
+            read: (rows * c * (1 + usize::from(residual.is_some())) * x.dtype().size() + 4 * 2 * c)
+                as u64,
+            written: (rows * c * y.dtype().size()) as u64,
+        },
     })
 }

@@ -3,7 +3,7 @@
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::pipeline::{Dispatch, Kernel, Recorder, Spec, Traffic};
-use crate::tensor::{DType, Tensor, check_dtype, check_shape};
+use crate::tensor::{DType, Tensor, check_dtype, check_float, check_shape};
 
 /// The activation a matmul epilogue applies after the bias.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -160,8 +160,8 @@ pub struct StridedMatmul {
 impl StridedMatmul {
     /// Compulsory traffic: each distinct X and W matrix read once (a view with stride 0 over a
     /// batch dimension is one matrix for it) at its element size in bytes, bias and residual
-    /// once, Y written once (f32).
-    pub fn traffic(&self, sizes: (usize, usize), bias: bool, residual: bool) -> Traffic {
+    /// once (f32) and the residual once, Y written once (element sizes X, W, Y in bytes).
+    pub fn traffic(&self, sizes: (usize, usize, usize), bias: bool, residual: bool) -> Traffic {
         let distinct = |v: &MatrixView| {
             (if v.outer_stride > 0 { self.batch[0] } else { 1 })
                 * (if v.inner_stride > 0 { self.batch[1] } else { 1 })
@@ -169,10 +169,11 @@ impl StridedMatmul {
         let outputs = self.batch[0] * self.batch[1] * self.m * self.n;
         let operands = distinct(&self.x) * self.m * self.k * sizes.0
             + distinct(&self.w) * self.n * self.k * sizes.1;
-        let epilogue = 4 * (if bias { self.n } else { 0 } + if residual { outputs } else { 0 });
+        let epilogue =
+            4 * if bias { self.n } else { 0 } + sizes.2 * if residual { outputs } else { 0 };
         Traffic {
             read: (operands + epilogue) as u64,
-            written: 4 * outputs as u64,
+            written: (sizes.2 * outputs) as u64,
         }
     }
 
@@ -308,12 +309,13 @@ impl MatmulTile {
         bias: bool,
         act: Activation,
         residual: bool,
-        f16: (bool, bool),
+        f16: (bool, bool, bool),
     ) -> Spec {
         let (bm, bn, bk, tm, tn) = self.dims();
         Spec::new()
             .storage("XT", f16.0)
             .storage("WT", f16.1)
+            .storage("YT", f16.2)
             .u32("BM", bm)
             .u32("BN", bn)
             .u32("BK", bk)
@@ -336,7 +338,14 @@ pub(super) fn variants() -> Vec<Spec> {
                 for (bias, residual) in [(false, false), (true, false), (false, true), (true, true)]
                 {
                     for vec in [(false, false), (true, false), (false, true), (true, true)] {
-                        out.push(tile.spec(layout, vec, bias, act, residual, (false, false)));
+                        out.push(tile.spec(
+                            layout,
+                            vec,
+                            bias,
+                            act,
+                            residual,
+                            (false, false, false),
+                        ));
                     }
                 }
             }
@@ -346,7 +355,13 @@ pub(super) fn variants() -> Vec<Spec> {
     for tile in MatmulTile::ALL {
         for layout in [WLayout::NK, WLayout::KN] {
             for vec in [(false, false), (true, true)] {
-                for f16 in [(true, false), (false, true), (true, true)] {
+                for f16 in [
+                    (true, false, false),
+                    (false, true, false),
+                    (true, true, false),
+                    (true, true, true),
+                    (false, false, true),
+                ] {
                     out.push(tile.spec(layout, vec, true, Activation::Gelu, true, f16));
                 }
             }
@@ -453,33 +468,21 @@ pub fn matmul_with_tile(
     p: &StridedMatmul,
     tile: MatmulTile,
 ) -> Result<()> {
-    check_dtype("matmul", "y", y, DType::F32)?;
-    for (arg, t) in [("x", x), ("w", w)] {
-        if t.dtype() == DType::F16 {
-            if !rec.context().capabilities().has(wgpu::Features::SHADER_F16) {
-                return Err(Error::Argument {
-                    op: "matmul",
-                    arg,
-                    reason: "f16 storage needs the adapter feature SHADER_F16, which this \
-                             adapter does not have"
-                        .into(),
-                });
-            }
-        } else {
-            check_dtype("matmul", arg, t, DType::F32)?;
-        }
-    }
-    let f16 = (x.dtype() == DType::F16, w.dtype() == DType::F16);
+    let ctx = rec.context();
+    let f16 = (
+        check_float(ctx, "matmul", "x", x)?,
+        check_float(ctx, "matmul", "w", w)?,
+        check_float(ctx, "matmul", "y", y)?,
+    );
     p.check(x.numel(), w.numel(), y.numel())?;
     if let Some(bias) = ep.bias {
         check_dtype("matmul", "bias", bias, DType::F32)?;
         check_shape("matmul", "bias", bias, &[p.n])?;
     }
     if let Some(residual) = ep.residual {
-        check_dtype("matmul", "residual", residual, DType::F32)?;
+        check_dtype("matmul", "residual", residual, y.dtype())?;
         check_shape("matmul", "residual", residual, y.shape())?;
     }
-    let ctx = rec.context();
     if !tile.fits(ctx) {
         return Err(Error::Limit {
             what: format!("matmul tile {tile:?} ({} invocations)", tile.invocations()),
@@ -529,7 +532,7 @@ pub fn matmul_with_tile(
         ],
         groups,
         traffic: p.traffic(
-            (x.dtype().size(), w.dtype().size()),
+            (x.dtype().size(), w.dtype().size(), y.dtype().size()),
             ep.bias.is_some(),
             ep.residual.is_some(),
         ),

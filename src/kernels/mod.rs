@@ -41,7 +41,9 @@ pub fn shader_variants() -> Vec<(Kernel, Spec)> {
             Kernel::Matmul => out.extend(matmul::variants().into_iter().map(|s| (kernel, s))),
             Kernel::Attention => {
                 let dims = attention::VALIDATED_HEAD_DIMS;
-                out.extend(dims.map(|d| (kernel, attention::spec(d))));
+                out.extend(dims.map(|d| (kernel, attention::spec(d, (false, false)))));
+                out.extend(dims.map(|d| (kernel, attention::spec(d, (true, true)))));
+                out.push((kernel, attention::spec(64, (true, false))));
             }
             Kernel::Conv2d => out.extend([true, false].map(|nchw| (kernel, conv2d::spec(nchw)))),
             Kernel::CswinAttention => {
@@ -49,7 +51,17 @@ pub fn shader_variants() -> Vec<(Kernel, Spec)> {
                 out.extend(dims.map(|d| (kernel, cswin_attention::spec(d))));
             }
             Kernel::LayerNorm => {
-                out.extend([false, true].map(|r| (kernel, layer_norm::spec(r))));
+                for f16 in [(false, false), (true, true), (false, true), (true, false)] {
+                    out.extend([false, true].map(|r| (kernel, layer_norm::spec(r, f16))));
+                }
+            }
+            Kernel::MeanPool => {
+                out.extend([false, true].map(|f16| (kernel, mean_pool::spec(f16))));
+            }
+            Kernel::BertEmbeddings => {
+                for f16 in [(false, false), (true, true), (true, false), (false, true)] {
+                    out.push((kernel, bert_embeddings::spec(f16)));
+                }
             }
             _ => out.push((kernel, Spec::new())),
         }
