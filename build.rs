@@ -1,6 +1,7 @@
 //! Embeds the git commit into the build (`BACKBONE_COMMIT`), for benchmark records, and sets
 //! `cfg(skip_gpu_tests)` when `BACKBONE_SKIP_GPU_TESTS=1`: the GPU tests are then reported as
-//! ignored (a machine without any adapter) instead of passing with nothing compared.
+//! ignored (a machine without any adapter) instead of passing with nothing compared; likewise
+//! `cfg(has_minilm)` and `cfg(browser_tests)` for the tests that need outside resources.
 use std::process::Command;
 
 fn main() {
@@ -8,6 +9,19 @@ fn main() {
     println!("cargo:rerun-if-env-changed=BACKBONE_SKIP_GPU_TESTS");
     if std::env::var("BACKBONE_SKIP_GPU_TESTS").is_ok_and(|v| v == "1") {
         println!("cargo:rustc-cfg=skip_gpu_tests");
+    }
+    // Tests that need something outside the repository are reported as ignored without it:
+    // the real MiniLM weights (BACKBONE_MINILM_DIR) and the browser toolchain
+    // (BACKBONE_BROWSER_TESTS=1); .ci/run provides both.
+    println!("cargo::rustc-check-cfg=cfg(has_minilm)");
+    println!("cargo::rustc-check-cfg=cfg(browser_tests)");
+    println!("cargo:rerun-if-env-changed=BACKBONE_MINILM_DIR");
+    println!("cargo:rerun-if-env-changed=BACKBONE_BROWSER_TESTS");
+    if std::env::var_os("BACKBONE_MINILM_DIR").is_some() {
+        println!("cargo:rustc-cfg=has_minilm");
+    }
+    if std::env::var("BACKBONE_BROWSER_TESTS").is_ok_and(|v| v == "1") {
+        println!("cargo:rustc-cfg=browser_tests");
     }
     let commit = Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])

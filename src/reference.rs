@@ -46,6 +46,23 @@ impl<T: Clone + Default> HostTensor<T> {
 }
 
 impl HostTensor {
+    /// The values as a tensor stored as `dtype` holds them: rounded to the nearest f16 (ties to
+    /// even, as the upload and the GPU's stores) for F16, unchanged otherwise. The CPU twin of
+    /// an f16 run applies this wherever the GPU stores f16.
+    pub fn round_to(mut self, dtype: crate::tensor::DType) -> Self {
+        self.round_in_place(dtype);
+        self
+    }
+
+    /// [`HostTensor::round_to`] in place.
+    pub fn round_in_place(&mut self, dtype: crate::tensor::DType) {
+        if dtype == crate::tensor::DType::F16 {
+            for v in &mut self.data {
+                *v = half::f16::from_f32(*v).to_f32();
+            }
+        }
+    }
+
     /// The first NaN or infinite value: (flat index, value).
     pub fn first_non_finite(&self) -> Option<(usize, f32)> {
         self.data

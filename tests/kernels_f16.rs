@@ -46,17 +46,25 @@ fn out_rtol(f16: bool) -> f32 {
     if f16 { 1e-3 } else { 1e-5 }
 }
 
+/// The context, when it has SHADER_F16. Without it, checks instead that f16 storage is refused
+/// with an error naming the feature, and returns `None`.
 fn f16_ctx() -> Option<&'static Context> {
     let ctx = ctx();
     if ctx.capabilities().has(wgpu::Features::SHADER_F16) {
-        Some(ctx)
-    } else {
-        eprintln!(
-            "SKIPPED: {} has no SHADER_F16",
-            ctx.capabilities().adapter.name
-        );
-        None
+        return Some(ctx);
     }
+    let x = Tensor::from_f16(ctx, &[1, 4], &[half::f16::ONE; 4], "x16").expect("x");
+    let w = upload(
+        ctx,
+        &HostTensor::new(&[1, 4], vec![1.0; 4]).expect("w"),
+        "w",
+    );
+    let y = nan_filled(ctx, &[1, 1], "y");
+    let err = kernels::matmul(&mut Recorder::new(ctx), &x, &w, &y, Epilogue::none())
+        .expect_err("f16 storage without SHADER_F16 must be refused");
+    assert!(err.to_string().contains("SHADER_F16"), "{err}");
+    eprintln!("f16 refused as it should be on this adapter: {err}");
+    None
 }
 
 /// One f16-storage matmul (X, W or both f16) against the twin on the rounded inputs.

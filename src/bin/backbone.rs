@@ -1,8 +1,8 @@
 //! `backbone`: run a model folder on safetensors input, or embed text.
 //!
 //! ```text
-//! backbone run --model DIR --input IN.safetensors --output OUT.safetensors [--device gpu|cpu]
-//! backbone embed --model DIR [--max-length N] TEXT...
+//! backbone run --model DIR --input IN.safetensors --output OUT.safetensors [--device gpu|cpu] [--dtype f32|f16]
+//! backbone embed --model DIR [--max-length N] [--dtype f32|f16] TEXT...
 //! backbone classify --model DIR IMAGE...
 //! ```
 
@@ -14,7 +14,7 @@ use backbone::models::cswin::{self, Cswin, CswinConfig, CswinOutput};
 use backbone::models::image;
 use backbone::models::tokenizer::{DEFAULT_MAX_LENGTH, TextTokenizer};
 use backbone::reference::HostTensor;
-use backbone::{Context, ContextOptions, io, limits};
+use backbone::{Context, ContextOptions, DType, io, limits};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
@@ -22,6 +22,25 @@ use clap::{Parser, Subcommand, ValueEnum};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// Storage type of weights and activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Dtype {
+    /// f32 throughout.
+    F32,
+    /// f16 weights and activations, f32 accumulation (GPU: needs SHADER_F16; CPU: the twin of
+    /// such a run). BERT-family models.
+    F16,
+}
+
+impl Dtype {
+    fn dtype(self) -> DType {
+        match self {
+            Dtype::F32 => DType::F32,
+            Dtype::F16 => DType::F16,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -52,6 +71,8 @@ enum Command {
         output: PathBuf,
         #[arg(long, value_enum, default_value = "gpu")]
         device: Device,
+        #[arg(long, value_enum, default_value = "f32")]
+        dtype: Dtype,
     },
     /// Prints one JSON array of sentence embeddings (one per text) on stdout.
     Embed {
@@ -63,6 +84,8 @@ enum Command {
         max_length: usize,
         #[arg(long, value_enum, default_value = "gpu")]
         device: Device,
+        #[arg(long, value_enum, default_value = "f32")]
+        dtype: Dtype,
         #[arg(required = true)]
         texts: Vec<String>,
     },
@@ -74,6 +97,9 @@ enum Command {
         model: PathBuf,
         #[arg(long, value_enum, default_value = "gpu")]
         device: Device,
+        /// f16 is not implemented for CSWin yet (an error says so).
+        #[arg(long, value_enum, default_value = "f32")]
+        dtype: Dtype,
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
@@ -88,11 +114,13 @@ fn main() -> Result<()> {
             input,
             output,
             device,
-        } => run(&model, &input, &output, device)?,
+            dtype,
+        } => run(&model, &input, &output, device, dtype.dtype())?,
         Command::Embed {
             model,
             max_length,
             device,
+            dtype,
             texts,
         } => {
             let tokenizer = TextTokenizer::from_dir(&model, max_length)?;
@@ -100,7 +128,7 @@ fn main() -> Result<()> {
             let input = tokenizer.encode(&texts)?;
             let config = bert::load_config(&model)?;
             input.validate(&config)?;
-            let out = run_bert(&model, config, &input, device)?;
+            let out = run_bert(&model, config, &input, device, dtype.dtype())?;
             let embeddings = &out.sentence_embedding;
             check_finite("sentence_embedding", embeddings)?;
             let rows: Vec<&[f32]> = embeddings.data.chunks(embeddings.shape[1]).collect();
@@ -109,15 +137,19 @@ fn main() -> Result<()> {
         Command::Classify {
             model,
             device,
+            dtype,
             images,
-        } => classify(&model, device, &images)?,
+        } => {
+            cswin_dtype(dtype.dtype())?;
+            classify(&model, device, &images)?
+        }
     }
     Ok(())
 }
 
 /// `run`: everything the user gave is checked (input file, output path, model config, input
 /// against the config) before the weights are read; the output is written atomically.
-fn run(model: &Path, input: &Path, output: &Path, device: Device) -> Result<()> {
+fn run(model: &Path, input: &Path, output: &Path, device: Device, dtype: DType) -> Result<()> {
     if io::same_file(input, output) {
         bail!(
             "--output {} is the --input file: refusing to overwrite the input",
@@ -133,11 +165,12 @@ fn run(model: &Path, input: &Path, output: &Path, device: Device) -> Result<()> 
             let input = BertInput::from_safetensors(&bytes).with_context(reading)?;
             let config = bert::load_config(model)?;
             input.validate(&config).with_context(reading)?;
-            let out = run_bert(model, config, &input, device)?;
+            let out = run_bert(model, config, &input, device, dtype)?;
             check_finite("last_hidden_state", &out.last_hidden_state)?;
             out.to_safetensors()?
         }
         "cswin" => {
+            cswin_dtype(dtype)?;
             let pixels = cswin::pixel_values_from_safetensors(&bytes).with_context(reading)?;
             let config = cswin::load_config(model)?;
             cswin::check_input(&config, &pixels).with_context(reading)?;
@@ -252,13 +285,22 @@ fn run_bert(
     config: BertConfig,
     input: &BertInput,
     device: Device,
+    dtype: DType,
 ) -> Result<BertOutput> {
     let weights = bert::load_weights(dir, &config)?;
     Ok(match device {
-        Device::Cpu => bert::forward_cpu(&config, &weights, input, false)?,
+        Device::Cpu => bert::forward_cpu_as(&config, &weights, input, false, dtype)?,
         Device::Gpu => {
             let ctx = pollster::block_on(Context::new(ContextOptions::from_env()?))?;
-            Bert::new(&ctx, config, &weights)?.forward_blocking(&ctx, input, false)?
+            Bert::with_dtype(&ctx, config, &weights, dtype)?.forward_blocking(&ctx, input, false)?
         }
     })
+}
+
+/// CSWin runs in f32 only so far.
+fn cswin_dtype(dtype: DType) -> Result<()> {
+    if dtype != DType::F32 {
+        bail!("--dtype f16 is not implemented for CSWin models yet (BERT-family only): use f32");
+    }
+    Ok(())
 }

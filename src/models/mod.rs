@@ -32,9 +32,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::context::Context;
 use crate::error::Result;
-use crate::models::weights::{Weights, upload};
+use crate::models::weights::{Weights, upload, upload_as};
 use crate::reference::HostTensor;
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 impl Linear<HostTensor> {
     /// `{key}.weight` [out, inp] and `{key}.bias` [out].
@@ -46,8 +46,13 @@ impl Linear<HostTensor> {
     }
 
     pub fn upload(&self, ctx: &Context, key: &str) -> Result<Linear<Tensor>> {
+        self.upload_as(ctx, key, DType::F32)
+    }
+
+    /// The weight stored as `dtype`, the bias as f32.
+    pub fn upload_as(&self, ctx: &Context, key: &str, dtype: DType) -> Result<Linear<Tensor>> {
         Ok(Linear {
-            weight: upload(ctx, &format!("{key}.weight"), &self.weight)?,
+            weight: upload_as(ctx, &format!("{key}.weight"), &self.weight, dtype)?,
             bias: upload(ctx, &format!("{key}.bias"), &self.bias)?,
         })
     }

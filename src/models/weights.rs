@@ -8,7 +8,7 @@ use safetensors::{Dtype, SafeTensors};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::reference::HostTensor;
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 /// A parsed safetensors file with an optional key prefix (e.g. `bert.`) that is tried when
 /// a key is not found as given. Records which keys were taken.
@@ -172,6 +172,18 @@ impl<'a> Weights<'a> {
 /// Uploads a host tensor, labelled with its checkpoint name.
 pub fn upload(ctx: &Context, name: &str, t: &HostTensor) -> Result<Tensor> {
     Tensor::from_f32(ctx, &t.shape, &t.data, name)
+}
+
+/// Uploads a host tensor stored as `dtype` (f32, or f16 converted once here, round to nearest
+/// even).
+pub fn upload_as(ctx: &Context, name: &str, t: &HostTensor, dtype: DType) -> Result<Tensor> {
+    match dtype {
+        DType::F16 => {
+            let halves: Vec<half::f16> = t.data.iter().map(|&v| half::f16::from_f32(v)).collect();
+            Tensor::from_f16(ctx, &t.shape, &halves, name)
+        }
+        _ => upload(ctx, name, t),
+    }
 }
 
 /// Writes named f32 host tensors as a safetensors file.

@@ -37,17 +37,6 @@ pub fn ctx() -> &'static Context {
     }
 }
 
-/// The old opt-out form, for callers that run a GPU part only when one is wanted: `None` when
-/// `BACKBONE_SKIP_GPU_TESTS=1`, else the context of [`ctx`] (panicking without an adapter).
-/// Prefer [`ctx`] in a test marked ignored under `cfg(skip_gpu_tests)`.
-pub fn gpu() -> Option<&'static Context> {
-    if std::env::var(SKIP_VAR).is_ok_and(|v| v == "1") {
-        eprintln!("backbone tests: GPU part skipped ({SKIP_VAR}=1)");
-        return None;
-    }
-    Some(ctx())
-}
-
 pub fn rng(seed: u64) -> StdRng {
     StdRng::seed_from_u64(seed)
 }
@@ -332,4 +321,41 @@ impl Tolerances {
         );
         abs_ratio.max(rel_ratio)
     }
+}
+
+/// Real all-MiniLM-L6-v2 weights (tests marked ignored without `cfg(has_minilm)`): the model
+/// folder from BACKBONE_MINILM_DIR, the fixture's sentences tokenized as sentence-transformers
+/// did (checked against the golden ids), and the golden outputs.
+pub fn minilm() -> (
+    std::path::PathBuf,
+    backbone::models::bert::BertInput,
+    Golden,
+) {
+    let model_dir = std::env::var("BACKBONE_MINILM_DIR")
+        .map(std::path::PathBuf::from)
+        .expect("BACKBONE_MINILM_DIR (the test is built to run with it)");
+    let fixture_dir = fixture("all-minilm-l6-v2");
+    let golden = Golden::open(&fixture_dir.join("golden.safetensors"));
+    let sentences: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(fixture_dir.join("sentences.json")).expect("sentences"),
+    )
+    .expect("json");
+    let texts: Vec<String> =
+        serde_json::from_value(sentences["sentences"].clone()).expect("sentences");
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let tokenizer =
+        backbone::models::tokenizer::TextTokenizer::from_dir(&model_dir, 256).expect("tokenizer");
+    let input = tokenizer.encode(&texts).expect("encode");
+    let (shape, ids) = golden.ids("input_ids");
+    let (_, mask) = golden.ids("attention_mask");
+    let (_, types) = golden.ids("token_type_ids");
+    let expected =
+        backbone::models::bert::BertInput::new(shape[0], shape[1], ids, Some(mask), Some(types))
+            .expect("golden input");
+    assert_eq!(
+        input, expected,
+        "tokenization differs from sentence-transformers"
+    );
+    eprintln!("MiniLM tests run on {}", model_dir.display());
+    (model_dir, input, golden)
 }

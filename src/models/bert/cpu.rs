@@ -4,6 +4,7 @@ use super::{BertConfig, BertInput, BertOutput, BertWeights, pooler_problem};
 use crate::error::Result;
 use crate::kernels::Epilogue;
 use crate::reference::{self, HostTensor};
+use crate::tensor::DType;
 
 /// The CPU forward, built only from the kernels' CPU twins.
 pub fn forward_cpu(
@@ -12,7 +13,30 @@ pub fn forward_cpu(
     input: &BertInput,
     hidden_states: bool,
 ) -> Result<BertOutput> {
+    forward_cpu_as(config, w, input, hidden_states, DType::F32)
+}
+
+/// The CPU twin of a forward in `dtype`: for f16, the weights the GPU stores as f16 are
+/// rounded to f16 once and every activation the GPU stores as f16 is rounded after the twin
+/// that produces it (the twins themselves still compute in f64), so the two paths see the same
+/// values.
+pub fn forward_cpu_as(
+    config: &BertConfig,
+    weights: &BertWeights<HostTensor>,
+    input: &BertInput,
+    hidden_states: bool,
+    dtype: DType,
+) -> Result<BertOutput> {
     input.validate(config)?;
+    let rounded;
+    let w = if dtype == DType::F32 {
+        weights
+    } else {
+        rounded = weights.rounded(dtype);
+        &rounded
+    };
+    // What the GPU's f16 store does to an activation.
+    let store = |t: &mut HostTensor| t.round_in_place(dtype);
     let (b, t, c, i) = (
         input.batch,
         input.seq,
@@ -28,6 +52,7 @@ pub fn forward_cpu(
     let mut hidden = z(&btc);
     let embedding_ids = HostTensor::new(&[3, b * t], input.embedding_ids())?;
     reference::bert_embeddings(&embedding_ids, &w.embeddings.tables(), eps, &mut hidden)?;
+    store(&mut hidden);
     let mut states = Vec::new();
     if hidden_states {
         states.push(hidden.clone());
@@ -43,7 +68,9 @@ pub fn forward_cpu(
             &mut qkv,
             Epilogue::none().bias(&layer.qkv.bias),
         )?;
+        store(&mut qkv);
         reference::attention(&qkv, &mask, config.num_attention_heads, &mut context)?;
+        store(&mut context);
         let out = Epilogue::none()
             .bias(&layer.attention_output.bias)
             .residual(&hidden);
@@ -53,6 +80,7 @@ pub fn forward_cpu(
             &mut attention_sum,
             out,
         )?;
+        store(&mut attention_sum);
         let n = &layer.attention_norm;
         reference::layer_norm(
             &attention_sum,
@@ -62,6 +90,7 @@ pub fn forward_cpu(
             eps,
             &mut attention_out,
         )?;
+        store(&mut attention_out);
         let up = Epilogue::none().bias(&layer.intermediate.bias).gelu();
         reference::matmul(
             &attention_out,
@@ -69,12 +98,15 @@ pub fn forward_cpu(
             &mut intermediate,
             up,
         )?;
+        store(&mut intermediate);
         let down = Epilogue::none()
             .bias(&layer.output.bias)
             .residual(&attention_out);
         reference::matmul(&intermediate, &layer.output.weight, &mut output_sum, down)?;
+        store(&mut output_sum);
         let n = &layer.output_norm;
         reference::layer_norm(&output_sum, None, &n.weight, &n.bias, eps, &mut hidden)?;
+        store(&mut hidden);
         if hidden_states {
             states.push(hidden.clone());
         }

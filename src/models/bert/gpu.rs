@@ -2,7 +2,7 @@
 
 use super::{BertConfig, BertInput, BertOutput, BertWeights, pooler_problem};
 use crate::context::Context;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::kernels::{self, Epilogue};
 use crate::models::{PlanLease, Plans};
 use crate::pipeline::{PassStat, Recorder};
@@ -13,6 +13,8 @@ use crate::tensor::{DType, Tensor};
 /// intermediate buffers planned once per (batch, seq) and reused.
 pub struct Bert {
     pub config: BertConfig,
+    /// Storage type of weights and activations (f32, or f16 with f32 accumulation).
+    dtype: DType,
     weights: BertWeights<Tensor>,
     plans: Plans<(usize, usize), Plan>,
 }
@@ -37,22 +39,31 @@ pub struct Plan {
 }
 
 impl Plan {
-    fn new(ctx: &Context, config: &BertConfig, batch: usize, seq: usize) -> Result<Self> {
+    /// Buffers for one shape; activations (hidden states, QKV, attention, MLP) stored as
+    /// `dtype`, the pooled outputs as f32.
+    fn new(
+        ctx: &Context,
+        config: &BertConfig,
+        dtype: DType,
+        batch: usize,
+        seq: usize,
+    ) -> Result<Self> {
         let (c, i) = (config.hidden_size, config.intermediate_size);
         let f32s = |shape: &[usize], label: &str| Tensor::empty(ctx, shape, DType::F32, label);
+        let acts = |shape: &[usize], label: &str| Tensor::empty(ctx, shape, dtype, label);
         let btc = [batch, seq, c];
         Ok(Self {
             batch,
             seq,
             ids: Tensor::empty(ctx, &[3, batch * seq], DType::U32, "embedding_ids")?,
             mask: Tensor::empty(ctx, &[batch, seq], DType::U32, "attention_mask")?,
-            hidden: f32s(&btc, "hidden")?,
-            qkv: f32s(&[batch, seq, 3 * c], "qkv")?,
-            context: f32s(&btc, "context")?,
-            attention_sum: f32s(&btc, "attention_sum")?,
-            attention_out: f32s(&btc, "attention_out")?,
-            intermediate: f32s(&[batch, seq, i], "intermediate")?,
-            output_sum: f32s(&btc, "output_sum")?,
+            hidden: acts(&btc, "hidden")?,
+            qkv: acts(&[batch, seq, 3 * c], "qkv")?,
+            context: acts(&btc, "context")?,
+            attention_sum: acts(&btc, "attention_sum")?,
+            attention_out: acts(&btc, "attention_out")?,
+            intermediate: acts(&[batch, seq, i], "intermediate")?,
+            output_sum: acts(&btc, "output_sum")?,
             pooled: f32s(&[batch, c], "pooled")?,
             sentence_embedding: f32s(&[batch, c], "sentence_embedding")?,
             pooler_output: f32s(&[batch, c], "pooler_output")?,
@@ -61,17 +72,36 @@ impl Plan {
 }
 
 impl Bert {
-    /// Uploads host weights.
+    /// Uploads host weights (f32 storage).
     pub fn new(
         ctx: &Context,
         config: BertConfig,
         weights: &BertWeights<HostTensor>,
     ) -> Result<Self> {
+        Self::with_dtype(ctx, config, weights, DType::F32)
+    }
+
+    /// Uploads host weights for a forward in `dtype`: f32, or f16 storage of weights and
+    /// activations (converted once here; matmuls, attention, norms and pooling still accumulate
+    /// in f32, and outputs come back as f32). f16 needs the adapter's `SHADER_F16`.
+    pub fn with_dtype(
+        ctx: &Context,
+        config: BertConfig,
+        weights: &BertWeights<HostTensor>,
+        dtype: DType,
+    ) -> Result<Self> {
+        check_model_dtype(ctx, dtype)?;
         Ok(Self {
-            weights: weights.upload(ctx)?,
+            weights: weights.upload(ctx, dtype)?,
             config,
+            dtype,
             plans: Plans::default(),
         })
+    }
+
+    /// The storage type of this model's weights and activations.
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// Loads `config.json` and `model.safetensors` from a Hugging Face model folder.
@@ -104,8 +134,9 @@ impl Bert {
         batch: usize,
         seq: usize,
     ) -> Result<PlanLease<'_, (usize, usize), Plan>> {
-        self.plans
-            .lease((batch, seq), || Plan::new(ctx, &self.config, batch, seq))
+        self.plans.lease((batch, seq), || {
+            Plan::new(ctx, &self.config, self.dtype, batch, seq)
+        })
     }
 
     /// Validates and uploads `input`, then records the whole forward into `rec`. Returns the
@@ -249,5 +280,26 @@ impl Bert {
         let mut rec = Recorder::with_timing(ctx, passes);
         self.record(&mut rec, input, |_, _, _| {})?;
         rec.submit_blocking()
+    }
+}
+
+/// A model dtype the GPU path runs: f32, or f16 where the adapter has `SHADER_F16`.
+pub(crate) fn check_model_dtype(ctx: &Context, dtype: DType) -> Result<()> {
+    match dtype {
+        DType::F32 => Ok(()),
+        DType::F16 if ctx.capabilities().has(wgpu::Features::SHADER_F16) => Ok(()),
+        DType::F16 => Err(Error::Argument {
+            op: "model",
+            arg: "dtype",
+            reason: format!(
+                "f16 needs the adapter feature SHADER_F16, which {} does not have (use f32)",
+                ctx.capabilities().adapter.name
+            ),
+        }),
+        DType::U32 => Err(Error::Argument {
+            op: "model",
+            arg: "dtype",
+            reason: "a model computes in f32 or f16, not u32".into(),
+        }),
     }
 }

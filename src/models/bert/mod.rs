@@ -14,7 +14,7 @@ mod weights;
 
 pub use crate::models::{LayerNorm, Linear};
 pub use config::BertConfig;
-pub use cpu::forward_cpu;
+pub use cpu::{forward_cpu, forward_cpu_as};
 pub use gpu::{Bert, Plan};
 pub use input::BertInput;
 pub use weights::{BertEmbeddings, BertLayer, BertWeights};

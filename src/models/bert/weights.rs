@@ -4,10 +4,10 @@ use super::BertConfig;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::kernels::EmbeddingTables;
-use crate::models::weights::{Weights, upload};
+use crate::models::weights::{Weights, upload_as};
 use crate::models::{LayerNorm, Linear};
 use crate::reference::HostTensor;
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 /// `BertEmbeddings`.
 #[derive(Debug, Clone)]
@@ -118,22 +118,30 @@ impl BertWeights<HostTensor> {
         })
     }
 
-    /// The same weights in GPU buffers.
-    pub fn upload(&self, ctx: &Context) -> Result<BertWeights<Tensor>> {
-        let lin = |name: &str, l: &Linear<HostTensor>| l.upload(ctx, name);
+    /// The same weights in GPU buffers: matmul weights and embedding tables stored as `dtype`
+    /// (f32, or f16 converted once here), biases and LayerNorm parameters as f32.
+    pub fn upload(&self, ctx: &Context, dtype: DType) -> Result<BertWeights<Tensor>> {
+        let lin = |name: &str, l: &Linear<HostTensor>| l.upload_as(ctx, name, dtype);
         let norm = |name: &str, n: &LayerNorm<HostTensor>| n.upload(ctx, name);
         let e = &self.embeddings;
         let embeddings = BertEmbeddings {
-            word_embeddings: upload(ctx, "embeddings.word_embeddings.weight", &e.word_embeddings)?,
-            position_embeddings: upload(
+            word_embeddings: upload_as(
+                ctx,
+                "embeddings.word_embeddings.weight",
+                &e.word_embeddings,
+                dtype,
+            )?,
+            position_embeddings: upload_as(
                 ctx,
                 "embeddings.position_embeddings.weight",
                 &e.position_embeddings,
+                dtype,
             )?,
-            token_type_embeddings: upload(
+            token_type_embeddings: upload_as(
                 ctx,
                 "embeddings.token_type_embeddings.weight",
                 &e.token_type_embeddings,
+                dtype,
             )?,
             layer_norm: norm("embeddings.LayerNorm", &e.layer_norm)?,
         };
@@ -169,6 +177,39 @@ impl BertWeights<HostTensor> {
             layers,
             pooler,
         })
+    }
+}
+
+impl BertWeights<HostTensor> {
+    /// The weights as a `dtype` run holds them (matmul weights and embedding tables rounded
+    /// to f16 for F16; biases and norms unchanged): the CPU twin's side of an f16 run.
+    pub fn rounded(&self, dtype: DType) -> Self {
+        let lin = |l: &Linear<HostTensor>| Linear {
+            weight: l.weight.clone().round_to(dtype),
+            bias: l.bias.clone(),
+        };
+        let e = &self.embeddings;
+        BertWeights {
+            embeddings: BertEmbeddings {
+                word_embeddings: e.word_embeddings.clone().round_to(dtype),
+                position_embeddings: e.position_embeddings.clone().round_to(dtype),
+                token_type_embeddings: e.token_type_embeddings.clone().round_to(dtype),
+                layer_norm: e.layer_norm.clone(),
+            },
+            layers: self
+                .layers
+                .iter()
+                .map(|l| BertLayer {
+                    qkv: lin(&l.qkv),
+                    attention_output: lin(&l.attention_output),
+                    attention_norm: l.attention_norm.clone(),
+                    intermediate: lin(&l.intermediate),
+                    output: lin(&l.output),
+                    output_norm: l.output_norm.clone(),
+                })
+                .collect(),
+            pooler: self.pooler.as_ref().map(lin),
+        }
     }
 }
 
