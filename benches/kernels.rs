@@ -15,7 +15,7 @@ fn main() -> anyhow::Result<()> {
         BenchOptions {
             warmup: 1,
             iters: 3,
-            peak_tflops: None,
+            ..BenchOptions::default()
         }
     } else {
         BenchOptions::default()

@@ -51,7 +51,7 @@ for t in "$bin"/test-*; do
 done
 
 step "Benchmarks"
-timeout 300 "$bin/backbone-bench" --json "$out/engine.json" --markdown --breakdown 2>/dev/null | tee "$out/engine.txt" || failed=1
+timeout 300 "$bin/backbone-bench" --dtype f32,f16 --json "$out/engine.json" --markdown --breakdown 2>/dev/null | tee "$out/engine.txt" || failed=1
 
 step "PyTorch peer"
 if python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then

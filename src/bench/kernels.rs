@@ -76,19 +76,33 @@ pub fn matmul_suite(
 ) -> Result<Vec<Record>> {
     let mut records = Vec::new();
     for (i, &size) in sizes.iter().enumerate() {
-        progress(&format!("matmul {size} ({}/{})", i + 1, sizes.len()));
-        records.push(matmul_one(ctx, size, options)?);
+        for &dtype in &options.dtypes {
+            progress(&format!(
+                "matmul {size} {} ({}/{})",
+                dtype.name(),
+                i + 1,
+                sizes.len()
+            ));
+            records.push(matmul_one(ctx, size, dtype, options)?);
+        }
     }
     Ok(records)
 }
 
-fn matmul_one(ctx: &Context, size: MatmulSize, options: &BenchOptions) -> Result<Record> {
+/// One product; for f16, X and W are stored as f16 (Y stays f32) and the check uses the
+/// f16-rounded inputs.
+fn matmul_one(
+    ctx: &Context,
+    size: MatmulSize,
+    dtype: DType,
+    options: &BenchOptions,
+) -> Result<Record> {
     let MatmulSize { m, n, k } = size;
     let mut rng = StdRng::seed_from_u64((m * 31 + n * 17 + k) as u64);
-    let x_host = HostTensor::new(&[m, k], random(&mut rng, m * k))?;
-    let w_host = HostTensor::new(&[n, k], random(&mut rng, n * k))?;
-    let x = Tensor::from_f32(ctx, &[m, k], &x_host.data, "x")?;
-    let w = Tensor::from_f32(ctx, &[n, k], &w_host.data, "w")?;
+    let x_host = HostTensor::new(&[m, k], random(&mut rng, m * k))?.round_to(dtype);
+    let w_host = HostTensor::new(&[n, k], random(&mut rng, n * k))?.round_to(dtype);
+    let x = crate::models::weights::upload_as(ctx, "x", &x_host, dtype)?;
+    let w = crate::models::weights::upload_as(ctx, "w", &w_host, dtype)?;
     let y = Tensor::empty(ctx, &[m, n], DType::F32, "y")?;
 
     let run = |timed: bool| {
@@ -100,7 +114,7 @@ fn matmul_one(ctx: &Context, size: MatmulSize, options: &BenchOptions) -> Result
 
     let check = check_matmul_rows(ctx, &x_host, &w_host, &y, size)?;
     let flops = kernels::matmul::flops(&StridedMatmul::contiguous(1, m, n, k, true));
-    Ok(record(
+    let mut r = record(
         ctx,
         "matmul",
         size.to_string(),
@@ -109,7 +123,9 @@ fn matmul_one(ctx: &Context, size: MatmulSize, options: &BenchOptions) -> Result
         flops,
         check,
         options,
-    ))
+    );
+    r.dtype = dtype.name().0.into();
+    Ok(r)
 }
 
 /// Compares Y with the CPU twin: all of it for small problems, 16 spread rows otherwise.

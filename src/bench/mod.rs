@@ -38,6 +38,8 @@ pub struct BenchOptions {
     pub iters: usize,
     /// Peak f32 throughput in TFLOP/s; `None` uses [`known_peak_tflops`].
     pub peak_tflops: Option<f64>,
+    /// Storage types to measure the matmul and bert suites in (f16 rows need SHADER_F16).
+    pub dtypes: Vec<crate::DType>,
 }
 
 impl Default for BenchOptions {
@@ -46,6 +48,7 @@ impl Default for BenchOptions {
             warmup: 3,
             iters: 10,
             peak_tflops: None,
+            dtypes: vec![crate::DType::F32],
         }
     }
 }

@@ -13,6 +13,7 @@ use crate::models::bert::{
 };
 use crate::models::cswin::{self, Cswin, CswinBlock, CswinConfig, CswinWeights, Geometry, Merge};
 use crate::reference::HostTensor;
+use crate::tensor::DType;
 
 /// A BERT-family shape for the `bert` suite (random weights of the real sizes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,19 +182,25 @@ pub fn bert_suite(
     let mut records = Vec::new();
     let mut loaded: Option<(BertSize, BertConfig, BertWeights<HostTensor>, Bert)> = None;
     for (n, &shape) in shapes.iter().enumerate() {
-        let label = format!("{} {}x{}", shape.model.name(), shape.batch, shape.seq);
-        progress(&format!("bert {label} ({}/{})", n + 1, shapes.len()));
-        if loaded.as_ref().is_none_or(|l| l.0 != shape.model) {
-            drop(loaded.take()); // free the previous model's GPU memory first
-            let config = shape.model.config();
-            let weights = random_bert_weights(&config, 7)?;
-            let model = Bert::new(ctx, config.clone(), &weights)?;
-            loaded = Some((shape.model, config, weights, model));
+        for &dtype in &options.dtypes {
+            let label = format!("{} {}x{}", shape.model.name(), shape.batch, shape.seq);
+            let of = format!("({}/{})", n + 1, shapes.len());
+            progress(&format!("bert {label} {} {of}", dtype.name()));
+            if loaded
+                .as_ref()
+                .is_none_or(|l| l.0 != shape.model || l.3.dtype() != dtype)
+            {
+                drop(loaded.take()); // free the previous model's GPU memory first
+                let config = shape.model.config();
+                let weights = random_bert_weights(&config, 7)?;
+                let model = Bert::with_dtype(ctx, config.clone(), &weights, dtype)?;
+                loaded = Some((shape.model, config, weights, model));
+            }
+            let Some((_, config, weights, model)) = &loaded else {
+                continue;
+            };
+            records.push(bert_one(ctx, config, weights, model, shape, options)?);
         }
-        let Some((_, config, weights, model)) = &loaded else {
-            continue;
-        };
-        records.push(bert_one(ctx, config, weights, model, shape, options)?);
     }
     Ok(records)
 }
@@ -224,7 +231,8 @@ fn bert_one(
         None,
         None,
     )?;
-    let cpu = bert::forward_cpu(config, weights, &one, false)?;
+    let dtype = model.dtype();
+    let cpu = bert::forward_cpu_as(config, weights, &one, false, dtype)?;
     let c = config.hidden_size;
     let pairs = [
         (
@@ -236,7 +244,10 @@ fn bert_one(
             &cpu.sentence_embedding.data[..],
         ),
     ];
-    let check = compare(&pairs, 1e-4, 1e-4, (n + shape.batch) * c);
+    // f16: both sides hold the same f16 values; a rounding that tips the other way in one
+    // layer carries on, so the bound is a few f16 ulps of the O(1) LayerNorm outputs.
+    let tol = if dtype == DType::F16 { 1e-2 } else { 1e-4 };
+    let check = compare(&pairs, tol, tol, (n + shape.batch) * c);
     let flops = shape.flops(config);
     let shape_label = format!("{} {}x{}", shape.model.name(), shape.batch, shape.seq);
     let mut r = record(
@@ -249,6 +260,7 @@ fn bert_one(
         check,
         options,
     );
+    r.dtype = dtype.name().0.into();
     r.items_per_s = Some(shape.batch as f64 / (timings.gpu_ms.median * 1e-3));
     r.traffic = Some(ForwardTraffic::of(&model.forward_passes(ctx, &input)?));
     Ok(r)

@@ -15,7 +15,7 @@ use backbone::bench::soak::{self, SoakDevice};
 use backbone::bench::{
     self, AttentionShape, BenchOptions, BertShape, CswinAttentionShape, CswinShape, MatmulSize,
 };
-use backbone::{Context, ContextOptions};
+use backbone::{Context, ContextOptions, DType};
 use clap::{Parser, ValueEnum};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -70,6 +70,10 @@ struct Args {
     /// Also print a Markdown table (for BENCHMARKS.md).
     #[arg(long)]
     markdown: bool,
+    /// Storage types for the matmul and bert suites, comma-separated: f32, f16 (f16 needs
+    /// SHADER_F16).
+    #[arg(long, value_delimiter = ',', default_value = "f32")]
+    dtype: Vec<String>,
     /// Forwards per device for the soak.
     #[arg(long, default_value_t = 10_000)]
     forwards: usize,
@@ -107,6 +111,15 @@ fn main() -> Result<()> {
         warmup: args.warmup.unwrap_or(if software { 1 } else { 3 }),
         iters: args.iters.unwrap_or(if software { 3 } else { 10 }),
         peak_tflops: args.peak_tflops,
+        dtypes: args
+            .dtype
+            .iter()
+            .map(|d| match d.as_str() {
+                "f32" => Ok(DType::F32),
+                "f16" => Ok(DType::F16),
+                other => bail!("--dtype {other:?}: expected f32 or f16"),
+            })
+            .collect::<Result<_>>()?,
     };
     let suites = if args.suites.is_empty() {
         vec![
