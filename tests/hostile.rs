@@ -9,8 +9,11 @@ use std::time::{Duration, Instant};
 use backbone::reference::HostTensor;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
+    // BACKBONE_FIXTURES: where prebuilt test executables find the fixtures on another machine
+    // (scripts/gpu_check.sh sets it).
+    std::env::var_os("BACKBONE_FIXTURES")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"))
         .join(name)
 }
 

@@ -110,8 +110,11 @@ pub fn assert_close(what: &str, gpu: &[f32], cpu: &[f32], atol: f32, rtol: f32) 
 
 /// A fixture folder under `tests/fixtures`.
 pub fn fixture(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
+    // BACKBONE_FIXTURES: where prebuilt test executables find the fixtures on another machine
+    // (scripts/gpu_check.sh sets it).
+    std::env::var_os("BACKBONE_FIXTURES")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"))
         .join(name)
 }
 
