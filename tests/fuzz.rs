@@ -6,7 +6,7 @@
 //! `BACKBONE_FUZZ_CASES` (per loader, default 2000) and `BACKBONE_FUZZ_SEED` change the run.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use backbone::models::bert::{self, BertConfig, BertInput, BertWeights};
 use backbone::models::cswin::{self, CswinConfig, CswinWeights};

@@ -2,7 +2,7 @@
 //! forwards per device), models shared by threads giving the serial results, the library
 //! types `Send + Sync`, and a lost device reported as an error rather than a panic.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use backbone::bench::soak::{self, SoakDevice, SoakReport};
