@@ -9,7 +9,7 @@ rm -rf "$out" && mkdir -p "$out"
 cargo build --release --bin backbone-bench --bin backbone
 cp target/release/backbone-bench target/release/backbone "$out/"
 # The test executables that exercise the GPU: kernels vs twins, models vs fixtures, errors.
-tests=(kernels kernels_matmul kernels_attention kernels_grid kernels_embeddings kernels_f16 bert bert_f16 cswin context errors soak)
+tests=(kernels kernels_matmul kernels_attention kernels_grid kernels_embeddings kernels_f16 bert bert_f16 cswin cswin_f16 context errors soak)
 cargo test --release --no-run --message-format=json $(printf -- '--test %s ' "${tests[@]}") 2>/dev/null |
     python3 -c '
 import json, sys, shutil

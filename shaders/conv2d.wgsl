@@ -2,16 +2,17 @@
 //   y[b, oy*Wo + ox, co] = bias[co] + sum_{ci, ky, kx} w[co, ci, ky, kx]
 //                                     * x(b, ci, oy*stride - pad + ky, ox*stride - pad + kx)
 // with x zero outside the image.
-//   x:    (B, Cin, H, W) f32 when X_NCHW (pixel values), else (B, H*W, Cin) f32 token-major
-//   w:    (Cout, Cin, KH, KW) f32 (PyTorch's layout), read as a GEMM operand (Cout, Cin*KH*KW)
+//   x:    (B, Cin, H, W) XT when X_NCHW (pixel values), else (B, H*W, Cin) XT token-major
+//   w:    (Cout, Cin, KH, KW) WT (PyTorch's layout), read as a GEMM operand (Cout, Cin*KH*KW)
 //   bias: (Cout) f32
-//   y:    (B, Ho*Wo, Cout) f32, token-major (token = oy*Wo + ox)
+//   y:    (B, Ho*Wo, Cout) YT, token-major (token = oy*Wo + ox)
+// XT, WT, YT are f32 or f16 storage; sums are f32.
 // GEMM view: M = B*Ho*Wo output positions, N = Cout, K = Cin*KH*KW. A workgroup owns a
 // 64 x 64 tile of Y and walks K in steps of 16, gathering the input patch slice (the implicit
 // im2col) and the weight slice into workgroup memory, k-major as padded vec4 rows; each of the
 // 256 invocations accumulates a 4 x 4 block in registers. Edges are zero-filled on load and
 // bounds-checked on store.
-// Specialisation: X_NCHW.
+// Specialisation: X_NCHW, XT, WT, YT.
 
 struct Params {
     batch: u32,
@@ -29,10 +30,10 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<XT>;
+@group(0) @binding(2) var<storage, read> w: array<WT>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<YT>;
 
 const BM: u32 = 64u;
 const BN: u32 = 64u;
@@ -63,9 +64,9 @@ fn gather(m: u32, kk: u32) -> f32 {
     }
     let p = u32(iy) * params.w + u32(ix);
     if (X_NCHW) {
-        return x[(b * params.cin + ci) * params.h * params.w + p];
+        return f32(x[(b * params.cin + ci) * params.h * params.w + p]);
     }
-    return x[(b * params.h * params.w + p) * params.cin + ci];
+    return f32(x[(b * params.h * params.w + p) * params.cin + ci]);
 }
 
 @compute @workgroup_size(256)
@@ -97,7 +98,7 @@ fn conv2d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
             let kk = l % BK;
             var v = 0.0;
             if (col0 + c < n && k0 + kk < k) {
-                v = w[(col0 + c) * k + k0 + kk];
+                v = f32(w[(col0 + c) * k + k0 + kk]);
             }
             tile_w[kk * B_STRIDE + c / 4u][c % 4u] = v;
         }
@@ -120,7 +121,7 @@ fn conv2d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         for (var c = 0u; c < 4u; c++) {
             let col = col0 + tx * 4u + c;
             if (col < n) {
-                y[row * n + col] = acc[r][c] + bias[col];
+                y[row * n + col] = YT(acc[r][c] + bias[col]);
             }
         }
     }

@@ -3,11 +3,11 @@
 // flash-style per (window, head), the locally-enhanced positional encoding (3x3 depthwise conv
 // on V inside the window) is added in the same pass, and the result is written back in token
 // order at the branch's channels, ready for `proj`.
-//   qkv:    (B, H*W, 3C) f32, token-major (token = y*W + x); the branch's q, k, v channels are
+//   qkv:    (B, H*W, 3C) XT (f32 or f16 storage), token-major (token = y*W + x); the branch's q, k, v channels are
 //           [off, off + Cb) of each third, head h = channels [h*D, (h+1)*D) of the branch
 //   lepe_w: (Cb, 3, 3) f32, the branch's `get_v` depthwise weight ((Cb, 1, 3, 3) in PyTorch)
 //   lepe_b: (Cb) f32
-//   out:    (B, H*W, C) f32; this branch writes channels [off, off + Cb)
+//   out:    (B, H*W, C) YT (f32 or f16); this branch writes channels [off, off + Cb)
 // Geometry (official code; the segmentation backbone's rule for other sizes): the map is
 // zero-padded (after the qkv projection, so padded q = k = v = 0) to Hp x Wp, multiples of the
 // window win_h x win_w, with pad_top = (Hp - H) / 2 and pad_left = (Wp - W) / 2; windows tile the
@@ -18,7 +18,8 @@
 // A workgroup owns 64 consecutive query tokens of one window and one head: grid
 // (windows * ceil(win_h*win_w / 64), heads, B). Each invocation keeps its query row and
 // accumulator in registers; K and V tiles of KV_TILE keys are staged in workgroup memory.
-// Specialisation: HEAD_DIM (D), KV_TILE.
+// Everything is computed in f32 whatever the storage types.
+// Specialisation: HEAD_DIM (D), KV_TILE, XT, YT.
 
 struct Params {
     batch: u32,
@@ -40,10 +41,10 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> qkv: array<f32>;
+@group(0) @binding(1) var<storage, read> qkv: array<XT>;
 @group(0) @binding(2) var<storage, read> lepe_w: array<f32>;
 @group(0) @binding(3) var<storage, read> lepe_b: array<f32>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<YT>;
 
 const BQ: u32 = 64u;
 
@@ -88,7 +89,7 @@ fn cswin_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     if (has_query) {
         let at = (b * plane + u32(q_token)) * row_stride + channel;
         for (var d = 0u; d < HEAD_DIM; d++) {
-            q[d] = qkv[at + d];
+            q[d] = f32(qkv[at + d]);
         }
     }
     var running_max = F32_LOWEST;
@@ -103,7 +104,7 @@ fn cswin_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
             var kv = vec2<f32>(0.0);
             if (t >= 0) {
                 let at = (b * plane + u32(t)) * row_stride + channel + d;
-                kv = vec2<f32>(qkv[at + params.c], qkv[at + 2u * params.c]);
+                kv = vec2<f32>(f32(qkv[at + params.c]), f32(qkv[at + 2u * params.c]));
             }
             k_tile[l] = kv.x;
             v_tile[l] = kv.y;
@@ -162,12 +163,12 @@ fn cswin_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
         }
         let at = (b * plane + u32(t)) * row_stride + 2u * params.c + channel;
         for (var d = 0u; d < HEAD_DIM; d++) {
-            lepe[d] = fma(lepe_w[(branch_channel + d) * 9u + tap], qkv[at + d], lepe[d]);
+            lepe[d] = fma(lepe_w[(branch_channel + d) * 9u + tap], f32(qkv[at + d]), lepe[d]);
         }
     }
     let inv = 1.0 / running_sum;
     let out_at = (b * plane + u32(q_token)) * params.c + channel;
     for (var d = 0u; d < HEAD_DIM; d++) {
-        out[out_at + d] = acc[d] * inv + lepe[d];
+        out[out_at + d] = YT(acc[d] * inv + lepe[d]);
     }
 }

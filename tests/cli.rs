@@ -5,6 +5,7 @@ mod common;
 
 use std::process::Command;
 
+use backbone::reference::HostTensor;
 use common::*;
 
 fn backbone() -> Command {
@@ -319,18 +320,59 @@ fn run_bert_f16(device: &str) {
 }
 
 #[test]
-fn run_f16_on_cpu_and_cswin_f16_refused() {
+fn run_f16_on_cpu() {
     run_bert_f16("cpu");
+    run_cswin_f16("cpu");
+}
+
+/// `run --dtype f16` on a CSWin fixture: logits within 1e-2 of the largest, same top-1.
+fn run_cswin_f16(device: &str) {
     let dir = fixture("cswin-micro-s3full");
+    let golden = Golden::open(&dir.join("golden.safetensors"));
+    let input = std::env::temp_dir().join(format!("backbone-cli-cswin16-in-{device}.safetensors"));
+    let pixels = golden.f32("pixel_values");
+    let bytes =
+        backbone::models::weights::to_safetensors(&[("pixel_values", &pixels)]).expect("serialize");
+    std::fs::write(&input, bytes).expect("write input");
+    let out_path = std::env::temp_dir().join(format!("backbone-cli-cswin16-{device}.safetensors"));
     let output = backbone()
-        .args(["classify", "--dtype", "f16", "--model"])
+        .args(["run", "--dtype", "f16", "--device", device, "--model"])
         .arg(&dir)
-        .arg("no-such-image.png")
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&out_path)
         .output()
         .expect("run backbone");
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("not implemented for CSWin"), "{stderr}");
+    assert!(
+        output.status.success(),
+        "cswin run --dtype f16 --device {device}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (got, want) = (Golden::open(&out_path).f32("logits"), golden.f32("logits"));
+    let max = want.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert_close(
+        "cswin run f16: logits",
+        &got.data,
+        &want.data,
+        1e-2 * max,
+        0.0,
+    );
+    let top1 = |t: &HostTensor| -> Vec<usize> {
+        t.data
+            .chunks(t.shape[1])
+            .map(|r| {
+                (0..r.len())
+                    .max_by(|&a, &b| r[a].total_cmp(&r[b]))
+                    .expect("classes")
+            })
+            .collect()
+    };
+    assert_eq!(
+        top1(&got),
+        top1(&want),
+        "cswin run f16: top-1 classes differ"
+    );
 }
 
 #[test]
@@ -339,6 +381,7 @@ fn run_f16_on_gpu() {
     let ctx = ctx();
     if ctx.capabilities().has(wgpu::Features::SHADER_F16) {
         run_bert_f16("gpu");
+        run_cswin_f16("gpu");
     } else {
         // Without the feature the command fails, naming it.
         let dir = fixture("bert-micro-12l-random");

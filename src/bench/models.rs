@@ -437,25 +437,31 @@ pub fn cswin_suite(
     let mut records = Vec::new();
     let mut loaded: Option<(String, CswinConfig, CswinWeights<HostTensor>, Cswin)> = None;
     for (n, shape) in shapes.iter().enumerate() {
-        progress(&format!(
-            "cswin {} {}x{} ({}/{})",
-            shape.variant,
-            shape.batch,
-            shape.size,
-            n + 1,
-            shapes.len()
-        ));
-        if loaded.as_ref().is_none_or(|l| l.0 != shape.variant) {
-            drop(loaded.take()); // free the previous model's GPU memory first
-            let config = CswinConfig::preset(&shape.variant)?;
-            let weights = random_cswin_weights(&config, 11)?;
-            let model = Cswin::new(ctx, config.clone(), &weights)?;
-            loaded = Some((shape.variant.clone(), config, weights, model));
+        for &dtype in &options.dtypes {
+            progress(&format!(
+                "cswin {} {}x{} {} ({}/{})",
+                shape.variant,
+                shape.batch,
+                shape.size,
+                dtype.name(),
+                n + 1,
+                shapes.len()
+            ));
+            if loaded
+                .as_ref()
+                .is_none_or(|l| l.0 != shape.variant || l.3.dtype() != dtype)
+            {
+                drop(loaded.take()); // free the previous model's GPU memory first
+                let config = CswinConfig::preset(&shape.variant)?;
+                let weights = random_cswin_weights(&config, 11)?;
+                let model = Cswin::with_dtype(ctx, config.clone(), &weights, dtype)?;
+                loaded = Some((shape.variant.clone(), config, weights, model));
+            }
+            let Some((_, config, weights, model)) = &loaded else {
+                continue;
+            };
+            records.push(cswin_one(ctx, config, weights, model, shape, options)?);
         }
-        let Some((_, config, weights, model)) = &loaded else {
-            continue;
-        };
-        records.push(cswin_one(ctx, config, weights, model, shape, options)?);
     }
     Ok(records)
 }
@@ -489,17 +495,20 @@ fn cswin_one(
         &[1, config.in_chans, shape.size, shape.size],
         pixels.data[..per_image].to_vec(),
     )?;
-    let cpu = cswin::forward_cpu(config, weights, &one, false)?;
+    let dtype = model.dtype();
+    let cpu = cswin::forward_cpu_as(config, weights, &one, false, dtype)?;
     let n4 = cpu.stages[3].data.len();
     let classes = config.num_classes;
     let pairs = [
         (&first.stages[3].data[..n4], &cpu.stages[3].data[..]),
         (&first.logits.data[..classes], &cpu.logits.data[..]),
     ];
+    // f16: both sides hold the same f16 values; see bert_one.
+    let tol = if dtype == DType::F16 { 1e-2 } else { 1e-4 };
     let check = compare(
         &pairs,
-        1e-4,
-        1e-4,
+        tol,
+        tol,
         first.stages[3].data.len() + first.logits.data.len(),
     );
     let label = format!(
@@ -519,6 +528,7 @@ fn cswin_one(
         options,
     );
     r.items_per_s = Some(shape.batch as f64 / (timings.gpu_ms.median * 1e-3));
+    r.dtype = dtype.name().0.into();
     r.traffic = Some(ForwardTraffic::of(&model.forward_passes(ctx, &pixels)?));
     Ok(r)
 }

@@ -3,7 +3,7 @@
 //! ```text
 //! backbone run --model DIR --input IN.safetensors --output OUT.safetensors [--device gpu|cpu] [--dtype f32|f16]
 //! backbone embed --model DIR [--max-length N] [--dtype f32|f16] TEXT...
-//! backbone classify --model DIR IMAGE...
+//! backbone classify --model DIR [--dtype f32|f16] IMAGE...
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -30,7 +30,7 @@ enum Dtype {
     /// f32 throughout.
     F32,
     /// f16 weights and activations, f32 accumulation (GPU: needs SHADER_F16; CPU: the twin of
-    /// such a run). BERT-family models.
+    /// such a run).
     F16,
 }
 
@@ -97,7 +97,6 @@ enum Command {
         model: PathBuf,
         #[arg(long, value_enum, default_value = "gpu")]
         device: Device,
-        /// f16 is not implemented for CSWin yet (an error says so).
         #[arg(long, value_enum, default_value = "f32")]
         dtype: Dtype,
         #[arg(required = true)]
@@ -139,10 +138,7 @@ fn main() -> Result<()> {
             device,
             dtype,
             images,
-        } => {
-            cswin_dtype(dtype.dtype())?;
-            classify(&model, device, &images)?
-        }
+        } => classify(&model, device, dtype.dtype(), &images)?,
     }
     Ok(())
 }
@@ -170,11 +166,10 @@ fn run(model: &Path, input: &Path, output: &Path, device: Device, dtype: DType) 
             out.to_safetensors()?
         }
         "cswin" => {
-            cswin_dtype(dtype)?;
             let pixels = cswin::pixel_values_from_safetensors(&bytes).with_context(reading)?;
             let config = cswin::load_config(model)?;
             cswin::check_input(&config, &pixels).with_context(reading)?;
-            let out = run_cswin(model, config, &pixels, device)?;
+            let out = run_cswin(model, config, &pixels, device, dtype)?;
             check_finite("logits", &out.logits)?;
             out.to_safetensors()?
         }
@@ -206,7 +201,7 @@ fn ignore_file_size_signal() {
     }
 }
 
-fn classify(dir: &Path, device: Device, paths: &[PathBuf]) -> Result<()> {
+fn classify(dir: &Path, device: Device, dtype: DType, paths: &[PathBuf]) -> Result<()> {
     let config = cswin::load_config(dir)?;
     let size = config.img_size;
     let pixels = paths
@@ -220,7 +215,7 @@ fn classify(dir: &Path, device: Device, paths: &[PathBuf]) -> Result<()> {
     let pixels = image::stack(&pixels)?;
     cswin::check_input(&config, &pixels)?;
     let labels = labels(dir)?;
-    let out = run_cswin(dir, config, &pixels, device)?;
+    let out = run_cswin(dir, config, &pixels, device, dtype)?;
     check_finite("logits", &out.logits)?;
     let classes = out.logits.shape[1];
     for (path, logits) in paths.iter().zip(out.logits.data.chunks(classes)) {
@@ -260,13 +255,15 @@ fn run_cswin(
     config: CswinConfig,
     pixels: &HostTensor,
     device: Device,
+    dtype: DType,
 ) -> Result<CswinOutput> {
     let weights = cswin::load_weights(dir, &config)?;
     Ok(match device {
-        Device::Cpu => cswin::forward_cpu(&config, &weights, pixels, false)?,
+        Device::Cpu => cswin::forward_cpu_as(&config, &weights, pixels, false, dtype)?,
         Device::Gpu => {
             let ctx = pollster::block_on(Context::new(ContextOptions::from_env()?))?;
-            Cswin::new(&ctx, config, &weights)?.forward_blocking(&ctx, pixels, false)?
+            Cswin::with_dtype(&ctx, config, &weights, dtype)?
+                .forward_blocking(&ctx, pixels, false)?
         }
     })
 }
@@ -295,12 +292,4 @@ fn run_bert(
             Bert::with_dtype(&ctx, config, &weights, dtype)?.forward_blocking(&ctx, input, false)?
         }
     })
-}
-
-/// CSWin runs in f32 only so far.
-fn cswin_dtype(dtype: DType) -> Result<()> {
-    if dtype != DType::F32 {
-        bail!("--dtype f16 is not implemented for CSWin models yet (BERT-family only): use f32");
-    }
-    Ok(())
 }

@@ -1,6 +1,6 @@
 use crate::error::{Error, Result};
 use crate::pipeline::{Dispatch, Kernel, Recorder, Spec, Traffic};
-use crate::tensor::{DType, Tensor, check_dtype, check_shape};
+use crate::tensor::{DType, Tensor, check_dtype, check_float, check_shape};
 
 /// How the input of [`conv2d`] is laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,8 +115,13 @@ struct Params {
     _pad: u32,
 }
 
-pub(super) fn spec(nchw: bool) -> Spec {
-    Spec::new().bool("X_NCHW", nchw)
+/// Specialisation: the input layout, and the storage types of x, weight and y.
+pub(super) fn spec(nchw: bool, f16: (bool, bool, bool)) -> Spec {
+    Spec::new()
+        .storage("XT", f16.0)
+        .storage("WT", f16.1)
+        .storage("YT", f16.2)
+        .bool("X_NCHW", nchw)
 }
 
 /// 2-D convolution with bias, zero padding `pad` and stride `stride`, as an implicit GEMM,
@@ -132,9 +137,13 @@ pub fn conv2d(
     pad: usize,
     y: &Tensor,
 ) -> Result<()> {
-    for (arg, t) in [("x", x), ("weight", weight), ("bias", bias), ("y", y)] {
-        check_dtype("conv2d", arg, t, DType::F32)?;
-    }
+    let ctx = rec.context();
+    let f16 = (
+        check_float(ctx, "conv2d", "x", x)?,
+        check_float(ctx, "conv2d", "weight", weight)?,
+        check_float(ctx, "conv2d", "y", y)?,
+    );
+    check_dtype("conv2d", "bias", bias, DType::F32)?;
     let g = ConvGeometry::new(x.shape(), layout, weight.shape(), stride, pad)?;
     check_shape("conv2d", "bias", bias, &[g.cout])?;
     check_shape("conv2d", "y", y, &g.output_shape())?;
@@ -155,7 +164,7 @@ pub fn conv2d(
     let m = g.batch * g.ho * g.wo;
     rec.dispatch(Dispatch {
         kernel: Kernel::Conv2d,
-        spec: spec(layout == ConvInput::Nchw),
+        spec: spec(layout == ConvInput::Nchw, f16),
         params: bytemuck::bytes_of(&params),
         buffers: &[x.buffer(), weight.buffer(), bias.buffer(), y.buffer()],
         groups: [g.cout.div_ceil(64) as u32, m.div_ceil(64) as u32, 1],

@@ -1,6 +1,6 @@
 use crate::error::{Error, Result};
 use crate::pipeline::{Dispatch, Kernel, Recorder, Spec, Traffic};
-use crate::tensor::{DType, Tensor, check_dtype};
+use crate::tensor::{DType, Tensor, check_dtype, check_float};
 
 /// One branch of a CSWin block's attention over an `h x w` map of `c` channels: the branch
 /// owns channels `[channel_offset, channel_offset + channels)` split into `heads` heads, and
@@ -100,8 +100,9 @@ impl CswinBranch {
 /// Head sizes shader validation covers.
 pub(super) const VALIDATED_HEAD_DIMS: [usize; 6] = [8, 12, 16, 24, 32, 48];
 
-pub(super) fn spec(head_dim: usize) -> Spec {
-    super::attention::spec(head_dim, (false, false))
+/// Specialisation: head size, key tile, storage types of qkv and out (as `attention`).
+pub(super) fn spec(head_dim: usize, f16: (bool, bool)) -> Spec {
+    super::attention::spec(head_dim, f16)
 }
 
 #[repr(C)]
@@ -134,12 +135,12 @@ pub fn cswin_attention(
     branch: &CswinBranch,
     out: &Tensor,
 ) -> Result<()> {
-    for (arg, t) in [
-        ("qkv", qkv),
-        ("lepe_w", lepe_w),
-        ("lepe_b", lepe_b),
-        ("out", out),
-    ] {
+    let ctx = rec.context();
+    let f16 = (
+        check_float(ctx, "cswin_attention", "qkv", qkv)?,
+        check_float(ctx, "cswin_attention", "out", out)?,
+    );
+    for (arg, t) in [("lepe_w", lepe_w), ("lepe_b", lepe_b)] {
         check_dtype("cswin_attention", arg, t, DType::F32)?;
     }
     let batch = branch.check(qkv.shape(), lepe_w.shape(), lepe_b.shape(), out.shape())?;
@@ -166,7 +167,7 @@ pub fn cswin_attention(
     };
     rec.dispatch(Dispatch {
         kernel: Kernel::CswinAttention,
-        spec: spec(d),
+        spec: spec(d, f16),
         params: bytemuck::bytes_of(&params),
         buffers: &[qkv.buffer(), lepe_w.buffer(), lepe_b.buffer(), out.buffer()],
         groups: [
@@ -174,9 +175,10 @@ pub fn cswin_attention(
             branch.heads as u32,
             batch as u32,
         ],
-        traffic: Traffic::elements(
-            batch * branch.h * branch.w * 3 * branch.channels + 10 * branch.channels,
-            batch * branch.h * branch.w * branch.channels,
-        ),
+        traffic: Traffic {
+            read: (batch * branch.h * branch.w * 3 * branch.channels * qkv.dtype().size()
+                + 4 * 10 * branch.channels) as u64,
+            written: (batch * branch.h * branch.w * branch.channels * out.dtype().size()) as u64,
+        },
     })
 }

@@ -45,10 +45,18 @@ pub fn shader_variants() -> Vec<(Kernel, Spec)> {
                 out.extend(dims.map(|d| (kernel, attention::spec(d, (true, true)))));
                 out.push((kernel, attention::spec(64, (true, false))));
             }
-            Kernel::Conv2d => out.extend([true, false].map(|nchw| (kernel, conv2d::spec(nchw)))),
+            Kernel::Conv2d => {
+                out.extend(
+                    [true, false].map(|nchw| (kernel, conv2d::spec(nchw, (false, false, false)))),
+                );
+                // CSWin in f16: pixels f32 into the stem, f16 tokens into the merges.
+                out.push((kernel, conv2d::spec(true, (false, true, true))));
+                out.push((kernel, conv2d::spec(false, (true, true, true))));
+            }
             Kernel::CswinAttention => {
                 let dims = cswin_attention::VALIDATED_HEAD_DIMS;
-                out.extend(dims.map(|d| (kernel, cswin_attention::spec(d))));
+                out.extend(dims.map(|d| (kernel, cswin_attention::spec(d, (false, false)))));
+                out.extend(dims.map(|d| (kernel, cswin_attention::spec(d, (true, true)))));
             }
             Kernel::LayerNorm => {
                 for f16 in [(false, false), (true, true), (false, true), (true, false)] {

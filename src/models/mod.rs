@@ -31,7 +31,7 @@ pub struct Conv2d<T> {
 use std::sync::{Arc, Mutex};
 
 use crate::context::Context;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::models::weights::{Weights, upload, upload_as};
 use crate::reference::HostTensor;
 use crate::tensor::{DType, Tensor};
@@ -85,8 +85,13 @@ impl Conv2d<HostTensor> {
     }
 
     pub fn upload(&self, ctx: &Context, key: &str) -> Result<Conv2d<Tensor>> {
+        self.upload_as(ctx, key, DType::F32)
+    }
+
+    /// The weight stored as `dtype`, the bias as f32.
+    pub fn upload_as(&self, ctx: &Context, key: &str, dtype: DType) -> Result<Conv2d<Tensor>> {
         Ok(Conv2d {
-            weight: upload(ctx, &format!("{key}.weight"), &self.weight)?,
+            weight: upload_as(ctx, &format!("{key}.weight"), &self.weight, dtype)?,
             bias: upload(ctx, &format!("{key}.bias"), &self.bias)?,
         })
     }
@@ -172,5 +177,26 @@ impl<K: Eq + Clone, P> Drop for PlanLease<'_, K, P> {
             let excess = pool.idle.len() - MAX_IDLE_PLANS;
             pool.idle.drain(..excess);
         }
+    }
+}
+
+/// A model dtype the GPU path runs: f32, or f16 where the adapter has `SHADER_F16`.
+pub(crate) fn check_model_dtype(ctx: &Context, dtype: DType) -> Result<()> {
+    match dtype {
+        DType::F32 => Ok(()),
+        DType::F16 if ctx.capabilities().has(wgpu::Features::SHADER_F16) => Ok(()),
+        DType::F16 => Err(Error::Argument {
+            op: "model",
+            arg: "dtype",
+            reason: format!(
+                "f16 needs the adapter feature SHADER_F16, which {} does not have (use f32)",
+                ctx.capabilities().adapter.name
+            ),
+        }),
+        DType::U32 => Err(Error::Argument {
+            op: "model",
+            arg: "dtype",
+            reason: "a model computes in f32 or f16, not u32".into(),
+        }),
     }
 }

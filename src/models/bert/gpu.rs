@@ -2,7 +2,7 @@
 
 use super::{BertConfig, BertInput, BertOutput, BertWeights, pooler_problem};
 use crate::context::Context;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::kernels::{self, Epilogue};
 use crate::models::{PlanLease, Plans};
 use crate::pipeline::{PassStat, Recorder};
@@ -90,7 +90,7 @@ impl Bert {
         weights: &BertWeights<HostTensor>,
         dtype: DType,
     ) -> Result<Self> {
-        check_model_dtype(ctx, dtype)?;
+        crate::models::check_model_dtype(ctx, dtype)?;
         Ok(Self {
             weights: weights.upload(ctx, dtype)?,
             config,
@@ -280,26 +280,5 @@ impl Bert {
         let mut rec = Recorder::with_timing(ctx, passes);
         self.record(&mut rec, input, |_, _, _| {})?;
         rec.submit_blocking()
-    }
-}
-
-/// A model dtype the GPU path runs: f32, or f16 where the adapter has `SHADER_F16`.
-pub(crate) fn check_model_dtype(ctx: &Context, dtype: DType) -> Result<()> {
-    match dtype {
-        DType::F32 => Ok(()),
-        DType::F16 if ctx.capabilities().has(wgpu::Features::SHADER_F16) => Ok(()),
-        DType::F16 => Err(Error::Argument {
-            op: "model",
-            arg: "dtype",
-            reason: format!(
-                "f16 needs the adapter feature SHADER_F16, which {} does not have (use f32)",
-                ctx.capabilities().adapter.name
-            ),
-        }),
-        DType::U32 => Err(Error::Argument {
-            op: "model",
-            arg: "dtype",
-            reason: "a model computes in f32 or f16, not u32".into(),
-        }),
     }
 }

@@ -5,6 +5,7 @@ use super::{CswinConfig, CswinOutput, CswinWeights, Geometry, check_input};
 use crate::error::Result;
 use crate::kernels::{ConvInput, Epilogue};
 use crate::reference::{self, HostTensor};
+use crate::tensor::DType;
 
 /// The CPU forward, built only from the kernels' CPU twins.
 pub fn forward_cpu(
@@ -13,7 +14,28 @@ pub fn forward_cpu(
     pixel_values: &HostTensor,
     block0_attention: bool,
 ) -> Result<CswinOutput> {
+    forward_cpu_as(config, w, pixel_values, block0_attention, DType::F32)
+}
+
+/// The CPU twin of a forward in `dtype`: for f16, the weights the GPU stores as f16 are
+/// rounded once and every activation the GPU stores as f16 is rounded after the twin that
+/// produces it (the twins still compute in f64).
+pub fn forward_cpu_as(
+    config: &CswinConfig,
+    weights: &CswinWeights<HostTensor>,
+    pixel_values: &HostTensor,
+    block0_attention: bool,
+    dtype: DType,
+) -> Result<CswinOutput> {
     check_depths(config)?;
+    let rounded;
+    let w = if dtype == DType::F32 {
+        weights
+    } else {
+        rounded = weights.rounded(dtype);
+        &rounded
+    };
+    let store = |t: &mut HostTensor| t.round_in_place(dtype);
     check_input(config, pixel_values)?;
     let g = Geometry::new(config, &pixel_values.shape)?;
     let b = g.batch;
@@ -31,6 +53,7 @@ pub fn forward_cpu(
         2,
         &mut stem_conv,
     )?;
+    store(&mut stem_conv);
     let mut stem = z(&stem_conv.shape);
     reference::layer_norm(
         &stem_conv,
@@ -40,6 +63,7 @@ pub fn forward_cpu(
         eps,
         &mut stem,
     )?;
+    store(&mut stem);
     let mut x = stem.clone();
     let (mut stages, mut attention) = (Vec::new(), Vec::new());
     for s in 0..4 {
@@ -55,12 +79,14 @@ pub fn forward_cpu(
                 eps,
                 &mut normed,
             )?;
+            store(&mut normed);
             reference::matmul(
                 &normed,
                 &block.qkv.weight,
                 &mut qkv,
                 Epilogue::none().bias(&block.qkv.bias),
             )?;
+            store(&mut qkv);
             for (branch, lepe) in g
                 .branches(config, s, block.lepe.len())
                 .iter()
@@ -68,6 +94,7 @@ pub fn forward_cpu(
             {
                 reference::cswin_attention(&qkv, &lepe.weight, &lepe.bias, branch, &mut attn)?;
             }
+            store(&mut attn);
             if i == 0 && block0_attention {
                 attention.push(attn.clone());
             }
@@ -77,6 +104,7 @@ pub fn forward_cpu(
                 &mut x2,
                 Epilogue::none().bias(&block.proj.bias).residual(&x),
             )?;
+            store(&mut x2);
             reference::layer_norm(
                 &x2,
                 None,
@@ -85,18 +113,21 @@ pub fn forward_cpu(
                 eps,
                 &mut normed,
             )?;
+            store(&mut normed);
             reference::matmul(
                 &normed,
                 &block.fc1.weight,
                 &mut hidden,
                 Epilogue::none().bias(&block.fc1.bias).gelu(),
             )?;
+            store(&mut hidden);
             reference::matmul(
                 &hidden,
                 &block.fc2.weight,
                 &mut x,
                 Epilogue::none().bias(&block.fc2.bias).residual(&x2),
             )?;
+            store(&mut x);
         }
         stages.push(x.clone());
         if s < 3 {
@@ -112,12 +143,15 @@ pub fn forward_cpu(
                 1,
                 &mut conv,
             )?;
+            store(&mut conv);
             x = z(&conv.shape);
             reference::layer_norm(&conv, None, &m.norm.weight, &m.norm.bias, eps, &mut x)?;
+            store(&mut x);
         }
     }
     let mut final_norm = z(&x.shape);
     reference::layer_norm(&x, None, &w.norm.weight, &w.norm.bias, eps, &mut final_norm)?;
+    store(&mut final_norm);
     let ones = HostTensor::new(&[b, tokens(3)], vec![1u32; b * tokens(3)])?;
     let mut pooled = z(&[b, config.dim(3)]);
     reference::mean_pool(&final_norm, &ones, &mut pooled)?;

@@ -33,14 +33,17 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(ctx: &Context, config: &CswinConfig, geometry: Geometry) -> Result<Self> {
+    /// Buffers for one input shape: activations stored as `dtype`, pixels, pooled features and
+    /// logits as f32.
+    fn new(ctx: &Context, config: &CswinConfig, dtype: DType, geometry: Geometry) -> Result<Self> {
         let b = geometry.batch;
         let f32s = |shape: &[usize], label: &str| Tensor::empty(ctx, shape, DType::F32, label);
+        let acts = |shape: &[usize], label: &str| Tensor::empty(ctx, shape, dtype, label);
         let tokens = |s: usize| geometry.stages[s].0 * geometry.stages[s].1;
         let per_stage = |label: &str, width: &dyn Fn(usize) -> usize| -> Result<Vec<Tensor>> {
             (0..4)
                 .map(|s| {
-                    f32s(
+                    acts(
                         &[b, tokens(s), width(s)],
                         &format!("stage{}.{label}", s + 1),
                     )
@@ -52,8 +55,8 @@ impl Plan {
         let n4 = tokens(3);
         Ok(Self {
             pixels: f32s(&[b, config.in_chans, img_h, img_w], "pixel_values")?,
-            stem_conv: f32s(&[b, tokens(0), c], "stem_conv")?,
-            stem: f32s(&[b, tokens(0), c], "stem")?,
+            stem_conv: acts(&[b, tokens(0), c], "stem_conv")?,
+            stem: acts(&[b, tokens(0), c], "stem")?,
             x: per_stage("x", &|s| config.dim(s))?,
             x2: per_stage("x2", &|s| config.dim(s))?,
             normed: per_stage("normed", &|s| config.dim(s))?,
@@ -61,12 +64,12 @@ impl Plan {
             attn: per_stage("attn", &|s| config.dim(s))?,
             hidden: per_stage("hidden", &|s| config.hidden(s))?,
             merge_conv: (1..4)
-                .map(|s| f32s(&[b, tokens(s), config.dim(s)], "merge_conv"))
+                .map(|s| acts(&[b, tokens(s), config.dim(s)], "merge_conv"))
                 .collect::<Result<_>>()?,
             merged: (1..4)
-                .map(|s| f32s(&[b, tokens(s), config.dim(s)], "merged"))
+                .map(|s| acts(&[b, tokens(s), config.dim(s)], "merged"))
                 .collect::<Result<_>>()?,
-            final_norm: f32s(&[b, n4, config.dim(3)], "norm")?,
+            final_norm: acts(&[b, n4, config.dim(3)], "norm")?,
             ones: Tensor::from_u32(ctx, &[b, n4], &vec![1; b * n4], "all_tokens")?,
             pooled: f32s(&[b, config.dim(3)], "pooled")?,
             logits: f32s(&[b, config.num_classes], "logits")?,
@@ -78,6 +81,8 @@ impl Plan {
 /// A CSWin model on the GPU: weights uploaded once, buffers planned once per input shape.
 pub struct Cswin {
     pub config: CswinConfig,
+    /// Storage type of weights and activations (f32, or f16 with f32 accumulation).
+    dtype: DType,
     weights: CswinWeights<Tensor>,
     plans: Plans<Vec<usize>, Plan>,
 }
@@ -88,11 +93,30 @@ impl Cswin {
         config: CswinConfig,
         weights: &CswinWeights<HostTensor>,
     ) -> Result<Self> {
+        Self::with_dtype(ctx, config, weights, DType::F32)
+    }
+
+    /// Uploads host weights for a forward in `dtype`: f32, or f16 storage of weights and
+    /// activations (converted once here; every kernel accumulates in f32 and outputs come
+    /// back as f32). f16 needs the adapter's `SHADER_F16`.
+    pub fn with_dtype(
+        ctx: &Context,
+        config: CswinConfig,
+        weights: &CswinWeights<HostTensor>,
+        dtype: DType,
+    ) -> Result<Self> {
+        crate::models::check_model_dtype(ctx, dtype)?;
         Ok(Self {
-            weights: weights.upload(ctx)?,
+            weights: weights.upload(ctx, dtype)?,
             config,
+            dtype,
             plans: Plans::default(),
         })
+    }
+
+    /// The storage type of this model's weights and activations.
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     #[cfg(not(target_arch = "wasm32"))]
@@ -120,8 +144,9 @@ impl Cswin {
 
     fn plan(&self, ctx: &Context, shape: &[usize]) -> Result<PlanLease<'_, Vec<usize>, Plan>> {
         let geometry = Geometry::new(&self.config, shape)?;
-        self.plans
-            .lease(shape.to_vec(), || Plan::new(ctx, &self.config, geometry))
+        self.plans.lease(shape.to_vec(), || {
+            Plan::new(ctx, &self.config, self.dtype, geometry)
+        })
     }
 
     /// Uploads `pixel_values` [B, C, H, W] and records the whole forward into `rec`.

@@ -15,7 +15,7 @@ mod gpu;
 mod weights;
 
 pub use config::CswinConfig;
-pub use cpu::forward_cpu;
+pub use cpu::{forward_cpu, forward_cpu_as};
 pub use geometry::{Geometry, check_input, pixel_values_from_safetensors};
 pub use gpu::Cswin;
 pub use weights::{CswinBlock, CswinWeights, Merge};

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::models::weights::Weights;
 use crate::models::{Conv2d, LayerNorm, Linear};
 use crate::reference::HostTensor;
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 /// One CSWinBlock's parameters. `lepe` holds each branch's `attns.{i}.get_v` as [Cb, 3, 3].
 #[derive(Debug, Clone)]
@@ -123,7 +123,9 @@ impl CswinWeights<HostTensor> {
         })
     }
 
-    pub fn upload(&self, ctx: &Context) -> Result<CswinWeights<Tensor>> {
+    /// The same weights in GPU buffers: projection, MLP, head and convolution weights stored
+    /// as `dtype`; biases, norms and LePE as f32.
+    pub fn upload(&self, ctx: &Context, dtype: DType) -> Result<CswinWeights<Tensor>> {
         let stages = self
             .stages
             .iter()
@@ -135,14 +137,14 @@ impl CswinWeights<HostTensor> {
                     .map(|(i, b)| {
                         let p = format!("stage{}.{i}", s + 1);
                         Ok(CswinBlock {
-                            qkv: b.qkv.upload(ctx, &format!("{p}.qkv"))?,
+                            qkv: b.qkv.upload_as(ctx, &format!("{p}.qkv"), dtype)?,
                             norm1: b.norm1.upload(ctx, &format!("{p}.norm1"))?,
-                            proj: b.proj.upload(ctx, &format!("{p}.proj"))?,
+                            proj: b.proj.upload_as(ctx, &format!("{p}.proj"), dtype)?,
                             lepe: (b.lepe.iter().enumerate())
                                 .map(|(j, l)| l.upload(ctx, &format!("{p}.attns.{j}.get_v")))
                                 .collect::<Result<_>>()?,
-                            fc1: b.fc1.upload(ctx, &format!("{p}.mlp.fc1"))?,
-                            fc2: b.fc2.upload(ctx, &format!("{p}.mlp.fc2"))?,
+                            fc1: b.fc1.upload_as(ctx, &format!("{p}.mlp.fc1"), dtype)?,
+                            fc2: b.fc2.upload_as(ctx, &format!("{p}.mlp.fc2"), dtype)?,
                             norm2: b.norm2.upload(ctx, &format!("{p}.norm2"))?,
                         })
                     })
@@ -152,19 +154,61 @@ impl CswinWeights<HostTensor> {
         let merges = (self.merges.iter().enumerate())
             .map(|(m, g)| {
                 Ok(Merge {
-                    conv: g.conv.upload(ctx, &format!("merge{}.conv", m + 1))?,
+                    conv: g
+                        .conv
+                        .upload_as(ctx, &format!("merge{}.conv", m + 1), dtype)?,
                     norm: g.norm.upload(ctx, &format!("merge{}.norm", m + 1))?,
                 })
             })
             .collect::<Result<_>>()?;
         Ok(CswinWeights {
-            stem: self.stem.upload(ctx, "stage1_conv_embed.0")?,
+            stem: self.stem.upload_as(ctx, "stage1_conv_embed.0", dtype)?,
             stem_norm: self.stem_norm.upload(ctx, "stage1_conv_embed.2")?,
             stages,
             merges,
             norm: self.norm.upload(ctx, "norm")?,
-            head: self.head.upload(ctx, "head")?,
+            head: self.head.upload_as(ctx, "head", dtype)?,
         })
+    }
+
+    /// The weights as a `dtype` run holds them (the weights [`Self::upload`] stores as
+    /// `dtype` rounded to it): the CPU twin's side of an f16 run.
+    pub fn rounded(&self, dtype: DType) -> Self {
+        let lin = |l: &Linear<HostTensor>| Linear {
+            weight: l.weight.clone().round_to(dtype),
+            bias: l.bias.clone(),
+        };
+        let conv = |c: &Conv2d<HostTensor>| Conv2d {
+            weight: c.weight.clone().round_to(dtype),
+            bias: c.bias.clone(),
+        };
+        CswinWeights {
+            stem: conv(&self.stem),
+            stem_norm: self.stem_norm.clone(),
+            stages: (self.stages.iter())
+                .map(|blocks| {
+                    (blocks.iter())
+                        .map(|b| CswinBlock {
+                            qkv: lin(&b.qkv),
+                            norm1: b.norm1.clone(),
+                            proj: lin(&b.proj),
+                            lepe: b.lepe.clone(),
+                            fc1: lin(&b.fc1),
+                            fc2: lin(&b.fc2),
+                            norm2: b.norm2.clone(),
+                        })
+                        .collect()
+                })
+                .collect(),
+            merges: (self.merges.iter())
+                .map(|m| Merge {
+                    conv: conv(&m.conv),
+                    norm: m.norm.clone(),
+                })
+                .collect(),
+            norm: self.norm.clone(),
+            head: lin(&self.head),
+        }
     }
 }
 
