@@ -3,7 +3,8 @@
 # toolchain, a Vulkan loader or internet:
 #   1. a Vulkan loader from .deb files if none is installed (NVIDIA's ICD when present),
 #   2. the GPU tests (prebuilt test executables: kernels vs CPU twins, models vs fixtures),
-#   3. every benchmark suite (backbone-bench, default shapes for the adapter),
+#   3. every benchmark suite (backbone-bench, default shapes for the adapter, f32 and f16),
+#      then `tune` (the fastest matmul tile per model product, written to $OUT/tune.json),
 #   4. PyTorch on the same shapes (scripts/peer_torch.py) when torch is importable,
 #   5. one table of engine vs peer.
 # Results (logs, JSON, Markdown) go to $OUT, or ./gpu-check-out.
@@ -52,6 +53,9 @@ done
 
 step "Benchmarks"
 timeout 300 "$bin/backbone-bench" --dtype f32,f16 --json "$out/engine.json" --markdown --breakdown 2>/dev/null | tee "$out/engine.txt" || failed=1
+
+step "Tune (matmul tiles on the model products, f32 and f16)"
+timeout 300 "$bin/backbone-bench" tune --dtype f32,f16 --tune-out "$out/tune.json" 2>/dev/null | tee "$out/tune.txt" || failed=1
 
 step "PyTorch peer"
 if python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then

@@ -21,15 +21,24 @@ pub struct ContextOptions {
     /// Enable `EXPERIMENTAL_COOPERATIVE_MATRIX` when the adapter has it. Set through
     /// [`ContextOptions::enable_experimental_cooperative_matrix`], which is `unsafe`.
     cooperative_matrix: bool,
+    /// Measured kernel-variant choices (`BACKBONE_TUNE`: a file written by
+    /// `backbone-bench tune`); used only on the adapter and driver that measured it.
+    pub tune_table: Option<crate::tune::TuneTable>,
 }
 
 impl ContextOptions {
-    /// Options from `BACKBONE_BACKEND` and `BACKBONE_ADAPTER`.
+    /// Options from `BACKBONE_BACKEND`, `BACKBONE_ADAPTER` and `BACKBONE_TUNE` (a tune table
+    /// file; a file that cannot be read or parsed is an error naming it).
     pub fn from_env() -> Result<Self> {
-        Self::from_values(
+        let mut options = Self::from_values(
             std::env::var("BACKBONE_BACKEND").ok().as_deref(),
             std::env::var("BACKBONE_ADAPTER").ok().as_deref(),
-        )
+        )?;
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(path) = std::env::var_os("BACKBONE_TUNE").filter(|p| !p.is_empty()) {
+            options.tune_table = Some(crate::tune::TuneTable::load(std::path::Path::new(&path))?);
+        }
+        Ok(options)
     }
 
     /// Options from the values of `BACKBONE_BACKEND` and `BACKBONE_ADAPTER` (empty = unset).
@@ -149,6 +158,8 @@ pub struct Context {
     pub(crate) dummy: wgpu::Buffer,
     /// Why the device was lost, once wgpu has said so.
     lost: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    /// The tune table, when one was given for this adapter and driver.
+    tune: Option<crate::tune::TuneTable>,
 }
 
 /// Adapters this build can reach, in the order `BACKBONE_ADAPTER=<index>` refers to.
@@ -270,6 +281,21 @@ impl Context {
             cooperative_matrix,
             timestamp_period_ns: queue.get_timestamp_period(),
         };
+        let tune = match &options.tune_table {
+            Some(t) if t.matches(&caps) => Some(t.clone()),
+            Some(t) => {
+                log::warn!(
+                    "tune table measured on {} ({}, driver {}) ignored on {}: the built-in \
+                     choices apply",
+                    t.adapter,
+                    t.backend,
+                    t.driver,
+                    caps.adapter.name
+                );
+                None
+            }
+            None => None,
+        };
         let dummy = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("backbone.dummy"),
             size: 16,
@@ -283,6 +309,7 @@ impl Context {
             pipelines: PipelineCache::default(),
             dummy,
             lost,
+            tune,
         })
     }
 
@@ -300,6 +327,11 @@ impl Context {
 
     pub fn queue(&self) -> &wgpu::Queue {
         &self.queue
+    }
+
+    /// The tune table in use (given, and measured on this adapter and driver).
+    pub fn tune_table(&self) -> Option<&crate::tune::TuneTable> {
+        self.tune.as_ref()
     }
 
     /// `Err(Error::DeviceLost)` once the device is lost: a new `Context` is needed then.

@@ -30,6 +30,7 @@ pub mod models;
 pub mod pipeline;
 pub mod reference;
 pub mod tensor;
+pub mod tune;
 
 pub use context::{Capabilities, Context, ContextOptions, ResourceCounts};
 pub use error::{Error, Result};

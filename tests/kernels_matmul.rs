@@ -203,7 +203,7 @@ fn matmul_realistic_bert_projections() {
             ep = ep.residual(&res);
         }
         let p = StridedMatmul::contiguous(1, m, n, k, true);
-        let tile = MatmulTile::choose(ctx, m, n, 1);
+        let tile = MatmulTile::choose(ctx, m, n, k, 1, false);
         check_matmul(ctx, seed, &x, &w, &[m, n], &p, ep, tile);
     }
 }

@@ -18,6 +18,7 @@ use crate::pipeline::{PassTime, Recorder};
 mod kernels;
 mod models;
 pub mod soak;
+pub mod tune;
 
 pub use kernels::{
     AttentionShape, CswinAttentionShape, MatmulSize, attention_suite, cswin_attention_suite,

@@ -4,6 +4,7 @@
 //! backbone-bench                      # default suite, sized for the adapter found
 //! backbone-bench matmul --sizes 1024,4096,128x1536x384 --json out.json
 //! backbone-bench soak --forwards 10000   # memory soak, GPU and CPU
+//! backbone-bench tune --dtype f32,f16 --tune-out tune.json   # then BACKBONE_TUNE=tune.json
 //! backbone-bench --list-adapters
 //! ```
 
@@ -12,6 +13,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
 use backbone::bench::soak::{self, SoakDevice};
+use backbone::bench::tune;
 use backbone::bench::{
     self, AttentionShape, BenchOptions, BertShape, CswinAttentionShape, CswinShape, MatmulSize,
 };
@@ -30,6 +32,9 @@ enum Suite {
     Bert,
     /// Whole CSWin-T/S/B forwards with random weights of the real sizes.
     Cswin,
+    /// Times every matmul tile on the products of the --bert and --cswin shapes (not in the
+    /// default set) and writes the fastest per product to --tune-out, for BACKBONE_TUNE.
+    Tune,
     /// Memory soak (not in the default set): --forwards small BERT forwards on the GPU and
     /// the CPU path; fails unless memory and live GPU objects stay flat after warm-up.
     Soak,
@@ -74,6 +79,9 @@ struct Args {
     /// SHADER_F16).
     #[arg(long, value_delimiter = ',', default_value = "f32")]
     dtype: Vec<String>,
+    /// Where `tune` writes its table (JSON, atomically).
+    #[arg(long, default_value = "tune.json")]
+    tune_out: PathBuf,
     /// Forwards per device for the soak.
     #[arg(long, default_value_t = 10_000)]
     forwards: usize,
@@ -190,6 +198,36 @@ fn main() -> Result<()> {
                 };
                 records.extend(bench::cswin_suite(&ctx, &shapes, &options, progress)?);
             }
+            Suite::Tune => {
+                let bert_shapes = if args.bert.is_empty() {
+                    BertShape::defaults(&ctx)
+                } else {
+                    args.bert
+                        .iter()
+                        .map(|s| BertShape::parse(s))
+                        .collect::<Result<_, _>>()?
+                };
+                let cswin_shapes = if args.cswin.is_empty() {
+                    CswinShape::defaults(&ctx)
+                } else {
+                    args.cswin
+                        .iter()
+                        .map(|s| CswinShape::parse(s))
+                        .collect::<Result<_, _>>()?
+                };
+                let mut problems = tune::bert_problems(&bert_shapes);
+                problems.extend(tune::cswin_problems(&cswin_shapes)?);
+                let table = tune::tune(&ctx, &problems, &options, progress)?;
+                eprint!("\r\x1b[2K");
+                print!("{}", tune::tune_report(&ctx, &table));
+                backbone::io::write_atomic(&args.tune_out, &serde_json::to_vec_pretty(&table)?)?;
+                println!(
+                    "tune table ({} products) written to {}; use it with BACKBONE_TUNE={}",
+                    table.matmul.len(),
+                    args.tune_out.display(),
+                    args.tune_out.display()
+                );
+            }
             Suite::Soak => {
                 for device in [SoakDevice::Gpu, SoakDevice::Cpu] {
                     let warmup = (args.forwards / 10).max(12);
@@ -203,7 +241,9 @@ fn main() -> Result<()> {
         }
     }
     eprint!("\r\x1b[2K");
-    print!("{}", bench::table(&records));
+    if !records.is_empty() {
+        print!("{}", bench::table(&records));
+    }
     let traffic = bench::traffic_table(&records);
     if !traffic.is_empty() {
         print!("\n{traffic}");

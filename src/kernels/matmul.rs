@@ -245,7 +245,8 @@ impl StridedMatmul {
 
 /// Workgroup tile shapes. All use at most 256 invocations and under 9 KiB of workgroup
 /// memory, so they fit WebGPU's default limits (16 KiB, 256 invocations).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum MatmulTile {
     /// 16 x 64 outputs per workgroup, 4 x 4 per invocation (64 invocations), K step 16: for
     /// few rows (batch-1 tokens, late CSWin stages), where a 64-row tile computes mostly padding.
@@ -278,10 +279,19 @@ impl MatmulTile {
         bk * (bm / 4 + 1 + bn / 4 + 1) * 16
     }
 
-    /// The tile for this problem on this adapter: skinny tiles for at most 32 rows, large
-    /// tiles once there are enough of them to fill a real GPU, small ones otherwise (and always
-    /// on software adapters).
-    pub fn choose(ctx: &Context, m: usize, n: usize, batch: usize) -> Self {
+    /// The tile for this problem on this adapter: the context's tune table's choice when it
+    /// measured exactly this problem (see [`crate::tune`]), else [`MatmulTile::heuristic`].
+    pub fn choose(ctx: &Context, m: usize, n: usize, k: usize, batch: usize, f16: bool) -> Self {
+        ctx.tune_table()
+            .and_then(|t| t.matmul_tile(m, n, k, batch, f16))
+            .filter(|t| t.fits(ctx))
+            .unwrap_or_else(|| Self::heuristic(ctx, m, n, batch))
+    }
+
+    /// The built-in choice: skinny tiles for at most 32 rows, large tiles once there are
+    /// enough of them to fill a real GPU, small ones otherwise (and always on software
+    /// adapters).
+    pub fn heuristic(ctx: &Context, m: usize, n: usize, batch: usize) -> Self {
         let large = MatmulTile::Large;
         let (bm, bn, ..) = large.dims();
         let tiles = m.div_ceil(bm as usize) * n.div_ceil(bn as usize) * batch;
@@ -294,7 +304,8 @@ impl MatmulTile {
         }
     }
 
-    fn fits(self, ctx: &Context) -> bool {
+    /// Whether the adapter can run this tile (invocations and workgroup memory).
+    pub fn fits(self, ctx: &Context) -> bool {
         let l = ctx.limits();
         self.invocations() <= l.max_compute_invocations_per_workgroup
             && self.invocations() <= l.max_compute_workgroup_size_x
@@ -453,7 +464,9 @@ pub fn matmul_strided(
         rec.context(),
         problem.m,
         problem.n,
+        problem.k,
         problem.batch[0] * problem.batch[1],
+        x.dtype() == crate::tensor::DType::F16 || w.dtype() == crate::tensor::DType::F16,
     );
     matmul_with_tile(rec, x, w, y, ep, problem, tile)
 }
