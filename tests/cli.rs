@@ -254,6 +254,7 @@ fn bench_json_has_the_documented_fields() {
             "suite",
             "shape",
             "dtype",
+            "variant",
             "adapter",
             "backend",
             "driver",

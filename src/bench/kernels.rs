@@ -5,7 +5,7 @@ use rand::{SeedableRng, rngs::StdRng};
 use super::{BenchOptions, Check, Record, compare, kernel_run, random, record, time_kernel};
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::kernels::{self, Epilogue, StridedMatmul};
+use crate::kernels::{self, Epilogue, MatmulTile, StridedMatmul};
 use crate::models::cswin::{CswinConfig, Geometry};
 use crate::reference::{self, HostTensor};
 use crate::tensor::{DType, Tensor};
@@ -125,6 +125,12 @@ fn matmul_one(
         options,
     );
     r.dtype = dtype.name().0.into();
+    let tile = MatmulTile::choose(ctx, m, n, k, 1, dtype == DType::F16);
+    let tuned = ctx
+        .tune_table()
+        .and_then(|t| t.matmul_tile(m, n, k, 1, dtype == DType::F16))
+        .is_some();
+    r.variant = format!("{tile:?}{}", if tuned { " (tuned)" } else { "" }).to_lowercase();
     Ok(r)
 }
 
@@ -257,7 +263,7 @@ pub fn attention_suite(
         let got = out.read_f32_blocking(ctx)?;
         let check = compare(&[(&got[..s.seq * c], &cpu.data[..])], 1e-5, 1e-4, got.len());
         let flops = 4.0 * (s.batch * s.heads * s.seq * s.seq * s.head_dim) as f64;
-        records.push(record(
+        let mut r = record(
             ctx,
             "attention",
             label,
@@ -266,7 +272,9 @@ pub fn attention_suite(
             flops,
             check,
             options,
-        ));
+        );
+        r.variant = "fused, flash-style".into();
+        records.push(r);
     }
     Ok(records)
 }
@@ -372,7 +380,7 @@ pub fn cswin_attention_suite(
                     * (2.0 * (b.window.0 * b.window.1) as f64 + 9.0)
             })
             .sum();
-        records.push(record(
+        let mut r = record(
             ctx,
             "cswin_attn",
             label,
@@ -381,7 +389,9 @@ pub fn cswin_attention_suite(
             flops,
             check,
             options,
-        ));
+        );
+        r.variant = "fused, flash-style".into();
+        records.push(r);
     }
     Ok(records)
 }

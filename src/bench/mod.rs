@@ -114,6 +114,9 @@ pub struct Record {
     pub suite: String,
     pub shape: String,
     pub dtype: String,
+    /// Which kernel variant ran: the matmul tile (and whether a tune table chose it), "fused"
+    /// for the attention kernels, the storage type for models.
+    pub variant: String,
     pub adapter: String,
     pub backend: String,
     pub driver: String,
@@ -178,6 +181,7 @@ pub(super) fn record(
         suite: suite.into(),
         shape,
         dtype: "f32".into(),
+        variant: "default".into(),
         adapter: info.name.clone(),
         backend: format!("{:?}", info.backend),
         driver: format!("{} {}", info.driver, info.driver_info)

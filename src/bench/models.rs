@@ -261,6 +261,7 @@ fn bert_one(
         options,
     );
     r.dtype = dtype.name().0.into();
+    r.variant = format!("{} storage, f32 accumulation", dtype.name());
     r.items_per_s = Some(shape.batch as f64 / (timings.gpu_ms.median * 1e-3));
     r.traffic = Some(ForwardTraffic::of(&model.forward_passes(ctx, &input)?));
     Ok(r)
@@ -529,6 +530,7 @@ fn cswin_one(
     );
     r.items_per_s = Some(shape.batch as f64 / (timings.gpu_ms.median * 1e-3));
     r.dtype = dtype.name().0.into();
+    r.variant = format!("{} storage, f32 accumulation", dtype.name());
     r.traffic = Some(ForwardTraffic::of(&model.forward_passes(ctx, &pixels)?));
     Ok(r)
 }
