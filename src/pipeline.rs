@@ -29,10 +29,11 @@ pub enum Kernel {
     Conv2d,
     CswinAttention,
     BertEmbeddings,
+    MatmulCoop,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 12] = [
+    pub const ALL: [Kernel; 13] = [
         Kernel::Matmul,
         Kernel::LayerNorm,
         Kernel::Softmax,
@@ -45,6 +46,7 @@ impl Kernel {
         Kernel::Conv2d,
         Kernel::CswinAttention,
         Kernel::BertEmbeddings,
+        Kernel::MatmulCoop,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -61,6 +63,7 @@ impl Kernel {
             Kernel::Conv2d => "conv2d",
             Kernel::CswinAttention => "cswin_attention",
             Kernel::BertEmbeddings => "bert_embeddings",
+            Kernel::MatmulCoop => "matmul_coop",
         }
     }
 
@@ -79,6 +82,7 @@ impl Kernel {
             Kernel::Conv2d => include_str!("../shaders/conv2d.wgsl"),
             Kernel::CswinAttention => include_str!("../shaders/cswin_attention.wgsl"),
             Kernel::BertEmbeddings => include_str!("../shaders/bert_embeddings.wgsl"),
+            Kernel::MatmulCoop => include_str!("../shaders/matmul_coop.wgsl"),
         }
     }
 
@@ -87,7 +91,9 @@ impl Kernel {
         use Binding::*;
         match self {
             // params, x, w, bias, residual, x as vec4s, w as vec4s, y
-            Kernel::Matmul => &[Uniform, Read, Read, Read, Read, Read, Read, Write],
+            Kernel::Matmul | Kernel::MatmulCoop => {
+                &[Uniform, Read, Read, Read, Read, Read, Read, Write]
+            }
             // params, x, residual, gamma, beta, y
             Kernel::LayerNorm => &[Uniform, Read, Read, Read, Read, Write],
             // params, x, y
@@ -139,20 +145,36 @@ impl Spec {
     /// A storage element type: `alias {name} = f16;` (enabling WGSL's f16 extension, on the
     /// first line as WGSL requires) or `alias {name} = f32;`.
     pub fn storage(mut self, name: &str, f16: bool) -> Self {
-        if f16 && !self.0.starts_with("enable f16;") {
-            self.0.insert_str(0, "enable f16;\n");
+        if f16 {
+            self = self.enable("f16");
         }
-        let _ = writeln!(
-            self.0,
-            "alias {name} = {};",
-            if f16 { "f16" } else { "f32" }
-        );
+        let ty = if f16 { "f16" } else { "f32" };
+        self.alias(name, ty)
+    }
+
+    /// A WGSL extension (`enable {ext};`, placed first as WGSL requires), once.
+    pub fn enable(mut self, ext: &str) -> Self {
+        let line = format!("enable {ext};\n");
+        if !self.0.contains(&line) {
+            self.0.insert_str(0, &line);
+        }
+        self
+    }
+
+    /// A type alias (`alias {name} = {ty};`), e.g. a cooperative-matrix fragment type.
+    pub fn alias(mut self, name: &str, ty: &str) -> Self {
+        let _ = writeln!(self.0, "alias {name} = {ty};");
         self
     }
 
     /// Whether the source needs the f16 extension (and so the adapter's `SHADER_F16`).
     pub fn uses_f16(&self) -> bool {
-        self.0.starts_with("enable f16;")
+        self.0.contains("enable f16;")
+    }
+
+    /// Whether the source uses cooperative matrices (`EXPERIMENTAL_COOPERATIVE_MATRIX`).
+    pub fn uses_cooperative_matrix(&self) -> bool {
+        self.0.contains("enable wgpu_cooperative_matrix;")
     }
 }
 

@@ -357,3 +357,77 @@ fn mean_pool_and_embeddings_f16_storage_match_twins() {
         assert_close(&what, &read_f32(ctx, &gy), &cpu.data, 2e-5, out_rtol(f16.1));
     }
 }
+
+/// The cooperative-matrix (tensor core) matmul, on a context that opted in to the feature:
+/// where the adapter offers f16 fragments, every shape and epilogue against the twin (the
+/// fragments hold exactly the f16 inputs; only the f32 accumulation order differs); elsewhere
+/// (lavapipe, DX12, WebGPU) the explicit call is refused naming the feature, and
+/// `kernels::matmul` keeps using the tiled kernel.
+#[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
+fn matmul_coop_matches_twin_where_the_adapter_has_it() {
+    use backbone::ContextOptions;
+    use backbone::kernels::matmul_coop::{coop_fragment, matmul_coop};
+    // SAFETY: the test opts in to wgpu's experimental cooperative matrices on purpose.
+    let options = unsafe {
+        ContextOptions::from_env()
+            .expect("options")
+            .enable_experimental_cooperative_matrix()
+    };
+    let ctx = pollster::block_on(Context::new(options)).expect("context");
+    let ctx = &ctx;
+    let Some((t, sg)) = coop_fragment(ctx) else {
+        let x = Tensor::from_f16(ctx, &[2, 4], &[half::f16::ONE; 8], "x").expect("x");
+        let w = Tensor::from_f16(ctx, &[3, 4], &[half::f16::ONE; 12], "w").expect("w");
+        let y = nan_filled(ctx, &[2, 3], "y");
+        let p = StridedMatmul::contiguous(1, 2, 3, 4, true);
+        let err = matmul_coop(&mut Recorder::new(ctx), &x, &w, &y, Epilogue::none(), &p)
+            .expect_err("no cooperative matrices here");
+        assert!(err.to_string().contains("cooperative matrices"), "{err}");
+        eprintln!("cooperative-matrix matmul refused as it should be here: {err}");
+        return;
+    };
+    eprintln!("cooperative-matrix matmul: {t}x{t} fragments, subgroup {sg}");
+    let shapes = [(1, 7, 5), (65, 127, 63), (33, 68, 132), (128, 768, 768)];
+    for (i, &(m, n, k)) in shapes.iter().enumerate() {
+        for layout in [WLayout::NK, WLayout::KN] {
+            let mut r = rng(1200 + i as u64);
+            let x = round_f16(&random_host(&mut r, &[m, k], 1.0));
+            let w_shape = if layout == WLayout::NK {
+                [n, k]
+            } else {
+                [k, n]
+            };
+            let w = round_f16(&random_host(&mut r, &w_shape, 0.5));
+            let bias = random_host(&mut r, &[n], 1.0);
+            let residual = random_host(&mut r, &[m, n], 1.0);
+            let mut p = StridedMatmul::contiguous(1, m, n, k, true);
+            p.w_layout = layout;
+            if layout == WLayout::KN {
+                p.w.ld = n;
+            }
+            let ep = Epilogue {
+                act: Activation::Gelu,
+                ..Epilogue::none().bias(&bias).residual(&residual)
+            };
+            let mut cpu = nan_host(&[m, n]);
+            reference::matmul_strided(&x, &w, &mut cpu, ep, &p).expect("twin");
+            let (gb, gr) = (
+                upload(ctx, &bias, "bias"),
+                upload(ctx, &residual, "residual"),
+            );
+            let gy = nan_filled(ctx, &[m, n], "y");
+            let gep = Epilogue {
+                act: Activation::Gelu,
+                ..Epilogue::none().bias(&gb).residual(&gr)
+            };
+            let mut rec = Recorder::new(ctx);
+            let (gx, gw) = (upload_as(ctx, &x, true, "x"), upload_as(ctx, &w, true, "w"));
+            matmul_coop(&mut rec, &gx, &gw, &gy, gep, &p).expect("record");
+            rec.submit_blocking().expect("submit");
+            let tol = (2e-6 * (k as f32).sqrt()).max(1e-5);
+            let what = format!("matmul_coop {t}x{t} m={m} n={n} k={k} {layout:?}");
+            assert_close(&what, &read_f32(ctx, &gy), &cpu.data, tol, 1e-5);
+        }
+    }
+}

@@ -131,6 +131,9 @@ fn matmul_one(
         .and_then(|t| t.matmul_tile(m, n, k, 1, dtype == DType::F16))
         .is_some();
     r.variant = format!("{tile:?}{}", if tuned { " (tuned)" } else { "" }).to_lowercase();
+    if let (DType::F16, Some((t, _))) = (dtype, kernels::matmul_coop::coop_fragment(ctx)) {
+        r.variant = format!("cooperative matrix {t}x{t}x{t}");
+    }
     Ok(r)
 }
 

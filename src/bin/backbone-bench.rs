@@ -79,6 +79,9 @@ struct Args {
     /// SHADER_F16).
     #[arg(long, value_delimiter = ',', default_value = "f32")]
     dtype: Vec<String>,
+    /// Opt in to wgpu's experimental cooperative matrices (tensor cores) for f16 products.
+    #[arg(long)]
+    experimental_cooperative_matrix: bool,
     /// Where `tune` writes its table (JSON, atomically).
     #[arg(long, default_value = "tune.json")]
     tune_out: PathBuf,
@@ -102,7 +105,13 @@ fn main() -> Result<()> {
         }
         return Ok(());
     }
-    let ctx = pollster::block_on(Context::new(ContextOptions::from_env()?))?;
+    let mut context_options = ContextOptions::from_env()?;
+    if args.experimental_cooperative_matrix {
+        // SAFETY: the user asked for wgpu's experimental cooperative matrices on the command
+        // line; f16 products then run on tensor cores where the adapter has them.
+        context_options = unsafe { context_options.enable_experimental_cooperative_matrix() };
+    }
+    let ctx = pollster::block_on(Context::new(context_options))?;
     let caps = ctx.capabilities();
     println!("adapter: {caps}");
     println!(

@@ -17,7 +17,7 @@ pub enum Activation {
 }
 
 impl Activation {
-    const fn code(self) -> u32 {
+    pub(super) const fn code(self) -> u32 {
         match self {
             Activation::None => 0,
             Activation::Gelu => 1,
@@ -383,7 +383,7 @@ pub(super) fn variants() -> Vec<Spec> {
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
+pub(super) struct Params {
     m: u32,
     n: u32,
     k: u32,
@@ -395,6 +395,50 @@ struct Params {
     x: [u32; 4],
     w: [u32; 4],
     y: [u32; 4],
+}
+
+impl Params {
+    pub(super) fn new(p: &StridedMatmul, alpha: f32) -> Self {
+        Self {
+            m: p.m as u32,
+            n: p.n as u32,
+            k: p.k as u32,
+            batch_inner: p.batch[1].max(1) as u32,
+            lda: p.x.ld as u32,
+            ldb: p.w.ld as u32,
+            ldc: p.y.ld as u32,
+            alpha,
+            x: view_params(&p.x),
+            w: view_params(&p.w),
+            y: view_params(&p.y),
+        }
+    }
+}
+
+/// The operand checks every matmul variant makes; returns which of X, W, Y are f16.
+pub(super) fn check_operands(
+    ctx: &Context,
+    x: &Tensor,
+    w: &Tensor,
+    y: &Tensor,
+    ep: &Epilogue<'_>,
+    p: &StridedMatmul,
+) -> Result<(bool, bool, bool)> {
+    let f16 = (
+        check_float(ctx, "matmul", "x", x)?,
+        check_float(ctx, "matmul", "w", w)?,
+        check_float(ctx, "matmul", "y", y)?,
+    );
+    p.check(x.numel(), w.numel(), y.numel())?;
+    if let Some(bias) = ep.bias {
+        check_dtype("matmul", "bias", bias, DType::F32)?;
+        check_shape("matmul", "bias", bias, &[p.n])?;
+    }
+    if let Some(residual) = ep.residual {
+        check_dtype("matmul", "residual", residual, y.dtype())?;
+        check_shape("matmul", "residual", residual, y.shape())?;
+    }
+    Ok(f16)
 }
 
 fn view_params(v: &MatrixView) -> [u32; 4] {
@@ -460,6 +504,13 @@ pub fn matmul_strided(
     ep: Epilogue<'_>,
     problem: &StridedMatmul,
 ) -> Result<()> {
+    // Tensor cores where the adapter has them, for f16 operands.
+    if x.dtype() == DType::F16
+        && w.dtype() == DType::F16
+        && super::matmul_coop::coop_fragment(rec.context()).is_some()
+    {
+        return super::matmul_coop::matmul_coop(rec, x, w, y, ep, problem);
+    }
     let tile = MatmulTile::choose(
         rec.context(),
         problem.m,
@@ -482,20 +533,7 @@ pub fn matmul_with_tile(
     tile: MatmulTile,
 ) -> Result<()> {
     let ctx = rec.context();
-    let f16 = (
-        check_float(ctx, "matmul", "x", x)?,
-        check_float(ctx, "matmul", "w", w)?,
-        check_float(ctx, "matmul", "y", y)?,
-    );
-    p.check(x.numel(), w.numel(), y.numel())?;
-    if let Some(bias) = ep.bias {
-        check_dtype("matmul", "bias", bias, DType::F32)?;
-        check_shape("matmul", "bias", bias, &[p.n])?;
-    }
-    if let Some(residual) = ep.residual {
-        check_dtype("matmul", "residual", residual, y.dtype())?;
-        check_shape("matmul", "residual", residual, y.shape())?;
-    }
+    let f16 = check_operands(ctx, x, w, y, &ep, p)?;
     if !tile.fits(ctx) {
         return Err(Error::Limit {
             what: format!("matmul tile {tile:?} ({} invocations)", tile.invocations()),
@@ -505,19 +543,7 @@ pub fn matmul_with_tile(
         });
     }
     let (bm, bn, ..) = tile.dims();
-    let params = Params {
-        m: p.m as u32,
-        n: p.n as u32,
-        k: p.k as u32,
-        batch_inner: p.batch[1].max(1) as u32,
-        lda: p.x.ld as u32,
-        ldb: p.w.ld as u32,
-        ldc: p.y.ld as u32,
-        alpha: ep.alpha,
-        x: view_params(&p.x),
-        w: view_params(&p.w),
-        y: view_params(&p.y),
-    };
+    let params = Params::new(p, ep.alpha);
     let groups = [
         (p.n as u32).div_ceil(bn),
         (p.m as u32).div_ceil(bm),

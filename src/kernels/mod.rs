@@ -13,6 +13,7 @@ mod gelu;
 mod l2_normalize;
 mod layer_norm;
 pub mod matmul;
+pub mod matmul_coop;
 mod mean_pool;
 mod softmax;
 
@@ -39,6 +40,9 @@ pub fn shader_variants() -> Vec<(Kernel, Spec)> {
     for kernel in Kernel::ALL {
         match kernel {
             Kernel::Matmul => out.extend(matmul::variants().into_iter().map(|s| (kernel, s))),
+            Kernel::MatmulCoop => {
+                out.extend(matmul_coop::variants().into_iter().map(|s| (kernel, s)));
+            }
             Kernel::Attention => {
                 let dims = attention::VALIDATED_HEAD_DIMS;
                 out.extend(dims.map(|d| (kernel, attention::spec(d, (false, false)))));
