@@ -102,6 +102,11 @@ impl Capabilities {
         self.features.contains(feature)
     }
 
+    /// Whether kernels can store f16 (`SHADER_F16`, WebGPU's `shader-f16`).
+    pub fn shader_f16(&self) -> bool {
+        self.has(wgpu::Features::SHADER_F16)
+    }
+
     /// Whether timestamp queries around compute passes work.
     pub fn timestamps(&self) -> bool {
         self.has(wgpu::Features::TIMESTAMP_QUERY)

@@ -10,7 +10,7 @@ use backbone::models::image;
 use backbone::models::tokenizer::TextTokenizer;
 use backbone::models::weights::Weights;
 use backbone::reference::HostTensor;
-use backbone::{Context, ContextOptions};
+use backbone::{Context, ContextOptions, DType};
 use js_sys::Promise;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
@@ -45,9 +45,24 @@ impl Engine {
         })
     }
 
-    /// The adapter in use, for display.
+    /// The adapter in use and the storage type models load in, for display.
     pub fn adapter(&self) -> String {
-        self.ctx.capabilities().to_string()
+        format!(
+            "{}; models in {}",
+            self.ctx.capabilities(),
+            self.dtype().name()
+        )
+    }
+
+    /// The demo's models store weights and activations as f16 where WebGPU has `shader-f16`
+    /// (half the memory and bandwidth; f32 accumulation), f32 elsewhere. The browser test runs
+    /// the fixtures in f32.
+    fn dtype(&self) -> DType {
+        if self.ctx.capabilities().shader_f16() {
+            DType::F16
+        } else {
+            DType::F32
+        }
     }
 
     /// Loads a BERT folder's files (config.json text, model.safetensors and tokenizer.json bytes).
@@ -60,7 +75,7 @@ impl Engine {
     ) -> Result<(), JsValue> {
         let config = BertConfig::from_json(config).map_err(js_err)?;
         let host = BertWeights::from_safetensors(&config, weights).map_err(js_err)?;
-        let model = Bert::new(&self.ctx, config, &host).map_err(js_err)?;
+        let model = Bert::with_dtype(&self.ctx, config, &host, self.dtype()).map_err(js_err)?;
         let tokenizer = TextTokenizer::from_bytes(tokenizer, max_length).map_err(js_err)?;
         self.models.borrow_mut().bert = Some(Rc::new((model, tokenizer)));
         Ok(())
@@ -84,7 +99,7 @@ impl Engine {
         let labels = cswin::id2label(&json);
         let config = CswinConfig::from_json(config).map_err(js_err)?;
         let host = CswinWeights::from_safetensors(&config, weights).map_err(js_err)?;
-        let model = Cswin::new(&self.ctx, config, &host).map_err(js_err)?;
+        let model = Cswin::with_dtype(&self.ctx, config, &host, self.dtype()).map_err(js_err)?;
         self.models.borrow_mut().cswin = Some(Rc::new((model, labels)));
         Ok(())
     }
