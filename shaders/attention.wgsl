@@ -32,8 +32,9 @@ struct Params {
 const BQ: u32 = 64u;
 const MASKED: f32 = F32_LOWEST; // torch.finfo(torch.float32).min
 
-var<workgroup> k_tile: array<f32, KV_TILE * HEAD_DIM>;
-var<workgroup> v_tile: array<f32, KV_TILE * HEAD_DIM>;
+// K and V tiles in the storage type of qkv: f16 storage halves this workgroup memory.
+var<workgroup> k_tile: array<XT, KV_TILE * HEAD_DIM>;
+var<workgroup> v_tile: array<XT, KV_TILE * HEAD_DIM>;
 var<workgroup> bias_tile: array<f32, KV_TILE>;
 
 @compute @workgroup_size(64)
@@ -66,8 +67,8 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
             let j = l / HEAD_DIM;
             let d = l % HEAD_DIM;
             let at = (b * t + k0 + j) * row_stride + h * HEAD_DIM + d;
-            k_tile[l] = f32(qkv[at + c]);
-            v_tile[l] = f32(qkv[at + 2u * c]);
+            k_tile[l] = qkv[at + c];
+            v_tile[l] = qkv[at + 2u * c];
         }
         for (var j = lid; j < keys; j += BQ) {
             bias_tile[j] = select(MASKED, 0.0, mask[b * t + k0 + j] != 0u);
@@ -81,7 +82,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
             for (var j = 0u; j < keys; j++) {
                 var dot = 0.0;
                 for (var d = 0u; d < HEAD_DIM; d++) {
-                    dot = fma(q[d], k_tile[j * HEAD_DIM + d], dot);
+                    dot = fma(q[d], f32(k_tile[j * HEAD_DIM + d]), dot);
                 }
                 scores[j] = dot * params.scale + bias_tile[j];
                 tile_max = max(tile_max, scores[j]);
@@ -96,7 +97,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
                 let p = exp(scores[j] - new_max);
                 running_sum += p;
                 for (var d = 0u; d < HEAD_DIM; d++) {
-                    acc[d] = fma(p, v_tile[j * HEAD_DIM + d], acc[d]);
+                    acc[d] = fma(p, f32(v_tile[j * HEAD_DIM + d]), acc[d]);
                 }
             }
             running_max = new_max;

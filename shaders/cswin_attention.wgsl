@@ -48,8 +48,9 @@ struct Params {
 
 const BQ: u32 = 64u;
 
-var<workgroup> k_tile: array<f32, KV_TILE * HEAD_DIM>;
-var<workgroup> v_tile: array<f32, KV_TILE * HEAD_DIM>;
+// K and V tiles in the storage type of qkv: f16 storage halves this workgroup memory.
+var<workgroup> k_tile: array<XT, KV_TILE * HEAD_DIM>;
+var<workgroup> v_tile: array<XT, KV_TILE * HEAD_DIM>;
 
 // Token index of window-local position (wy, wx) of window (win_y, win_x), or -1 in the padding.
 fn token_at(win_y: u32, win_x: u32, wy: u32, wx: u32) -> i32 {
@@ -106,8 +107,8 @@ fn cswin_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
                 let at = (b * plane + u32(t)) * row_stride + channel + d;
                 kv = vec2<f32>(f32(qkv[at + params.c]), f32(qkv[at + 2u * params.c]));
             }
-            k_tile[l] = kv.x;
-            v_tile[l] = kv.y;
+            k_tile[l] = XT(kv.x);
+            v_tile[l] = XT(kv.y);
         }
         workgroupBarrier();
 
@@ -117,7 +118,7 @@ fn cswin_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
             for (var j = 0u; j < keys; j++) {
                 var dot = 0.0;
                 for (var d = 0u; d < HEAD_DIM; d++) {
-                    dot = fma(q[d], k_tile[j * HEAD_DIM + d], dot);
+                    dot = fma(q[d], f32(k_tile[j * HEAD_DIM + d]), dot);
                 }
                 scores[j] = dot * params.scale;
                 tile_max = max(tile_max, scores[j]);
@@ -132,7 +133,7 @@ fn cswin_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
                 let p = exp(scores[j] - new_max);
                 running_sum += p;
                 for (var d = 0u; d < HEAD_DIM; d++) {
-                    acc[d] = fma(p, v_tile[j * HEAD_DIM + d], acc[d]);
+                    acc[d] = fma(p, f32(v_tile[j * HEAD_DIM + d]), acc[d]);
                 }
             }
             running_max = new_max;

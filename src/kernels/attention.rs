@@ -15,8 +15,9 @@ struct Params {
 }
 
 /// Keys per staged tile, a power of two from 4 to 32 with KV_TILE x HEAD_DIM <= 1024: the K
-/// and V tiles (f32) take 8 KiB of workgroup memory at most (4 to 32 keys for head sizes
-/// 1..=128; WebGPU guarantees 16 KiB).
+/// and V tiles take 8 KiB of workgroup memory at most in f32, 4 KiB with f16 storage (they
+/// are staged in qkv's storage type); 4 to 32 keys for head sizes 1..=128; WebGPU guarantees
+/// 16 KiB.
 fn kv_tile(head_dim: usize) -> u32 {
     let keys = (1024 / head_dim.max(1)).clamp(4, 32);
     1 << (usize::BITS - 1 - keys.leading_zeros())
