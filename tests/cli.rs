@@ -396,3 +396,30 @@ fn run_f16_on_gpu() {
         assert!(String::from_utf8_lossy(&output.stderr).contains("SHADER_F16"));
     }
 }
+
+/// `embed` of more texts than one batch may hold runs them in batches: every row equals the
+/// text embedded alone.
+#[test]
+fn embed_batches_many_texts() {
+    let dir = fixture("bert-micro-12l-random");
+    let texts: Vec<String> = (0..600).map(|i| format!("sentence number {i} of many")).collect();
+    let many = backbone()
+        .args(["embed", "--device", "cpu", "--max-length", "512", "--model"])
+        .arg(&dir)
+        .args(&texts)
+        .output()
+        .expect("embed");
+    assert!(many.status.success(), "{}", String::from_utf8_lossy(&many.stderr));
+    let rows: Vec<Vec<f32>> = serde_json::from_slice(&many.stdout).expect("json");
+    assert_eq!(rows.len(), 600);
+    for i in [0, 255, 256, 599] {
+        let one = backbone()
+            .args(["embed", "--device", "cpu", "--model"])
+            .arg(&dir)
+            .arg(&texts[i])
+            .output()
+            .expect("embed one");
+        let alone: Vec<Vec<f32>> = serde_json::from_slice(&one.stdout).expect("json");
+        assert_close(&format!("text {i}"), &rows[i], &alone[0], 1e-6, 1e-5);
+    }
+}

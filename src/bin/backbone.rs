@@ -121,18 +121,7 @@ fn main() -> Result<()> {
             device,
             dtype,
             texts,
-        } => {
-            let tokenizer = TextTokenizer::from_dir(&model, max_length)?;
-            let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-            let input = tokenizer.encode(&texts)?;
-            let config = bert::load_config(&model)?;
-            input.validate(&config)?;
-            let out = run_bert(&model, config, &input, device, dtype.dtype())?;
-            let embeddings = &out.sentence_embedding;
-            check_finite("sentence_embedding", embeddings)?;
-            let rows: Vec<&[f32]> = embeddings.data.chunks(embeddings.shape[1]).collect();
-            println!("{}", serde_json::to_string(&rows)?);
-        }
+        } => embed(&model, max_length, device, dtype.dtype(), &texts)?,
         Command::Classify {
             model,
             device,
@@ -140,6 +129,55 @@ fn main() -> Result<()> {
             images,
         } => classify(&model, device, dtype.dtype(), &images)?,
     }
+    Ok(())
+}
+
+/// `embed`: texts in batches of at most [`limits::MAX_BATCH_TOKENS`] tokens (each padded to
+/// its longest text), through one model loaded once; one JSON array of embeddings out.
+fn embed(
+    model: &Path,
+    max_length: usize,
+    device: Device,
+    dtype: DType,
+    texts: &[String],
+) -> Result<()> {
+    let tokenizer = TextTokenizer::from_dir(model, max_length)?;
+    let config = bert::load_config(model)?;
+    let per_batch = (limits::MAX_BATCH_TOKENS / max_length.max(1)).clamp(1, 256);
+    let inputs = texts
+        .chunks(per_batch)
+        .map(|chunk| {
+            let chunk: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            let input = tokenizer.encode(&chunk)?;
+            input.validate(&config)?;
+            Ok(input)
+        })
+        .collect::<backbone::Result<Vec<_>>>()?;
+    let weights = bert::load_weights(model, &config)?;
+    let gpu = match device {
+        Device::Gpu => {
+            let ctx = pollster::block_on(Context::new(ContextOptions::from_env()?))?;
+            let bert = Bert::with_dtype(&ctx, config.clone(), &weights, dtype)?;
+            Some((ctx, bert))
+        }
+        Device::Cpu => None,
+    };
+    let mut rows: Vec<Vec<f32>> = Vec::with_capacity(texts.len());
+    for input in &inputs {
+        let out = match &gpu {
+            Some((ctx, bert)) => bert.forward_blocking(ctx, input, false)?,
+            None => bert::forward_cpu_as(&config, &weights, input, false, dtype)?,
+        };
+        let embeddings = &out.sentence_embedding;
+        check_finite("sentence_embedding", embeddings)?;
+        rows.extend(
+            embeddings
+                .data
+                .chunks(embeddings.shape[1])
+                .map(<[f32]>::to_vec),
+        );
+    }
+    println!("{}", serde_json::to_string(&rows)?);
     Ok(())
 }
 
