@@ -143,11 +143,20 @@ pub fn read_safetensors(path: &Path) -> Result<Vec<u8>> {
             std::io::Error::other("is a directory, not a file"),
         ));
     }
+    // A short read is a format error; any other read failure is an I/O error.
+    let short = |e: std::io::Error, what: String| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            in_file(bad(what))
+        } else {
+            io_error(path, e)
+        }
+    };
     let mut len = [0u8; 8];
-    file.read_exact(&mut len).map_err(|_| {
-        in_file(bad(
+    file.read_exact(&mut len).map_err(|e| {
+        short(
+            e,
             "not a safetensors file: shorter than its 8-byte header length".into(),
-        ))
+        )
     })?;
     let n = u64::from_le_bytes(len);
     if n == 0 || n > limits::MAX_HEADER_BYTES {
@@ -164,10 +173,19 @@ pub fn read_safetensors(path: &Path) -> Result<Vec<u8>> {
     }
     let mut header = vec![0u8; n as usize];
     file.read_exact(&mut header)
-        .map_err(|_| in_file(bad(format!("truncated: the header declares {n} bytes"))))?;
+        .map_err(|e| short(e, format!("truncated: the header declares {n} bytes")))?;
     let summary =
         summarize_header(&header).map_err(|e| in_file(bad(format!("invalid header: {e}"))))?;
-    let total = 8 + n + summary.data_len;
+    let total = (8 + n)
+        .checked_add(summary.data_len)
+        .filter(|&t| meta.is_file() || t <= limits::MAX_STREAM_BYTES)
+        .ok_or_else(|| {
+            in_file(bad(format!(
+                "the header declares {} data bytes, over the {} a stream may hold",
+                summary.data_len,
+                limits::MAX_STREAM_BYTES
+            )))
+        })?;
     if meta.is_file() && meta.len() != total {
         return Err(in_file(bad(format!(
             "the header declares {total} bytes in all but the file has {} ({})",
@@ -193,13 +211,21 @@ pub fn read_safetensors(path: &Path) -> Result<Vec<u8>> {
             bytes.len()
         ))));
     }
+    // A stream (or a file that grew) must end where the header says.
+    let mut extra = [0u8; 1];
+    if file.read(&mut extra).map_err(|e| io_error(path, e))? != 0 {
+        return Err(in_file(bad(format!(
+            "trailing bytes after the {total} bytes the header declares"
+        ))));
+    }
     Ok(bytes)
 }
 
 /// Checks that `path` can be written atomically: its folder exists and takes a new file, and
 /// `path` is not a folder. Run before the work whose result goes there.
 pub fn check_writable(path: &Path) -> Result<()> {
-    if path.is_dir() {
+    let text = path.as_os_str().to_string_lossy();
+    if path.is_dir() || text.ends_with('/') || text.ends_with(std::path::MAIN_SEPARATOR) {
         return Err(io_error(
             path,
             std::io::Error::other("is a directory; give a file name"),

@@ -11,6 +11,9 @@ use crate::error::{Error, Result};
 pub const MAX_HEADER_BYTES: u64 = 16 << 20;
 /// Tensors listed in one safetensors header (real models: a few thousand).
 pub const MAX_TENSORS: usize = 65_536;
+/// A safetensors file read from a stream (a pipe, `/dev/stdin`), whose size cannot be checked
+/// up front: its header may declare at most this many bytes in all.
+pub const MAX_STREAM_BYTES: u64 = 4 << 30;
 /// `config.json` and other small JSON files.
 pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
 /// `tokenizer.json` (XLM-R's is 17 MB).

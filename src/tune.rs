@@ -29,7 +29,7 @@ pub struct MatmulChoice {
     pub n: usize,
     pub k: usize,
     pub batch: usize,
-    /// Storage of X and W: "f32" or "f16".
+    /// Storage of X and W, both: "f32" or "f16".
     pub dtype: String,
     pub tile: MatmulTile,
     /// GPU ms (median) of each candidate tile, fastest first.
@@ -68,7 +68,9 @@ impl TuneTable {
         self.adapter == adapter && self.backend == backend && self.driver == driver
     }
 
-    /// The measured tile for exactly this problem, if the table has it.
+    /// The measured tile for exactly this problem (`f16`: X and W both stored as f16), if the
+    /// table has it. The key is the product as `kernels::matmul` sees it: a [B, T, K] input
+    /// times a shared weight is `batch` B of `m` = T rows.
     pub fn matmul_tile(
         &self,
         m: usize,

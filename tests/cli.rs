@@ -402,14 +402,20 @@ fn run_f16_on_gpu() {
 #[test]
 fn embed_batches_many_texts() {
     let dir = fixture("bert-micro-12l-random");
-    let texts: Vec<String> = (0..600).map(|i| format!("sentence number {i} of many")).collect();
+    let texts: Vec<String> = (0..600)
+        .map(|i| format!("sentence number {i} of many"))
+        .collect();
     let many = backbone()
         .args(["embed", "--device", "cpu", "--max-length", "512", "--model"])
         .arg(&dir)
         .args(&texts)
         .output()
         .expect("embed");
-    assert!(many.status.success(), "{}", String::from_utf8_lossy(&many.stderr));
+    assert!(
+        many.status.success(),
+        "{}",
+        String::from_utf8_lossy(&many.stderr)
+    );
     let rows: Vec<Vec<f32>> = serde_json::from_slice(&many.stdout).expect("json");
     assert_eq!(rows.len(), 600);
     for i in [0, 255, 256, 599] {

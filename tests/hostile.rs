@@ -612,3 +612,79 @@ fn images_over_the_model_budget_are_refused_before_the_forward() {
     backbone::models::cswin::Geometry::new(&config, &[1, 3, 1536, 2048]).expect("2048x1536");
     assert!(!out.exists(), "an output was written");
 }
+
+/// Safetensors from a stream (`/dev/stdin`): the declared size is bounded, and the stream must
+/// end where the header says. An output path ending in a separator is refused up front.
+#[test]
+fn streamed_inputs_are_bounded_and_checked() {
+    use std::io::Write as _;
+    let model = fixture("cswin-micro-224");
+    let dir = scratch("stream");
+    let out = dir.join("out.safetensors");
+    let run_with_stdin = |bytes: Vec<u8>| {
+        let start = Instant::now();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_backbone"))
+            .args([
+                "run",
+                "--device",
+                "cpu",
+                "--model",
+                p(&model),
+                "--input",
+                "/dev/stdin",
+            ])
+            .args(["--output", p(&out)])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let mut stdin = child.stdin.take().expect("stdin");
+        // The process may stop reading early (that is the point): ignore a broken pipe.
+        let _ = stdin.write_all(&bytes);
+        drop(stdin);
+        let output = child.wait_with_output().expect("wait");
+        (output, start.elapsed())
+    };
+    // A header declaring 1 TiB of data.
+    let header = br#"{"pixel_values":{"dtype":"F32","shape":[262144,1048576],"data_offsets":[0,1099511627776]}}"#;
+    let mut huge = (header.len() as u64).to_le_bytes().to_vec();
+    huge.extend_from_slice(header);
+    huge.extend_from_slice(&[0u8; 64]);
+    assert_fails(
+        "1 TiB declared on a stream",
+        run_with_stdin(huge),
+        &["/dev/stdin", "stream"],
+        10,
+    );
+    // A valid file and one byte more.
+    let input = dir.join("in.safetensors");
+    pixel_file(&input, &[1, 3, 32, 32], None);
+    let mut bytes = std::fs::read(&input).expect("input");
+    bytes.push(0);
+    assert_fails(
+        "trailing byte on a stream",
+        run_with_stdin(bytes),
+        &["trailing bytes"],
+        10,
+    );
+    // The same file without the extra byte runs.
+    let (ok, _) = run_with_stdin(std::fs::read(&input).expect("input"));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    let slash = format!("{}/", dir.join("no-such-dir").display());
+    let r = backbone(&[
+        "run",
+        "--model",
+        p(&model),
+        "--input",
+        p(&input),
+        "--output",
+        &slash,
+    ]);
+    assert_fails("output ending in /", r, &["--output", "directory"], 10);
+}

@@ -118,7 +118,7 @@ fn bench_tune_writes_a_table_the_cli_loads() {
         .args([
             "tune",
             "--bert",
-            "minilm:1x4",
+            "minilm:2x4",
             "--cswin",
             "t:1x32",
             "--warmup",
@@ -137,11 +137,13 @@ fn bench_tune_writes_a_table_the_cli_loads() {
     );
     let t = TuneTable::load(&path).expect("written table");
     assert!(t.matches(ctx().capabilities()), "keyed by this adapter");
-    // MiniLM 1x4: QKV, attention output, MLP up, MLP down; then CSWin-T's products.
-    assert!(
-        t.matmul.iter().any(|c| (c.m, c.n, c.k) == (4, 1152, 384)),
-        "{t:?}"
-    );
+    // MiniLM 2x4: QKV, attention output, MLP up, MLP down, keyed as kernels::matmul sees them
+    // (batch 2 of 4 rows); then CSWin-T's products.
+    let qkv = t
+        .matmul
+        .iter()
+        .find(|c| (c.batch, c.m, c.n, c.k) == (2, 4, 1152, 384));
+    assert!(qkv.is_some(), "{t:?}");
     assert!(t.matmul.iter().all(|c| !c.measured.is_empty()));
     let embed = std::process::Command::new(env!("CARGO_BIN_EXE_backbone"))
         .args(["embed", "--model"])

@@ -13,21 +13,19 @@ use crate::reference::HostTensor;
 use crate::tensor::{DType, Tensor};
 use crate::tune::{MatmulChoice, TuneTable, adapter_key};
 
-/// A matmul problem: (M, N, K), batch 1, W shared (the projections of a forward).
-pub type Problem = (usize, usize, usize);
+/// A matmul problem as `kernels::matmul` sees a projection: (batch, M, N, K), W shared over
+/// the batch (a [B, T, K] input is batch B of M = T rows).
+pub type Problem = (usize, usize, usize, usize);
 
 /// The projections of BERT forwards at these shapes: QKV, attention output, MLP up and down,
-/// with M = batch x seq rows.
+/// each batch B of M = seq rows.
 pub fn bert_problems(shapes: &[BertShape]) -> Vec<Problem> {
     let mut out = Vec::new();
     for s in shapes {
         let config = s.model.config();
-        let (m, c, i) = (
-            s.batch * s.seq,
-            config.hidden_size,
-            config.intermediate_size,
-        );
-        out.extend([(m, 3 * c, c), (m, c, c), (m, i, c), (m, c, i)]);
+        let (b, m) = (s.batch, s.seq);
+        let (c, i) = (config.hidden_size, config.intermediate_size);
+        out.extend([(b, m, 3 * c, c), (b, m, c, c), (b, m, i, c), (b, m, c, i)]);
     }
     dedup(out)
 }
@@ -39,12 +37,14 @@ pub fn cswin_problems(shapes: &[CswinShape]) -> Result<Vec<Problem>> {
     for s in shapes {
         let config = CswinConfig::preset(&s.variant)?;
         let g = Geometry::new(&config, &[s.batch, config.in_chans, s.size, s.size])?;
+        let b = s.batch;
         for st in 0..4 {
-            let m = s.batch * g.stages[st].0 * g.stages[st].1;
+            let m = g.stages[st].0 * g.stages[st].1;
             let (c, h) = (config.dim(st), config.hidden(st));
-            out.extend([(m, 3 * c, c), (m, c, c), (m, h, c), (m, c, h)]);
+            out.extend([(b, m, 3 * c, c), (b, m, c, c), (b, m, h, c), (b, m, c, h)]);
         }
-        out.push((s.batch, config.num_classes, config.dim(3)));
+        // The head: the pooled [B, 8C] rows.
+        out.push((1, b, config.num_classes, config.dim(3)));
     }
     Ok(dedup(out))
 }
@@ -65,29 +65,25 @@ pub fn tune(
 ) -> Result<TuneTable> {
     let (adapter, backend, driver) = adapter_key(ctx.capabilities());
     let mut matmul = Vec::new();
-    for (i, &(m, n, k)) in problems.iter().enumerate() {
+    for (i, &(batch, m, n, k)) in problems.iter().enumerate() {
         for &dtype in &options.dtypes {
             progress(&format!(
-                "tune matmul {m}x{n}x{k} {} ({}/{})",
+                "tune matmul {batch}x{m}x{n}x{k} {} ({}/{})",
                 dtype.name(),
                 i + 1,
                 problems.len()
             ));
             let mut rng = StdRng::seed_from_u64((m * 7 + n * 3 + k) as u64);
-            let x = upload_as(
-                ctx,
-                "x",
-                &HostTensor::new(&[m, k], random(&mut rng, m * k))?,
-                dtype,
-            )?;
+            let x_host = HostTensor::new(&[batch, m, k], random(&mut rng, batch * m * k))?;
+            let x = upload_as(ctx, "x", &x_host, dtype)?;
             let w = upload_as(
                 ctx,
                 "w",
                 &HostTensor::new(&[n, k], random(&mut rng, n * k))?,
                 dtype,
             )?;
-            let y = Tensor::empty(ctx, &[m, n], DType::F32, "y")?;
-            let p = StridedMatmul::contiguous(1, m, n, k, true);
+            let y = Tensor::empty(ctx, &[batch, m, n], DType::F32, "y")?;
+            let p = StridedMatmul::contiguous(batch, m, n, k, true);
             let mut measured = Vec::new();
             for tile in MatmulTile::ALL.into_iter().filter(|t| t.fits(ctx)) {
                 let run = |timed| {
@@ -104,7 +100,7 @@ pub fn tune(
                     m,
                     n,
                     k,
-                    batch: 1,
+                    batch,
                     dtype: dtype.name().0.into(),
                     tile,
                     measured,
@@ -125,7 +121,7 @@ pub fn tune(
 pub fn tune_report(ctx: &Context, table: &TuneTable) -> String {
     let mut out = format!(
         "{:<22} {:>5} {:>8} {:>10}  measured (GPU ms, median)\n",
-        "matmul MxNxK", "dtype", "chosen", "heuristic"
+        "matmul BxMxNxK", "dtype", "chosen", "heuristic"
     );
     for c in &table.matmul {
         let heuristic = MatmulTile::heuristic(ctx, c.m, c.n, c.batch);
@@ -134,7 +130,7 @@ pub fn tune_report(ctx: &Context, table: &TuneTable) -> String {
             .collect();
         out += &format!(
             "{:<22} {:>5} {:>8} {:>10}  {}\n",
-            format!("{}x{}x{}", c.m, c.n, c.k),
+            format!("{}x{}x{}x{}", c.batch, c.m, c.n, c.k),
             c.dtype,
             format!("{:?}", c.tile),
             format!("{heuristic:?}"),

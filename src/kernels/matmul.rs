@@ -511,14 +511,14 @@ pub fn matmul_strided(
     {
         return super::matmul_coop::matmul_coop(rec, x, w, y, ep, problem);
     }
-    let tile = MatmulTile::choose(
-        rec.context(),
-        problem.m,
-        problem.n,
-        problem.k,
-        problem.batch[0] * problem.batch[1],
-        x.dtype() == crate::tensor::DType::F16 || w.dtype() == crate::tensor::DType::F16,
-    );
+    let (x16, w16) = (x.dtype() == DType::F16, w.dtype() == DType::F16);
+    let batch = problem.batch[0] * problem.batch[1];
+    // Tune tables measure X and W both f32 or both f16; mixed operands use the heuristic.
+    let tile = if x16 == w16 {
+        MatmulTile::choose(rec.context(), problem.m, problem.n, problem.k, batch, x16)
+    } else {
+        MatmulTile::heuristic(rec.context(), problem.m, problem.n, batch)
+    };
     matmul_with_tile(rec, x, w, y, ep, problem, tile)
 }
 
