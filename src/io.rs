@@ -26,10 +26,9 @@ fn too_large(path: &Path, what: &str, size: u64, limit: u64) -> Error {
     }
 }
 
-/// Reads a whole file of at most `max_bytes`. A regular file over the limit is refused from
-/// its metadata; a stream (a pipe, `/dev/zero`) is read until it ends or passes the limit.
-pub fn read_bounded(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
-    let mut file = File::open(path).map_err(|e| io_error(path, e))?;
+/// Opens a file for reading with its metadata; a folder is an error naming it.
+fn open_file(path: &Path) -> Result<(File, std::fs::Metadata)> {
+    let file = File::open(path).map_err(|e| io_error(path, e))?;
     let meta = file.metadata().map_err(|e| io_error(path, e))?;
     if meta.is_dir() {
         return Err(io_error(
@@ -37,6 +36,13 @@ pub fn read_bounded(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
             std::io::Error::other("is a directory, not a file"),
         ));
     }
+    Ok((file, meta))
+}
+
+/// Reads a whole file of at most `max_bytes`. A regular file over the limit is refused from
+/// its metadata; a stream (a pipe, `/dev/zero`) is read until it ends or passes the limit.
+pub fn read_bounded(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
+    let (mut file, meta) = open_file(path)?;
     if meta.is_file() && meta.len() > max_bytes {
         return Err(too_large(path, "file", meta.len(), max_bytes));
     }
@@ -135,14 +141,7 @@ impl<'de> Visitor<'de> for HeaderVisitor {
 pub fn read_safetensors(path: &Path) -> Result<Vec<u8>> {
     let bad = Error::Format;
     let in_file = |e: Error| e.in_file(path);
-    let mut file = File::open(path).map_err(|e| io_error(path, e))?;
-    let meta = file.metadata().map_err(|e| io_error(path, e))?;
-    if meta.is_dir() {
-        return Err(io_error(
-            path,
-            std::io::Error::other("is a directory, not a file"),
-        ));
-    }
+    let (mut file, meta) = open_file(path)?;
     // A short read is a format error; any other read failure is an I/O error.
     let short = |e: std::io::Error, what: String| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {

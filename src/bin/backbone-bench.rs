@@ -158,25 +158,19 @@ fn main() -> Result<()> {
     for suite in suites {
         match suite {
             Suite::Matmul => {
-                let sizes = if args.sizes.is_empty() {
-                    MatmulSize::defaults(&ctx)
-                } else {
-                    args.sizes
-                        .iter()
-                        .map(|s| MatmulSize::parse(s))
-                        .collect::<Result<_, _>>()?
-                };
+                let sizes = given_or(
+                    &args.sizes,
+                    || MatmulSize::defaults(&ctx),
+                    MatmulSize::parse,
+                )?;
                 records.extend(bench::matmul_suite(&ctx, &sizes, &options, progress)?);
             }
             Suite::Attention => {
-                let shapes = if args.attention.is_empty() {
-                    AttentionShape::defaults(&ctx)
-                } else {
-                    args.attention
-                        .iter()
-                        .map(|s| AttentionShape::parse(s))
-                        .collect::<Result<_, _>>()?
-                };
+                let shapes = given_or(
+                    &args.attention,
+                    || AttentionShape::defaults(&ctx),
+                    AttentionShape::parse,
+                )?;
                 records.extend(bench::attention_suite(&ctx, &shapes, &options, progress)?);
             }
             Suite::CswinAttention => {
@@ -186,44 +180,25 @@ fn main() -> Result<()> {
                 )?);
             }
             Suite::Bert => {
-                let shapes = if args.bert.is_empty() {
-                    BertShape::defaults(&ctx)
-                } else {
-                    args.bert
-                        .iter()
-                        .map(|s| BertShape::parse(s))
-                        .collect::<Result<_, _>>()?
-                };
+                let shapes = given_or(&args.bert, || BertShape::defaults(&ctx), BertShape::parse)?;
                 records.extend(bench::bert_suite(&ctx, &shapes, &options, progress)?);
             }
             Suite::Cswin => {
-                let shapes = if args.cswin.is_empty() {
-                    CswinShape::defaults(&ctx)
-                } else {
-                    args.cswin
-                        .iter()
-                        .map(|s| CswinShape::parse(s))
-                        .collect::<Result<_, _>>()?
-                };
+                let shapes = given_or(
+                    &args.cswin,
+                    || CswinShape::defaults(&ctx),
+                    CswinShape::parse,
+                )?;
                 records.extend(bench::cswin_suite(&ctx, &shapes, &options, progress)?);
             }
             Suite::Tune => {
-                let bert_shapes = if args.bert.is_empty() {
-                    BertShape::defaults(&ctx)
-                } else {
-                    args.bert
-                        .iter()
-                        .map(|s| BertShape::parse(s))
-                        .collect::<Result<_, _>>()?
-                };
-                let cswin_shapes = if args.cswin.is_empty() {
-                    CswinShape::defaults(&ctx)
-                } else {
-                    args.cswin
-                        .iter()
-                        .map(|s| CswinShape::parse(s))
-                        .collect::<Result<_, _>>()?
-                };
+                let bert_shapes =
+                    given_or(&args.bert, || BertShape::defaults(&ctx), BertShape::parse)?;
+                let cswin_shapes = given_or(
+                    &args.cswin,
+                    || CswinShape::defaults(&ctx),
+                    CswinShape::parse,
+                )?;
                 let mut problems = tune::bert_problems(&bert_shapes);
                 problems.extend(tune::cswin_problems(&cswin_shapes)?);
                 let table = tune::tune(&ctx, &problems, &options, progress)?;
@@ -272,4 +247,17 @@ fn main() -> Result<()> {
         bail!("{failed} measurement(s) FAILED the check against the CPU twin");
     }
     Ok(())
+}
+
+/// The shapes given on the command line, parsed, or the adapter's defaults when none are.
+fn given_or<T, E>(
+    given: &[String],
+    defaults: impl FnOnce() -> Vec<T>,
+    parse: impl Fn(&str) -> Result<T, E>,
+) -> Result<Vec<T>, E> {
+    if given.is_empty() {
+        Ok(defaults())
+    } else {
+        given.iter().map(|s| parse(s)).collect()
+    }
 }

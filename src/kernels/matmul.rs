@@ -415,6 +415,41 @@ impl Params {
     }
 }
 
+/// The buffers every matmul variant binds, in binding order: x, w, bias, residual, x and w
+/// again (seen as vec4s), y. An absent bias or residual binds the context's dummy buffer.
+pub(super) fn bindings<'b>(
+    ctx: &'b Context,
+    x: &'b Tensor,
+    w: &'b Tensor,
+    y: &'b Tensor,
+    ep: &Epilogue<'b>,
+) -> [&'b wgpu::Buffer; 7] {
+    [
+        x.buffer(),
+        w.buffer(),
+        ep.bias.map_or(&ctx.dummy, |b| b.buffer()),
+        ep.residual.map_or(&ctx.dummy, |r| r.buffer()),
+        x.buffer(),
+        w.buffer(),
+        y.buffer(),
+    ]
+}
+
+/// [`StridedMatmul::traffic`] at the operands' element sizes and epilogue.
+pub(super) fn operand_traffic(
+    p: &StridedMatmul,
+    x: &Tensor,
+    w: &Tensor,
+    y: &Tensor,
+    ep: &Epilogue<'_>,
+) -> Traffic {
+    p.traffic(
+        (x.dtype().size(), w.dtype().size(), y.dtype().size()),
+        ep.bias.is_some(),
+        ep.residual.is_some(),
+    )
+}
+
 /// The operand checks every matmul variant makes; returns which of X, W, Y are f16.
 pub(super) fn check_operands(
     ctx: &Context,
@@ -560,21 +595,9 @@ pub fn matmul_with_tile(
             f16,
         ),
         params: bytemuck::bytes_of(&params),
-        buffers: &[
-            x.buffer(),
-            w.buffer(),
-            ep.bias.map_or(&ctx.dummy, |b| b.buffer()),
-            ep.residual.map_or(&ctx.dummy, |r| r.buffer()),
-            x.buffer(),
-            w.buffer(),
-            y.buffer(),
-        ],
+        buffers: &bindings(ctx, x, w, y, &ep),
         groups,
-        traffic: p.traffic(
-            (x.dtype().size(), w.dtype().size(), y.dtype().size()),
-            ep.bias.is_some(),
-            ep.residual.is_some(),
-        ),
+        traffic: operand_traffic(p, x, w, y, &ep),
     })
 }
 

@@ -4,7 +4,9 @@
 //! Vulkan, 8x8x8 on Metal) and a fixed subgroup size; wgpu exposes them only behind
 //! [`crate::ContextOptions::enable_experimental_cooperative_matrix`].
 
-use super::matmul::{Activation, Epilogue, Params, StridedMatmul, WLayout, check_operands};
+use super::matmul::{
+    Activation, Epilogue, Params, StridedMatmul, WLayout, bindings, check_operands, operand_traffic,
+};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::pipeline::{Dispatch, Kernel, Recorder, Spec};
@@ -115,24 +117,12 @@ pub fn matmul_coop(
             f16,
         ),
         params: bytemuck::bytes_of(&Params::new(p, ep.alpha)),
-        buffers: &[
-            x.buffer(),
-            w.buffer(),
-            ep.bias.map_or(&ctx.dummy, |b| b.buffer()),
-            ep.residual.map_or(&ctx.dummy, |r| r.buffer()),
-            x.buffer(),
-            w.buffer(),
-            y.buffer(),
-        ],
+        buffers: &bindings(ctx, x, w, y, &ep),
         groups: [
             (p.n as u32).div_ceil(tile),
             (p.m as u32).div_ceil(tile),
             (p.batch[0] * p.batch[1]) as u32,
         ],
-        traffic: p.traffic(
-            (x.dtype().size(), w.dtype().size(), y.dtype().size()),
-            ep.bias.is_some(),
-            ep.residual.is_some(),
-        ),
+        traffic: operand_traffic(p, x, w, y, &ep),
     })
 }
