@@ -23,16 +23,6 @@ fn input_from_golden(golden: &Golden) -> BertInput {
     BertInput::new(shape[0], shape[1], ids, Some(mask), Some(types)).expect("input")
 }
 
-/// The largest |error| over real tokens, as a fraction of the reference's largest magnitude.
-fn of_max(got: &[f32], want: &[f32]) -> f32 {
-    let max = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let err = got
-        .iter()
-        .zip(want)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    err / max.max(f32::MIN_POSITIVE)
-}
-
 /// Checks an f16 run against the official f32 outputs; returns the worst fraction of max.
 fn check_against_official(what: &str, out: &BertOutput, golden: &Golden, mask: &[u32]) -> f32 {
     let mut worst = 0f32;

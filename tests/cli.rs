@@ -5,11 +5,20 @@ mod common;
 
 use std::process::Command;
 
-use backbone::reference::HostTensor;
 use common::*;
 
 fn backbone() -> Command {
     Command::new(env!("CARGO_BIN_EXE_backbone"))
+}
+
+/// The golden file's `pixel_values` as a `run` input file in the temp folder.
+fn pixel_input(golden: &Golden, tag: &str) -> std::path::PathBuf {
+    let input = std::env::temp_dir().join(format!("backbone-cli-{tag}.safetensors"));
+    let pixels = golden.f32("pixel_values");
+    let bytes =
+        backbone::models::weights::to_safetensors(&[("pixel_values", &pixels)]).expect("serialize");
+    std::fs::write(&input, bytes).expect("write input");
+    input
 }
 
 #[test]
@@ -123,11 +132,7 @@ fn run_cswin_writes_the_reference_outputs_on_gpu() {
 fn run_cswin_fixture(device: &str) {
     let dir = fixture("cswin-micro-s3full");
     let golden = Golden::open(&dir.join("golden.safetensors"));
-    let input = std::env::temp_dir().join(format!("backbone-cli-cswin-in-{device}.safetensors"));
-    let pixels = golden.f32("pixel_values");
-    let bytes =
-        backbone::models::weights::to_safetensors(&[("pixel_values", &pixels)]).expect("serialize");
-    std::fs::write(&input, bytes).expect("write input");
+    let input = pixel_input(&golden, &format!("cswin-in-{device}"));
     {
         let out_path =
             std::env::temp_dir().join(format!("backbone-cli-cswin-{device}.safetensors"));
@@ -330,11 +335,7 @@ fn run_f16_on_cpu() {
 fn run_cswin_f16(device: &str) {
     let dir = fixture("cswin-micro-s3full");
     let golden = Golden::open(&dir.join("golden.safetensors"));
-    let input = std::env::temp_dir().join(format!("backbone-cli-cswin16-in-{device}.safetensors"));
-    let pixels = golden.f32("pixel_values");
-    let bytes =
-        backbone::models::weights::to_safetensors(&[("pixel_values", &pixels)]).expect("serialize");
-    std::fs::write(&input, bytes).expect("write input");
+    let input = pixel_input(&golden, &format!("cswin16-in-{device}"));
     let out_path = std::env::temp_dir().join(format!("backbone-cli-cswin16-{device}.safetensors"));
     let output = backbone()
         .args(["run", "--dtype", "f16", "--device", device, "--model"])
@@ -359,16 +360,6 @@ fn run_cswin_f16(device: &str) {
         1e-2 * max,
         0.0,
     );
-    let top1 = |t: &HostTensor| -> Vec<usize> {
-        t.data
-            .chunks(t.shape[1])
-            .map(|r| {
-                (0..r.len())
-                    .max_by(|&a, &b| r[a].total_cmp(&r[b]))
-                    .expect("classes")
-            })
-            .collect()
-    };
     assert_eq!(
         top1(&got),
         top1(&want),

@@ -5,23 +5,16 @@
 //!
 //! `BACKBONE_FUZZ_CASES` (per loader, default 2000) and `BACKBONE_FUZZ_SEED` change the run.
 
+mod common;
+
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::PathBuf;
 
 use backbone::models::bert::{self, BertConfig, BertInput, BertWeights};
 use backbone::models::cswin::{self, CswinConfig, CswinWeights};
 use backbone::reference::HostTensor;
+use common::fixture;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-
-fn fixture(name: &str) -> PathBuf {
-    // BACKBONE_FIXTURES: where prebuilt test executables find the fixtures on another machine
-    // (scripts/gpu_check.sh sets it).
-    std::env::var_os("BACKBONE_FIXTURES")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"))
-        .join(name)
-}
 
 fn cases() -> usize {
     std::env::var("BACKBONE_FUZZ_CASES")

@@ -2,20 +2,14 @@
 //! (exit status 1, the words of the message checked), quickly and within bounded memory, and
 //! no file is lost. These run on the CPU path or fail before any device is opened.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use backbone::reference::HostTensor;
-
-fn fixture(name: &str) -> PathBuf {
-    // BACKBONE_FIXTURES: where prebuilt test executables find the fixtures on another machine
-    // (scripts/gpu_check.sh sets it).
-    std::env::var_os("BACKBONE_FIXTURES")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"))
-        .join(name)
-}
+use common::fixture;
 
 /// A fresh scratch folder for one test.
 fn scratch(test: &str) -> PathBuf {
@@ -81,6 +75,21 @@ fn assert_fails(what: &str, (out, took): (Output, Duration), words: &[&str], max
     assert!(out.stdout.is_empty(), "{what}: printed a result anyway");
     eprintln!("{what}: exit 1 in {took:.2?}: {}", stderr.trim());
     stderr
+}
+
+/// A safetensors file whose header lists `n` empty tensors and nothing else.
+fn empty_tensors_file(n: usize) -> Vec<u8> {
+    let mut header = String::from("{");
+    for i in 0..n {
+        header.push_str(&format!(
+            "\"t{i}\":{{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]}},"
+        ));
+    }
+    header.pop();
+    header.push('}');
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes
 }
 
 fn p(path: &Path) -> &str {
@@ -493,16 +502,7 @@ fn unbounded_and_hostile_files_are_refused_quickly() {
     assert_fails("/dev/zero image", r, &["/dev/zero", "limit"], 30);
 
     // A header listing 1.4 M empty tensors (70 MB of JSON): refused by its declared length.
-    let mut header = String::from("{");
-    for i in 0..1_400_000 {
-        header.push_str(&format!(
-            "\"t{i}\":{{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]}},"
-        ));
-    }
-    header.pop();
-    header.push('}');
-    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
-    bytes.extend_from_slice(header.as_bytes());
+    let bytes = empty_tensors_file(1_400_000);
     let many = dir.join("many.safetensors");
     std::fs::write(&many, &bytes).expect("write");
     let r = backbone(&[
@@ -521,16 +521,7 @@ fn unbounded_and_hostile_files_are_refused_quickly() {
         10,
     );
     // The same under the header-size limit (100 k tensors): refused by the tensor count.
-    let mut header = String::from("{");
-    for i in 0..100_000 {
-        header.push_str(&format!(
-            "\"t{i}\":{{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]}},"
-        ));
-    }
-    header.pop();
-    header.push('}');
-    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
-    bytes.extend_from_slice(header.as_bytes());
+    let bytes = empty_tensors_file(100_000);
     std::fs::write(&many, &bytes).expect("write");
     let r = backbone(&[
         "run",

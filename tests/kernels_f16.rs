@@ -10,24 +10,16 @@ use backbone::reference::{self, HostTensor};
 use backbone::{Context, DType, Recorder, Tensor};
 use common::*;
 
-/// `t` with every value rounded to the nearest f16 (round to nearest even, as the GPU's
-/// conversion of the uploaded halves).
+/// `t` as an f16 tensor holds it (the library's rounding, which its uploads and the twin of
+/// an f16 run use).
 fn round_f16(t: &HostTensor) -> HostTensor {
-    let data = t
-        .data
-        .iter()
-        .map(|&v| half::f16::from_f32(v).to_f32())
-        .collect();
-    HostTensor::new(&t.shape, data).expect("rounded")
+    t.clone().round_to(DType::F16)
 }
 
+/// Uploads `t` stored as f16 or f32.
 fn upload_as(ctx: &Context, t: &HostTensor, f16: bool, label: &str) -> Tensor {
-    if f16 {
-        let halves: Vec<half::f16> = t.data.iter().map(|&v| half::f16::from_f32(v)).collect();
-        Tensor::from_f16(ctx, &t.shape, &halves, label).expect("upload f16")
-    } else {
-        upload(ctx, t, label)
-    }
+    let dtype = if f16 { DType::F16 } else { DType::F32 };
+    backbone::models::weights::upload_as(ctx, label, t, dtype).expect("upload")
 }
 
 /// An output tensor prefilled with NaN, f16 or f32.

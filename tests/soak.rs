@@ -2,34 +2,14 @@
 //! forwards per device), models shared by threads giving the serial results, the library
 //! types `Send + Sync`, and a lost device reported as an error rather than a panic.
 
-use std::path::PathBuf;
-use std::sync::OnceLock;
+mod common;
 
 use backbone::bench::soak::{self, SoakDevice, SoakReport};
 use backbone::models::bert::{self, Bert, BertInput};
 use backbone::models::cswin::{self, Cswin};
 use backbone::reference::HostTensor;
 use backbone::{Context, Tensor};
-
-fn fixture(name: &str) -> PathBuf {
-    // BACKBONE_FIXTURES: where prebuilt test executables find the fixtures on another machine
-    // (scripts/gpu_check.sh sets it).
-    std::env::var_os("BACKBONE_FIXTURES")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"))
-        .join(name)
-}
-
-fn ctx() -> &'static Context {
-    static CTX: OnceLock<Context> = OnceLock::new();
-    CTX.get_or_init(|| {
-        let ctx = Context::from_env_blocking().unwrap_or_else(|e| {
-            panic!("GPU tests need an adapter (BACKBONE_SKIP_GPU_TESTS=1 marks them ignored): {e}")
-        });
-        eprintln!("soak tests: adapter = {}", ctx.capabilities());
-        ctx
-    })
-}
+use common::{ctx, fixture};
 
 /// Forwards per device here (`BACKBONE_SOAK_FORWARDS` overrides; the bench runs 10,000).
 fn forwards(default: usize) -> usize {

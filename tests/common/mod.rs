@@ -362,3 +362,22 @@ pub fn minilm() -> (
     eprintln!("MiniLM tests run on {}", model_dir.display());
     (model_dir, input, golden)
 }
+
+/// The largest |got - want|, as a fraction of the largest magnitude in `want`.
+pub fn of_max(got: &[f32], want: &[f32]) -> f32 {
+    let max = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let err = got
+        .iter()
+        .zip(want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    err / max.max(f32::MIN_POSITIVE)
+}
+
+/// The top class of each row of logits [B, classes] (the library's `cswin::top_k`).
+pub fn top1(logits: &HostTensor) -> Vec<usize> {
+    logits
+        .data
+        .chunks(logits.shape[1])
+        .map(|row| backbone::models::cswin::top_k(row, 1)[0].0)
+        .collect()
+}
