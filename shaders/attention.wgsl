@@ -1,6 +1,6 @@
-// attention: fused multi-head self-attention, flash-style (online softmax, no score matrix in
-// memory), reading Q, K and V straight from the fused QKV projection and writing the merged
-// heads, with the Hugging Face padding mask.
+// attention: fused multi-head self-attention in the flash-attention-2 structure (online softmax,
+// no score matrix in memory), reading Q, K and V straight from the fused QKV projection and
+// writing the merged heads, with the Hugging Face padding mask.
 //   qkv:  (B, T, 3C) XT (f32 or f16 storage), row-major; for head h, q = [.., h*D .. (h+1)*D), k the same at C + h*D,
 //         v at 2C + h*D, with C = H * D
 //   mask: (B, T) u32; key t of batch entry b is attended to when mask[b, t] != 0. A masked
@@ -9,13 +9,19 @@
 //   out:  (B, T, C) YT (f32 or f16), row-major; heads merged: out[b, t, h*D + d]
 // scores = (q · k) * scale + bias, softmax over keys, out = softmax · V.
 //
-// A workgroup owns BQ = 64 consecutive queries of one (batch, head): grid (ceil(T/64), H, B).
-// Each invocation keeps one query row and its output accumulator in registers; the
-// workgroup walks the keys in tiles of KV_TILE, staging K and V tiles (and the mask bias) in
-// workgroup memory (2 * KV_TILE * HEAD_DIM floats), and per tile rescales each query's
-// running max, sum and accumulator once.
-// Scores, softmax state and accumulators are f32 whatever the storage types.
-// Specialisation: HEAD_DIM (D), KV_TILE, XT, YT.
+// A workgroup of 64 invocations owns BQ consecutive queries of one (batch, head): grid
+// (ceil(T/BQ), H, B). The Q tile stays in workgroup memory; the keys are walked in tiles of
+// KV_TILE. Per key tile, as tile products on an 8x8 grid of invocations:
+//   1. K tile -> workgroup memory; S = Q·Kᵀ (BQ x KV_TILE): each invocation computes a
+//      BQ/8 x KV_TILE/8 register block (rows tr + 8i, keys tc + 8j), scaled and biased into S;
+//   2. V tile -> the same workgroup memory while invocations 0..BQ each update one row's
+//      running max and sum and turn its scores into probabilities P (online softmax);
+//   3. O = O·correction + P·V: each invocation owns a BQ/8 x ceil(D/8) register block of O
+//      (rows tr + 8i, columns tc + 8j).
+// No invocation holds a row of D values; K/V tiles are kept in the storage type of qkv (f16
+// halves them); rows are padded by one element against bank conflicts. Scores, softmax state and
+// accumulators are f32 whatever the storage types.
+// Specialisation: HEAD_DIM (D), BQ, KV_TILE (multiples of 8; see `attention::tiles`), XT, YT.
 
 struct Params {
     batch: u32,
@@ -29,87 +35,148 @@ struct Params {
 @group(0) @binding(2) var<storage, read> mask: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out: array<YT>;
 
-const BQ: u32 = 64u;
+const WG: u32 = 64u;
+const RQ: u32 = BQ / 8u; // query rows per invocation
+const RK: u32 = KV_TILE / 8u; // keys per invocation in S
+const DC: u32 = (HEAD_DIM + 7u) / 8u; // output columns per invocation
+const ROW: u32 = HEAD_DIM + 1u; // padded row of the Q and K/V tiles
 const MASKED: f32 = F32_LOWEST; // torch.finfo(torch.float32).min
 
-// K and V tiles in the storage type of qkv: f16 storage halves this workgroup memory.
-var<workgroup> k_tile: array<XT, KV_TILE * HEAD_DIM>;
-var<workgroup> v_tile: array<XT, KV_TILE * HEAD_DIM>;
+var<workgroup> q_tile: array<XT, BQ * ROW>;
+var<workgroup> kv_tile: array<XT, KV_TILE * ROW>;
+var<workgroup> s_tile: array<f32, BQ * KV_TILE>;
 var<workgroup> bias_tile: array<f32, KV_TILE>;
+var<workgroup> row_scale: array<f32, BQ>;
 
 @compute @workgroup_size(64)
 fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let t = params.t;
     let c = params.heads * HEAD_DIM;
     let b = wid.z;
-    let h = wid.y;
-    let query = wid.x * BQ + lid;
-    let has_query = query < t;
+    let q0 = wid.x * BQ;
     let row_stride = 3u * c;
+    let head_at = b * t * row_stride + wid.y * HEAD_DIM; // q of token 0 of this (batch, head)
+    let tr = lid / 8u;
+    let tc = lid % 8u;
 
-    var q: array<f32, HEAD_DIM>;
-    var acc: array<f32, HEAD_DIM>;
-    if (has_query) {
-        let q_at = (b * t + query) * row_stride + h * HEAD_DIM;
-        for (var d = 0u; d < HEAD_DIM; d++) {
-            q[d] = f32(qkv[q_at + d]);
+    for (var l = lid; l < BQ * HEAD_DIM; l += WG) {
+        let r = l / HEAD_DIM;
+        let d = l % HEAD_DIM;
+        var v = XT(0.0);
+        if (q0 + r < t) {
+            v = qkv[head_at + (q0 + r) * row_stride + d];
         }
+        q_tile[r * ROW + d] = v;
     }
-    for (var d = 0u; d < HEAD_DIM; d++) {
-        acc[d] = 0.0;
+
+    var o: array<f32, RQ * DC>;
+    for (var i = 0u; i < RQ * DC; i++) {
+        o[i] = 0.0;
     }
+    // Softmax state of row `lid` (invocations 0..BQ).
     var running_max = MASKED;
     var running_sum = 0.0;
 
     for (var k0 = 0u; k0 < t; k0 += KV_TILE) {
         let keys = min(KV_TILE, t - k0);
-        for (var l = lid; l < keys * HEAD_DIM; l += BQ) {
+        for (var l = lid; l < keys * HEAD_DIM; l += WG) {
             let j = l / HEAD_DIM;
             let d = l % HEAD_DIM;
-            let at = (b * t + k0 + j) * row_stride + h * HEAD_DIM + d;
-            k_tile[l] = qkv[at + c];
-            v_tile[l] = qkv[at + 2u * c];
+            kv_tile[j * ROW + d] = qkv[head_at + (k0 + j) * row_stride + c + d];
         }
-        for (var j = lid; j < keys; j += BQ) {
+        for (var j = lid; j < keys; j += WG) {
             bias_tile[j] = select(MASKED, 0.0, mask[b * t + k0 + j] != 0u);
         }
         workgroupBarrier();
 
-        if (has_query) {
-            // Scores of this tile, then one rescale of the running state per tile.
-            var scores: array<f32, KV_TILE>;
+        // 1. S = Q·Kᵀ, one register block per invocation (keys past `keys` are never used).
+        var s: array<f32, RQ * RK>;
+        for (var i = 0u; i < RQ * RK; i++) {
+            s[i] = 0.0;
+        }
+        for (var d = 0u; d < HEAD_DIM; d++) {
+            var k: array<f32, RK>;
+            for (var j = 0u; j < RK; j++) {
+                k[j] = f32(kv_tile[(tc + 8u * j) * ROW + d]);
+            }
+            for (var i = 0u; i < RQ; i++) {
+                let q = f32(q_tile[(tr + 8u * i) * ROW + d]);
+                for (var j = 0u; j < RK; j++) {
+                    s[i * RK + j] = fma(q, k[j], s[i * RK + j]);
+                }
+            }
+        }
+        for (var i = 0u; i < RQ; i++) {
+            for (var j = 0u; j < RK; j++) {
+                let key = tc + 8u * j;
+                s_tile[(tr + 8u * i) * KV_TILE + key] = s[i * RK + j] * params.scale + bias_tile[key];
+            }
+        }
+        workgroupBarrier();
+
+        // 2. V tile in place of K; online softmax of row `lid`.
+        for (var l = lid; l < keys * HEAD_DIM; l += WG) {
+            let j = l / HEAD_DIM;
+            let d = l % HEAD_DIM;
+            kv_tile[j * ROW + d] = qkv[head_at + (k0 + j) * row_stride + 2u * c + d];
+        }
+        if (lid < BQ) {
+            let at = lid * KV_TILE;
             var tile_max = MASKED;
             for (var j = 0u; j < keys; j++) {
-                var dot = 0.0;
-                for (var d = 0u; d < HEAD_DIM; d++) {
-                    dot = fma(q[d], f32(k_tile[j * HEAD_DIM + d]), dot);
-                }
-                scores[j] = dot * params.scale + bias_tile[j];
-                tile_max = max(tile_max, scores[j]);
+                tile_max = max(tile_max, s_tile[at + j]);
             }
             let new_max = max(running_max, tile_max);
             let correction = exp(running_max - new_max);
             running_sum *= correction;
-            for (var d = 0u; d < HEAD_DIM; d++) {
-                acc[d] *= correction;
-            }
             for (var j = 0u; j < keys; j++) {
-                let p = exp(scores[j] - new_max);
+                let p = exp(s_tile[at + j] - new_max);
+                s_tile[at + j] = p;
                 running_sum += p;
-                for (var d = 0u; d < HEAD_DIM; d++) {
-                    acc[d] = fma(p, f32(v_tile[j * HEAD_DIM + d]), acc[d]);
-                }
             }
             running_max = new_max;
+            row_scale[lid] = correction;
+        }
+        workgroupBarrier();
+
+        // 3. O = O·correction + P·V.
+        for (var i = 0u; i < RQ; i++) {
+            let correction = row_scale[tr + 8u * i];
+            for (var j = 0u; j < DC; j++) {
+                o[i * DC + j] *= correction;
+            }
+        }
+        for (var key = 0u; key < keys; key++) {
+            var v: array<f32, DC>;
+            for (var j = 0u; j < DC; j++) {
+                v[j] = f32(kv_tile[key * ROW + min(tc + 8u * j, HEAD_DIM - 1u)]);
+            }
+            for (var i = 0u; i < RQ; i++) {
+                let p = s_tile[(tr + 8u * i) * KV_TILE + key];
+                for (var j = 0u; j < DC; j++) {
+                    o[i * DC + j] = fma(p, v[j], o[i * DC + j]);
+                }
+            }
         }
         workgroupBarrier();
     }
 
-    if (has_query) {
-        let inv = 1.0 / running_sum;
-        let out_at = (b * t + query) * c + h * HEAD_DIM;
-        for (var d = 0u; d < HEAD_DIM; d++) {
-            out[out_at + d] = YT(acc[d] * inv);
+    if (lid < BQ) {
+        row_scale[lid] = 1.0 / running_sum;
+    }
+    workgroupBarrier();
+    for (var i = 0u; i < RQ; i++) {
+        let r = tr + 8u * i;
+        if (q0 + r >= t) {
+            continue;
+        }
+        let inv = row_scale[r];
+        let out_at = (b * t + q0 + r) * c + wid.y * HEAD_DIM;
+        for (var j = 0u; j < DC; j++) {
+            let d = tc + 8u * j;
+            if (d < HEAD_DIM) {
+                out[out_at + d] = YT(o[i * DC + j] * inv);
+            }
         }
     }
 }

@@ -11,11 +11,10 @@ use backbone::reference::{self, HostTensor};
 use backbone::{Context, Recorder};
 use common::*;
 
-/// Keys per staged tile for head size `d`, as `src/kernels/attention.rs` (kv_tile) picks it for
-/// both attention kernels: 32 keys up to d = 32, 16 up to 64, 8 at 128. The masks below are laid
-/// out in these units so that whole tiles are masked.
+/// Keys per staged tile for head size `d` (f32 storage), as both attention kernels pick it: the
+/// masks below are laid out in these units so that whole tiles are masked.
 fn key_tile(d: usize) -> usize {
-    (1024 / d.max(1)).clamp(4, 32).next_power_of_two().min(32)
+    kernels::attention_tiles(d, false).keys
 }
 
 /// A key-padding pattern of one batch entry.
@@ -97,8 +96,8 @@ fn check_attention(
 }
 
 /// Every mask pattern (one batch entry each) on sequences below one key tile, off the tile
-/// multiples, past the 64-query workgroup, and head sizes 8 to 128 (12, 48, 60 and 96
-/// included: key tiles of 32, 32, 32 and 16 keys).
+/// multiples, past several query tiles, and head sizes 8 to 128 (12, 48, 60 and 96 included:
+/// queries x keys tiles of 32x32, 32x16, 32x16 and 16x8; see `kernels::attention_tiles`).
 #[test]
 #[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
 fn attention_masks_and_head_sizes_match_twin() {
@@ -202,7 +201,7 @@ fn branch(
 }
 
 /// Both branches of a block, stripes of width 1, maps the window does not divide (padding),
-/// windows past 64 tokens, one global branch, and head sizes 8 to 96 (12, 48, 60 and 96
+/// windows past one query tile, one global branch, and head sizes 8 to 96 (12, 48, 60 and 96
 /// included).
 #[test]
 #[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
@@ -237,7 +236,7 @@ fn cswin_attention_matches_twin() {
             branch(6, 10, 120, 0, 60, 1, (6, 2)),
             branch(6, 10, 120, 60, 60, 1, (3, 10)),
         ],
-        // head size 96 (key tiles of 16), a 70-token window (two query tiles) and a padded one
+        // head size 96 (16 queries by 8 keys), a 70-token window (five query tiles) and a padded one
         vec![
             branch(14, 10, 192, 0, 96, 1, (14, 5)),
             branch(14, 10, 192, 96, 96, 1, (4, 10)),

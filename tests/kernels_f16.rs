@@ -1,4 +1,5 @@
-//! f16 storage variants (matmul, layer_norm, attention, mean_pool, bert_embeddings) against
+//! f16 storage variants (matmul, layer_norm, attention, cswin_attention, mean_pool,
+//! bert_embeddings) against
 //! the CPU twins. The twin of an f16 run is the same twin on
 //! inputs rounded to f16 (what the GPU reads), so the comparison checks the kernel's f32
 //! accumulation over exactly the same values. Outputs start as NaN.
@@ -260,6 +261,68 @@ fn attention_f16_storage_matches_twin() {
             rec.submit_blocking().expect("submit");
             let what = format!("attention f16={f16:?} b={b} t={t} heads={heads} d={d}");
             assert_close(&what, &read_f32(ctx, &gy), &cpu.data, 1e-5, out_rtol(f16.1));
+        }
+    }
+}
+
+/// CSWin's branch attention with f16 qkv and/or output: both branches of a block on a map the
+/// stripes do not divide (padding), a 98-token window (several query tiles) at CSWin-T's head
+/// size 32, and head size 12.
+#[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
+fn cswin_attention_f16_storage_matches_twin() {
+    let Some(ctx) = f16_ctx() else { return };
+    let branch = |h, w, c, channel_offset, channels, heads, window| kernels::CswinBranch {
+        h,
+        w,
+        c,
+        channel_offset,
+        channels,
+        heads,
+        window,
+    };
+    let cases = [
+        [
+            branch(7, 9, 32, 0, 16, 2, (7, 2)),
+            branch(7, 9, 32, 16, 16, 2, (3, 9)),
+        ],
+        [
+            branch(14, 14, 64, 0, 32, 1, (14, 7)),
+            branch(14, 14, 64, 32, 32, 1, (7, 14)),
+        ],
+        [
+            branch(9, 7, 48, 0, 24, 2, (9, 2)),
+            branch(9, 7, 48, 24, 24, 2, (2, 7)),
+        ],
+    ];
+    for (i, branches) in cases.iter().enumerate() {
+        let (b, n, c) = (2, branches[0].h * branches[0].w, branches[0].c);
+        let mut r = rng(950 + i as u64);
+        let qkv = round_f16(&random_host(&mut r, &[b, n, 3 * c], 1.0));
+        let lepe: Vec<_> = branches
+            .iter()
+            .map(|br| {
+                let w = random_host(&mut r, &[br.channels, 3, 3], 0.5);
+                (w, random_host(&mut r, &[br.channels], 0.5))
+            })
+            .collect();
+        let mut cpu = nan_host(&[b, n, c]);
+        for (br, (w, bias)) in branches.iter().zip(&lepe) {
+            reference::cswin_attention(&qkv, w, bias, br, &mut cpu).expect("twin");
+        }
+        for f16 in [(true, false), (false, true), (true, true)] {
+            let gqkv = upload_as(ctx, &qkv, f16.0, "qkv");
+            let gy = nan_output(ctx, &[b, n, c], f16.1);
+            let mut rec = Recorder::new(ctx);
+            let mut keep = Vec::new();
+            for (br, (w, bias)) in branches.iter().zip(&lepe) {
+                let (gw, gb) = (upload(ctx, w, "lepe_w"), upload(ctx, bias, "lepe_b"));
+                kernels::cswin_attention(&mut rec, &gqkv, &gw, &gb, br, &gy).expect("record");
+                keep.push((gw, gb));
+            }
+            rec.submit_blocking().expect("submit");
+            let what = format!("cswin_attention f16={f16:?} case {i}: {branches:?}");
+            assert_close(&what, &read_f32(ctx, &gy), &cpu.data, 2e-6, out_rtol(f16.1));
         }
     }
 }

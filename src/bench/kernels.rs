@@ -229,7 +229,8 @@ impl AttentionShape {
     }
 }
 
-/// Measures the fused attention kernel; checks the first batch entry against the CPU twin.
+/// Measures the fused attention kernel in each dtype (f16: qkv and out stored as f16); checks
+/// the first batch entry against the CPU twin on the same (rounded) inputs.
 pub fn attention_suite(
     ctx: &Context,
     shapes: &[AttentionShape],
@@ -239,47 +240,74 @@ pub fn attention_suite(
     let mut records = Vec::new();
     for (n, s) in shapes.iter().enumerate() {
         let label = format!("{}x{}x{}x{}", s.batch, s.heads, s.seq, s.head_dim);
-        progress(&format!("attention {label} ({}/{})", n + 1, shapes.len()));
-        let c = s.heads * s.head_dim;
-        let mut rng = StdRng::seed_from_u64(n as u64 + 77);
-        let qkv = HostTensor::new(
-            &[s.batch, s.seq, 3 * c],
-            random(&mut rng, s.batch * s.seq * 3 * c),
-        )?;
-        let gqkv = Tensor::from_f32(ctx, &qkv.shape, &qkv.data, "qkv")?;
-        let mask = Tensor::from_u32(ctx, &[s.batch, s.seq], &vec![1; s.batch * s.seq], "mask")?;
-        let out = Tensor::empty(ctx, &[s.batch, s.seq, c], DType::F32, "out")?;
-        let run = |timed: bool| {
-            kernel_run(ctx, timed, |rec| {
-                kernels::attention(rec, &gqkv, &mask, s.heads, &out)
-            })
-        };
-        let (timings, first_run_ms) = time_kernel(ctx, options, run)?;
-        let one = HostTensor::new(&[1, s.seq, 3 * c], qkv.data[..s.seq * 3 * c].to_vec())?;
-        let mut cpu = HostTensor::zeros(&[1, s.seq, c]);
-        reference::attention(
-            &one,
-            &HostTensor::new(&[1, s.seq], vec![1u32; s.seq])?,
-            s.heads,
-            &mut cpu,
-        )?;
-        let got = out.read_f32_blocking(ctx)?;
-        let check = compare(&[(&got[..s.seq * c], &cpu.data[..])], 1e-5, 1e-4, got.len());
-        let flops = 4.0 * (s.batch * s.heads * s.seq * s.seq * s.head_dim) as f64;
-        let mut r = record(
-            ctx,
-            "attention",
-            label,
-            &timings,
-            first_run_ms,
-            flops,
-            check,
-            options,
-        );
-        r.variant = "fused, flash-style".into();
-        records.push(r);
+        for &dtype in &options.dtypes {
+            progress(&format!(
+                "attention {label} {} ({}/{})",
+                dtype.name(),
+                n + 1,
+                shapes.len()
+            ));
+            records.push(attention_one(ctx, s, n, label.clone(), dtype, options)?);
+        }
     }
     Ok(records)
+}
+
+fn attention_one(
+    ctx: &Context,
+    s: &AttentionShape,
+    n: usize,
+    label: String,
+    dtype: DType,
+    options: &BenchOptions,
+) -> Result<Record> {
+    let c = s.heads * s.head_dim;
+    let mut rng = StdRng::seed_from_u64(n as u64 + 77);
+    let qkv = HostTensor::new(
+        &[s.batch, s.seq, 3 * c],
+        random(&mut rng, s.batch * s.seq * 3 * c),
+    )?
+    .round_to(dtype);
+    let gqkv = crate::models::weights::upload_as(ctx, "qkv", &qkv, dtype)?;
+    let mask = Tensor::from_u32(ctx, &[s.batch, s.seq], &vec![1; s.batch * s.seq], "mask")?;
+    let out = Tensor::empty(ctx, &[s.batch, s.seq, c], dtype, "out")?;
+    let run = |timed: bool| {
+        kernel_run(ctx, timed, |rec| {
+            kernels::attention(rec, &gqkv, &mask, s.heads, &out)
+        })
+    };
+    let (timings, first_run_ms) = time_kernel(ctx, options, run)?;
+    let one = HostTensor::new(&[1, s.seq, 3 * c], qkv.data[..s.seq * 3 * c].to_vec())?;
+    let mut cpu = HostTensor::zeros(&[1, s.seq, c]);
+    reference::attention(
+        &one,
+        &HostTensor::new(&[1, s.seq], vec![1u32; s.seq])?,
+        s.heads,
+        &mut cpu,
+    )?;
+    let got = out.read_f32_blocking(ctx)?;
+    let rtol = if dtype == DType::F16 { 2e-3 } else { 1e-4 };
+    let check = compare(&[(&got[..s.seq * c], &cpu.data[..])], 1e-5, rtol, got.len());
+    let flops = 4.0 * (s.batch * s.heads * s.seq * s.seq * s.head_dim) as f64;
+    let mut r = record(
+        ctx,
+        "attention",
+        label,
+        &timings,
+        first_run_ms,
+        flops,
+        check,
+        options,
+    );
+    r.dtype = dtype.name().0.into();
+    r.variant = flash_variant(s.head_dim, dtype);
+    Ok(r)
+}
+
+/// The variant name of both attention kernels: flash-2 tiles of queries x keys.
+fn flash_variant(head_dim: usize, dtype: DType) -> String {
+    let t = kernels::attention_tiles(head_dim, dtype == DType::F16);
+    format!("flash-2 {}x{} tiles", t.queries, t.keys)
 }
 
 /// A CSWin stage's attention (both branches, or the global one) for the `cswin_attention`
@@ -302,7 +330,8 @@ impl CswinAttentionShape {
 }
 
 /// Measures one CSWin-T stage's cross-shaped attention with LePE (all its branches in one
-/// recording); checks the first image against the CPU twin.
+/// recording) in each dtype (f16: qkv and out stored as f16); checks the first image against
+/// the CPU twin on the same (rounded) inputs.
 pub fn cswin_attention_suite(
     ctx: &Context,
     shapes: &[CswinAttentionShape],
@@ -312,89 +341,108 @@ pub fn cswin_attention_suite(
     let config = CswinConfig::preset("cswin-t-224")?;
     let mut records = Vec::new();
     for (n, s) in shapes.iter().enumerate() {
-        let stage = s.stage.clamp(1, 4) - 1;
-        let geometry = Geometry::new(&config, &[s.batch, 3, 224, 224])?;
-        let branches = geometry.branches(&config, stage, config.branches(stage));
-        let (h, w) = geometry.stages[stage];
-        let label = format!(
-            "T stage{} {}x{}x{} b{}",
-            stage + 1,
-            h,
-            w,
-            config.dim(stage),
-            s.batch
-        );
-        progress(&format!(
-            "cswin_attention {label} ({}/{})",
-            n + 1,
-            shapes.len()
-        ));
-        let (c, tokens) = (config.dim(stage), h * w);
-        let mut rng = StdRng::seed_from_u64(n as u64 + 99);
-        let qkv = HostTensor::new(
-            &[s.batch, tokens, 3 * c],
-            random(&mut rng, s.batch * tokens * 3 * c),
-        )?;
-        let gqkv = Tensor::from_f32(ctx, &qkv.shape, &qkv.data, "qkv")?;
-        let lepe: Vec<(HostTensor, HostTensor)> = branches
-            .iter()
-            .map(|b| {
-                Ok((
-                    HostTensor::new(&[b.channels, 3, 3], random(&mut rng, b.channels * 9))?,
-                    HostTensor::new(&[b.channels], random(&mut rng, b.channels))?,
-                ))
-            })
-            .collect::<Result<_>>()?;
-        let glepe: Vec<(Tensor, Tensor)> = lepe
-            .iter()
-            .map(|(w, b)| {
-                Ok((
-                    Tensor::from_f32(ctx, &w.shape, &w.data, "lepe_w")?,
-                    Tensor::from_f32(ctx, &b.shape, &b.data, "lepe_b")?,
-                ))
-            })
-            .collect::<Result<_>>()?;
-        let out = Tensor::empty(ctx, &[s.batch, tokens, c], DType::F32, "out")?;
-        let run = |timed: bool| {
-            kernel_run(ctx, timed, |rec| {
-                for (b, (lw, lb)) in branches.iter().zip(&glepe) {
-                    kernels::cswin_attention(rec, &gqkv, lw, lb, b, &out)?;
-                }
-                Ok(())
-            })
-        };
-        let (timings, first_run_ms) = time_kernel(ctx, options, run)?;
-        let one = HostTensor::new(&[1, tokens, 3 * c], qkv.data[..tokens * 3 * c].to_vec())?;
-        let mut cpu = HostTensor::zeros(&[1, tokens, c]);
-        for (b, (lw, lb)) in branches.iter().zip(&lepe) {
-            reference::cswin_attention(&one, lw, lb, b, &mut cpu)?;
+        for &dtype in &options.dtypes {
+            progress(&format!(
+                "cswin_attention T stage{} b{} {} ({}/{})",
+                s.stage,
+                s.batch,
+                dtype.name(),
+                n + 1,
+                shapes.len()
+            ));
+            records.push(cswin_attention_one(ctx, &config, s, n, dtype, options)?);
         }
-        let got = out.read_f32_blocking(ctx)?;
-        let check = compare(
-            &[(&got[..tokens * c], &cpu.data[..])],
-            1e-5,
-            1e-4,
-            got.len(),
-        );
-        let flops: f64 = branches
-            .iter()
-            .map(|b| {
-                2.0 * (s.batch * tokens * b.channels) as f64
-                    * (2.0 * (b.window.0 * b.window.1) as f64 + 9.0)
-            })
-            .sum();
-        let mut r = record(
-            ctx,
-            "cswin_attn",
-            label,
-            &timings,
-            first_run_ms,
-            flops,
-            check,
-            options,
-        );
-        r.variant = "fused, flash-style".into();
-        records.push(r);
     }
     Ok(records)
+}
+
+fn cswin_attention_one(
+    ctx: &Context,
+    config: &CswinConfig,
+    s: &CswinAttentionShape,
+    n: usize,
+    dtype: DType,
+    options: &BenchOptions,
+) -> Result<Record> {
+    let stage = s.stage.clamp(1, 4) - 1;
+    let geometry = Geometry::new(config, &[s.batch, 3, 224, 224])?;
+    let branches = geometry.branches(config, stage, config.branches(stage));
+    let (h, w) = geometry.stages[stage];
+    let label = format!(
+        "T stage{} {}x{}x{} b{}",
+        stage + 1,
+        h,
+        w,
+        config.dim(stage),
+        s.batch
+    );
+    let (c, tokens) = (config.dim(stage), h * w);
+    let mut rng = StdRng::seed_from_u64(n as u64 + 99);
+    let qkv = HostTensor::new(
+        &[s.batch, tokens, 3 * c],
+        random(&mut rng, s.batch * tokens * 3 * c),
+    )?
+    .round_to(dtype);
+    let gqkv = crate::models::weights::upload_as(ctx, "qkv", &qkv, dtype)?;
+    let lepe: Vec<(HostTensor, HostTensor)> = branches
+        .iter()
+        .map(|b| {
+            Ok((
+                HostTensor::new(&[b.channels, 3, 3], random(&mut rng, b.channels * 9))?,
+                HostTensor::new(&[b.channels], random(&mut rng, b.channels))?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let glepe: Vec<(Tensor, Tensor)> = lepe
+        .iter()
+        .map(|(w, b)| {
+            Ok((
+                Tensor::from_f32(ctx, &w.shape, &w.data, "lepe_w")?,
+                Tensor::from_f32(ctx, &b.shape, &b.data, "lepe_b")?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let out = Tensor::empty(ctx, &[s.batch, tokens, c], dtype, "out")?;
+    let run = |timed: bool| {
+        kernel_run(ctx, timed, |rec| {
+            for (b, (lw, lb)) in branches.iter().zip(&glepe) {
+                kernels::cswin_attention(rec, &gqkv, lw, lb, b, &out)?;
+            }
+            Ok(())
+        })
+    };
+    let (timings, first_run_ms) = time_kernel(ctx, options, run)?;
+    let one = HostTensor::new(&[1, tokens, 3 * c], qkv.data[..tokens * 3 * c].to_vec())?;
+    let mut cpu = HostTensor::zeros(&[1, tokens, c]);
+    for (b, (lw, lb)) in branches.iter().zip(&lepe) {
+        reference::cswin_attention(&one, lw, lb, b, &mut cpu)?;
+    }
+    let got = out.read_f32_blocking(ctx)?;
+    let rtol = if dtype == DType::F16 { 2e-3 } else { 1e-4 };
+    let check = compare(
+        &[(&got[..tokens * c], &cpu.data[..])],
+        1e-5,
+        rtol,
+        got.len(),
+    );
+    let flops: f64 = branches
+        .iter()
+        .map(|b| {
+            2.0 * (s.batch * tokens * b.channels) as f64
+                * (2.0 * (b.window.0 * b.window.1) as f64 + 9.0)
+        })
+        .sum();
+    let mut r = record(
+        ctx,
+        "cswin_attn",
+        label,
+        &timings,
+        first_run_ms,
+        flops,
+        check,
+        options,
+    );
+    r.dtype = dtype.name().0.into();
+    r.variant = flash_variant(branches[0].head_dim(), dtype);
+    Ok(r)
 }

@@ -2,7 +2,7 @@ use crate::error::{Error, Result};
 use crate::pipeline::{Dispatch, Kernel, Recorder, Spec, Traffic};
 use crate::tensor::{DType, Tensor, check_dtype, check_float};
 
-/// Largest head size the fused kernel takes (it keeps a query row in registers).
+/// Largest head size the fused kernels take (their tiles fit 16 KiB of workgroup memory up to it).
 pub const MAX_HEAD_DIM: usize = 128;
 
 #[repr(C)]
@@ -14,22 +14,58 @@ struct Params {
     scale: f32,
 }
 
-/// Keys per staged tile, a power of two from 4 to 32 with KV_TILE x HEAD_DIM <= 1024: the K
-/// and V tiles take 8 KiB of workgroup memory at most in f32, 4 KiB with f16 storage (they
-/// are staged in qkv's storage type); 4 to 32 keys for head sizes 1..=128; WebGPU guarantees
-/// 16 KiB.
-fn kv_tile(head_dim: usize) -> u32 {
-    let keys = (1024 / head_dim.max(1)).clamp(4, 32);
-    1 << (usize::BITS - 1 - keys.leading_zeros())
+/// Workgroup memory the attention kernels may use: what WebGPU guarantees.
+const WORKGROUP_BYTES: usize = 16 * 1024;
+
+/// The tiles of both attention kernels for one head size and storage type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionTiles {
+    /// Queries per workgroup (BQ).
+    pub queries: usize,
+    /// Keys per staged K/V tile (KV_TILE).
+    pub keys: usize,
 }
 
-/// Specialisation: head size, key tile, and the storage types of `qkv` and `out`.
+impl AttentionTiles {
+    /// Workgroup memory of these tiles: the Q and K/V tiles in the storage type (rows padded
+    /// by one element), the f32 score tile, the mask bias and the per-row scales.
+    fn bytes(self, head_dim: usize, element: usize) -> usize {
+        (self.queries + self.keys) * (head_dim + 1) * element
+            + self.queries * self.keys * 4
+            + (self.keys + self.queries) * 4
+    }
+}
+
+/// 32 queries by 32 keys, halving the keys (then the queries) down to 8 until the tiles fit
+/// in 16 KiB of workgroup memory: 32x32 up to D = 32 in f32 (D = 64 in f16), 32x16 at 64 in
+/// f32, 16x8 at 128 in f32.
+pub fn attention_tiles(head_dim: usize, f16: bool) -> AttentionTiles {
+    let element = if f16 { 2 } else { 4 };
+    let mut tiles = AttentionTiles {
+        queries: 32,
+        keys: 32,
+    };
+    while tiles.bytes(head_dim, element) > WORKGROUP_BYTES {
+        if tiles.keys > 8 {
+            tiles.keys /= 2;
+        } else if tiles.queries > 8 {
+            tiles.queries /= 2;
+        } else {
+            break;
+        }
+    }
+    tiles
+}
+
+/// Specialisation: head size, tiles, and the storage types of `qkv` and `out`.
 pub(super) fn spec(head_dim: usize, f16: (bool, bool)) -> Spec {
+    let tiles = attention_tiles(head_dim, f16.0);
     Spec::new()
         .storage("XT", f16.0)
         .storage("YT", f16.1)
         .u32("HEAD_DIM", head_dim as u32)
-        .u32("KV_TILE", kv_tile(head_dim))
+        .u32("BQ", tiles.queries as u32)
+        .u32("KV_TILE", tiles.keys as u32)
 }
 
 /// Head sizes shader validation covers.
@@ -114,7 +150,11 @@ pub fn attention(
         spec: spec(d, f16),
         params: bytemuck::bytes_of(&params),
         buffers: &[qkv.buffer(), mask.buffer(), out.buffer()],
-        groups: [t.div_ceil(64) as u32, heads as u32, b as u32],
+        groups: [
+            t.div_ceil(attention_tiles(d, f16.0).queries) as u32,
+            heads as u32,
+            b as u32,
+        ],
         traffic: Traffic::whole(&[qkv, mask], out),
     })
 }

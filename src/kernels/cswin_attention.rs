@@ -100,7 +100,7 @@ impl CswinBranch {
 /// Head sizes shader validation covers.
 pub(super) const VALIDATED_HEAD_DIMS: [usize; 6] = [8, 12, 16, 24, 32, 48];
 
-/// Specialisation: head size, key tile, storage types of qkv and out (as `attention`).
+/// Specialisation: head size, tiles, storage types of qkv and out (as `attention`).
 pub(super) fn spec(head_dim: usize, f16: (bool, bool)) -> Spec {
     super::attention::spec(head_dim, f16)
 }
@@ -146,9 +146,9 @@ pub fn cswin_attention(
     let batch = branch.check(qkv.shape(), lepe_w.shape(), lepe_b.shape(), out.shape())?;
     let (hp, wp, pad_top, pad_left) = branch.padding();
     let (wh, ww) = branch.window;
-    let q_tiles = (wh * ww).div_ceil(64);
-    let windows = (hp / wh) * (wp / ww);
     let d = branch.head_dim();
+    let q_tiles = (wh * ww).div_ceil(super::attention_tiles(d, f16.0).queries);
+    let windows = (hp / wh) * (wp / ww);
     let params = Params {
         batch: batch as u32,
         h: branch.h as u32,

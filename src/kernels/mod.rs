@@ -18,7 +18,7 @@ mod mean_pool;
 mod softmax;
 
 pub use add::add;
-pub use attention::{MAX_HEAD_DIM, attention, attention_dims};
+pub use attention::{AttentionTiles, MAX_HEAD_DIM, attention, attention_dims, attention_tiles};
 pub use bert_embeddings::{EmbeddingTables, bert_embeddings, bert_embeddings_dims};
 pub use conv2d::{ConvGeometry, ConvInput, conv2d};
 pub use cswin_attention::{CswinBranch, cswin_attention};
