@@ -30,10 +30,12 @@ pub enum Kernel {
     CswinAttention,
     BertEmbeddings,
     MatmulCoop,
+    AttentionCoop,
+    CswinAttentionCoop,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 13] = [
+    pub const ALL: [Kernel; 15] = [
         Kernel::Matmul,
         Kernel::LayerNorm,
         Kernel::Softmax,
@@ -47,6 +49,8 @@ impl Kernel {
         Kernel::CswinAttention,
         Kernel::BertEmbeddings,
         Kernel::MatmulCoop,
+        Kernel::AttentionCoop,
+        Kernel::CswinAttentionCoop,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -64,6 +68,8 @@ impl Kernel {
             Kernel::CswinAttention => "cswin_attention",
             Kernel::BertEmbeddings => "bert_embeddings",
             Kernel::MatmulCoop => "matmul_coop",
+            Kernel::AttentionCoop => "attention_coop",
+            Kernel::CswinAttentionCoop => "cswin_attention_coop",
         }
     }
 
@@ -83,6 +89,8 @@ impl Kernel {
             Kernel::CswinAttention => include_str!("../shaders/cswin_attention.wgsl"),
             Kernel::BertEmbeddings => include_str!("../shaders/bert_embeddings.wgsl"),
             Kernel::MatmulCoop => include_str!("../shaders/matmul_coop.wgsl"),
+            Kernel::AttentionCoop => include_str!("../shaders/attention_coop.wgsl"),
+            Kernel::CswinAttentionCoop => include_str!("../shaders/cswin_attention_coop.wgsl"),
         }
     }
 
@@ -107,11 +115,13 @@ impl Kernel {
             // params, x, mask, y
             Kernel::MeanPool => &[Uniform, Read, Read, Write],
             // params, qkv, mask, out
-            Kernel::Attention => &[Uniform, Read, Read, Write],
+            Kernel::Attention | Kernel::AttentionCoop => &[Uniform, Read, Read, Write],
             // params, x, weight, bias, y
             Kernel::Conv2d => &[Uniform, Read, Read, Read, Write],
             // params, qkv, lepe_w, lepe_b, out
-            Kernel::CswinAttention => &[Uniform, Read, Read, Read, Write],
+            Kernel::CswinAttention | Kernel::CswinAttentionCoop => {
+                &[Uniform, Read, Read, Read, Write]
+            }
         }
     }
 }

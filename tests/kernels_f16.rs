@@ -229,6 +229,12 @@ fn layer_norm_f16_storage_matches_twin() {
 #[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
 fn attention_f16_storage_matches_twin() {
     let Some(ctx) = f16_ctx() else { return };
+    check_attention_f16(ctx, 1e-5);
+}
+
+/// f16 `attention` against its twin on inputs rounded to f16, within `atol` (plus the f16
+/// output's rounding).
+fn check_attention_f16(ctx: &Context, atol: f32) {
     // (B, T, heads, head_dim): below one key tile, off the multiple, BERT-base.
     for (i, (b, t, heads, d)) in [(1, 5, 2, 8), (2, 37, 4, 16), (2, 128, 12, 64)]
         .into_iter()
@@ -259,8 +265,9 @@ fn attention_f16_storage_matches_twin() {
             )
             .expect("record");
             rec.submit_blocking().expect("submit");
-            let what = format!("attention f16={f16:?} b={b} t={t} heads={heads} d={d}");
-            assert_close(&what, &read_f32(ctx, &gy), &cpu.data, 1e-5, out_rtol(f16.1));
+            let variant = kernels::attention_variant(ctx, d, f16.0);
+            let what = format!("attention {variant} f16={f16:?} b={b} t={t} heads={heads} d={d}");
+            assert_close(&what, &read_f32(ctx, &gy), &cpu.data, atol, out_rtol(f16.1));
         }
     }
 }
@@ -272,6 +279,12 @@ fn attention_f16_storage_matches_twin() {
 #[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
 fn cswin_attention_f16_storage_matches_twin() {
     let Some(ctx) = f16_ctx() else { return };
+    check_cswin_attention_f16(ctx, 2e-6);
+}
+
+/// f16 `cswin_attention` against its twin on inputs rounded to f16, within `atol` (plus the f16
+/// output's rounding).
+fn check_cswin_attention_f16(ctx: &Context, atol: f32) {
     let branch = |h, w, c, channel_offset, channels, heads, window| kernels::CswinBranch {
         h,
         w,
@@ -321,8 +334,9 @@ fn cswin_attention_f16_storage_matches_twin() {
                 keep.push((gw, gb));
             }
             rec.submit_blocking().expect("submit");
-            let what = format!("cswin_attention f16={f16:?} case {i}: {branches:?}");
-            assert_close(&what, &read_f32(ctx, &gy), &cpu.data, 2e-6, out_rtol(f16.1));
+            let variant = kernels::attention_variant(ctx, branches[0].head_dim(), f16.0);
+            let what = format!("cswin_attention {variant} f16={f16:?} case {i}: {branches:?}");
+            assert_close(&what, &read_f32(ctx, &gy), &cpu.data, atol, out_rtol(f16.1));
         }
     }
 }
@@ -485,4 +499,36 @@ fn matmul_coop_matches_twin_where_the_adapter_has_it() {
             assert_close(&what, &read_f32(ctx, &gy), &cpu.data, tol, 1e-5);
         }
     }
+}
+
+/// Both attention kernels on cooperative matrices where the adapter has them (f16 qkv, head
+/// sizes the fragment divides: 16, 32 and 64 of the cases with 16x16 fragments, 8 too with 8x8): the probabilities
+/// enter P·V rounded to f16, so the bound is 2^-11 of |V| (<= 1) plus the f32 error. Elsewhere
+/// the same checks run the scalar kernels, and the test checks that they were chosen.
+#[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
+fn attention_coop_matches_twin_where_the_adapter_has_it() {
+    use backbone::ContextOptions;
+    // SAFETY: the test opts in to wgpu's experimental cooperative matrices on purpose.
+    let options = unsafe {
+        ContextOptions::from_env()
+            .expect("options")
+            .enable_experimental_cooperative_matrix()
+    };
+    let ctx = pollster::block_on(Context::new(options)).expect("context");
+    let ctx = &ctx;
+    if !ctx.capabilities().has(wgpu::Features::SHADER_F16) {
+        return;
+    }
+    let coop: Vec<_> = [8, 12, 16, 24, 32, 64]
+        .into_iter()
+        .map(|d| (d, kernels::CoopAttention::for_head(ctx, d)))
+        .collect();
+    eprintln!("cooperative attention per head size: {coop:?}");
+    if kernels::matmul_coop::coop_fragment(ctx).is_none() {
+        assert!(coop.iter().all(|(_, c)| c.is_none()), "{coop:?}");
+        assert!(kernels::attention_variant(ctx, 64, true).starts_with("flash-2"));
+    }
+    check_attention_f16(ctx, 1e-3);
+    check_cswin_attention_f16(ctx, 1e-3);
 }

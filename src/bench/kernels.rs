@@ -300,14 +300,8 @@ fn attention_one(
         options,
     );
     r.dtype = dtype.name().0.into();
-    r.variant = flash_variant(s.head_dim, dtype);
+    r.variant = kernels::attention_variant(ctx, s.head_dim, dtype == DType::F16);
     Ok(r)
-}
-
-/// The variant name of both attention kernels: flash-2 tiles of queries x keys.
-fn flash_variant(head_dim: usize, dtype: DType) -> String {
-    let t = kernels::attention_tiles(head_dim, dtype == DType::F16);
-    format!("flash-2 {}x{} tiles", t.queries, t.keys)
 }
 
 /// A CSWin stage's attention (both branches, or the global one) for the `cswin_attention`
@@ -443,6 +437,6 @@ fn cswin_attention_one(
         options,
     );
     r.dtype = dtype.name().0.into();
-    r.variant = flash_variant(branches[0].head_dim(), dtype);
+    r.variant = kernels::attention_variant(ctx, branches[0].head_dim(), dtype == DType::F16);
     Ok(r)
 }

@@ -1,3 +1,5 @@
+use super::attention_coop::CoopAttention;
+use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::pipeline::{Dispatch, Kernel, Recorder, Spec, Traffic};
 use crate::tensor::{DType, Tensor, check_dtype, check_float};
@@ -66,6 +68,47 @@ pub(super) fn spec(head_dim: usize, f16: (bool, bool)) -> Spec {
         .u32("HEAD_DIM", head_dim as u32)
         .u32("BQ", tiles.queries as u32)
         .u32("KV_TILE", tiles.keys as u32)
+}
+
+/// The kernel both attentions run for head size `head_dim` and storage types `f16` (qkv, out):
+/// the cooperative-matrix kernel for f16 qkv where the adapter has it for this head size, else
+/// the scalar one; with its specialisation and the queries per workgroup. `coop` picks between
+/// `Kernel::Attention`/`AttentionCoop` or `CswinAttention`/`CswinAttentionCoop`.
+pub(super) fn choose(
+    ctx: &Context,
+    head_dim: usize,
+    f16: (bool, bool),
+    kernels: (Kernel, Kernel),
+) -> (Kernel, Spec, usize) {
+    match CoopAttention::for_head(ctx, head_dim).filter(|_| f16.0) {
+        Some(c) => (kernels.1, c.spec(head_dim, f16), c.fragment as usize),
+        None => (
+            kernels.0,
+            spec(head_dim, f16),
+            attention_tiles(head_dim, f16.0).queries,
+        ),
+    }
+}
+
+fn variant(ctx: &Context, head_dim: usize, f16: (bool, bool)) -> (Kernel, Spec, usize) {
+    choose(
+        ctx,
+        head_dim,
+        f16,
+        (Kernel::Attention, Kernel::AttentionCoop),
+    )
+}
+
+/// What both attention kernels run as for this head size and qkv storage on `ctx` (for
+/// benchmark records): "flash-2 QxK tiles" or the cooperative-matrix variant.
+pub fn attention_variant(ctx: &Context, head_dim: usize, f16: bool) -> String {
+    match CoopAttention::for_head(ctx, head_dim).filter(|_| f16) {
+        Some(c) => c.variant(),
+        None => {
+            let t = attention_tiles(head_dim, f16);
+            format!("flash-2 {}x{} tiles", t.queries, t.keys)
+        }
+    }
 }
 
 /// Head sizes shader validation covers.
@@ -139,6 +182,7 @@ pub fn attention(
     );
     check_dtype("attention", "mask", mask, DType::U32)?;
     let (b, t, _c, d) = attention_dims(qkv.shape(), mask.shape(), heads, out.shape())?;
+    let (kernel, spec, queries) = variant(ctx, d, f16);
     let params = Params {
         batch: b as u32,
         t: t as u32,
@@ -146,15 +190,11 @@ pub fn attention(
         scale: 1.0 / (d as f32).sqrt(),
     };
     rec.dispatch(Dispatch {
-        kernel: Kernel::Attention,
-        spec: spec(d, f16),
+        kernel,
+        spec,
         params: bytemuck::bytes_of(&params),
         buffers: &[qkv.buffer(), mask.buffer(), out.buffer()],
-        groups: [
-            t.div_ceil(attention_tiles(d, f16.0).queries) as u32,
-            heads as u32,
-            b as u32,
-        ],
+        groups: [t.div_ceil(queries) as u32, heads as u32, b as u32],
         traffic: Traffic::whole(&[qkv, mask], out),
     })
 }

@@ -147,7 +147,13 @@ pub fn cswin_attention(
     let (hp, wp, pad_top, pad_left) = branch.padding();
     let (wh, ww) = branch.window;
     let d = branch.head_dim();
-    let q_tiles = (wh * ww).div_ceil(super::attention_tiles(d, f16.0).queries);
+    let (kernel, spec, queries) = super::attention::choose(
+        ctx,
+        d,
+        f16,
+        (Kernel::CswinAttention, Kernel::CswinAttentionCoop),
+    );
+    let q_tiles = (wh * ww).div_ceil(queries);
     let windows = (hp / wh) * (wp / ww);
     let params = Params {
         batch: batch as u32,
@@ -166,8 +172,8 @@ pub fn cswin_attention(
         _pad: [0; 3],
     };
     rec.dispatch(Dispatch {
-        kernel: Kernel::CswinAttention,
-        spec: spec(d, f16),
+        kernel,
+        spec,
         params: bytemuck::bytes_of(&params),
         buffers: &[qkv.buffer(), lepe_w.buffer(), lepe_b.buffer(), out.buffer()],
         groups: [

@@ -4,6 +4,7 @@
 
 mod add;
 mod attention;
+mod attention_coop;
 mod bert_embeddings;
 mod conv2d;
 mod cswin_attention;
@@ -18,7 +19,10 @@ mod mean_pool;
 mod softmax;
 
 pub use add::add;
-pub use attention::{AttentionTiles, MAX_HEAD_DIM, attention, attention_dims, attention_tiles};
+pub use attention::{
+    AttentionTiles, MAX_HEAD_DIM, attention, attention_dims, attention_tiles, attention_variant,
+};
+pub use attention_coop::CoopAttention;
 pub use bert_embeddings::{EmbeddingTables, bert_embeddings, bert_embeddings_dims};
 pub use conv2d::{ConvGeometry, ConvInput, conv2d};
 pub use cswin_attention::{CswinBranch, cswin_attention};
@@ -48,6 +52,13 @@ pub fn shader_variants() -> Vec<(Kernel, Spec)> {
                 out.extend(dims.map(|d| (kernel, attention::spec(d, (false, false)))));
                 out.extend(dims.map(|d| (kernel, attention::spec(d, (true, true)))));
                 out.push((kernel, attention::spec(64, (true, false))));
+            }
+            Kernel::AttentionCoop | Kernel::CswinAttentionCoop => {
+                out.extend(
+                    attention_coop::variants()
+                        .into_iter()
+                        .map(|(_, s)| (kernel, s)),
+                );
             }
             Kernel::Conv2d => {
                 out.extend(
