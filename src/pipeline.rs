@@ -32,10 +32,11 @@ pub enum Kernel {
     MatmulCoop,
     AttentionCoop,
     CswinAttentionCoop,
+    MatmulSubgroup,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 15] = [
+    pub const ALL: [Kernel; 16] = [
         Kernel::Matmul,
         Kernel::LayerNorm,
         Kernel::Softmax,
@@ -51,6 +52,7 @@ impl Kernel {
         Kernel::MatmulCoop,
         Kernel::AttentionCoop,
         Kernel::CswinAttentionCoop,
+        Kernel::MatmulSubgroup,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -70,6 +72,7 @@ impl Kernel {
             Kernel::MatmulCoop => "matmul_coop",
             Kernel::AttentionCoop => "attention_coop",
             Kernel::CswinAttentionCoop => "cswin_attention_coop",
+            Kernel::MatmulSubgroup => "matmul_subgroup",
         }
     }
 
@@ -91,6 +94,7 @@ impl Kernel {
             Kernel::MatmulCoop => include_str!("../shaders/matmul_coop.wgsl"),
             Kernel::AttentionCoop => include_str!("../shaders/attention_coop.wgsl"),
             Kernel::CswinAttentionCoop => include_str!("../shaders/cswin_attention_coop.wgsl"),
+            Kernel::MatmulSubgroup => include_str!("../shaders/matmul_subgroup.wgsl"),
         }
     }
 
@@ -99,7 +103,7 @@ impl Kernel {
         use Binding::*;
         match self {
             // params, x, w, bias, residual, x as vec4s, w as vec4s, y
-            Kernel::Matmul | Kernel::MatmulCoop => {
+            Kernel::Matmul | Kernel::MatmulCoop | Kernel::MatmulSubgroup => {
                 &[Uniform, Read, Read, Read, Read, Read, Read, Write]
             }
             // params, x, residual, gamma, beta, y

@@ -127,16 +127,33 @@ fn check_matmul(
     );
 }
 
+/// The variants this adapter runs: every tile, and the subgroup kernel where the adapter has
+/// subgroups (it must then be offered).
+fn tiles(ctx: &Context) -> Vec<MatmulTile> {
+    let tiles: Vec<_> = MatmulTile::ALL
+        .into_iter()
+        .filter(|t| t.fits(ctx))
+        .collect();
+    let subgroups = ctx.capabilities().has(wgpu::Features::SUBGROUP);
+    assert_eq!(
+        tiles.contains(&MatmulTile::Subgroup),
+        subgroups,
+        "the subgroup variant is offered exactly where the adapter has subgroups"
+    );
+    assert!(tiles.len() >= 3, "every workgroup tile fits: {tiles:?}");
+    tiles
+}
+
 #[test]
 #[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
-fn matmul_awkward_shapes_both_tiles() {
+fn matmul_awkward_shapes_every_variant() {
     let ctx = ctx();
     let mut seed = 0;
     for (i, &m) in SIZES.iter().enumerate() {
         // n and k walk the same list shifted, so every size meets every role.
         let n = SIZES[(i + 2) % SIZES.len()];
         let k = SIZES[(i + 4) % SIZES.len()];
-        for tile in MatmulTile::ALL {
+        for tile in tiles(ctx) {
             seed += 1;
             let mut r = rng(seed);
             let x = random_host(&mut r, &[m, k], 1.0);
@@ -155,7 +172,7 @@ fn matmul_epilogues() {
     // Every bias x activation x residual combination, on both tiles.
     for flags in 0..12u32 {
         let act = [Activation::None, Activation::Gelu, Activation::Tanh][flags as usize / 4];
-        for tile in MatmulTile::ALL {
+        for tile in tiles(ctx) {
             let seed = 100 + flags as u64;
             let mut r = rng(seed);
             let x = random_host(&mut r, &[m, k], 1.0);
@@ -322,7 +339,7 @@ fn matmul_strided_attention_products() {
         let qkv = random_host(&mut r, &[batch, t, 3 * c], 1.0);
         let alpha = 1.0 / (d as f32).sqrt();
         let probs = random_host(&mut r, &[batch, heads, t, t], 1.0);
-        for tile in MatmulTile::ALL {
+        for tile in tiles(ctx) {
             let (scores, pv) = (
                 scores_problem(batch, heads, t, d),
                 pv_problem(batch, heads, t, d),
@@ -374,8 +391,9 @@ fn matmul_epilogues_on_strided_attention_products() {
             (false, Activation::None, true),
             (false, Activation::Gelu, false),
         ];
+        let variants = tiles(ctx);
         for (i, (bias, act, residual)) in combos.into_iter().enumerate() {
-            let tile = MatmulTile::ALL[i % 3];
+            let tile = variants[i % variants.len()];
             let mut ep = Epilogue {
                 act,
                 ..Epilogue::none().alpha(0.5)
@@ -441,8 +459,8 @@ fn matmul_epilogue_on_an_output_view_with_gaps() {
     };
     let bias = random_host(&mut r, &[n], 1.0);
     let residual = random_host(&mut r, &[y_len], 1.0);
-    for (i, tile) in MatmulTile::ALL.into_iter().enumerate() {
-        let act = [Activation::Gelu, Activation::Tanh, Activation::None][i];
+    for (i, tile) in tiles(ctx).into_iter().enumerate() {
+        let act = [Activation::Gelu, Activation::Tanh, Activation::None][i % 3];
         let ep = Epilogue {
             act,
             ..Epilogue::none().bias(&bias).residual(&residual)
@@ -496,7 +514,7 @@ fn matmul_vectorised_and_scalar_loads() {
         .enumerate()
     {
         for layout in [WLayout::NK, WLayout::KN] {
-            for tile in MatmulTile::ALL {
+            for tile in tiles(ctx) {
                 let mut r = rng(1500 + i as u64);
                 let x = random_host(&mut r, &[m, k], 1.0);
                 let (w_shape, w_view) = match layout {

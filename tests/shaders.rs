@@ -20,7 +20,17 @@ fn validate(label: &str, source: &str, f16: bool) -> (naga::Module, naga::valid:
     if source.contains("enable wgpu_cooperative_matrix;") {
         caps |= Capabilities::COOPERATIVE_MATRIX;
     }
-    let info = Validator::new(ValidationFlags::all(), caps)
+    let subgroups = source.contains("subgroupAdd");
+    if subgroups {
+        caps |= Capabilities::SUBGROUP;
+    }
+    let mut validator = Validator::new(ValidationFlags::all(), caps);
+    if subgroups {
+        validator
+            .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+            .subgroup_operations(naga::valid::SubgroupOperationSet::all());
+    }
+    let info = validator
         .validate(&module)
         .unwrap_or_else(|e| panic!("{label}: validation error:\n{}", e.emit_to_string(source)));
     (module, info)

@@ -2,8 +2,10 @@
 
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::pipeline::{Dispatch, Kernel, Recorder, Spec, Traffic};
+use crate::pipeline::{Dispatch, Kernel, Recorder, Traffic};
 use crate::tensor::{DType, Tensor, check_dtype, check_float, check_shape};
+
+pub use super::matmul_tile::MatmulTile;
 
 /// The activation a matmul epilogue applies after the bias.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -225,7 +227,7 @@ impl StridedMatmul {
 
     /// Whether X and W can be loaded as aligned vec4s: the contiguous dimension (K for X and
     /// for W as [N, K]; N for W as [K, N]) and every offset and stride a multiple of 4.
-    fn vec4_loads(&self) -> (bool, bool) {
+    pub(super) fn vec4_loads(&self) -> (bool, bool) {
         let aligned = |v: &MatrixView, contiguous: usize| {
             [contiguous, v.ld, v.offset, v.outer_stride, v.inner_stride]
                 .iter()
@@ -241,144 +243,6 @@ impl StridedMatmul {
     fn flops(&self) -> f64 {
         2.0 * (self.m * self.n * self.k * self.batch[0] * self.batch[1]) as f64
     }
-}
-
-/// Workgroup tile shapes. All use at most 256 invocations and under 9 KiB of workgroup
-/// memory, so they fit WebGPU's default limits (16 KiB, 256 invocations).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MatmulTile {
-    /// 16 x 64 outputs per workgroup, 4 x 4 per invocation (64 invocations), K step 16: for
-    /// few rows (batch-1 tokens, late CSWin stages), where a 64-row tile computes mostly padding.
-    Skinny,
-    /// 64 x 64 outputs per workgroup, 4 x 4 per invocation, K step 16.
-    Small,
-    /// 128 x 128 outputs per workgroup, 8 x 8 per invocation, K step 8.
-    Large,
-}
-
-impl MatmulTile {
-    pub const ALL: [MatmulTile; 3] = [MatmulTile::Skinny, MatmulTile::Small, MatmulTile::Large];
-
-    /// (BM, BN, BK, TM, TN)
-    pub const fn dims(self) -> (u32, u32, u32, u32, u32) {
-        match self {
-            MatmulTile::Skinny => (16, 64, 16, 4, 4),
-            MatmulTile::Small => (64, 64, 16, 4, 4),
-            MatmulTile::Large => (128, 128, 8, 8, 8),
-        }
-    }
-
-    pub const fn invocations(self) -> u32 {
-        let (bm, bn, _, tm, tn) = self.dims();
-        (bm / tm) * (bn / tn)
-    }
-
-    pub const fn workgroup_bytes(self) -> u32 {
-        let (bm, bn, bk, _, _) = self.dims();
-        bk * (bm / 4 + 1 + bn / 4 + 1) * 16
-    }
-
-    /// The tile for this problem on this adapter: the context's tune table's choice when it
-    /// measured exactly this problem (see [`crate::tune`]), else [`MatmulTile::heuristic`].
-    pub fn choose(ctx: &Context, m: usize, n: usize, k: usize, batch: usize, f16: bool) -> Self {
-        ctx.tune_table()
-            .and_then(|t| t.matmul_tile(m, n, k, batch, f16))
-            .filter(|t| t.fits(ctx))
-            .unwrap_or_else(|| Self::heuristic(ctx, m, n, batch))
-    }
-
-    /// The built-in choice: skinny tiles for at most 32 rows, large tiles once there are
-    /// enough of them to fill a real GPU, small ones otherwise (and always on software
-    /// adapters).
-    pub fn heuristic(ctx: &Context, m: usize, n: usize, batch: usize) -> Self {
-        let large = MatmulTile::Large;
-        let (bm, bn, ..) = large.dims();
-        let tiles = m.div_ceil(bm as usize) * n.div_ceil(bn as usize) * batch;
-        if m <= 32 && MatmulTile::Skinny.fits(ctx) {
-            MatmulTile::Skinny
-        } else if !ctx.capabilities().is_software() && tiles >= 256 && large.fits(ctx) {
-            large
-        } else {
-            MatmulTile::Small
-        }
-    }
-
-    /// Whether the adapter can run this tile (invocations and workgroup memory).
-    pub fn fits(self, ctx: &Context) -> bool {
-        let l = ctx.limits();
-        self.invocations() <= l.max_compute_invocations_per_workgroup
-            && self.invocations() <= l.max_compute_workgroup_size_x
-            && self.workgroup_bytes() <= l.max_compute_workgroup_storage_size
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn spec(
-        self,
-        w_layout: WLayout,
-        vec: (bool, bool),
-        bias: bool,
-        act: Activation,
-        residual: bool,
-        f16: (bool, bool, bool),
-    ) -> Spec {
-        let (bm, bn, bk, tm, tn) = self.dims();
-        Spec::new()
-            .storage("XT", f16.0)
-            .storage("WT", f16.1)
-            .storage("YT", f16.2)
-            .u32("BM", bm)
-            .u32("BN", bn)
-            .u32("BK", bk)
-            .u32("TM", tm)
-            .u32("TN", tn)
-            .bool("W_NK", w_layout == WLayout::NK)
-            .bool("VEC_X", vec.0)
-            .bool("VEC_W", vec.1)
-            .bool("HAS_BIAS", bias)
-            .bool("HAS_RESIDUAL", residual)
-            .u32("ACT", act.code())
-    }
-}
-
-pub(super) fn variants() -> Vec<Spec> {
-    let mut out = Vec::new();
-    for tile in MatmulTile::ALL {
-        for layout in [WLayout::NK, WLayout::KN] {
-            for act in [Activation::None, Activation::Gelu, Activation::Tanh] {
-                for (bias, residual) in [(false, false), (true, false), (false, true), (true, true)]
-                {
-                    for vec in [(false, false), (true, false), (false, true), (true, true)] {
-                        out.push(tile.spec(
-                            layout,
-                            vec,
-                            bias,
-                            act,
-                            residual,
-                            (false, false, false),
-                        ));
-                    }
-                }
-            }
-        }
-    }
-    // f16 storage of X, W or both: every load path, with the fullest epilogue.
-    for tile in MatmulTile::ALL {
-        for layout in [WLayout::NK, WLayout::KN] {
-            for vec in [(false, false), (true, true)] {
-                for f16 in [
-                    (true, false, false),
-                    (false, true, false),
-                    (true, true, false),
-                    (true, true, true),
-                    (false, false, true),
-                ] {
-                    out.push(tile.spec(layout, vec, true, Activation::Gelu, true, f16));
-                }
-            }
-        }
-    }
-    out
 }
 
 #[repr(C)]
@@ -554,6 +418,11 @@ pub fn matmul_strided(
     } else {
         MatmulTile::heuristic(rec.context(), problem.m, problem.n, batch)
     };
+    // The subgroup kernel reads W along K: W as [K, N] (unmeasured there) takes a tile.
+    let tile = match (tile, problem.w_layout) {
+        (MatmulTile::Subgroup, WLayout::KN) => MatmulTile::Skinny,
+        (tile, _) => tile,
+    };
     matmul_with_tile(rec, x, w, y, ep, problem, tile)
 }
 
@@ -569,6 +438,17 @@ pub fn matmul_with_tile(
 ) -> Result<()> {
     let ctx = rec.context();
     let f16 = check_operands(ctx, x, w, y, &ep, p)?;
+    if tile == MatmulTile::Subgroup && !tile.fits(ctx) {
+        return Err(Error::Argument {
+            op: "matmul",
+            arg: "tile",
+            reason: format!(
+                "the subgroup variant needs the SUBGROUP feature outside browsers; {} offers \
+                 no subgroups here",
+                ctx.capabilities().adapter.name
+            ),
+        });
+    }
     if !tile.fits(ctx) {
         return Err(Error::Limit {
             what: format!("matmul tile {tile:?} ({} invocations)", tile.invocations()),
@@ -579,13 +459,17 @@ pub fn matmul_with_tile(
     }
     let (bm, bn, ..) = tile.dims();
     let params = Params::new(p, ep.alpha);
+    let kernel = match tile {
+        MatmulTile::Subgroup => Kernel::MatmulSubgroup,
+        _ => Kernel::Matmul,
+    };
     let groups = [
         (p.n as u32).div_ceil(bn),
         (p.m as u32).div_ceil(bm),
         (p.batch[0] * p.batch[1]) as u32,
     ];
     rec.dispatch(Dispatch {
-        kernel: Kernel::Matmul,
+        kernel,
         spec: tile.spec(
             p.w_layout,
             p.vec4_loads(),

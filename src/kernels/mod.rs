@@ -15,6 +15,7 @@ mod l2_normalize;
 mod layer_norm;
 pub mod matmul;
 pub mod matmul_coop;
+mod matmul_tile;
 mod mean_pool;
 mod softmax;
 
@@ -43,7 +44,11 @@ pub fn shader_variants() -> Vec<(Kernel, Spec)> {
     let mut out = Vec::new();
     for kernel in Kernel::ALL {
         match kernel {
-            Kernel::Matmul => out.extend(matmul::variants().into_iter().map(|s| (kernel, s))),
+            Kernel::Matmul | Kernel::MatmulSubgroup => out.extend(
+                matmul_tile::variants(kernel == Kernel::MatmulSubgroup)
+                    .into_iter()
+                    .map(|s| (kernel, s)),
+            ),
             Kernel::MatmulCoop => {
                 out.extend(matmul_coop::variants().into_iter().map(|s| (kernel, s)));
             }
