@@ -55,7 +55,7 @@ step "Benchmarks"
 timeout 300 "$bin/backbone-bench" --dtype f32,f16 --json "$out/engine.json" --markdown --breakdown 2>/dev/null | tee "$out/engine.txt" || failed=1
 
 step "f16 on cooperative matrices (tensor cores), where the adapter has them"
-timeout 240 "$bin/backbone-bench" matmul bert cswin --dtype f16 --experimental-cooperative-matrix --json "$out/engine-coop.json" --markdown 2>/dev/null | tee "$out/engine-coop.txt" || failed=1
+timeout 240 "$bin/backbone-bench" matmul attention cswin-attention bert cswin --dtype f16 --experimental-cooperative-matrix --json "$out/engine-coop.json" --markdown 2>/dev/null | tee "$out/engine-coop.txt" || failed=1
 
 step "Tune (matmul tiles on the model products, f32 and f16)"
 timeout 300 "$bin/backbone-bench" tune --dtype f32,f16 --tune-out "$out/tune.json" 2>/dev/null | tee "$out/tune.txt" || failed=1
