@@ -1,5 +1,5 @@
 // matmul: Y = epilogue(alpha * X · Wᵀ), batched and strided, with a fused epilogue
-// (+ bias[n]) (then the activation ACT: 0 none, 1 exact GELU, 2 tanh) (then + residual).
+// (+ bias[n]) (then the activation ACT: 0 none, 1 exact GELU, 2 tanh, 3 ReLU) (then + residual).
 //   x:        batch of (M, K) XT (f32, or f16 storage read as f32); element (b, m, k) at x_offset + outer(b)*x_outer
 //             + inner(b)*x_inner + m*lda + k
 //   w:        batch of (N, K) WT (f32 or f16) when W_NK (PyTorch Linear's [out, in]), element (b, n, k) at
@@ -206,6 +206,8 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
                         v = gelu_erf(v);
                     } else if (ACT == 2u) {
                         v = tanh(v);
+                    } else if (ACT == 3u) {
+                        v = max(v, 0.0);
                     }
                     let at = y_base + row * params.ldc + col;
                     if (HAS_RESIDUAL) {

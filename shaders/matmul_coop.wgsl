@@ -122,6 +122,8 @@ fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
                 v = gelu_erf(v);
             } else if (ACT == 2u) {
                 v = tanh(v);
+            } else if (ACT == 3u) {
+                v = max(v, 0.0);
             }
             let at = y_base + row * params.ldc + col;
             if (HAS_RESIDUAL) {

@@ -112,6 +112,8 @@ fn matmul_subgroup(
                 v = gelu_erf(v);
             } else if (ACT == 2u) {
                 v = tanh(v);
+            } else if (ACT == 3u) {
+                v = max(v, 0.0);
             }
             let at = y_base + (row0 + r) * params.ldc + col;
             if (HAS_RESIDUAL) {

@@ -169,9 +169,15 @@ fn matmul_awkward_shapes_every_variant() {
 fn matmul_epilogues() {
     let ctx = ctx();
     let (m, n, k) = (65, 127, 63);
-    // Every bias x activation x residual combination, on both tiles.
-    for flags in 0..12u32 {
-        let act = [Activation::None, Activation::Gelu, Activation::Tanh][flags as usize / 4];
+    // Every bias x activation x residual combination, on every variant.
+    let acts = [
+        Activation::None,
+        Activation::Gelu,
+        Activation::Tanh,
+        Activation::Relu,
+    ];
+    for flags in 0..16u32 {
+        let act = acts[flags as usize / 4];
         for tile in tiles(ctx) {
             let seed = 100 + flags as u64;
             let mut r = rng(seed);

@@ -56,6 +56,9 @@ impl BertSize {
             type_vocab_size: 2,
             layer_norm_eps: 1e-12,
             position_embedding_type: "absolute".into(),
+            pad_token_id: None,
+            embedding_size: None,
+            sinusoidal_pos_embds: false,
         }
     }
 }
@@ -156,6 +159,7 @@ pub fn random_bert_weights(config: &BertConfig, seed: u64) -> Result<BertWeights
         )
     };
     let embeddings = BertEmbeddings {
+        project: None,
         word_embeddings: t(&[config.vocab_size, c])?,
         position_embeddings: t(&[config.max_position_embeddings, c])?,
         token_type_embeddings: t(&[config.type_vocab_size, c])?,

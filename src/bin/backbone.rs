@@ -55,9 +55,10 @@ enum Device {
 enum Command {
     /// Runs a model on tensors from a safetensors file and writes its outputs to another.
     ///
-    /// BERT (model_type "bert"): IN holds input_ids, attention_mask and optionally
-    /// token_type_ids ([B, T], I64 or I32); OUT gets last_hidden_state, pooler_output (when the
-    /// checkpoint has a pooler) and sentence_embedding, all F32.
+    /// Text encoders (model_type bert, roberta, xlm-roberta, camembert, electra, distilbert):
+    /// IN holds input_ids, attention_mask and optionally token_type_ids ([B, T], I64 or I32);
+    /// OUT gets last_hidden_state, pooler_output (when the checkpoint has a pooler) and
+    /// sentence_embedding, all F32.
     ///
     /// CSWin (model_type "cswin"): IN holds pixel_values [B, 3, H, W] F32; OUT gets stem,
     /// stage1..stage4 ([B, H_s*W_s, C_s], token-major), pooled and logits, all F32.
@@ -194,8 +195,9 @@ fn run(model: &Path, input: &Path, output: &Path, device: Device, dtype: DType) 
     let model_type = model_type(model)?;
     let bytes = io::read_safetensors(input)?;
     let reading = || format!("reading {}", input.display());
+    let text = bert::MODEL_TYPES.iter().any(|(t, _)| *t == model_type);
     let result = match model_type.as_str() {
-        "bert" => {
+        _ if text => {
             let input = BertInput::from_safetensors(&bytes).with_context(reading)?;
             let config = bert::load_config(model)?;
             input.validate(&config).with_context(reading)?;
@@ -211,10 +213,15 @@ fn run(model: &Path, input: &Path, output: &Path, device: Device, dtype: DType) 
             check_finite("logits", &out.logits)?;
             out.to_safetensors()?
         }
-        other => bail!(
-            "{}: model_type {other:?} is not supported (bert, cswin)",
-            model.display()
-        ),
+        other => {
+            let mut known: Vec<&str> = bert::MODEL_TYPES.iter().map(|(t, _)| *t).collect();
+            known.push("cswin");
+            bail!(
+                "{}: model_type {other:?} is not supported ({})",
+                model.display(),
+                known.join(", ")
+            )
+        }
     };
     io::write_atomic(output, &result)?;
     Ok(())

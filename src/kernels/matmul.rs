@@ -1,4 +1,4 @@
-//! Tiled matmul with a fused epilogue: `Y = [gelu](alpha · X·Wᵀ + bias) + residual`.
+//! Tiled matmul with a fused epilogue: `Y = act(alpha · X·Wᵀ + bias) + residual`.
 
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -16,6 +16,8 @@ pub enum Activation {
     Gelu,
     /// tanh (BERT's pooler).
     Tanh,
+    /// max(x, 0) (DistilBERT's `activation: relu`).
+    Relu,
 }
 
 impl Activation {
@@ -24,6 +26,7 @@ impl Activation {
             Activation::None => 0,
             Activation::Gelu => 1,
             Activation::Tanh => 2,
+            Activation::Relu => 3,
         }
     }
 
@@ -32,6 +35,7 @@ impl Activation {
             Activation::None => x,
             Activation::Gelu => crate::reference::gelu_scalar(x),
             Activation::Tanh => x.tanh(),
+            Activation::Relu => x.max(0.0),
         }
     }
 }
@@ -80,6 +84,11 @@ impl<'a, T> Epilogue<'a, T> {
 
     pub fn gelu(mut self) -> Self {
         self.act = Activation::Gelu;
+        self
+    }
+
+    pub fn act(mut self, act: Activation) -> Self {
+        self.act = act;
         self
     }
 

@@ -152,7 +152,12 @@ pub(super) fn variants(subgroup: bool) -> Vec<Spec> {
     let mut out = Vec::new();
     for tile in tiles.clone() {
         for layout in [WLayout::NK, WLayout::KN] {
-            for act in [Activation::None, Activation::Gelu, Activation::Tanh] {
+            for act in [
+                Activation::None,
+                Activation::Gelu,
+                Activation::Tanh,
+                Activation::Relu,
+            ] {
                 for (bias, residual) in [(false, false), (true, false), (false, true), (true, true)]
                 {
                     for vec in [(false, false), (true, false), (false, true), (true, true)] {

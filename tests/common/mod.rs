@@ -135,6 +135,12 @@ impl Golden {
             .unwrap_or_else(|e| panic!("golden tensor {name}: {e}"))
     }
 
+    /// Whether the file holds tensor `name`.
+    pub fn has(&self, name: &str) -> bool {
+        let file = safetensors::SafeTensors::deserialize(&self.bytes).expect("golden file");
+        file.names().contains(&name)
+    }
+
     pub fn f32(&self, name: &str) -> HostTensor {
         let v = self.view(name);
         assert_eq!(v.dtype(), safetensors::Dtype::F32, "{name}");

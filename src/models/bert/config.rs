@@ -1,22 +1,28 @@
-//! `config.json` of a Hugging Face BERT model: the keys read, their bounds.
+//! `config.json` of a Hugging Face BERT-family model: the keys read, their bounds. DistilBERT's
+//! own names (`dim`, `n_layers`, `n_heads`, `hidden_dim`, `activation`) are read as aliases.
 
 use serde::Deserialize;
 
+use super::Family;
 use crate::error::{Error, Result};
-use crate::kernels::{self};
+use crate::kernels::{self, Activation};
 use crate::limits;
 
-/// `config.json` of a Hugging Face BERT model (the keys this engine reads).
+/// `config.json` of a Hugging Face BERT-family model (the keys this engine reads).
 #[derive(Debug, Clone, Deserialize)]
 pub struct BertConfig {
     #[serde(default = "default_model_type")]
     pub model_type: String,
     pub vocab_size: usize,
+    #[serde(alias = "dim")]
     pub hidden_size: usize,
+    #[serde(alias = "n_layers")]
     pub num_hidden_layers: usize,
+    #[serde(alias = "n_heads")]
     pub num_attention_heads: usize,
+    #[serde(alias = "hidden_dim")]
     pub intermediate_size: usize,
-    #[serde(default = "default_hidden_act")]
+    #[serde(default = "default_hidden_act", alias = "activation")]
     pub hidden_act: String,
     #[serde(default = "default_max_position")]
     pub max_position_embeddings: usize,
@@ -26,6 +32,16 @@ pub struct BertConfig {
     pub layer_norm_eps: f64,
     #[serde(default = "default_position_type")]
     pub position_embedding_type: String,
+    /// The padding id (RoBERTa's positions start after it); the family's default when absent.
+    #[serde(default)]
+    pub pad_token_id: Option<usize>,
+    /// ELECTRA's embedding width (projected to `hidden_size`); `hidden_size` when absent.
+    #[serde(default)]
+    pub embedding_size: Option<usize>,
+    /// DistilBERT's fixed sinusoidal positions: the checkpoint holds the table (as
+    /// `from_pretrained` loads it); it is generated only when absent.
+    #[serde(default)]
+    pub sinusoidal_pos_embds: bool,
 }
 
 fn default_model_type() -> String {
@@ -58,13 +74,21 @@ impl BertConfig {
 
     fn validate(&self) -> Result<()> {
         let unsupported = |what: String| Err(Error::Config(what));
-        if self.model_type != "bert" {
-            return unsupported(format!("model_type {:?} is not \"bert\"", self.model_type));
-        }
-        if self.hidden_act != "gelu" {
+        let family = Family::of(&self.model_type)?;
+        if self.activation().is_none() {
             return unsupported(format!(
-                "hidden_act {:?} is not supported (only \"gelu\", exact erf)",
+                "hidden_act {:?} is not supported (\"gelu\", exact erf, or \"relu\")",
                 self.hidden_act
+            ));
+        }
+        if let Some(e) = self.embedding_size
+            && family != Family::Electra
+            && e != self.hidden_size
+        {
+            return unsupported(format!(
+                "embedding_size {e} differs from hidden_size {} (only ELECTRA projects its \
+                 embeddings)",
+                self.hidden_size
             ));
         }
         if self.position_embedding_type != "absolute" {
@@ -76,6 +100,7 @@ impl BertConfig {
         let sizes = [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
+            ("embedding_size", self.embedding_dim()),
             ("num_hidden_layers", self.num_hidden_layers),
             ("num_attention_heads", self.num_attention_heads),
             ("intermediate_size", self.intermediate_size),
@@ -90,6 +115,7 @@ impl BertConfig {
         for (key, max) in [
             ("vocab_size", 1 << 22),
             ("hidden_size", 1 << 14),
+            ("embedding_size", 1 << 14),
             ("num_hidden_layers", 512),
             ("num_attention_heads", 1 << 10),
             ("intermediate_size", 1 << 17),
@@ -100,9 +126,24 @@ impl BertConfig {
             limits::check_key(key, value as u64, max)?;
         }
         limits::check_elements(
-            "vocab_size x hidden_size",
-            &[self.vocab_size, self.hidden_size],
+            "vocab_size x embedding_size",
+            &[self.vocab_size, self.embedding_dim()],
         )?;
+        if self.pad_id() as usize >= self.vocab_size {
+            return unsupported(format!(
+                "pad_token_id {} is outside the vocabulary of {}",
+                self.pad_id(),
+                self.vocab_size
+            ));
+        }
+        if self.max_sequence() == 0 {
+            return unsupported(format!(
+                "max_position_embeddings {} leaves no position after pad_token_id {} (RoBERTa's \
+                 positions start at pad_token_id + 1)",
+                self.max_position_embeddings,
+                self.pad_id()
+            ));
+        }
         limits::check_elements(
             "intermediate_size x hidden_size",
             &[self.intermediate_size, self.hidden_size],
@@ -131,5 +172,56 @@ impl BertConfig {
 
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
+    }
+
+    /// The encoder family (`model_type` was checked at parse time; BERT for a config built
+    /// by hand with another name).
+    pub fn family(&self) -> Family {
+        Family::of(&self.model_type).unwrap_or(Family::Bert)
+    }
+
+    /// The feed-forward activation: exact GELU or ReLU.
+    pub fn activation(&self) -> Option<Activation> {
+        match self.hidden_act.as_str() {
+            "gelu" => Some(Activation::Gelu),
+            "relu" => Some(Activation::Relu),
+            _ => None,
+        }
+    }
+
+    /// Width of the embedding tables (ELECTRA's `embedding_size`, else `hidden_size`).
+    pub fn embedding_dim(&self) -> usize {
+        self.embedding_size.unwrap_or(self.hidden_size)
+    }
+
+    /// The padding id: `pad_token_id`, or the family's default (RoBERTa 1, others 0).
+    pub fn pad_id(&self) -> u32 {
+        let default = if self.family().padding_offset_positions() {
+            1
+        } else {
+            0
+        };
+        self.pad_token_id.unwrap_or(default) as u32
+    }
+
+    /// Rows of the token-type table the model reads (1 for DistilBERT, which has none and
+    /// runs with a zero table).
+    pub fn token_types(&self) -> usize {
+        if self.family().has_token_types() {
+            self.type_vocab_size
+        } else {
+            1
+        }
+    }
+
+    /// The longest sequence the position table allows (RoBERTa's positions run from
+    /// `pad_token_id + 1`).
+    pub fn max_sequence(&self) -> usize {
+        if self.family().padding_offset_positions() {
+            self.max_position_embeddings
+                .saturating_sub(self.pad_id() as usize + 1)
+        } else {
+            self.max_position_embeddings
+        }
     }
 }

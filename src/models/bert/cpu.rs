@@ -2,7 +2,7 @@
 
 use super::{BertConfig, BertInput, BertOutput, BertWeights, pooler_problem};
 use crate::error::Result;
-use crate::kernels::Epilogue;
+use crate::kernels::{Activation, Epilogue};
 use crate::reference::{self, HostTensor};
 use crate::tensor::DType;
 
@@ -50,9 +50,20 @@ pub fn forward_cpu_as(
     let mask = ids(&input.attention_mask)?;
 
     let mut hidden = z(&btc);
-    let embedding_ids = HostTensor::new(&[3, b * t], input.embedding_ids())?;
-    reference::bert_embeddings(&embedding_ids, &w.embeddings.tables(), eps, &mut hidden)?;
+    let embedding_ids = HostTensor::new(&[3, b * t], input.embedding_ids(config))?;
+    let tables = w.embeddings.tables();
+    match &w.embeddings.project {
+        Some(project) => {
+            let mut embedded = z(&[b, t, config.embedding_dim()]);
+            reference::bert_embeddings(&embedding_ids, &tables, eps, &mut embedded)?;
+            store(&mut embedded);
+            let ep = Epilogue::none().bias(&project.bias);
+            reference::matmul(&embedded, &project.weight, &mut hidden, ep)?;
+        }
+        None => reference::bert_embeddings(&embedding_ids, &tables, eps, &mut hidden)?,
+    }
     store(&mut hidden);
+    let act = config.activation().unwrap_or(Activation::Gelu);
     let mut states = Vec::new();
     if hidden_states {
         states.push(hidden.clone());
@@ -91,7 +102,7 @@ pub fn forward_cpu_as(
             &mut attention_out,
         )?;
         store(&mut attention_out);
-        let up = Epilogue::none().bias(&layer.intermediate.bias).gelu();
+        let up = Epilogue::none().bias(&layer.intermediate.bias).act(act);
         reference::matmul(
             &attention_out,
             &layer.intermediate.weight,

@@ -3,7 +3,7 @@
 use super::{BertConfig, BertInput, BertOutput, BertWeights, pooler_problem};
 use crate::context::Context;
 use crate::error::Result;
-use crate::kernels::{self, Epilogue};
+use crate::kernels::{self, Activation, Epilogue};
 use crate::models::{PlanLease, Plans};
 use crate::pipeline::{PassStat, Recorder};
 use crate::reference::HostTensor;
@@ -26,6 +26,8 @@ pub struct Plan {
     /// Token, position and token-type ids, [3, batch x seq].
     ids: Tensor,
     mask: Tensor,
+    /// ELECTRA's embeddings before `embeddings_project`, [batch, seq, embedding_size].
+    embedded: Option<Tensor>,
     hidden: Tensor,
     qkv: Tensor,
     context: Tensor,
@@ -57,6 +59,10 @@ impl Plan {
             seq,
             ids: Tensor::empty(ctx, &[3, batch * seq], DType::U32, "embedding_ids")?,
             mask: Tensor::empty(ctx, &[batch, seq], DType::U32, "attention_mask")?,
+            embedded: match config.embedding_dim() != c {
+                true => Some(acts(&[batch, seq, config.embedding_dim()], "embedded")?),
+                false => None,
+            },
             hidden: acts(&btc, "hidden")?,
             qkv: acts(&[batch, seq, 3 * c], "qkv")?,
             context: acts(&btc, "context")?,
@@ -151,14 +157,24 @@ impl Bert {
         let ctx = rec.context();
         input.validate(&self.config)?;
         let p = self.plan(ctx, input.batch, input.seq)?;
-        p.ids.write(ctx, &input.embedding_ids())?;
+        p.ids.write(ctx, &input.embedding_ids(&self.config))?;
         p.mask.write(ctx, &input.attention_mask)?;
 
         let (cfg, w) = (&self.config, &self.weights);
         let eps = cfg.layer_norm_eps as f32;
-        // Embeddings: word + position + token type, then LayerNorm, in one pass.
-        kernels::bert_embeddings(rec, &p.ids, &w.embeddings.tables(), eps, &p.hidden)?;
+        // Embeddings: word + position + token type, then LayerNorm, in one pass (ELECTRA:
+        // at embedding_size, then projected to the hidden size).
+        let tables = w.embeddings.tables();
+        match (&w.embeddings.project, &p.embedded) {
+            (Some(project), Some(embedded)) => {
+                kernels::bert_embeddings(rec, &p.ids, &tables, eps, embedded)?;
+                let ep = Epilogue::none().bias(&project.bias);
+                kernels::matmul(rec, embedded, &project.weight, &p.hidden, ep)?;
+            }
+            _ => kernels::bert_embeddings(rec, &p.ids, &tables, eps, &p.hidden)?,
+        }
         after_layer(rec, 0, &p.hidden);
+        let act = cfg.activation().unwrap_or(Activation::Gelu);
 
         for (l, layer) in w.layers.iter().enumerate() {
             // Self-attention: fused QKV projection, fused attention, output projection + residual, norm.
@@ -185,8 +201,8 @@ impl Bert {
                 eps,
                 &p.attention_out,
             )?;
-            // Feed-forward: up + GELU, down + residual, norm.
-            let up = Epilogue::none().bias(&layer.intermediate.bias).gelu();
+            // Feed-forward: up + activation, down + residual, norm.
+            let up = Epilogue::none().bias(&layer.intermediate.bias).act(act);
             kernels::matmul(
                 rec,
                 &p.attention_out,
@@ -276,7 +292,7 @@ impl Bert {
         ctx: &Context,
         input: &BertInput,
     ) -> Result<Vec<crate::pipeline::PassTime>> {
-        let passes = 6 + 7 * self.config.num_hidden_layers as u32 + 3;
+        let passes = 7 + 7 * self.config.num_hidden_layers as u32 + 3;
         let mut rec = Recorder::with_timing(ctx, passes);
         self.record(&mut rec, input, |_, _, _| {})?;
         rec.submit_blocking()

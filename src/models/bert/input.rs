@@ -80,12 +80,15 @@ impl BertInput {
                 ),
             );
         }
-        if self.seq > config.max_position_embeddings {
+        if self.seq > config.max_sequence() {
             return bad(
                 "input_ids",
                 format!(
-                    "sequence length {} is longer than max_position_embeddings {}",
-                    self.seq, config.max_position_embeddings
+                    "sequence length {} is longer than the {} positions max_position_embeddings \
+                     {} allows",
+                    self.seq,
+                    config.max_sequence(),
+                    config.max_position_embeddings
                 ),
             );
         }
@@ -95,15 +98,17 @@ impl BertInput {
                 reason: e.to_string(),
             }
         })?;
-        kernels::check_ids(
-            "token_type_ids",
-            &self.token_type_ids,
-            config.type_vocab_size,
-        )
-        .map_err(|e| Error::Input {
-            arg: "token_type_ids".into(),
-            reason: e.to_string(),
-        })?;
+        if config.family().has_token_types() {
+            kernels::check_ids(
+                "token_type_ids",
+                &self.token_type_ids,
+                config.type_vocab_size,
+            )
+            .map_err(|e| Error::Input {
+                arg: "token_type_ids".into(),
+                reason: e.to_string(),
+            })?;
+        }
         if let Some(i) = self.attention_mask.iter().position(|&m| m > 1) {
             return bad(
                 "attention_mask",
@@ -147,16 +152,26 @@ impl BertInput {
     }
 
     /// Token, position and token-type ids one after the other: the [3, batch x seq] `ids` of
-    /// [`crate::kernels::bert_embeddings`].
-    pub fn embedding_ids(&self) -> Vec<u32> {
+    /// [`crate::kernels::bert_embeddings`], with the family's position rule (RoBERTa's from
+    /// the input ids) and zero token types for a family without them.
+    pub fn embedding_ids(&self, config: &BertConfig) -> Vec<u32> {
         let mut ids = Vec::with_capacity(3 * self.input_ids.len());
         ids.extend_from_slice(&self.input_ids);
-        ids.extend(self.position_ids());
-        ids.extend_from_slice(&self.token_type_ids);
+        ids.extend(self.position_ids(config));
+        if config.family().has_token_types() {
+            ids.extend_from_slice(&self.token_type_ids);
+        } else {
+            ids.extend(std::iter::repeat_n(0, self.input_ids.len()));
+        }
         ids
     }
 
-    pub(crate) fn position_ids(&self) -> Vec<u32> {
-        (0..self.batch).flat_map(|_| 0..self.seq as u32).collect()
+    /// Position ids, [batch x seq]: see [`super::Family::position_ids`].
+    pub fn position_ids(&self, config: &BertConfig) -> Vec<u32> {
+        let family = config.family();
+        self.input_ids
+            .chunks(self.seq.max(1))
+            .flat_map(|row| family.position_ids(row, config.pad_id()))
+            .collect()
     }
 }

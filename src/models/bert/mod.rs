@@ -1,6 +1,8 @@
 //! BERT-family encoders from Hugging Face checkpoints (`config.json` + `model.safetensors`),
 //! mirroring `transformers`' `BertModel` (modeling_bert.py): embeddings, post-norm encoder
-//! layers, pooler, plus sentence-transformers' mean pooling and L2 normalisation.
+//! layers, pooler, plus sentence-transformers' mean pooling and L2 normalisation. RoBERTa,
+//! XLM-RoBERTa, CamemBERT, ELECTRA and DistilBERT run through the same forward with the small
+//! differences `family.rs` lists.
 //!
 //! The Rust tree follows the checkpoint keys; the one change is that query, key and value
 //! are fused into one [3C, C] projection at load time, so attention reads Q, K and V from a
@@ -8,6 +10,7 @@
 
 mod config;
 mod cpu;
+mod family;
 mod gpu;
 mod input;
 mod weights;
@@ -15,6 +18,7 @@ mod weights;
 pub use crate::models::{LayerNorm, Linear};
 pub use config::BertConfig;
 pub use cpu::{forward_cpu, forward_cpu_as};
+pub use family::{Family, Keys, MODEL_TYPES};
 pub use gpu::{Bert, Plan};
 pub use input::BertInput;
 pub use weights::{BertEmbeddings, BertLayer, BertWeights};

@@ -1,6 +1,7 @@
-//! `BertModel`'s parameters under the checkpoint keys (Q, K, V fused at load), uploaded once.
+//! A BERT-family encoder's parameters under each family's checkpoint keys (see `family.rs`;
+//! Q, K, V fused at load), uploaded once.
 
-use super::BertConfig;
+use super::{BertConfig, Family};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::kernels::EmbeddingTables;
@@ -9,13 +10,17 @@ use crate::models::{LayerNorm, Linear};
 use crate::reference::HostTensor;
 use crate::tensor::{DType, Tensor};
 
-/// `BertEmbeddings`.
+/// `BertEmbeddings` (tables of width `embedding_dim`), and ELECTRA's projection to the hidden
+/// size.
 #[derive(Debug, Clone)]
 pub struct BertEmbeddings<T> {
     pub word_embeddings: T,
     pub position_embeddings: T,
+    /// One zero row for DistilBERT, which has no token types.
     pub token_type_embeddings: T,
     pub layer_norm: LayerNorm<T>,
+    /// ELECTRA's `embeddings_project` (embedding_size -> hidden_size).
+    pub project: Option<Linear<T>>,
 }
 
 impl<T> BertEmbeddings<T> {
@@ -53,43 +58,60 @@ pub struct BertWeights<T> {
 }
 
 impl BertWeights<HostTensor> {
-    /// Loads and checks every tensor from safetensors bytes (keys with or without `bert.`;
-    /// f32, f16 or bf16). Unknown extra tensors are an error unless they belong to a task head
-    /// (`cls.*`, `classifier.*`, ...) or are the `position_ids` buffer.
+    /// Loads and checks every tensor from safetensors bytes (keys with or without the
+    /// family's task prefix such as `bert.` or `roberta.`; f32, f16 or bf16). Unknown extra
+    /// tensors are an error unless they belong to a task head (`cls.*`, `classifier.*`, ...)
+    /// or are a `position_ids` buffer.
     pub fn from_safetensors(config: &BertConfig, bytes: &[u8]) -> Result<Self> {
-        let mut w = Weights::from_bytes(bytes)?.with_fallback_prefix("bert.");
-        let (c, i) = (config.hidden_size, config.intermediate_size);
+        let family = config.family();
+        let keys = family.keys();
+        let mut w = Weights::from_bytes(bytes)?.with_fallback_prefix(keys.prefix);
+        let (c, i, e) = (
+            config.hidden_size,
+            config.intermediate_size,
+            config.embedding_dim(),
+        );
         let linear = Linear::load;
-        let norm = |w: &mut Weights, key: &str| LayerNorm::load(w, key, c);
+        let position = [config.max_position_embeddings, e];
+        let position_embeddings = if config.sinusoidal_pos_embds && !w.contains(keys.position) {
+            sinusoidal_table(&position)?
+        } else {
+            w.get(keys.position, &position)?
+        };
+        let token_type_embeddings = match keys.token_type {
+            Some(key) => w.get(key, &[config.type_vocab_size, e])?,
+            None => HostTensor::zeros(&[1, e]),
+        };
         let embeddings = BertEmbeddings {
-            word_embeddings: w.get("embeddings.word_embeddings.weight", &[config.vocab_size, c])?,
-            position_embeddings: w.get(
-                "embeddings.position_embeddings.weight",
-                &[config.max_position_embeddings, c],
-            )?,
-            token_type_embeddings: w.get(
-                "embeddings.token_type_embeddings.weight",
-                &[config.type_vocab_size, c],
-            )?,
-            layer_norm: norm(&mut w, "embeddings.LayerNorm")?,
+            word_embeddings: w.get(keys.word, &[config.vocab_size, e])?,
+            position_embeddings,
+            token_type_embeddings,
+            layer_norm: LayerNorm::load(&mut w, keys.embedding_norm, e)?,
+            project: match keys.project {
+                Some(key) if family == Family::Electra && e != c => {
+                    Some(linear(&mut w, key, c, e)?)
+                }
+                _ => None,
+            },
         };
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for l in 0..config.num_hidden_layers {
-            let p = format!("encoder.layer.{l}");
-            let q = linear(&mut w, &format!("{p}.attention.self.query"), c, c)?;
-            let k = linear(&mut w, &format!("{p}.attention.self.key"), c, c)?;
-            let v = linear(&mut w, &format!("{p}.attention.self.value"), c, c)?;
+            let p = format!("{}.{l}", keys.layers);
+            let key = |name: &str| format!("{p}.{name}");
+            let q = linear(&mut w, &key(keys.query), c, c)?;
+            let k = linear(&mut w, &key(keys.key), c, c)?;
+            let v = linear(&mut w, &key(keys.value), c, c)?;
             let qkv = Linear {
                 weight: concat_rows(&[&q.weight, &k.weight, &v.weight], &[3 * c, c])?,
                 bias: concat_rows(&[&q.bias, &k.bias, &v.bias], &[3 * c])?,
             };
             layers.push(BertLayer {
                 qkv,
-                attention_output: linear(&mut w, &format!("{p}.attention.output.dense"), c, c)?,
-                attention_norm: norm(&mut w, &format!("{p}.attention.output.LayerNorm"))?,
-                intermediate: linear(&mut w, &format!("{p}.intermediate.dense"), i, c)?,
-                output: linear(&mut w, &format!("{p}.output.dense"), c, i)?,
-                output_norm: norm(&mut w, &format!("{p}.output.LayerNorm"))?,
+                attention_output: linear(&mut w, &key(keys.attention_output), c, c)?,
+                attention_norm: LayerNorm::load(&mut w, &key(keys.attention_norm), c)?,
+                intermediate: linear(&mut w, &key(keys.intermediate), i, c)?,
+                output: linear(&mut w, &key(keys.output), c, i)?,
+                output_norm: LayerNorm::load(&mut w, &key(keys.output_norm), c)?,
             });
         }
         let pooler = if w.contains("pooler.dense.weight") {
@@ -97,15 +119,15 @@ impl BertWeights<HostTensor> {
         } else {
             None
         };
-        let head = ["cls.", "classifier.", "qa_outputs.", "bert.pooler."];
-        let unused =
-            w.unused(|k| k.ends_with("position_ids") || head.iter().any(|h| k.starts_with(h)));
+        let unused = w
+            .unused(|k| k.ends_with("position_ids") || keys.heads.iter().any(|h| k.starts_with(h)));
         if let Some(key) = unused.first() {
             return Err(Error::Weights {
                 key: key.clone(),
                 reason: format!(
-                    "not part of a BertModel with this config ({} unexpected tensors; more layers \
+                    "not part of a {} model with this config ({} unexpected tensors; more layers \
                      than num_hidden_layers = {}?)",
+                    config.model_type,
                     unused.len(),
                     config.num_hidden_layers
                 ),
@@ -144,6 +166,11 @@ impl BertWeights<HostTensor> {
                 dtype,
             )?,
             layer_norm: norm("embeddings.LayerNorm", &e.layer_norm)?,
+            project: e
+                .project
+                .as_ref()
+                .map(|p| lin("embeddings_project", p))
+                .transpose()?,
         };
         let layers = self
             .layers
@@ -195,6 +222,7 @@ impl BertWeights<HostTensor> {
                 position_embeddings: e.position_embeddings.clone().round_to(dtype),
                 token_type_embeddings: e.token_type_embeddings.clone().round_to(dtype),
                 layer_norm: e.layer_norm.clone(),
+                project: e.project.as_ref().map(lin),
             },
             layers: self
                 .layers
@@ -211,6 +239,22 @@ impl BertWeights<HostTensor> {
             pooler: self.pooler.as_ref().map(lin),
         }
     }
+}
+
+/// The original Transformer's fixed positions, as DistilBERT's
+/// `create_sinusoidal_embeddings` builds them: `[pos, 2j] = sin(pos / 10000^(2j/dim))`,
+/// `[pos, 2j+1] = cos(pos / 10000^(2j/dim))`.
+fn sinusoidal_table(shape: &[usize; 2]) -> Result<HostTensor> {
+    let [positions, dim] = *shape;
+    let data = (0..positions)
+        .flat_map(|pos| {
+            (0..dim).map(move |j| {
+                let angle = pos as f64 / 10000f64.powf((2 * (j / 2)) as f64 / dim as f64);
+                (if j % 2 == 0 { angle.sin() } else { angle.cos() }) as f32
+            })
+        })
+        .collect();
+    HostTensor::new(shape, data)
 }
 
 fn concat_rows(parts: &[&HostTensor], shape: &[usize]) -> Result<HostTensor> {

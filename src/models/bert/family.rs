@@ -1,0 +1,180 @@
+//! The encoder families that share BERT's post-norm layer and differ only in small choices:
+//! which `model_type`s they answer to, the checkpoint key of each weight, how position ids
+//! are made, whether token types exist, and an embedding projection. One forward serves
+//! them all (`gpu.rs`, `cpu.rs`); a family is a row of this file.
+//!
+//! Upstream (transformers v4.46): `models/bert/modeling_bert.py`,
+//! `models/roberta/modeling_roberta.py` (`create_position_ids_from_input_ids`),
+//! `models/xlm_roberta`, `models/camembert` (RoBERTa's modules), `models/electra/modeling_electra.py`
+//! (`embeddings_project`), `models/distilbert/modeling_distilbert.py`.
+
+use crate::error::{Error, Result};
+
+/// An encoder family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// `bert`: learned absolute positions from 0, token types.
+    Bert,
+    /// `roberta`, `xlm-roberta`, `camembert`: positions start at `pad_token_id + 1` and skip
+    /// padding, computed from the input ids; one token type.
+    Roberta,
+    /// `electra`: BERT's layers after embeddings of `embedding_size` and `embeddings_project`.
+    Electra,
+    /// `distilbert`: its own key names, no token types, GELU or ReLU, sinusoidal or learned
+    /// positions (the checkpoint holds the table either way).
+    DistilBert,
+}
+
+/// The `model_type`s this engine loads, with their family.
+pub const MODEL_TYPES: [(&str, Family); 6] = [
+    ("bert", Family::Bert),
+    ("roberta", Family::Roberta),
+    ("xlm-roberta", Family::Roberta),
+    ("camembert", Family::Roberta),
+    ("electra", Family::Electra),
+    ("distilbert", Family::DistilBert),
+];
+
+/// Where a family keeps each weight (relative to the base model; the task prefix is tried
+/// when a key is missing).
+#[derive(Debug, Clone, Copy)]
+pub struct Keys {
+    /// The base model's prefix inside task checkpoints (`roberta.` in
+    /// `RobertaForSequenceClassification`).
+    pub prefix: &'static str,
+    pub word: &'static str,
+    pub position: &'static str,
+    pub token_type: Option<&'static str>,
+    pub embedding_norm: &'static str,
+    /// ELECTRA's projection from `embedding_size` to `hidden_size`.
+    pub project: Option<&'static str>,
+    /// Layer `l`'s prefix is `{layers}.{l}`.
+    pub layers: &'static str,
+    pub query: &'static str,
+    pub key: &'static str,
+    pub value: &'static str,
+    pub attention_output: &'static str,
+    pub attention_norm: &'static str,
+    pub intermediate: &'static str,
+    pub output: &'static str,
+    pub output_norm: &'static str,
+    /// Task heads and buffers a checkpoint may hold beside the base model (ignored, or read by
+    /// the classifier where it is one).
+    pub heads: &'static [&'static str],
+}
+
+const BERT_KEYS: Keys = Keys {
+    prefix: "bert.",
+    word: "embeddings.word_embeddings.weight",
+    position: "embeddings.position_embeddings.weight",
+    token_type: Some("embeddings.token_type_embeddings.weight"),
+    embedding_norm: "embeddings.LayerNorm",
+    project: None,
+    layers: "encoder.layer",
+    query: "attention.self.query",
+    key: "attention.self.key",
+    value: "attention.self.value",
+    attention_output: "attention.output.dense",
+    attention_norm: "attention.output.LayerNorm",
+    intermediate: "intermediate.dense",
+    output: "output.dense",
+    output_norm: "output.LayerNorm",
+    heads: &["cls.", "classifier.", "qa_outputs.", "bert.pooler."],
+};
+
+impl Family {
+    /// The family of a `model_type`, or an error naming the key and what is supported.
+    pub fn of(model_type: &str) -> Result<Self> {
+        MODEL_TYPES
+            .iter()
+            .find(|(name, _)| *name == model_type)
+            .map(|&(_, f)| f)
+            .ok_or_else(|| {
+                let names: Vec<_> = MODEL_TYPES.iter().map(|(n, _)| *n).collect();
+                Error::Config(format!(
+                    "model_type {model_type:?} is not supported (supported: {})",
+                    names.join(", ")
+                ))
+            })
+    }
+
+    pub fn keys(self) -> Keys {
+        match self {
+            Family::Bert => BERT_KEYS,
+            Family::Roberta => Keys {
+                prefix: "roberta.",
+                heads: &["lm_head.", "classifier.", "qa_outputs."],
+                ..BERT_KEYS
+            },
+            Family::Electra => Keys {
+                prefix: "electra.",
+                project: Some("embeddings_project"),
+                heads: &[
+                    "discriminator_predictions.",
+                    "generator_predictions.",
+                    "generator_lm_head.",
+                    "classifier.",
+                    "qa_outputs.",
+                ],
+                ..BERT_KEYS
+            },
+            Family::DistilBert => Keys {
+                prefix: "distilbert.",
+                word: "embeddings.word_embeddings.weight",
+                position: "embeddings.position_embeddings.weight",
+                token_type: None,
+                embedding_norm: "embeddings.LayerNorm",
+                project: None,
+                layers: "transformer.layer",
+                query: "attention.q_lin",
+                key: "attention.k_lin",
+                value: "attention.v_lin",
+                attention_output: "attention.out_lin",
+                attention_norm: "sa_layer_norm",
+                intermediate: "ffn.lin1",
+                output: "ffn.lin2",
+                output_norm: "output_layer_norm",
+                heads: &[
+                    "vocab_transform.",
+                    "vocab_layer_norm.",
+                    "vocab_projector.",
+                    "pre_classifier.",
+                    "classifier.",
+                    "qa_outputs.",
+                ],
+            },
+        }
+    }
+
+    /// Whether position ids follow RoBERTa's rule (see [`Family::position_ids`]).
+    pub fn padding_offset_positions(self) -> bool {
+        self == Family::Roberta
+    }
+
+    /// Whether the model reads token-type ids (DistilBERT has no table; its inputs' types are
+    /// ignored as `transformers` ignores them).
+    pub fn has_token_types(self) -> bool {
+        self != Family::DistilBert
+    }
+
+    /// Position ids of one row of input ids: `0..T` for absolute positions; for RoBERTa,
+    /// `transformers`' `create_position_ids_from_input_ids`: each non-padding token gets
+    /// `pad + (number of non-padding tokens up to and including it)`, padding tokens get `pad`
+    /// (from the ids, not the attention mask).
+    pub fn position_ids(self, ids: &[u32], pad: u32) -> Vec<u32> {
+        if !self.padding_offset_positions() {
+            return (0..ids.len() as u32).collect();
+        }
+        let mut count = 0;
+        ids.iter()
+            .map(|&id| {
+                if id == pad {
+                    pad
+                } else {
+                    count += 1;
+                    pad + count
+                }
+            })
+            .collect()
+    }
+}

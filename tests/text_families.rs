@@ -1,0 +1,138 @@
+//! The BERT-family encoders other than BERT against `transformers` on seeded random micro
+//! models (tests/fixtures/text, made by scripts/make_text_fixtures.py): RoBERTa saved with its
+//! task prefix and classification head, XLM-RoBERTa saved bare with a pooler, DistilBERT with
+//! sinusoidal positions and ReLU, ELECTRA's discriminator with a projected 16-wide embedding.
+//! Every batch is padded. GPU and CPU paths, hidden states on real tokens within 5e-5, the
+//! pooler within 5e-5.
+
+mod common;
+
+use backbone::models::bert::{self, Bert, BertInput, BertOutput, Family};
+use backbone::models::tokenizer::TextTokenizer;
+use common::*;
+
+/// The bound of the issue (the BERT fixtures' scale): hidden states and pooler within 5e-5.
+const HIDDEN_ATOL: f32 = 5e-5;
+
+fn text_fixture(name: &str) -> std::path::PathBuf {
+    fixture(&format!("text/{name}"))
+}
+
+fn input_of(golden: &Golden, prefix: &str) -> BertInput {
+    let (shape, ids) = golden.ids(&format!("{prefix}input_ids"));
+    let (_, mask) = golden.ids(&format!("{prefix}attention_mask"));
+    let types = golden
+        .has(&format!("{prefix}token_type_ids"))
+        .then(|| golden.ids(&format!("{prefix}token_type_ids")).1);
+    BertInput::new(shape[0], shape[1], ids, Some(mask), types).expect("input")
+}
+
+fn check(what: &str, out: &BertOutput, golden: &Golden, mask: &[u32]) {
+    let want = real_rows(&golden.f32("last_hidden_state"), mask);
+    let got = real_rows(&out.last_hidden_state, mask);
+    assert_close(
+        &format!("{what} last_hidden_state"),
+        &got,
+        &want,
+        HIDDEN_ATOL,
+        0.0,
+    );
+    if golden.has("pooler_output") {
+        let pooler = out
+            .pooler_output
+            .as_ref()
+            .expect("the checkpoint has a pooler");
+        let want = golden.f32("pooler_output");
+        assert_close(
+            &format!("{what} pooler_output"),
+            &pooler.data,
+            &want.data,
+            HIDDEN_ATOL,
+            0.0,
+        );
+    }
+}
+
+fn run_fixture(name: &str, family: Family) {
+    let dir = text_fixture(name);
+    let (config, weights) = bert::load_dir(&dir).expect("load");
+    assert_eq!(config.family(), family, "{name}");
+    let golden = Golden::open(&dir.join("io.safetensors"));
+    let input = input_of(&golden, "");
+    assert!(
+        input.attention_mask.contains(&0),
+        "{name}: the fixture batch is padded"
+    );
+    let cpu = bert::forward_cpu(&config, &weights, &input, false).expect("cpu forward");
+    check(&format!("{name} CPU"), &cpu, &golden, &input.attention_mask);
+    let model = Bert::new(ctx(), config, &weights).expect("upload");
+    let gpu = model
+        .forward_blocking(ctx(), &input, false)
+        .expect("gpu forward");
+    check(&format!("{name} GPU"), &gpu, &golden, &input.attention_mask);
+}
+
+#[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
+fn roberta_with_task_prefix_and_head_matches_transformers() {
+    run_fixture("roberta-micro-cls", Family::Roberta);
+}
+
+#[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
+fn xlm_roberta_with_pooler_matches_transformers() {
+    run_fixture("xlmr-micro", Family::Roberta);
+}
+
+#[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
+fn distilbert_sinusoidal_relu_matches_transformers() {
+    run_fixture("distilbert-micro", Family::DistilBert);
+}
+
+#[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
+fn electra_discriminator_with_projection_matches_transformers() {
+    run_fixture("electra-micro", Family::Electra);
+}
+
+/// The folders' tokenizer.json gives the ids `transformers` used (RoBERTa's <s> a </s> and
+/// its padding id 1; BERT's template for the others).
+#[test]
+fn tokenizers_reproduce_the_fixture_ids() {
+    for name in [
+        "roberta-micro-cls",
+        "xlmr-micro",
+        "distilbert-micro",
+        "electra-micro",
+    ] {
+        let dir = text_fixture(name);
+        let golden = Golden::open(&dir.join("io.safetensors"));
+        let sentences: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("sentences.json")).expect("read"))
+                .expect("json");
+        let texts: Vec<&str> = sentences["texts"]
+            .as_array()
+            .expect("texts")
+            .iter()
+            .map(|t| t.as_str().expect("text"))
+            .collect();
+        let tok = TextTokenizer::from_dir(&dir, 64).expect("tokenizer");
+        let got = tok.encode(&texts).expect("encode");
+        let want = input_of(&golden, "");
+        assert_eq!(got.input_ids, want.input_ids, "{name} ids");
+        assert_eq!(got.attention_mask, want.attention_mask, "{name} mask");
+    }
+}
+
+/// RoBERTa's positions follow `create_position_ids_from_input_ids`: from pad + 1, padding at
+/// pad, computed from the ids.
+#[test]
+fn roberta_positions_skip_padding() {
+    let ids = [0, 5, 6, 2, 1, 1];
+    assert_eq!(
+        Family::Roberta.position_ids(&ids, 1),
+        vec![2, 3, 4, 5, 1, 1]
+    );
+    assert_eq!(Family::Bert.position_ids(&ids, 0), vec![0, 1, 2, 3, 4, 5]);
+}
