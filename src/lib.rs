@@ -22,6 +22,7 @@
 pub mod bench;
 pub mod context;
 pub mod error;
+pub mod host;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod io;
 pub mod kernels;

@@ -23,7 +23,7 @@ pub enum Kernel {
     Gelu,
     Add,
     Embedding,
-    MeanPool,
+    Pool,
     L2Normalize,
     Attention,
     Conv2d,
@@ -43,7 +43,7 @@ impl Kernel {
         Kernel::Gelu,
         Kernel::Add,
         Kernel::Embedding,
-        Kernel::MeanPool,
+        Kernel::Pool,
         Kernel::L2Normalize,
         Kernel::Attention,
         Kernel::Conv2d,
@@ -63,7 +63,7 @@ impl Kernel {
             Kernel::Gelu => "gelu",
             Kernel::Add => "add",
             Kernel::Embedding => "embedding",
-            Kernel::MeanPool => "mean_pool",
+            Kernel::Pool => "pool",
             Kernel::L2Normalize => "l2_normalize",
             Kernel::Attention => "attention",
             Kernel::Conv2d => "conv2d",
@@ -85,7 +85,7 @@ impl Kernel {
             Kernel::Gelu => include_str!("../shaders/gelu.wgsl"),
             Kernel::Add => include_str!("../shaders/add.wgsl"),
             Kernel::Embedding => include_str!("../shaders/embedding.wgsl"),
-            Kernel::MeanPool => include_str!("../shaders/mean_pool.wgsl"),
+            Kernel::Pool => include_str!("../shaders/pool.wgsl"),
             Kernel::L2Normalize => include_str!("../shaders/l2_normalize.wgsl"),
             Kernel::Attention => include_str!("../shaders/attention.wgsl"),
             Kernel::Conv2d => include_str!("../shaders/conv2d.wgsl"),
@@ -116,8 +116,8 @@ impl Kernel {
             Kernel::Embedding => &[Uniform, Read, Read, Write],
             // params, ids, word, position, token_type, gamma, beta, y
             Kernel::BertEmbeddings => &[Uniform, Read, Read, Read, Read, Read, Read, Write],
-            // params, x, mask, y
-            Kernel::MeanPool => &[Uniform, Read, Read, Write],
+            // params, x, mask, keep, y
+            Kernel::Pool => &[Uniform, Read, Read, Read, Write],
             // params, qkv, mask, out
             Kernel::Attention | Kernel::AttentionCoop => &[Uniform, Read, Read, Write],
             // params, x, weight, bias, y

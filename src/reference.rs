@@ -7,84 +7,10 @@
 #![allow(clippy::needless_range_loop)]
 
 use crate::error::{Error, Result};
+use crate::kernels::PoolMode;
 use crate::kernels::matmul::{Epilogue, StridedMatmul, WLayout, plain_problem};
 
-/// A tensor in host memory: row-major data and its shape (outermost first).
-#[derive(Debug, Clone, PartialEq)]
-pub struct HostTensor<T = f32> {
-    pub shape: Vec<usize>,
-    pub data: Vec<T>,
-}
-
-impl<T: Clone + Default> HostTensor<T> {
-    pub fn new(shape: &[usize], data: Vec<T>) -> Result<Self> {
-        let expected: usize = shape.iter().product();
-        if data.len() != expected {
-            return Err(Error::DataLength {
-                what: "host tensor".into(),
-                shape: shape.to_vec(),
-                expected,
-                found: data.len(),
-            });
-        }
-        Ok(Self {
-            shape: shape.to_vec(),
-            data,
-        })
-    }
-
-    pub fn zeros(shape: &[usize]) -> Self {
-        Self {
-            shape: shape.to_vec(),
-            data: vec![T::default(); shape.iter().product()],
-        }
-    }
-
-    pub fn numel(&self) -> usize {
-        self.data.len()
-    }
-}
-
-impl HostTensor {
-    /// The values as a tensor stored as `dtype` holds them: rounded to the nearest f16 (ties to
-    /// even, as the upload and the GPU's stores) for F16, unchanged otherwise. The CPU twin of
-    /// an f16 run applies this wherever the GPU stores f16.
-    pub fn round_to(mut self, dtype: crate::tensor::DType) -> Self {
-        self.round_in_place(dtype);
-        self
-    }
-
-    /// [`HostTensor::round_to`] in place.
-    pub fn round_in_place(&mut self, dtype: crate::tensor::DType) {
-        if dtype == crate::tensor::DType::F16 {
-            for v in &mut self.data {
-                *v = half::f16::from_f32(*v).to_f32();
-            }
-        }
-    }
-
-    /// The first NaN or infinite value: (flat index, value).
-    pub fn first_non_finite(&self) -> Option<(usize, f32)> {
-        self.data
-            .iter()
-            .position(|v| !v.is_finite())
-            .map(|i| (i, self.data[i]))
-    }
-
-    /// An input error naming `arg` and the first non-finite value, if there is one.
-    pub fn check_finite(&self, arg: &str) -> Result<()> {
-        match self.first_non_finite() {
-            None => Ok(()),
-            Some((i, v)) => Err(Error::Input {
-                arg: arg.into(),
-                reason: format!(
-                    "{v} at flat index {i} (of shape {:?}): inputs must be finite",
-                    self.shape
-                ),
-            }),
-        }
-    }
-}
+pub use crate::host::HostTensor;
 
 fn same_shape<T, U>(
     op: &'static str,
@@ -380,24 +306,52 @@ pub fn bert_embeddings(
     Ok(())
 }
 
-/// Twin of [`crate::kernels::mean_pool`].
-pub fn mean_pool(x: &HostTensor, mask: &HostTensor<u32>, y: &mut HostTensor) -> Result<()> {
-    let &[b, t, c] = x.shape.as_slice() else {
-        return Err(Error::Shape {
-            op: "mean_pool",
-            arg: "x",
-            expected: "[B, T, C]".into(),
-            found: x.shape.clone(),
-        });
-    };
-    if mask.shape != [b, t] {
-        return Err(Error::Shape {
-            op: "mean_pool",
-            arg: "mask",
-            expected: format!("[{b}, {t}]"),
-            found: mask.shape.clone(),
-        });
+/// Twin of [`crate::kernels::pool`] (sentence-transformers' `Pooling._forward_padded`), in f64.
+pub fn pool(
+    x: &HostTensor,
+    mask: &HostTensor<u32>,
+    keep: &HostTensor<u32>,
+    mode: PoolMode,
+    y: &mut HostTensor,
+    col0: usize,
+) -> Result<()> {
+    let (b, t, c) = crate::kernels::pool_dims(&x.shape, &mask.shape, &keep.shape, &y.shape, col0)?;
+    let ldy = y.shape[1];
+    for bi in 0..b {
+        let kept: Vec<usize> = (0..t).filter(|&ti| keep.data[bi * t + ti] != 0).collect();
+        let at = |ti: usize, ci: usize| x.data[(bi * t + ti) * c + ci] as f64;
+        // weightedmean's start: the first real token of the attention mask (argmax).
+        let start = (0..t).find(|&ti| mask.data[bi * t + ti] != 0).unwrap_or(0);
+        for ci in 0..c {
+            let value = match mode {
+                PoolMode::Cls => at(kept.first().copied().unwrap_or(0), ci),
+                PoolMode::LastToken => kept.last().map_or(0.0, |&ti| at(ti, ci)),
+                PoolMode::Max => kept
+                    .iter()
+                    .map(|&ti| at(ti, ci))
+                    .fold(f64::NEG_INFINITY, f64::max),
+                PoolMode::Mean | PoolMode::MeanSqrtLen | PoolMode::WeightedMean => {
+                    let weight = |ti: usize| match mode {
+                        PoolMode::WeightedMean => (ti + 1) as f64 - start as f64,
+                        _ => 1.0,
+                    };
+                    let sum: f64 = kept.iter().map(|&ti| weight(ti) * at(ti, ci)).sum();
+                    let total = kept.iter().map(|&ti| weight(ti)).sum::<f64>().max(1e-9);
+                    match mode {
+                        PoolMode::MeanSqrtLen => sum / total.sqrt(),
+                        _ => sum / total,
+                    }
+                }
+            };
+            y.data[bi * ldy + col0 + ci] = value as f32;
+        }
     }
+    Ok(())
+}
+
+/// Twin of [`crate::kernels::mean_pool`]: [`pool`] in mean mode over the attention mask.
+pub fn mean_pool(x: &HostTensor, mask: &HostTensor<u32>, y: &mut HostTensor) -> Result<()> {
+    let (b, _, c) = crate::kernels::pool_dims(&x.shape, &mask.shape, &mask.shape, &y.shape, 0)?;
     if y.shape != [b, c] {
         return Err(Error::Shape {
             op: "mean_pool",
@@ -406,17 +360,7 @@ pub fn mean_pool(x: &HostTensor, mask: &HostTensor<u32>, y: &mut HostTensor) -> 
             found: y.shape.clone(),
         });
     }
-    for bi in 0..b {
-        let count = (0..t).filter(|&ti| mask.data[bi * t + ti] != 0).count() as f64;
-        for ci in 0..c {
-            let sum: f64 = (0..t)
-                .filter(|&ti| mask.data[bi * t + ti] != 0)
-                .map(|ti| x.data[(bi * t + ti) * c + ci] as f64)
-                .sum();
-            y.data[bi * c + ci] = (sum / count.max(1e-9)) as f32;
-        }
-    }
-    Ok(())
+    pool(x, mask, mask, PoolMode::Mean, y, 0)
 }
 
 /// Twin of [`crate::kernels::l2_normalize`].

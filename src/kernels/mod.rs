@@ -16,7 +16,7 @@ mod layer_norm;
 pub mod matmul;
 pub mod matmul_coop;
 mod matmul_tile;
-mod mean_pool;
+mod pool;
 mod softmax;
 
 pub use add::add;
@@ -34,7 +34,7 @@ pub use layer_norm::layer_norm;
 pub use matmul::{
     Activation, Epilogue, MatmulTile, MatrixView, StridedMatmul, WLayout, matmul, matmul_strided,
 };
-pub use mean_pool::mean_pool;
+pub use pool::{PoolMode, mean_pool, pool, pool_dims};
 pub use softmax::softmax;
 
 use crate::pipeline::{Kernel, Spec};
@@ -83,8 +83,10 @@ pub fn shader_variants() -> Vec<(Kernel, Spec)> {
                     out.extend([false, true].map(|r| (kernel, layer_norm::spec(r, f16))));
                 }
             }
-            Kernel::MeanPool => {
-                out.extend([false, true].map(|f16| (kernel, mean_pool::spec(f16))));
+            Kernel::Pool => {
+                for mode in PoolMode::ALL {
+                    out.extend([false, true].map(|f16| (kernel, pool::spec(f16, mode))));
+                }
             }
             Kernel::BertEmbeddings => {
                 for f16 in [(false, false), (true, true), (true, false), (false, true)] {
