@@ -16,7 +16,8 @@ models are tiny (hidden 32), every output is computed in float32 on the CPU:
                       embedding_size 16 != hidden 32 (embeddings_project)
   bert-cross-micro    BertForSequenceClassification, 1 label (pooler + classifier)
   st-cls              sentence-transformers folder: BERT + CLS pooling, no Normalize
-  st-max              sentence-transformers folder: BERT + max pooling + Normalize
+  st-max              sentence-transformers folder: BERT + max pooling + Normalize, prompts
+                      {"query": "query: "} left out of pooling (include_prompt false)
   st-mean-dense       sentence-transformers folder: BERT + mean pooling + Dense(tanh) +
                       Normalize, with prompts {"query": "query: "} (embeddings with and
                       without the prompt)
@@ -277,7 +278,7 @@ def bert_cross(root):
     write_io(out, tensors, {"query": PAIRS_QUERY, "documents": PAIRS_DOCS})
 
 
-def sentence_transformer(root, name, pooling, dense, normalize, prompts, seed):
+def sentence_transformer(root, name, pooling, dense, normalize, prompts, seed, include_prompt=True):
     from sentence_transformers import SentenceTransformer
     from sentence_transformers import models as st
 
@@ -288,7 +289,7 @@ def sentence_transformer(root, name, pooling, dense, normalize, prompts, seed):
     base = randomize(BertModel(cfg), seed)
     save_folder(tmp, base, tok)
     word = st.Transformer(tmp, max_seq_length=48)
-    modules = [word, st.Pooling(32, pooling_mode=pooling)]
+    modules = [word, st.Pooling(32, pooling_mode=pooling, include_prompt=include_prompt)]
     if dense:
         torch.manual_seed(seed)
         d = st.Dense(32, 24, activation_function=torch.nn.Tanh())
@@ -321,7 +322,7 @@ def main():
     electra(root)
     bert_cross(root)
     sentence_transformer(root, "st-cls", "cls", False, False, None, 21)
-    sentence_transformer(root, "st-max", "max", False, True, None, 22)
+    sentence_transformer(root, "st-max", "max", False, True, {"query": "query: "}, 22, include_prompt=False)
     sentence_transformer(root, "st-mean-dense", "mean", True, True, {"query": "query: "}, 23)
     print("fixtures written to", root)
 

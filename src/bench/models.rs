@@ -172,6 +172,7 @@ pub fn random_bert_weights(config: &BertConfig, seed: u64) -> Result<BertWeights
         embeddings,
         layers,
         pooler,
+        sentence: Default::default(),
     })
 }
 

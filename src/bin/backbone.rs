@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! backbone run --model DIR --input IN.safetensors --output OUT.safetensors [--device gpu|cpu] [--dtype f32|f16]
-//! backbone embed --model DIR [--max-length N] [--dtype f32|f16] TEXT...
+//! backbone embed --model DIR [--max-length N] [--prompt-name NAME | --prompt TEXT] [--dtype f32|f16] TEXT...
 //! backbone classify --model DIR [--dtype f32|f16] IMAGE...
 //! ```
 
@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result, bail};
 use backbone::models::bert::{self, Bert, BertConfig, BertInput, BertOutput};
 use backbone::models::cswin::{self, Cswin, CswinConfig, CswinOutput};
 use backbone::models::image;
-use backbone::models::tokenizer::{DEFAULT_MAX_LENGTH, TextTokenizer};
+use backbone::models::tokenizer::SentenceTokenizer;
 use backbone::reference::HostTensor;
 use backbone::{Context, ContextOptions, DType, io, limits};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -76,13 +76,24 @@ enum Command {
         dtype: Dtype,
     },
     /// Prints one JSON array of sentence embeddings (one per text) on stdout.
+    ///
+    /// A sentence-transformers folder (modules.json) is followed: its pooling modes, Dense
+    /// modules, Normalize, max_seq_length, do_lower_case and prompts. A plain Hugging Face
+    /// folder gets mean pooling and L2 normalisation.
     Embed {
         /// Model folder: config.json, model.safetensors and tokenizer.json.
         #[arg(long)]
         model: PathBuf,
-        /// Longer texts are truncated to this many tokens (special tokens included).
-        #[arg(long, default_value_t = DEFAULT_MAX_LENGTH)]
-        max_length: usize,
+        /// Longer texts are truncated to this many tokens (special tokens included); default:
+        /// the folder's max_seq_length, else 256.
+        #[arg(long)]
+        max_length: Option<usize>,
+        /// A prompt of the folder's config_sentence_transformers.json to prepend (e.g. query).
+        #[arg(long, conflicts_with = "prompt")]
+        prompt_name: Option<String>,
+        /// A prompt to prepend to every text.
+        #[arg(long)]
+        prompt: Option<String>,
         #[arg(long, value_enum, default_value = "gpu")]
         device: Device,
         #[arg(long, value_enum, default_value = "f32")]
@@ -119,10 +130,18 @@ fn main() -> Result<()> {
         Command::Embed {
             model,
             max_length,
+            prompt_name,
+            prompt,
             device,
             dtype,
             texts,
-        } => embed(&model, max_length, device, dtype.dtype(), &texts)?,
+        } => {
+            let prompt = Prompt {
+                name: prompt_name,
+                text: prompt,
+            };
+            embed(&model, max_length, &prompt, device, dtype.dtype(), &texts)?
+        }
         Command::Classify {
             model,
             device,
@@ -133,23 +152,30 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// `--prompt-name` or `--prompt`.
+struct Prompt {
+    name: Option<String>,
+    text: Option<String>,
+}
+
 /// `embed`: texts in batches of at most [`limits::MAX_BATCH_TOKENS`] tokens (each padded to
 /// its longest text), through one model loaded once; one JSON array of embeddings out.
 fn embed(
     model: &Path,
-    max_length: usize,
+    max_length: Option<usize>,
+    prompt: &Prompt,
     device: Device,
     dtype: DType,
     texts: &[String],
 ) -> Result<()> {
-    let tokenizer = TextTokenizer::from_dir(model, max_length)?;
     let config = bert::load_config(model)?;
-    let per_batch = (limits::MAX_BATCH_TOKENS / max_length.max(1)).clamp(1, 256);
+    let tokenizer = SentenceTokenizer::from_dir(model, &config, max_length)?;
+    let per_batch = (limits::MAX_BATCH_TOKENS / tokenizer.max_length.max(1)).clamp(1, 256);
     let inputs = texts
         .chunks(per_batch)
         .map(|chunk| {
             let chunk: Vec<&str> = chunk.iter().map(String::as_str).collect();
-            let input = tokenizer.encode(&chunk)?;
+            let input = tokenizer.encode(&chunk, prompt.text.as_deref(), prompt.name.as_deref())?;
             input.validate(&config)?;
             Ok(input)
         })

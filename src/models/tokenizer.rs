@@ -78,6 +78,17 @@ impl TextTokenizer {
         self.encode_inputs(texts.iter().map(|&t| EncodeInput::from(t)).collect())
     }
 
+    /// Tokens of `prompt` as it starts a text: its encoding with special tokens, less a
+    /// trailing special token (sentence-transformers' `_get_prompt_length`).
+    pub fn prompt_length(&self, prompt: &str) -> Result<usize> {
+        let enc = self
+            .inner
+            .encode(prompt, true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let trailing_special = enc.get_special_tokens_mask().last() == Some(&1);
+        Ok(enc.len() - usize::from(trailing_special && !enc.is_empty()))
+    }
+
     /// Tokenizes sentence pairs: `[CLS] a [SEP] b [SEP]`, segment 1 for `b [SEP]`.
     pub fn encode_pairs(&self, pairs: &[(&str, &str)]) -> Result<BertInput> {
         self.encode_inputs(
@@ -110,5 +121,68 @@ impl TextTokenizer {
             types.extend_from_slice(e.get_type_ids());
         }
         BertInput::new(batch, seq, ids, Some(mask), Some(types))
+    }
+}
+
+/// Texts as a sentence-transformers folder prepares them: its `max_seq_length` (or the one
+/// asked for), `do_lower_case`, and a prompt prepended, with the prompt's length recorded for
+/// pooling.
+pub struct SentenceTokenizer {
+    pub tokenizer: TextTokenizer,
+    pub settings: crate::models::bert::SentenceSettings,
+    /// The truncation length in use.
+    pub max_length: usize,
+}
+
+impl SentenceTokenizer {
+    /// `max_length`: the caller's, else the folder's `max_seq_length`, else
+    /// [`DEFAULT_MAX_LENGTH`]; never past the model's positions.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn from_dir(
+        dir: &std::path::Path,
+        config: &crate::models::bert::BertConfig,
+        max_length: Option<usize>,
+    ) -> Result<Self> {
+        let (_, settings) = crate::models::bert::load_sentence_dir(dir, config.hidden_size)?;
+        let max_length = max_length
+            .or(settings.max_seq_length)
+            .unwrap_or(DEFAULT_MAX_LENGTH)
+            .min(config.max_sequence());
+        Ok(Self {
+            tokenizer: TextTokenizer::from_dir(dir, max_length)?,
+            settings,
+            max_length,
+        })
+    }
+
+    /// Tokenizes `texts` with `prompt` (its text) or the folder's prompt `prompt_name` (or its
+    /// default prompt) prepended.
+    pub fn encode(
+        &self,
+        texts: &[&str],
+        prompt: Option<&str>,
+        prompt_name: Option<&str>,
+    ) -> Result<BertInput> {
+        let prompt = match prompt {
+            Some(p) => Some(p),
+            None => self.settings.prompt(prompt_name)?,
+        };
+        let full: Vec<String> = texts
+            .iter()
+            .map(|t| {
+                let t = format!("{}{t}", prompt.unwrap_or_default());
+                if self.settings.do_lower_case {
+                    t.to_lowercase()
+                } else {
+                    t
+                }
+            })
+            .collect();
+        let full: Vec<&str> = full.iter().map(String::as_str).collect();
+        let mut input = self.tokenizer.encode(&full)?;
+        if let Some(p) = prompt {
+            input.prompt_length = self.tokenizer.prompt_length(p)?;
+        }
+        Ok(input)
     }
 }

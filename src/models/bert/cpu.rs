@@ -138,9 +138,25 @@ pub fn forward_cpu_as(
         }
         None => None,
     };
-    let (mut pooled, mut sentence_embedding) = (z(&[b, c]), z(&[b, c]));
-    reference::mean_pool(&hidden, &mask, &mut pooled)?;
-    reference::l2_normalize(&pooled, &mut sentence_embedding)?;
+    let head = &w.sentence;
+    let keep = HostTensor::new(&[b, t], input.pooling_mask(head.include_prompt))?;
+    let mut pooled = z(&[b, head.pooled_dim(c)]);
+    for (i, &mode) in head.modes.iter().enumerate() {
+        reference::pool(&hidden, &mask, &keep, mode, &mut pooled, i * c)?;
+    }
+    for dense in &head.dense {
+        let mut out = z(&[b, dense.linear.weight.shape[0]]);
+        let ep = Epilogue::none().bias(&dense.linear.bias).act(dense.act);
+        reference::matmul(&pooled, &dense.linear.weight, &mut out, ep)?;
+        pooled = out;
+    }
+    let sentence_embedding = if head.normalize {
+        let mut y = z(&pooled.shape);
+        reference::l2_normalize(&pooled, &mut y)?;
+        y
+    } else {
+        pooled
+    };
     Ok(BertOutput {
         last_hidden_state: hidden,
         pooler_output,

@@ -1,6 +1,6 @@
 //! The GPU forward: weights uploaded once, buffers leased per (batch, seq), one submission.
 
-use super::{BertConfig, BertInput, BertOutput, BertWeights, pooler_problem};
+use super::{BertConfig, BertInput, BertOutput, BertWeights, SentenceHead, pooler_problem};
 use crate::context::Context;
 use crate::error::Result;
 use crate::kernels::{self, Activation, Epilogue};
@@ -13,6 +13,8 @@ use crate::tensor::{DType, Tensor};
 /// intermediate buffers planned once per (batch, seq) and reused.
 pub struct Bert {
     pub config: BertConfig,
+    /// The sentence head as loaded (its shapes size the plans).
+    head: SentenceHead<HostTensor>,
     /// Storage type of weights and activations (f32, or f16 with f32 accumulation).
     dtype: DType,
     weights: BertWeights<Tensor>,
@@ -35,7 +37,12 @@ pub struct Plan {
     attention_out: Tensor,
     intermediate: Tensor,
     output_sum: Tensor,
+    /// The pooling mask when the prompt is left out of pooling.
+    keep: Option<Tensor>,
+    /// Pooling modes concatenated, [batch, modes x C] f32.
     pooled: Tensor,
+    /// Each Dense module's output, f32.
+    dense: Vec<Tensor>,
     sentence_embedding: Tensor,
     pooler_output: Tensor,
 }
@@ -46,6 +53,7 @@ impl Plan {
     fn new(
         ctx: &Context,
         config: &BertConfig,
+        head: &SentenceHead<HostTensor>,
         dtype: DType,
         batch: usize,
         seq: usize,
@@ -70,8 +78,22 @@ impl Plan {
             attention_out: acts(&btc, "attention_out")?,
             intermediate: acts(&[batch, seq, i], "intermediate")?,
             output_sum: acts(&btc, "output_sum")?,
-            pooled: f32s(&[batch, c], "pooled")?,
-            sentence_embedding: f32s(&[batch, c], "sentence_embedding")?,
+            keep: match head.include_prompt {
+                true => None,
+                false => Some(Tensor::empty(
+                    ctx,
+                    &[batch, seq],
+                    DType::U32,
+                    "pooling_mask",
+                )?),
+            },
+            pooled: f32s(&[batch, head.pooled_dim(c)], "pooled")?,
+            dense: head
+                .dense
+                .iter()
+                .map(|d| f32s(&[batch, d.linear.weight.shape[0]], "dense"))
+                .collect::<Result<_>>()?,
+            sentence_embedding: f32s(&[batch, head.output_dim(c)], "sentence_embedding")?,
             pooler_output: f32s(&[batch, c], "pooler_output")?,
         })
     }
@@ -99,6 +121,7 @@ impl Bert {
         crate::models::check_model_dtype(ctx, dtype)?;
         Ok(Self {
             weights: weights.upload(ctx, dtype)?,
+            head: weights.sentence.clone(),
             config,
             dtype,
             plans: Plans::default(),
@@ -141,7 +164,7 @@ impl Bert {
         seq: usize,
     ) -> Result<PlanLease<'_, (usize, usize), Plan>> {
         self.plans.lease((batch, seq), || {
-            Plan::new(ctx, &self.config, self.dtype, batch, seq)
+            Plan::new(ctx, &self.config, &self.head, self.dtype, batch, seq)
         })
     }
 
@@ -159,6 +182,9 @@ impl Bert {
         let p = self.plan(ctx, input.batch, input.seq)?;
         p.ids.write(ctx, &input.embedding_ids(&self.config))?;
         p.mask.write(ctx, &input.attention_mask)?;
+        if let Some(keep) = &p.keep {
+            keep.write(ctx, &input.pooling_mask(false))?;
+        }
 
         let (cfg, w) = (&self.config, &self.weights);
         let eps = cfg.layer_norm_eps as f32;
@@ -237,8 +263,26 @@ impl Bert {
                 &problem,
             )?;
         }
-        kernels::mean_pool(rec, &p.hidden, &p.mask, &p.pooled)?;
-        kernels::l2_normalize(rec, &p.pooled, &p.sentence_embedding)?;
+        // The sentence embedding: pooling modes side by side, Dense modules, Normalize.
+        let head = &w.sentence;
+        let keep = p.keep.as_ref().unwrap_or(&p.mask);
+        for (i, &mode) in head.modes.iter().enumerate() {
+            let col0 = i * cfg.hidden_size;
+            kernels::pool(rec, &p.hidden, &p.mask, keep, mode, &p.pooled, col0)?;
+        }
+        let mut current = &p.pooled;
+        for (dense, out) in head.dense.iter().zip(&p.dense) {
+            let ep = Epilogue::none().bias(&dense.linear.bias).act(dense.act);
+            kernels::matmul(rec, current, &dense.linear.weight, out, ep)?;
+            current = out;
+        }
+        if head.normalize {
+            kernels::l2_normalize(rec, current, &p.sentence_embedding)?;
+        } else {
+            let (from, to) = (current.buffer(), p.sentence_embedding.buffer());
+            let bytes = (p.sentence_embedding.numel() * 4) as u64;
+            rec.encode_raw(|_, enc| enc.copy_buffer_to_buffer(from, 0, to, 0, bytes));
+        }
         Ok(p)
     }
 
@@ -292,7 +336,8 @@ impl Bert {
         ctx: &Context,
         input: &BertInput,
     ) -> Result<Vec<crate::pipeline::PassTime>> {
-        let passes = 7 + 7 * self.config.num_hidden_layers as u32 + 3;
+        let head = (self.head.modes.len() + self.head.dense.len()) as u32;
+        let passes = 7 + 7 * self.config.num_hidden_layers as u32 + 3 + head;
         let mut rec = Recorder::with_timing(ctx, passes);
         self.record(&mut rec, input, |_, _, _| {})?;
         rec.submit_blocking()

@@ -15,6 +15,9 @@ pub struct BertInput {
     pub input_ids: Vec<u32>,
     pub attention_mask: Vec<u32>,
     pub token_type_ids: Vec<u32>,
+    /// Tokens of a prompt at the start of every row (`[CLS]` included), left out of pooling
+    /// when the model's Pooling says `include_prompt: false`; 0 for none.
+    pub prompt_length: usize,
 }
 
 impl BertInput {
@@ -51,6 +54,7 @@ impl BertInput {
             input_ids,
             attention_mask,
             token_type_ids,
+            prompt_length: 0,
         })
     }
 
@@ -164,6 +168,24 @@ impl BertInput {
             ids.extend(std::iter::repeat_n(0, self.input_ids.len()));
         }
         ids
+    }
+
+    /// The tokens pooled, [batch x seq]: the attention mask, with the prompt's tokens zeroed
+    /// when `include_prompt` is false (sentence-transformers' `_exclude_prompt_from_mask`:
+    /// positions before the first real token plus `prompt_length`).
+    pub fn pooling_mask(&self, include_prompt: bool) -> Vec<u32> {
+        if include_prompt || self.prompt_length == 0 {
+            return self.attention_mask.clone();
+        }
+        self.attention_mask
+            .chunks(self.seq.max(1))
+            .flat_map(|row| {
+                let start = row.iter().position(|&m| m != 0).unwrap_or(0);
+                row.iter()
+                    .enumerate()
+                    .map(move |(t, &m)| u32::from(m != 0 && t >= start + self.prompt_length))
+            })
+            .collect()
     }
 
     /// Position ids, [batch x seq]: see [`super::Family::position_ids`].

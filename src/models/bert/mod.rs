@@ -13,6 +13,7 @@ mod cpu;
 mod family;
 mod gpu;
 mod input;
+mod sentence;
 mod weights;
 
 pub use crate::models::{LayerNorm, Linear};
@@ -21,6 +22,9 @@ pub use cpu::{forward_cpu, forward_cpu_as};
 pub use family::{Family, Keys, MODEL_TYPES};
 pub use gpu::{Bert, Plan};
 pub use input::BertInput;
+#[cfg(not(target_arch = "wasm32"))]
+pub use sentence::load_sentence_dir;
+pub use sentence::{Dense, ReadFile, SentenceHead, SentenceSettings, load_sentence};
 pub use weights::{BertEmbeddings, BertLayer, BertWeights};
 #[cfg(not(target_arch = "wasm32"))]
 pub use weights::{load_config, load_dir, load_weights};

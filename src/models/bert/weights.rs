@@ -1,7 +1,7 @@
 //! A BERT-family encoder's parameters under each family's checkpoint keys (see `family.rs`;
 //! Q, K, V fused at load), uploaded once.
 
-use super::{BertConfig, Family};
+use super::{BertConfig, Family, SentenceHead};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::kernels::EmbeddingTables;
@@ -55,6 +55,9 @@ pub struct BertWeights<T> {
     pub layers: Vec<BertLayer<T>>,
     /// `pooler.dense`, when the checkpoint has one.
     pub pooler: Option<Linear<T>>,
+    /// How the sentence embedding is made (a sentence-transformers folder's modules; mean +
+    /// L2 for a plain folder).
+    pub sentence: SentenceHead<T>,
 }
 
 impl BertWeights<HostTensor> {
@@ -137,6 +140,7 @@ impl BertWeights<HostTensor> {
             embeddings,
             layers,
             pooler,
+            sentence: SentenceHead::default(),
         })
     }
 
@@ -203,6 +207,7 @@ impl BertWeights<HostTensor> {
             embeddings,
             layers,
             pooler,
+            sentence: self.sentence.upload(ctx)?,
         })
     }
 }
@@ -237,6 +242,7 @@ impl BertWeights<HostTensor> {
                 })
                 .collect(),
             pooler: self.pooler.as_ref().map(lin),
+            sentence: self.sentence.clone(),
         }
     }
 }
@@ -280,10 +286,14 @@ pub fn load_config(dir: &std::path::Path) -> Result<BertConfig> {
     BertConfig::from_json(&String::from_utf8_lossy(&json)).map_err(|e| e.in_file(&path))
 }
 
-/// Reads a model folder's `model.safetensors` for `config`; errors name the file.
+/// Reads a model folder's `model.safetensors` for `config`, and its sentence-transformers
+/// modules when it has them; errors name the file.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn load_weights(dir: &std::path::Path, config: &BertConfig) -> Result<BertWeights<HostTensor>> {
+    let (sentence, _) = super::load_sentence_dir(dir, config.hidden_size)?;
     let path = dir.join("model.safetensors");
-    BertWeights::from_safetensors(config, &crate::io::read_safetensors(&path)?)
-        .map_err(|e| e.in_file(&path))
+    let mut weights = BertWeights::from_safetensors(config, &crate::io::read_safetensors(&path)?)
+        .map_err(|e| e.in_file(&path))?;
+    weights.sentence = sentence;
+    Ok(weights)
 }

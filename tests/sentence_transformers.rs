@@ -1,0 +1,223 @@
+//! sentence-transformers folders against `SentenceTransformer.encode` (tests/fixtures/text,
+//! made by scripts/make_text_fixtures.py with sentence-transformers 6.2): CLS pooling without
+//! Normalize, max pooling with Normalize (and a prompt left out of pooling), mean pooling + Dense(tanh) + Normalize with a
+//! `query: ` prompt. GPU and CPU paths within 1e-5; the `embed` CLI gives the same vectors.
+//! The legacy `pooling_mode_*` format is read as sentence-transformers reads it.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use backbone::kernels::{Activation, PoolMode};
+use backbone::models::bert::{self, Bert, BertOutput, load_sentence};
+use backbone::models::tokenizer::SentenceTokenizer;
+use common::*;
+
+/// The issue's bound for sentence embeddings.
+const EMBEDDING_ATOL: f32 = 1e-5;
+
+fn texts(dir: &std::path::Path) -> Vec<String> {
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("sentences.json")).expect("read"))
+            .expect("json");
+    json["texts"]
+        .as_array()
+        .expect("texts")
+        .iter()
+        .map(|t| t.as_str().expect("text").to_string())
+        .collect()
+}
+
+/// Embeds the fixture's texts (with the folder's prompt `prompt_name`) on both paths.
+fn embed(name: &str, prompt_name: Option<&str>) -> (Vec<f32>, Vec<f32>) {
+    let dir = fixture(&format!("text/{name}"));
+    let (config, weights) = bert::load_dir(&dir).expect("load");
+    let tok = SentenceTokenizer::from_dir(&dir, &config, None).expect("tokenizer");
+    let texts = texts(&dir);
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let input = tok.encode(&texts, None, prompt_name).expect("encode");
+    let cpu: BertOutput = bert::forward_cpu(&config, &weights, &input, false).expect("cpu");
+    let model = Bert::new(ctx(), config, &weights).expect("upload");
+    let gpu = model.forward_blocking(ctx(), &input, false).expect("gpu");
+    (gpu.sentence_embedding.data, cpu.sentence_embedding.data)
+}
+
+fn check(name: &str, prompt_name: Option<&str>, golden_name: &str) {
+    let dir = fixture(&format!("text/{name}"));
+    let want = Golden::open(&dir.join("io.safetensors")).f32(golden_name);
+    let (gpu, cpu) = embed(name, prompt_name);
+    assert_close(
+        &format!("{name} CPU {golden_name}"),
+        &cpu,
+        &want.data,
+        EMBEDDING_ATOL,
+        0.0,
+    );
+    assert_close(
+        &format!("{name} GPU {golden_name}"),
+        &gpu,
+        &want.data,
+        EMBEDDING_ATOL,
+        0.0,
+    );
+}
+
+#[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
+fn cls_pooling_without_normalize_matches_sentence_transformers() {
+    check("st-cls", None, "embeddings");
+}
+
+#[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
+fn max_pooling_with_normalize_matches_sentence_transformers() {
+    check("st-max", None, "embeddings");
+}
+
+#[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
+fn mean_dense_normalize_matches_sentence_transformers() {
+    check("st-mean-dense", None, "embeddings");
+}
+
+#[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
+fn prompt_name_query_matches_sentence_transformers() {
+    check("st-mean-dense", Some("query"), "query_embeddings");
+}
+
+/// `include_prompt: false`: the prompt's tokens ([CLS] included) are left out of max pooling.
+#[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
+fn prompt_left_out_of_pooling_matches_sentence_transformers() {
+    check("st-max", Some("query"), "query_embeddings");
+}
+
+/// The folders' modules as read: modes, Dense, Normalize, max_seq_length, prompts.
+#[test]
+fn folder_modules_are_read() {
+    let dir = fixture("text/st-mean-dense");
+    let (head, settings) = bert::load_sentence_dir(&dir, 32).expect("modules");
+    assert_eq!(head.modes, vec![PoolMode::Mean]);
+    assert_eq!(head.dense.len(), 1);
+    assert_eq!(head.dense[0].act, Activation::Tanh);
+    assert_eq!(head.dense[0].linear.weight.shape, vec![24, 32]);
+    assert!(head.normalize && head.include_prompt);
+    assert_eq!(settings.max_seq_length, Some(48));
+    assert_eq!(
+        settings.prompt(Some("query")).expect("query"),
+        Some("query: ")
+    );
+    let err = settings
+        .prompt(Some("passage"))
+        .expect_err("unknown prompt");
+    assert!(
+        err.to_string().contains("passage") && err.to_string().contains("query"),
+        "{err}"
+    );
+    // A plain Hugging Face folder: mean + L2.
+    let (head, settings) = bert::load_sentence_dir(&fixture("text/xlmr-micro"), 32).expect("plain");
+    assert_eq!(head.modes, vec![PoolMode::Mean]);
+    assert!(head.normalize && head.dense.is_empty());
+    assert_eq!(settings.max_seq_length, None);
+}
+
+fn files(entries: &[(&str, &str)]) -> BTreeMap<String, Vec<u8>> {
+    entries
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+/// Folders saved by sentence-transformers 2.x-4.x: `pooling_mode_*` flags concatenate in the
+/// fixed order cls, max, mean, mean_sqrt_len, weightedmean, lasttoken; `sentence_bert_config`
+/// gives max_seq_length and do_lower_case. Unsupported modules and modes are clear errors.
+#[test]
+fn legacy_and_unsupported_folders() {
+    let modules = r#"[{"idx":0,"name":"0","path":"","type":"sentence_transformers.models.Transformer"},
+        {"idx":1,"name":"1","path":"1_Pooling","type":"sentence_transformers.models.Pooling"}]"#;
+    let pooling = r#"{"word_embedding_dimension": 8, "pooling_mode_cls_token": false,
+        "pooling_mode_mean_tokens": true, "pooling_mode_max_tokens": true,
+        "pooling_mode_mean_sqrt_len_tokens": false, "pooling_mode_lasttoken": true}"#;
+    let map = files(&[
+        ("modules.json", modules),
+        ("1_Pooling/config.json", pooling),
+        (
+            "sentence_bert_config.json",
+            r#"{"max_seq_length": 77, "do_lower_case": true}"#,
+        ),
+    ]);
+    let read = |p: &str| Ok(map.get(p).cloned());
+    let (head, settings) = load_sentence(&read, 8).expect("legacy");
+    assert_eq!(
+        head.modes,
+        vec![PoolMode::Max, PoolMode::Mean, PoolMode::LastToken]
+    );
+    assert!(!head.normalize);
+    assert_eq!(settings.max_seq_length, Some(77));
+    assert!(settings.do_lower_case);
+
+    let cases = [
+        (r#"{"pooling_mode": "median"}"#, modules, "median"),
+        (
+            r#"{"embedding_dimension": 9, "pooling_mode": "cls"}"#,
+            modules,
+            "hidden_size 8",
+        ),
+        (
+            r#"{"pooling_mode": "cls"}"#,
+            r#"[{"idx":0,"name":"0","path":"","type":"sentence_transformers.models.Transformer"},
+                {"idx":1,"name":"1","path":"1_Pooling","type":"sentence_transformers.models.Pooling"},
+                {"idx":2,"name":"2","path":"2_LayerNorm","type":"sentence_transformers.models.LayerNorm"}]"#,
+            "LayerNorm",
+        ),
+        (
+            r#"{"pooling_mode": "cls"}"#,
+            r#"[{"idx":0,"name":"0","path":"","type":"sentence_transformers.models.Transformer"},
+                {"idx":1,"name":"1","path":"1_Pooling","type":"sentence_transformers.models.Pooling"},
+                {"idx":2,"name":"2","path":"2_Dense","type":"sentence_transformers.models.Dense"}]"#,
+            "2_Dense/config.json",
+        ),
+    ];
+    for (pooling, modules, words) in cases {
+        let map = files(&[
+            ("modules.json", modules),
+            ("1_Pooling/config.json", pooling),
+        ]);
+        let read = |p: &str| Ok(map.get(p).cloned());
+        let err = load_sentence(&read, 8).expect_err(words);
+        assert!(err.to_string().contains(words), "{words}: {err}");
+    }
+}
+
+/// `backbone embed` on a sentence-transformers folder prints what the library gives.
+#[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
+fn embed_cli_follows_the_folder() {
+    let dir = fixture("text/st-mean-dense");
+    let want = Golden::open(&dir.join("io.safetensors")).f32("query_embeddings");
+    let texts = texts(&dir);
+    for device in ["gpu", "cpu"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_backbone"))
+            .args(["embed", "--model"])
+            .arg(&dir)
+            .args(["--prompt-name", "query", "--device", device])
+            .args(&texts)
+            .output()
+            .expect("run backbone");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rows: Vec<Vec<f32>> = serde_json::from_slice(&out.stdout).expect("json");
+        let got: Vec<f32> = rows.concat();
+        assert_close(
+            &format!("embed --device {device}"),
+            &got,
+            &want.data,
+            EMBEDDING_ATOL,
+            0.0,
+        );
+    }
+}
