@@ -98,6 +98,7 @@ def make_tokenizer(style):
             cls_token="[CLS]",
             sep_token="[SEP]",
             mask_token="[MASK]",
+            model_input_names=["input_ids", "token_type_ids", "attention_mask"],
         )
     else:
         tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))

@@ -173,6 +173,7 @@ pub fn random_bert_weights(config: &BertConfig, seed: u64) -> Result<BertWeights
         layers,
         pooler,
         sentence: Default::default(),
+        classifier: None,
     })
 }
 

@@ -3,6 +3,7 @@
 //! ```text
 //! backbone run --model DIR --input IN.safetensors --output OUT.safetensors [--device gpu|cpu] [--dtype f32|f16]
 //! backbone embed --model DIR [--max-length N] [--prompt-name NAME | --prompt TEXT] [--dtype f32|f16] TEXT...
+//! backbone rerank --model DIR --query Q [--raw] [--max-length N] [--dtype f32|f16] DOC...
 //! backbone classify --model DIR [--dtype f32|f16] IMAGE...
 //! ```
 
@@ -12,7 +13,7 @@ use anyhow::{Context as _, Result, bail};
 use backbone::models::bert::{self, Bert, BertConfig, BertInput, BertOutput};
 use backbone::models::cswin::{self, Cswin, CswinConfig, CswinOutput};
 use backbone::models::image;
-use backbone::models::tokenizer::SentenceTokenizer;
+use backbone::models::tokenizer::{SentenceTokenizer, TextTokenizer};
 use backbone::reference::HostTensor;
 use backbone::{Context, ContextOptions, DType, io, limits};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -101,6 +102,30 @@ enum Command {
         #[arg(required = true)]
         texts: Vec<String>,
     },
+    /// Scores documents against a query with a cross-encoder folder (a
+    /// …ForSequenceClassification checkpoint) and prints one JSON array of scores, one per
+    /// document, as sentence_transformers.CrossEncoder.predict gives them: the sigmoid of the
+    /// logit for one label (--raw: the logit), the logits for several.
+    Rerank {
+        /// Model folder: config.json, model.safetensors (with its classifier) and tokenizer.json.
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        query: String,
+        /// Print logits instead of sigmoid scores.
+        #[arg(long)]
+        raw: bool,
+        /// Pairs longer than this are truncated, longest first (default: the model's
+        /// positions, at most 512).
+        #[arg(long)]
+        max_length: Option<usize>,
+        #[arg(long, value_enum, default_value = "gpu")]
+        device: Device,
+        #[arg(long, value_enum, default_value = "f32")]
+        dtype: Dtype,
+        #[arg(required = true)]
+        documents: Vec<String>,
+    },
     /// Classifies images with a CSWin model folder and prints the top-5 classes of each
     /// (labels from config.json's id2label or a labels.txt beside it).
     Classify {
@@ -142,6 +167,23 @@ fn main() -> Result<()> {
             };
             embed(&model, max_length, &prompt, device, dtype.dtype(), &texts)?
         }
+        Command::Rerank {
+            model,
+            query,
+            raw,
+            max_length,
+            device,
+            dtype,
+            documents,
+        } => rerank(
+            &model,
+            &query,
+            &documents,
+            raw,
+            max_length,
+            device,
+            dtype.dtype(),
+        )?,
         Command::Classify {
             model,
             device,
@@ -180,21 +222,10 @@ fn embed(
             Ok(input)
         })
         .collect::<backbone::Result<Vec<_>>>()?;
-    let weights = bert::load_weights(model, &config)?;
-    let gpu = match device {
-        Device::Gpu => {
-            let ctx = pollster::block_on(Context::new(ContextOptions::from_env()?))?;
-            let bert = Bert::with_dtype(&ctx, config.clone(), &weights, dtype)?;
-            Some((ctx, bert))
-        }
-        Device::Cpu => None,
-    };
+    let text_model = TextModel::load(model, &config, device, dtype)?;
     let mut rows: Vec<Vec<f32>> = Vec::with_capacity(texts.len());
     for input in &inputs {
-        let out = match &gpu {
-            Some((ctx, bert)) => bert.forward_blocking(ctx, input, false)?,
-            None => bert::forward_cpu_as(&config, &weights, input, false, dtype)?,
-        };
+        let out = text_model.forward(input)?;
         let embeddings = &out.sentence_embedding;
         check_finite("sentence_embedding", embeddings)?;
         rows.extend(
@@ -205,6 +236,91 @@ fn embed(
         );
     }
     println!("{}", serde_json::to_string(&rows)?);
+    Ok(())
+}
+
+/// A text model loaded once, on the GPU or the CPU path.
+struct TextModel {
+    config: BertConfig,
+    weights: backbone::models::bert::BertWeights<HostTensor>,
+    dtype: DType,
+    gpu: Option<(Context, Bert)>,
+}
+
+impl TextModel {
+    fn load(dir: &Path, config: &BertConfig, device: Device, dtype: DType) -> Result<Self> {
+        let weights = bert::load_weights(dir, config)?;
+        let gpu = match device {
+            Device::Gpu => {
+                let ctx = pollster::block_on(Context::new(ContextOptions::from_env()?))?;
+                let bert = Bert::with_dtype(&ctx, config.clone(), &weights, dtype)?;
+                Some((ctx, bert))
+            }
+            Device::Cpu => None,
+        };
+        Ok(Self {
+            config: config.clone(),
+            weights,
+            dtype,
+            gpu,
+        })
+    }
+
+    fn forward(&self, input: &BertInput) -> Result<BertOutput> {
+        Ok(match &self.gpu {
+            Some((ctx, bert)) => bert.forward_blocking(ctx, input, false)?,
+            None => bert::forward_cpu_as(&self.config, &self.weights, input, false, self.dtype)?,
+        })
+    }
+}
+
+/// `rerank`: (query, document) pairs in the tokenizer's pair template, in batches, through a
+/// cross-encoder loaded once.
+fn rerank(
+    model: &Path,
+    query: &str,
+    documents: &[String],
+    raw: bool,
+    max_length: Option<usize>,
+    device: Device,
+    dtype: DType,
+) -> Result<()> {
+    let config = bert::load_config(model)?;
+    let max_length = max_length.unwrap_or(512).min(config.max_sequence());
+    let tokenizer = TextTokenizer::from_dir(model, max_length)?;
+    let per_batch = (limits::MAX_BATCH_TOKENS / max_length.max(1)).clamp(1, 256);
+    let inputs = documents
+        .chunks(per_batch)
+        .map(|chunk| {
+            let pairs: Vec<(&str, &str)> = chunk.iter().map(|d| (query, d.as_str())).collect();
+            let input = tokenizer.encode_pairs(&pairs)?;
+            input.validate(&config)?;
+            Ok(input)
+        })
+        .collect::<backbone::Result<Vec<_>>>()?;
+    let text_model = TextModel::load(model, &config, device, dtype)?;
+    if text_model.weights.classifier.is_none() {
+        bail!(
+            "{}: not a cross-encoder (the checkpoint has no sequence-classification head, \
+             e.g. classifier.* weights)",
+            model.display()
+        );
+    }
+    let mut scores = Vec::with_capacity(documents.len());
+    for input in &inputs {
+        let out = text_model.forward(input)?;
+        let logits = out.logits.context("the cross-encoder returned no logits")?;
+        check_finite("logits", &logits)?;
+        let labels = logits.shape[1];
+        for row in logits.data.chunks(labels) {
+            scores.push(match (labels, raw) {
+                (1, false) => serde_json::json!(1.0 / (1.0 + (-row[0]).exp())),
+                (1, true) => serde_json::json!(row[0]),
+                _ => serde_json::json!(row),
+            });
+        }
+    }
+    println!("{}", serde_json::to_string(&scores)?);
     Ok(())
 }
 
@@ -227,7 +343,7 @@ fn run(model: &Path, input: &Path, output: &Path, device: Device, dtype: DType) 
             let input = BertInput::from_safetensors(&bytes).with_context(reading)?;
             let config = bert::load_config(model)?;
             input.validate(&config).with_context(reading)?;
-            let out = run_bert(model, config, &input, device, dtype)?;
+            let out = TextModel::load(model, &config, device, dtype)?.forward(&input)?;
             check_finite("last_hidden_state", &out.last_hidden_state)?;
             out.to_safetensors()?
         }
@@ -346,21 +462,4 @@ fn model_type(dir: &Path) -> Result<String> {
         Some(t) => Ok(t.to_string()),
         None => bail!("{}: no model_type", path.display()),
     }
-}
-
-fn run_bert(
-    dir: &Path,
-    config: BertConfig,
-    input: &BertInput,
-    device: Device,
-    dtype: DType,
-) -> Result<BertOutput> {
-    let weights = bert::load_weights(dir, &config)?;
-    Ok(match device {
-        Device::Cpu => bert::forward_cpu_as(&config, &weights, input, false, dtype)?,
-        Device::Gpu => {
-            let ctx = pollster::block_on(Context::new(ContextOptions::from_env()?))?;
-            Bert::with_dtype(&ctx, config, &weights, dtype)?.forward_blocking(&ctx, input, false)?
-        }
-    })
 }

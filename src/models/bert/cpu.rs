@@ -138,6 +138,30 @@ pub fn forward_cpu_as(
         }
         None => None,
     };
+    let logits = match &w.classifier {
+        Some(cls) => {
+            let input = match (&cls.dense, &pooler_output) {
+                (Some((dense, act)), _) => {
+                    let mut h = z(&[b, c]);
+                    let ep = Epilogue::none().bias(&dense.bias).act(*act);
+                    let problem = pooler_problem(b, t, c);
+                    reference::matmul_strided(&hidden, &dense.weight, &mut h, ep, &problem)?;
+                    h
+                }
+                (None, Some(pooled)) => pooled.clone(),
+                (None, None) => unreachable_pooler()?,
+            };
+            let mut out = z(&[b, cls.out.weight.shape[0]]);
+            reference::matmul(
+                &input,
+                &cls.out.weight,
+                &mut out,
+                Epilogue::none().bias(&cls.out.bias),
+            )?;
+            Some(out)
+        }
+        None => None,
+    };
     let head = &w.sentence;
     let keep = HostTensor::new(&[b, t], input.pooling_mask(head.include_prompt))?;
     let mut pooled = z(&[b, head.pooled_dim(c)]);
@@ -162,5 +186,14 @@ pub fn forward_cpu_as(
         pooler_output,
         sentence_embedding,
         hidden_states: states,
+        logits,
+    })
+}
+
+/// BERT's classifier without a pooler is refused at load; a hand-built weight set gets this.
+fn unreachable_pooler() -> Result<HostTensor> {
+    Err(crate::error::Error::Weights {
+        key: "pooler.dense.weight".into(),
+        reason: "missing: BERT's classifier reads the pooler output".into(),
     })
 }

@@ -1,6 +1,8 @@
 //! The GPU forward: weights uploaded once, buffers leased per (batch, seq), one submission.
 
-use super::{BertConfig, BertInput, BertOutput, BertWeights, SentenceHead, pooler_problem};
+use super::{
+    BertConfig, BertInput, BertOutput, BertWeights, ClassifierHead, SentenceHead, pooler_problem,
+};
 use crate::context::Context;
 use crate::error::Result;
 use crate::kernels::{self, Activation, Epilogue};
@@ -13,8 +15,9 @@ use crate::tensor::{DType, Tensor};
 /// intermediate buffers planned once per (batch, seq) and reused.
 pub struct Bert {
     pub config: BertConfig,
-    /// The sentence head as loaded (its shapes size the plans).
+    /// The sentence and classification heads as loaded (their shapes size the plans).
     head: SentenceHead<HostTensor>,
+    classifier: Option<ClassifierHead<HostTensor>>,
     /// Storage type of weights and activations (f32, or f16 with f32 accumulation).
     dtype: DType,
     weights: BertWeights<Tensor>,
@@ -45,6 +48,10 @@ pub struct Plan {
     dense: Vec<Tensor>,
     sentence_embedding: Tensor,
     pooler_output: Tensor,
+    /// The classifier's dense output on the first token, [batch, C] f32.
+    classifier_hidden: Option<Tensor>,
+    /// [batch, num_labels] f32.
+    logits: Option<Tensor>,
 }
 
 impl Plan {
@@ -54,6 +61,7 @@ impl Plan {
         ctx: &Context,
         config: &BertConfig,
         head: &SentenceHead<HostTensor>,
+        classifier: Option<&ClassifierHead<HostTensor>>,
         dtype: DType,
         batch: usize,
         seq: usize,
@@ -95,6 +103,13 @@ impl Plan {
                 .collect::<Result<_>>()?,
             sentence_embedding: f32s(&[batch, head.output_dim(c)], "sentence_embedding")?,
             pooler_output: f32s(&[batch, c], "pooler_output")?,
+            classifier_hidden: match classifier.is_some_and(|h| !h.from_pooler()) {
+                true => Some(f32s(&[batch, c], "classifier_hidden")?),
+                false => None,
+            },
+            logits: classifier
+                .map(|h| f32s(&[batch, h.out.weight.shape[0]], "logits"))
+                .transpose()?,
         })
     }
 }
@@ -122,6 +137,7 @@ impl Bert {
         Ok(Self {
             weights: weights.upload(ctx, dtype)?,
             head: weights.sentence.clone(),
+            classifier: weights.classifier.clone(),
             config,
             dtype,
             plans: Plans::default(),
@@ -164,7 +180,16 @@ impl Bert {
         seq: usize,
     ) -> Result<PlanLease<'_, (usize, usize), Plan>> {
         self.plans.lease((batch, seq), || {
-            Plan::new(ctx, &self.config, &self.head, self.dtype, batch, seq)
+            let classifier = self.classifier.as_ref();
+            Plan::new(
+                ctx,
+                &self.config,
+                &self.head,
+                classifier,
+                self.dtype,
+                batch,
+                seq,
+            )
         })
     }
 
@@ -263,6 +288,21 @@ impl Bert {
                 &problem,
             )?;
         }
+        // A cross-encoder's logits: BERT's classifier on the pooler output, the others' dense
+        // layer on the first token, then the output projection.
+        if let (Some(cls), Some(logits)) = (&w.classifier, &p.logits) {
+            let input = match (&cls.dense, &p.classifier_hidden) {
+                (Some((dense, act)), Some(h)) => {
+                    let problem = pooler_problem(p.batch, p.seq, cfg.hidden_size);
+                    let ep = Epilogue::none().bias(&dense.bias).act(*act);
+                    kernels::matmul_strided(rec, &p.hidden, &dense.weight, h, ep, &problem)?;
+                    h
+                }
+                _ => &p.pooler_output,
+            };
+            let ep = Epilogue::none().bias(&cls.out.bias);
+            kernels::matmul(rec, input, &cls.out.weight, logits, ep)?;
+        }
         // The sentence embedding: pooling modes side by side, Dense modules, Normalize.
         let head = &w.sentence;
         let keep = p.keep.as_ref().unwrap_or(&p.mask);
@@ -314,6 +354,10 @@ impl Bert {
             },
             sentence_embedding: plan.sentence_embedding.read_host(ctx).await?,
             hidden_states: states,
+            logits: match &plan.logits {
+                Some(l) => Some(l.read_host(ctx).await?),
+                None => None,
+            },
         })
     }
 
@@ -336,7 +380,7 @@ impl Bert {
         ctx: &Context,
         input: &BertInput,
     ) -> Result<Vec<crate::pipeline::PassTime>> {
-        let head = (self.head.modes.len() + self.head.dense.len()) as u32;
+        let head = (self.head.modes.len() + self.head.dense.len() + 2) as u32;
         let passes = 7 + 7 * self.config.num_hidden_layers as u32 + 3 + head;
         let mut rec = Recorder::with_timing(ctx, passes);
         self.record(&mut rec, input, |_, _, _| {})?;

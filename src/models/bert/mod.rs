@@ -25,7 +25,7 @@ pub use input::BertInput;
 #[cfg(not(target_arch = "wasm32"))]
 pub use sentence::load_sentence_dir;
 pub use sentence::{Dense, ReadFile, SentenceHead, SentenceSettings, load_sentence};
-pub use weights::{BertEmbeddings, BertLayer, BertWeights};
+pub use weights::{BertEmbeddings, BertLayer, BertWeights, ClassifierHead};
 #[cfg(not(target_arch = "wasm32"))]
 pub use weights::{load_config, load_dir, load_weights};
 
@@ -44,6 +44,8 @@ pub struct BertOutput {
     pub sentence_embedding: HostTensor,
     /// Embedding output then each layer's output ([B, T, C] each), when requested.
     pub hidden_states: Vec<HostTensor>,
+    /// [B, num_labels]: the sequence-classification head's logits, for a checkpoint with one.
+    pub logits: Option<HostTensor>,
 }
 
 impl BertOutput {
@@ -56,6 +58,9 @@ impl BertOutput {
         ];
         if let Some(p) = &self.pooler_output {
             tensors.push(("pooler_output", p));
+        }
+        if let Some(l) = &self.logits {
+            tensors.push(("logits", l));
         }
         crate::models::weights::to_safetensors(&tensors)
     }

@@ -4,7 +4,7 @@
 use super::{BertConfig, Family, SentenceHead};
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::kernels::EmbeddingTables;
+use crate::kernels::{Activation, EmbeddingTables};
 use crate::models::weights::{Weights, upload_as};
 use crate::models::{LayerNorm, Linear};
 use crate::reference::HostTensor;
@@ -58,6 +58,73 @@ pub struct BertWeights<T> {
     /// How the sentence embedding is made (a sentence-transformers folder's modules; mean +
     /// L2 for a plain folder).
     pub sentence: SentenceHead<T>,
+    /// The sequence-classification head of a `…ForSequenceClassification` checkpoint (a
+    /// cross-encoder), when it has one.
+    pub classifier: Option<ClassifierHead<T>>,
+}
+
+/// A sequence-classification head on the first token: BERT's `classifier` on the pooler
+/// output; RoBERTa's and ELECTRA's `classifier.dense` (tanh / GELU) then `classifier.out_proj`;
+/// DistilBERT's `pre_classifier` (ReLU) then `classifier`.
+#[derive(Debug, Clone)]
+pub struct ClassifierHead<T> {
+    /// The dense layer on the first token's state, with its activation (None for BERT).
+    pub dense: Option<(Linear<T>, Activation)>,
+    /// [num_labels, C].
+    pub out: Linear<T>,
+}
+
+impl<T> ClassifierHead<T> {
+    /// BERT's head reads the pooler output instead of the first token.
+    pub fn from_pooler(&self) -> bool {
+        self.dense.is_none()
+    }
+}
+
+/// The classifier of `family` if the checkpoint holds it; `labels` from its output weight.
+fn load_classifier(
+    w: &mut Weights,
+    family: Family,
+    c: usize,
+    has_pooler: bool,
+) -> Result<Option<ClassifierHead<HostTensor>>> {
+    let (dense, out) = match family {
+        Family::Bert => (None, "classifier"),
+        Family::Roberta => (
+            Some(("classifier.dense", Activation::Tanh)),
+            "classifier.out_proj",
+        ),
+        Family::Electra => (
+            Some(("classifier.dense", Activation::Gelu)),
+            "classifier.out_proj",
+        ),
+        Family::DistilBert => (Some(("pre_classifier", Activation::Relu)), "classifier"),
+    };
+    let out_key = format!("{out}.weight");
+    let Some(shape) = w.shape(&out_key) else {
+        return Ok(None);
+    };
+    let labels = match shape[..] {
+        [labels, inp] if inp == c && (1..=1 << 16).contains(&labels) => labels,
+        _ => {
+            return Err(Error::Weights {
+                key: out_key,
+                reason: format!("shape {shape:?} is not [num_labels (1..=65536), {c}]"),
+            });
+        }
+    };
+    if dense.is_none() && !has_pooler {
+        return Err(Error::Weights {
+            key: "pooler.dense.weight".into(),
+            reason: "missing: BERT's classifier reads the pooler output".into(),
+        });
+    }
+    Ok(Some(ClassifierHead {
+        dense: dense
+            .map(|(key, act)| Ok::<_, Error>((Linear::load(w, key, c, c)?, act)))
+            .transpose()?,
+        out: Linear::load(w, out, labels, c)?,
+    }))
 }
 
 impl BertWeights<HostTensor> {
@@ -122,6 +189,7 @@ impl BertWeights<HostTensor> {
         } else {
             None
         };
+        let classifier = load_classifier(&mut w, family, c, pooler.is_some())?;
         let unused = w
             .unused(|k| k.ends_with("position_ids") || keys.heads.iter().any(|h| k.starts_with(h)));
         if let Some(key) = unused.first() {
@@ -141,6 +209,7 @@ impl BertWeights<HostTensor> {
             layers,
             pooler,
             sentence: SentenceHead::default(),
+            classifier,
         })
     }
 
@@ -208,6 +277,20 @@ impl BertWeights<HostTensor> {
             layers,
             pooler,
             sentence: self.sentence.upload(ctx)?,
+            classifier: self
+                .classifier
+                .as_ref()
+                .map(|h| {
+                    Ok::<_, Error>(ClassifierHead {
+                        dense: h
+                            .dense
+                            .as_ref()
+                            .map(|(l, act)| Ok::<_, Error>((lin("classifier.dense", l)?, *act)))
+                            .transpose()?,
+                        out: lin("classifier.out", &h.out)?,
+                    })
+                })
+                .transpose()?,
         })
     }
 }
@@ -243,6 +326,10 @@ impl BertWeights<HostTensor> {
                 .collect(),
             pooler: self.pooler.as_ref().map(lin),
             sentence: self.sentence.clone(),
+            classifier: self.classifier.as_ref().map(|h| ClassifierHead {
+                dense: h.dense.as_ref().map(|(l, act)| (lin(l), *act)),
+                out: lin(&h.out),
+            }),
         }
     }
 }

@@ -1,0 +1,173 @@
+//! Cross-encoders against `transformers` and `sentence_transformers.CrossEncoder.predict` on
+//! seeded micro models (tests/fixtures/text): BERT (pooler + classifier) and RoBERTa
+//! (classifier.dense + out_proj on <s>), one label each. Logits on GPU and CPU within 5e-5,
+//! `backbone rerank` scores (sigmoid) within 1e-5 and `--raw` logits, `run` writes `logits`,
+//! and a folder without a classifier is refused.
+
+mod common;
+
+use std::process::Command;
+
+use backbone::models::bert::{self, Bert, BertInput};
+use common::*;
+
+const LOGIT_ATOL: f32 = 5e-5;
+const SCORE_ATOL: f32 = 1e-5;
+const CROSS_ENCODERS: [&str; 2] = ["bert-cross-micro", "roberta-micro-cls"];
+
+fn pair_input(golden: &Golden) -> BertInput {
+    let (shape, ids) = golden.ids("pair_input_ids");
+    let (_, mask) = golden.ids("pair_attention_mask");
+    let types = golden
+        .has("pair_token_type_ids")
+        .then(|| golden.ids("pair_token_type_ids").1);
+    BertInput::new(shape[0], shape[1], ids, Some(mask), types).expect("input")
+}
+
+fn documents(dir: &std::path::Path) -> (String, Vec<String>) {
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("sentences.json")).expect("read"))
+            .expect("json");
+    let docs = json["documents"]
+        .as_array()
+        .expect("documents")
+        .iter()
+        .map(|d| d.as_str().expect("doc").to_string())
+        .collect();
+    (json["query"].as_str().expect("query").to_string(), docs)
+}
+
+#[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
+fn cross_encoder_logits_match_transformers() {
+    for name in CROSS_ENCODERS {
+        let dir = fixture(&format!("text/{name}"));
+        let golden = Golden::open(&dir.join("io.safetensors"));
+        let (config, weights) = bert::load_dir(&dir).expect("load");
+        assert!(weights.classifier.is_some(), "{name}: classifier loaded");
+        let input = pair_input(&golden);
+        let want = golden.f32("pair_logits");
+        let cpu = bert::forward_cpu(&config, &weights, &input, false).expect("cpu");
+        let cpu = cpu.logits.expect("cpu logits");
+        assert_eq!(cpu.shape, want.shape, "{name}");
+        assert_close(
+            &format!("{name} CPU logits"),
+            &cpu.data,
+            &want.data,
+            LOGIT_ATOL,
+            0.0,
+        );
+        let model = Bert::new(ctx(), config, &weights).expect("upload");
+        let gpu = model.forward_blocking(ctx(), &input, false).expect("gpu");
+        let gpu = gpu.logits.expect("gpu logits");
+        assert_close(
+            &format!("{name} GPU logits"),
+            &gpu.data,
+            &want.data,
+            LOGIT_ATOL,
+            0.0,
+        );
+    }
+}
+
+fn rerank(dir: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let (query, docs) = documents(&fixture("text/bert-cross-micro"));
+    Command::new(env!("CARGO_BIN_EXE_backbone"))
+        .args(["rerank", "--model"])
+        .arg(dir)
+        .args(["--query", &query])
+        .args(extra)
+        .args(&docs)
+        .output()
+        .expect("run backbone")
+}
+
+#[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
+fn rerank_cli_matches_cross_encoder_predict() {
+    for name in CROSS_ENCODERS {
+        let dir = fixture(&format!("text/{name}"));
+        let golden = Golden::open(&dir.join("io.safetensors"));
+        for (extra, want, atol) in [
+            (
+                vec!["--device", "gpu"],
+                golden.f32("pair_scores"),
+                SCORE_ATOL,
+            ),
+            (
+                vec!["--device", "cpu"],
+                golden.f32("pair_scores"),
+                SCORE_ATOL,
+            ),
+            (vec!["--raw"], golden.f32("pair_logits"), LOGIT_ATOL),
+        ] {
+            let out = rerank(&dir, &extra);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let got: Vec<f32> = serde_json::from_slice(&out.stdout).expect("json array");
+            assert_close(
+                &format!("rerank {name} {extra:?}"),
+                &got,
+                &want.data,
+                atol,
+                0.0,
+            );
+        }
+    }
+}
+
+#[test]
+fn rerank_refuses_a_model_without_classifier() {
+    let out = rerank(&fixture("text/xlmr-micro"), &["--device", "cpu"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a cross-encoder"), "{err}");
+}
+
+/// `run` on a cross-encoder folder writes its logits beside the hidden states.
+#[test]
+fn run_writes_logits_for_a_cross_encoder() {
+    let dir = fixture("text/roberta-micro-cls");
+    let golden = Golden::open(&dir.join("io.safetensors"));
+    let input = pair_input(&golden);
+    let tmp = std::env::temp_dir().join(format!("backbone-rerank-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).expect("tmp");
+    let ids = |v: &[u32]| -> Vec<u8> { v.iter().flat_map(|&x| (x as i64).to_le_bytes()).collect() };
+    let shape = vec![input.batch, input.seq];
+    let (a, b) = (ids(&input.input_ids), ids(&input.attention_mask));
+    let tensors = [
+        (
+            "input_ids",
+            safetensors::tensor::TensorView::new(safetensors::Dtype::I64, shape.clone(), &a)
+                .expect("view"),
+        ),
+        (
+            "attention_mask",
+            safetensors::tensor::TensorView::new(safetensors::Dtype::I64, shape, &b).expect("view"),
+        ),
+    ];
+    let in_path = tmp.join("pairs.safetensors");
+    safetensors::serialize_to_file(tensors, None, &in_path).expect("write input");
+    let out_path = tmp.join("out.safetensors");
+    let out = Command::new(env!("CARGO_BIN_EXE_backbone"))
+        .args(["run", "--device", "cpu", "--model"])
+        .arg(&dir)
+        .arg("--input")
+        .arg(&in_path)
+        .arg("--output")
+        .arg(&out_path)
+        .output()
+        .expect("run backbone");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = Golden::open(&out_path).f32("logits");
+    let want = golden.f32("pair_logits");
+    assert_close("run logits", &got.data, &want.data, LOGIT_ATOL, 0.0);
+    std::fs::remove_dir_all(&tmp).ok();
+}
