@@ -6,8 +6,10 @@
 //   mask: (B, T) u32; key t of batch entry b is attended to when mask[b, t] != 0. A masked
 //         key gets the additive bias f32::MIN, as Hugging Face adds torch.finfo(float32).min
 //         (never -inf: a fully masked row averages V uniformly instead of becoming NaN)
+//   rel_bias: (H, 2T - 1) f32 when HAS_REL_BIAS (MPNet's relative position bias): head h adds
+//         rel_bias[h, (k - q) + T - 1] to the score of query q and key k (a dummy otherwise)
 //   out:  (B, T, C) YT (f32 or f16), row-major; heads merged: out[b, t, h*D + d]
-// scores = (q · k) * scale + bias, softmax over keys, out = softmax · V.
+// scores = (q · k) * scale [+ rel_bias] + mask bias, softmax over keys, out = softmax · V.
 //
 // A workgroup of 64 invocations owns BQ consecutive queries of one (batch, head): grid
 // (ceil(T/BQ), H, B). The Q tile stays in workgroup memory; the keys are walked in tiles of
@@ -21,7 +23,8 @@
 // No invocation holds a row of D values; K/V tiles are kept in the storage type of qkv (f16
 // halves them); rows are padded by one element against bank conflicts. Scores, softmax state and
 // accumulators are f32 whatever the storage types.
-// Specialisation: HEAD_DIM (D), BQ, KV_TILE (multiples of 8; see `attention::tiles`), XT, YT.
+// Specialisation: HEAD_DIM (D), BQ, KV_TILE (multiples of 8; see `attention::tiles`), HAS_REL_BIAS,
+// XT, YT.
 
 struct Params {
     batch: u32,
@@ -33,7 +36,8 @@ struct Params {
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> qkv: array<XT>;
 @group(0) @binding(2) var<storage, read> mask: array<u32>;
-@group(0) @binding(3) var<storage, read_write> out: array<YT>;
+@group(0) @binding(3) var<storage, read> rel_bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<YT>;
 
 const WG: u32 = 64u;
 const RQ: u32 = BQ / 8u; // query rows per invocation
@@ -109,7 +113,12 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
         for (var i = 0u; i < RQ; i++) {
             for (var j = 0u; j < RK; j++) {
                 let key = tc + 8u * j;
-                s_tile[(tr + 8u * i) * KV_TILE + key] = s[i * RK + j] * params.scale + bias_tile[key];
+                var score = s[i * RK + j] * params.scale;
+                let q = q0 + tr + 8u * i;
+                if (HAS_REL_BIAS && key < keys && q < t) {
+                    score += rel_bias[wid.y * (2u * t - 1u) + k0 + key + t - 1u - q];
+                }
+                s_tile[(tr + 8u * i) * KV_TILE + key] = score + bias_tile[key];
             }
         }
         workgroupBarrier();

@@ -2,6 +2,7 @@
 // its two tile products on cooperative matrices (tensor cores): f16 fragments, f32 accumulation.
 //   qkv:  (B, T, 3C) XT (f32 or f16 storage), as attention.wgsl
 //   mask: (B, T) u32, 0 = padding (additive f32::MIN, as Hugging Face)
+//   rel_bias: (H, 2T - 1) f32 when HAS_REL_BIAS, as attention.wgsl
 //   out:  (B, T, C) YT (f32 or f16), heads merged
 // One workgroup is one subgroup of SG invocations and owns FT queries of one (batch, head),
 // FT = the fragment size (16 on NVIDIA/AMD Vulkan, 8 on Metal): grid (ceil(T/FT), H, B).
@@ -15,7 +16,7 @@
 // The output tile lives in workgroup memory in f32 between key tiles (fragments cannot be
 // rescaled per row); the running sums are f32 over the unrounded probabilities.
 // Needs HEAD_DIM a multiple of FT (other heads use `attention`).
-// Specialisation: FT, SG, KV_FRAGS, HEAD_DIM, FRAG_A, FRAG_B, FRAG_C, XT, YT.
+// Specialisation: FT, SG, KV_FRAGS, HEAD_DIM, HAS_REL_BIAS, FRAG_A, FRAG_B, FRAG_C, XT, YT.
 
 struct Params {
     batch: u32,
@@ -27,7 +28,8 @@ struct Params {
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> qkv: array<XT>;
 @group(0) @binding(2) var<storage, read> mask: array<u32>;
-@group(0) @binding(3) var<storage, read_write> out: array<YT>;
+@group(0) @binding(3) var<storage, read> rel_bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<YT>;
 
 const KV: u32 = KV_FRAGS * FT; // keys per tile
 const DF: u32 = HEAD_DIM / FT; // fragments across the head
@@ -101,9 +103,17 @@ fn attention_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         }
         if (lid < FT) {
             let at = lid * KV;
+            // The query's scores, scaled, with the relative bias and the mask bias.
+            for (var j = 0u; j < keys; j++) {
+                var score = ss[at + j] * params.scale;
+                if (HAS_REL_BIAS && q0 + lid < t) {
+                    score += rel_bias[wid.y * (2u * t - 1u) + k0 + j + t - 1u - (q0 + lid)];
+                }
+                ss[at + j] = score + bias_tile[j];
+            }
             var tile_max = MASKED;
             for (var j = 0u; j < keys; j++) {
-                tile_max = max(tile_max, ss[at + j] * params.scale + bias_tile[j]);
+                tile_max = max(tile_max, ss[at + j]);
             }
             let new_max = max(running_max, tile_max);
             let correction = exp(running_max - new_max);
@@ -111,7 +121,7 @@ fn attention_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
             for (var j = 0u; j < KV; j++) {
                 var p = 0.0;
                 if (j < keys) {
-                    p = exp(ss[at + j] * params.scale + bias_tile[j] - new_max);
+                    p = exp(ss[at + j] - new_max);
                 }
                 sp[at + j] = f16(p);
                 running_sum += p;

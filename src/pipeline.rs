@@ -118,8 +118,8 @@ impl Kernel {
             Kernel::BertEmbeddings => &[Uniform, Read, Read, Read, Read, Read, Read, Write],
             // params, x, mask, keep, y
             Kernel::Pool => &[Uniform, Read, Read, Read, Write],
-            // params, qkv, mask, out
-            Kernel::Attention | Kernel::AttentionCoop => &[Uniform, Read, Read, Write],
+            // params, qkv, mask, rel_bias, out
+            Kernel::Attention | Kernel::AttentionCoop => &[Uniform, Read, Read, Read, Write],
             // params, x, weight, bias, y
             Kernel::Conv2d => &[Uniform, Read, Read, Read, Write],
             // params, qkv, lepe_w, lepe_b, out

@@ -390,11 +390,25 @@ pub fn attention(
     heads: usize,
     out: &mut HostTensor,
 ) -> Result<()> {
+    attention_biased(qkv, mask, None, heads, out)
+}
+
+/// Twin of [`crate::kernels::attention_biased`].
+pub fn attention_biased(
+    qkv: &HostTensor,
+    mask: &HostTensor<u32>,
+    rel_bias: Option<&HostTensor>,
+    heads: usize,
+    out: &mut HostTensor,
+) -> Result<()> {
     let (_, t, c, d) = crate::kernels::attention_dims(&qkv.shape, &mask.shape, heads, &out.shape)?;
+    if let Some(bias) = rel_bias {
+        crate::kernels::rel_bias_dims(&bias.shape, heads, t)?;
+    }
     let scale = 1.0 / (d as f64).sqrt();
     // One output row (batch entry, query) at a time, all heads, in parallel over rows.
     par_rows(&mut out.data, c, |row, out_row| {
-        let bi = row / t;
+        let (bi, qi) = (row / t, row % t);
         let mut weights = vec![0.0f64; t];
         for h in 0..heads {
             let q = &qkv.data[row * 3 * c + h * d..][..d];
@@ -406,7 +420,8 @@ pub fn attention(
                 } else {
                     f32::MIN
                 };
-                *s = ((dot * scale) as f32 + bias) as f64;
+                let rel = rel_bias.map_or(0.0, |r| r.data[h * (2 * t - 1) + j + t - 1 - qi] as f64);
+                *s = ((dot * scale + rel) as f32 + bias) as f64;
             }
             let max = weights.iter().fold(f64::MIN, |m, &s| m.max(s));
             weights.iter_mut().for_each(|s| *s = (*s - max).exp());

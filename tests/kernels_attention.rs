@@ -69,16 +69,31 @@ fn check_attention(
     heads: usize,
     what: &str,
 ) -> Vec<f32> {
+    check_attention_biased(ctx, seed, qkv, mask, None, heads, what)
+}
+
+/// [`check_attention`] with an optional relative position bias [heads, 2T - 1].
+fn check_attention_biased(
+    ctx: &Context,
+    seed: u64,
+    qkv: &HostTensor,
+    mask: &HostTensor<u32>,
+    rel_bias: Option<&HostTensor>,
+    heads: usize,
+    what: &str,
+) -> Vec<f32> {
     let (b, t) = (mask.shape[0], mask.shape[1]);
     let c = qkv.shape[2] / 3;
     let mut cpu = nan_host(&[b, t, c]);
-    reference::attention(qkv, mask, heads, &mut cpu).expect("cpu");
+    reference::attention_biased(qkv, mask, rel_bias, heads, &mut cpu).expect("cpu");
     let out = nan_filled(ctx, &[b, t, c], "out");
     let mut rec = Recorder::new(ctx);
-    kernels::attention(
+    let gbias = rel_bias.map(|r| upload(ctx, r, "rel_bias"));
+    kernels::attention_biased(
         &mut rec,
         &upload(ctx, qkv, "qkv"),
         &upload_u32(ctx, mask, "mask"),
+        gbias.as_ref(),
         heads,
         &out,
     )
@@ -124,6 +139,33 @@ fn attention_masks_and_head_sizes_match_twin() {
         let what = format!("heads={heads} t={t} d={d} masks {:?}", Mask::EVERY);
         check_attention(ctx, seed, &qkv, &mask, heads, &what);
     }
+}
+
+/// MPNet's relative position bias (one value per head and distance k - q) added before the
+/// mask, on sequences below one key tile, across query and key tiles, with every mask.
+#[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
+fn attention_relative_bias_matches_twin() {
+    let ctx = ctx();
+    for (i, (heads, t, d)) in [(2, 5, 8), (3, 45, 32), (2, 70, 64)]
+        .into_iter()
+        .enumerate()
+    {
+        let seed = 1300 + i as u64;
+        let mut r = rng(seed);
+        let qkv = random_host(&mut r, &[Mask::EVERY.len(), t, 3 * heads * d], 1.5);
+        let bias = random_host(&mut r, &[heads, 2 * t - 1], 2.0);
+        let mask = mask_of(&Mask::EVERY, t, key_tile(d));
+        let what = format!("rel bias heads={heads} t={t} d={d}");
+        check_attention_biased(ctx, seed, &qkv, &mask, Some(&bias), heads, &what);
+    }
+    // A bias of the wrong shape is refused on both sides.
+    let qkv = HostTensor::zeros(&[1, 4, 3 * 8]);
+    let mask = HostTensor::new(&[1, 4], vec![1u32; 4]).expect("mask");
+    let bad = HostTensor::zeros(&[1, 8]);
+    let mut out = HostTensor::zeros(&[1, 4, 8]);
+    let err = reference::attention_biased(&qkv, &mask, Some(&bad), 1, &mut out).expect_err("shape");
+    assert!(err.to_string().contains("rel_bias"), "{err}");
 }
 
 /// BERT-base at sequence 128: B = 2, 12 heads of 64 (key tiles of 16), one sequence padded on

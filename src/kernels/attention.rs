@@ -59,12 +59,18 @@ pub fn attention_tiles(head_dim: usize, f16: bool) -> AttentionTiles {
     tiles
 }
 
-/// Specialisation: head size, tiles, and the storage types of `qkv` and `out`.
+/// Specialisation: head size, tiles, the storage types of `qkv` and `out`, and (for the BERT
+/// kernel) whether a relative position bias is added.
 pub(super) fn spec(head_dim: usize, f16: (bool, bool)) -> Spec {
+    spec_biased(head_dim, f16, false)
+}
+
+pub(super) fn spec_biased(head_dim: usize, f16: (bool, bool), rel_bias: bool) -> Spec {
     let tiles = attention_tiles(head_dim, f16.0);
     Spec::new()
         .storage("XT", f16.0)
         .storage("YT", f16.1)
+        .bool("HAS_REL_BIAS", rel_bias)
         .u32("HEAD_DIM", head_dim as u32)
         .u32("BQ", tiles.queries as u32)
         .u32("KV_TILE", tiles.keys as u32)
@@ -88,15 +94,6 @@ pub(super) fn choose(
             attention_tiles(head_dim, f16.0).queries,
         ),
     }
-}
-
-fn variant(ctx: &Context, head_dim: usize, f16: (bool, bool)) -> (Kernel, Spec, usize) {
-    choose(
-        ctx,
-        head_dim,
-        f16,
-        (Kernel::Attention, Kernel::AttentionCoop),
-    )
 }
 
 /// What both attention kernels run as for this head size and qkv storage on `ctx` (for
@@ -164,6 +161,20 @@ pub fn attention_dims(
     Ok((b, t, c, d))
 }
 
+/// Checks MPNet's relative position bias against (heads, T): [heads, 2T - 1].
+pub fn rel_bias_dims(rel_bias: &[usize], heads: usize, t: usize) -> Result<()> {
+    let want = [heads, 2 * t - 1];
+    if rel_bias != want {
+        return Err(Error::Shape {
+            op: "attention",
+            arg: "rel_bias",
+            expected: format!("{want:?} (heads, 2T - 1)"),
+            found: rel_bias.to_vec(),
+        });
+    }
+    Ok(())
+}
+
 /// Fused multi-head self-attention: `out[b, t, h*D..] = softmax(q·Kᵀ / sqrt(D) + bias) · V`
 /// for every head, with Q, K, V read from the fused projection `qkv` [B, T, 3C] and the
 /// Hugging Face key-padding mask (`mask` [B, T] u32, 0 = padding: additive f32::MIN).
@@ -175,6 +186,20 @@ pub fn attention(
     heads: usize,
     out: &Tensor,
 ) -> Result<()> {
+    attention_biased(rec, qkv, mask, None, heads, out)
+}
+
+/// [`attention`] with MPNet's relative position bias: head `h` adds `rel_bias[h, k - q + T - 1]`
+/// (`rel_bias` f32 [heads, 2T - 1]) to the scaled score of query `q` and key `k`, before the
+/// mask bias.
+pub fn attention_biased(
+    rec: &mut Recorder<'_>,
+    qkv: &Tensor,
+    mask: &Tensor,
+    rel_bias: Option<&Tensor>,
+    heads: usize,
+    out: &Tensor,
+) -> Result<()> {
     let ctx = rec.context();
     let f16 = (
         check_float(ctx, "attention", "qkv", qkv)?,
@@ -182,19 +207,36 @@ pub fn attention(
     );
     check_dtype("attention", "mask", mask, DType::U32)?;
     let (b, t, _c, d) = attention_dims(qkv.shape(), mask.shape(), heads, out.shape())?;
-    let (kernel, spec, queries) = variant(ctx, d, f16);
+    if let Some(bias) = rel_bias {
+        check_dtype("attention", "rel_bias", bias, DType::F32)?;
+        rel_bias_dims(bias.shape(), heads, t)?;
+    }
+    let (kernel, spec, queries) = match CoopAttention::for_head(ctx, d).filter(|_| f16.0) {
+        Some(c) => (
+            Kernel::AttentionCoop,
+            c.spec(d, f16).bool("HAS_REL_BIAS", rel_bias.is_some()),
+            c.fragment as usize,
+        ),
+        None => (
+            Kernel::Attention,
+            spec_biased(d, f16, rel_bias.is_some()),
+            attention_tiles(d, f16.0).queries,
+        ),
+    };
     let params = Params {
         batch: b as u32,
         t: t as u32,
         heads: heads as u32,
         scale: 1.0 / (d as f32).sqrt(),
     };
+    let bias = rel_bias.map_or(&ctx.dummy, |t| t.buffer());
+    let inputs: Vec<&Tensor> = [qkv, mask].into_iter().chain(rel_bias).collect();
     rec.dispatch(Dispatch {
         kernel,
         spec,
         params: bytemuck::bytes_of(&params),
-        buffers: &[qkv.buffer(), mask.buffer(), out.buffer()],
+        buffers: &[qkv.buffer(), mask.buffer(), bias, out.buffer()],
         groups: [t.div_ceil(queries) as u32, heads as u32, b as u32],
-        traffic: Traffic::whole(&[qkv, mask], out),
+        traffic: Traffic::whole(&inputs, out),
     })
 }

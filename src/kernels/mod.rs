@@ -21,7 +21,8 @@ mod softmax;
 
 pub use add::add;
 pub use attention::{
-    AttentionTiles, MAX_HEAD_DIM, attention, attention_dims, attention_tiles, attention_variant,
+    AttentionTiles, MAX_HEAD_DIM, attention, attention_biased, attention_dims, attention_tiles,
+    attention_variant, rel_bias_dims,
 };
 pub use attention_coop::CoopAttention;
 pub use bert_embeddings::{EmbeddingTables, bert_embeddings, bert_embeddings_dims};
@@ -57,8 +58,20 @@ pub fn shader_variants() -> Vec<(Kernel, Spec)> {
                 out.extend(dims.map(|d| (kernel, attention::spec(d, (false, false)))));
                 out.extend(dims.map(|d| (kernel, attention::spec(d, (true, true)))));
                 out.push((kernel, attention::spec(64, (true, false))));
+                out.extend(
+                    [false, true].map(|f| (kernel, attention::spec_biased(64, (f, f), true))),
+                );
             }
-            Kernel::AttentionCoop | Kernel::CswinAttentionCoop => {
+            Kernel::AttentionCoop => {
+                for bias in [false, true] {
+                    out.extend(
+                        attention_coop::variants()
+                            .into_iter()
+                            .map(|(_, s)| (kernel, s.bool("HAS_REL_BIAS", bias))),
+                    );
+                }
+            }
+            Kernel::CswinAttentionCoop => {
                 out.extend(
                     attention_coop::variants()
                         .into_iter()
