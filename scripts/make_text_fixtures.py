@@ -11,10 +11,15 @@ models are tiny (hidden 32), every output is computed in float32 on the CPU:
                       the `classifier.*` head; hidden states of the encoder, the logits, and
                       sentence_transformers.CrossEncoder.predict scores on query/document pairs
   xlmr-micro          XLMRobertaModel saved bare (no prefix), a batch with padding
-  distilbert-micro    DistilBertModel, sinusoidal positions (held by the checkpoint), ReLU
+  distilbert-micro    DistilBertModel,
+    MPNetConfig,
+    MPNetModel, sinusoidal positions (held by the checkpoint), ReLU
   electra-micro       ElectraForPreTraining (discriminator, `electra.` prefix and its head),
                       embedding_size 16 != hidden 32 (embeddings_project)
   bert-cross-micro    BertForSequenceClassification, 1 label (pooler + classifier)
+  mpnet-micro         sentence-transformers folder on MPNetModel (relative position bias,
+                      RoBERTa positions): mean pooling + Normalize as all-mpnet-base-v2, with the
+                      encoder's hidden states on the same ids
   st-cls              sentence-transformers folder: BERT + CLS pooling, no Normalize
   st-max              sentence-transformers folder: BERT + max pooling + Normalize, prompts
                       {"query": "query: "} left out of pooling (include_prompt false)
@@ -39,6 +44,8 @@ from transformers import (
     BertModel,
     DistilBertConfig,
     DistilBertModel,
+    MPNetConfig,
+    MPNetModel,
     ElectraConfig,
     ElectraForPreTraining,
     PreTrainedTokenizerFast,
@@ -279,6 +286,33 @@ def bert_cross(root):
     write_io(out, tensors, {"query": PAIRS_QUERY, "documents": PAIRS_DOCS})
 
 
+def mpnet(root):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import models as st
+
+    out = os.path.join(root, "mpnet-micro")
+    tmp = out + ".base"
+    tok, vocab = make_tokenizer("roberta")
+    cfg = small(MPNetConfig, vocab, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                layer_norm_eps=1e-5, relative_attention_num_buckets=32)
+    base = randomize(MPNetModel(cfg), 16)
+    save_folder(tmp, base, tok)
+    model = SentenceTransformer(
+        modules=[st.Transformer(tmp, max_seq_length=64), st.Pooling(32, pooling_mode="mean"), st.Normalize()],
+        device="cpu",
+    )
+    if os.path.exists(out):
+        shutil.rmtree(out)
+    model.save(out, safe_serialization=True)
+    shutil.rmtree(tmp)
+    model = SentenceTransformer(out, device="cpu")
+    enc = encode(tok, SENTENCES)
+    tensors = ids_of(enc)
+    tensors["last_hidden_state"] = encoder_outputs(model[0].auto_model, enc)
+    tensors["embeddings"] = model.encode(SENTENCES, convert_to_tensor=True).to(torch.float32)
+    write_io(out, tensors, {"texts": SENTENCES})
+
+
 def sentence_transformer(root, name, pooling, dense, normalize, prompts, seed, include_prompt=True):
     from sentence_transformers import SentenceTransformer
     from sentence_transformers import models as st
@@ -322,6 +356,7 @@ def main():
     distilbert(root)
     electra(root)
     bert_cross(root)
+    mpnet(root)
     sentence_transformer(root, "st-cls", "cls", False, False, None, 21)
     sentence_transformer(root, "st-max", "max", False, True, {"query": "query: "}, 22, include_prompt=False)
     sentence_transformer(root, "st-mean-dense", "mean", True, True, {"query": "query: "}, 23)

@@ -1,7 +1,8 @@
 //! The BERT-family encoders other than BERT against `transformers` on seeded random micro
 //! models (tests/fixtures/text, made by scripts/make_text_fixtures.py): RoBERTa saved with its
 //! task prefix and classification head, XLM-RoBERTa saved bare with a pooler, DistilBERT with
-//! sinusoidal positions and ReLU, ELECTRA's discriminator with a projected 16-wide embedding.
+//! sinusoidal positions and ReLU, ELECTRA's discriminator with a projected 16-wide embedding,
+//! MPNet (relative position bias) in a sentence-transformers folder.
 //! Every batch is padded. GPU and CPU paths, hidden states on real tokens within 5e-5, the
 //! pooler within 5e-5.
 
@@ -94,6 +95,85 @@ fn distilbert_sinusoidal_relu_matches_transformers() {
 #[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
 fn electra_discriminator_with_projection_matches_transformers() {
     run_fixture("electra-micro", Family::Electra);
+}
+
+/// MPNet in a sentence-transformers folder (as all-mpnet-base-v2): relative position bias in
+/// every layer, RoBERTa positions; hidden states and the folder's mean + Normalize embedding.
+#[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
+fn mpnet_sentence_transformer_matches() {
+    run_fixture("mpnet-micro", Family::Mpnet);
+    let dir = text_fixture("mpnet-micro");
+    let golden = Golden::open(&dir.join("io.safetensors"));
+    let (config, weights) = bert::load_dir(&dir).expect("load");
+    let input = input_of(&golden, "");
+    let want = golden.f32("embeddings");
+    let cpu = bert::forward_cpu(&config, &weights, &input, false).expect("cpu");
+    assert_close(
+        "mpnet CPU embeddings",
+        &cpu.sentence_embedding.data,
+        &want.data,
+        1e-5,
+        0.0,
+    );
+    let model = Bert::new(ctx(), config, &weights).expect("upload");
+    let gpu = model.forward_blocking(ctx(), &input, false).expect("gpu");
+    assert_close(
+        "mpnet GPU embeddings",
+        &gpu.sentence_embedding.data,
+        &want.data,
+        1e-5,
+        0.0,
+    );
+}
+
+/// MPNet's buckets as `relative_position_bucket` gives them (values printed by transformers
+/// 5.24 for these distances), including the float32 log's exact powers of two.
+#[test]
+fn mpnet_relative_position_buckets() {
+    let want = [
+        (-200, 15),
+        (-128, 15),
+        (-100, 15),
+        (-64, 14),
+        (-40, 12),
+        (-33, 12),
+        (-32, 12),
+        (-31, 11),
+        (-17, 10),
+        (-16, 10),
+        (-15, 9),
+        (-9, 8),
+        (-8, 8),
+        (-7, 7),
+        (-1, 1),
+        (0, 0),
+        (1, 17),
+        (7, 23),
+        (8, 24),
+        (9, 24),
+        (15, 25),
+        (16, 26),
+        (17, 26),
+        (31, 27),
+        (32, 28),
+        (33, 28),
+        (40, 28),
+        (63, 29),
+        (64, 30),
+        (65, 30),
+        (100, 31),
+        (127, 31),
+        (128, 31),
+        (200, 31),
+    ];
+    for (d, bucket) in want {
+        assert_eq!(
+            bert::relative_position_bucket(d, 32, 128),
+            bucket,
+            "distance {d}"
+        );
+    }
 }
 
 /// The folders' tokenizer.json gives the ids `transformers` used (RoBERTa's <s> a </s> and

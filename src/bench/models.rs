@@ -59,6 +59,7 @@ impl BertSize {
             pad_token_id: None,
             embedding_size: None,
             sinusoidal_pos_embds: false,
+            relative_attention_num_buckets: None,
         }
     }
 }
@@ -174,6 +175,7 @@ pub fn random_bert_weights(config: &BertConfig, seed: u64) -> Result<BertWeights
         pooler,
         sentence: Default::default(),
         classifier: None,
+        relative_attention_bias: None,
     })
 }
 

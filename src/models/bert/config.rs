@@ -42,6 +42,9 @@ pub struct BertConfig {
     /// `from_pretrained` loads it); it is generated only when absent.
     #[serde(default)]
     pub sinusoidal_pos_embds: bool,
+    /// MPNet's relative position buckets (32 when absent).
+    #[serde(default)]
+    pub relative_attention_num_buckets: Option<usize>,
 }
 
 fn default_model_type() -> String {
@@ -136,6 +139,12 @@ impl BertConfig {
                 self.vocab_size
             ));
         }
+        if self.family() == Family::Mpnet && !(2..=1024).contains(&self.relative_buckets()) {
+            return unsupported(format!(
+                "relative_attention_num_buckets {} is outside 2..=1024",
+                self.relative_buckets()
+            ));
+        }
         if self.max_sequence() == 0 {
             return unsupported(format!(
                 "max_position_embeddings {} leaves no position after pad_token_id {} (RoBERTa's \
@@ -192,6 +201,11 @@ impl BertConfig {
     /// Width of the embedding tables (ELECTRA's `embedding_size`, else `hidden_size`).
     pub fn embedding_dim(&self) -> usize {
         self.embedding_size.unwrap_or(self.hidden_size)
+    }
+
+    /// MPNet's relative position buckets.
+    pub fn relative_buckets(&self) -> usize {
+        self.relative_attention_num_buckets.unwrap_or(32)
     }
 
     /// The padding id: `pad_token_id`, or the family's default (RoBERTa 1, others 0).

@@ -64,6 +64,10 @@ pub fn forward_cpu_as(
     }
     store(&mut hidden);
     let act = config.activation().unwrap_or(Activation::Gelu);
+    let rel_bias = w
+        .relative_attention_bias
+        .as_ref()
+        .map(|table| super::relative_position_bias(table, t));
     let mut states = Vec::new();
     if hidden_states {
         states.push(hidden.clone());
@@ -80,7 +84,8 @@ pub fn forward_cpu_as(
             Epilogue::none().bias(&layer.qkv.bias),
         )?;
         store(&mut qkv);
-        reference::attention(&qkv, &mask, config.num_attention_heads, &mut context)?;
+        let heads = config.num_attention_heads;
+        reference::attention_biased(&qkv, &mask, rel_bias.as_ref(), heads, &mut context)?;
         store(&mut context);
         let out = Epilogue::none()
             .bias(&layer.attention_output.bias)

@@ -6,7 +6,8 @@
 //! Upstream (transformers v4.46): `models/bert/modeling_bert.py`,
 //! `models/roberta/modeling_roberta.py` (`create_position_ids_from_input_ids`),
 //! `models/xlm_roberta`, `models/camembert` (RoBERTa's modules), `models/electra/modeling_electra.py`
-//! (`embeddings_project`), `models/distilbert/modeling_distilbert.py`.
+//! (`embeddings_project`), `models/distilbert/modeling_distilbert.py`,
+//! `models/mpnet/modeling_mpnet.py` (`relative_position_bucket`, `compute_position_bias`).
 
 use crate::error::{Error, Result};
 
@@ -23,16 +24,20 @@ pub enum Family {
     /// `distilbert`: its own key names, no token types, GELU or ReLU, sinusoidal or learned
     /// positions (the checkpoint holds the table either way).
     DistilBert,
+    /// `mpnet`: RoBERTa's positions, no token types, and a relative position bias (bucketed
+    /// distances, one table shared by every layer) added to the attention scores.
+    Mpnet,
 }
 
 /// The `model_type`s this engine loads, with their family.
-pub const MODEL_TYPES: [(&str, Family); 6] = [
+pub const MODEL_TYPES: [(&str, Family); 7] = [
     ("bert", Family::Bert),
     ("roberta", Family::Roberta),
     ("xlm-roberta", Family::Roberta),
     ("camembert", Family::Roberta),
     ("electra", Family::Electra),
     ("distilbert", Family::DistilBert),
+    ("mpnet", Family::Mpnet),
 ];
 
 /// Where a family keeps each weight (relative to the base model; the task prefix is tried
@@ -118,6 +123,17 @@ impl Family {
                 ],
                 ..BERT_KEYS
             },
+            Family::Mpnet => Keys {
+                prefix: "mpnet.",
+                token_type: None,
+                query: "attention.attn.q",
+                key: "attention.attn.k",
+                value: "attention.attn.v",
+                attention_output: "attention.attn.o",
+                attention_norm: "attention.LayerNorm",
+                heads: &["lm_head.", "classifier."],
+                ..BERT_KEYS
+            },
             Family::DistilBert => Keys {
                 prefix: "distilbert.",
                 word: "embeddings.word_embeddings.weight",
@@ -148,13 +164,13 @@ impl Family {
 
     /// Whether position ids follow RoBERTa's rule (see [`Family::position_ids`]).
     pub fn padding_offset_positions(self) -> bool {
-        self == Family::Roberta
+        matches!(self, Family::Roberta | Family::Mpnet)
     }
 
     /// Whether the model reads token-type ids (DistilBERT has no table; its inputs' types are
     /// ignored as `transformers` ignores them).
     pub fn has_token_types(self) -> bool {
-        self != Family::DistilBert
+        !matches!(self, Family::DistilBert | Family::Mpnet)
     }
 
     /// Position ids of one row of input ids: `0..T` for absolute positions; for RoBERTa,
@@ -177,4 +193,44 @@ impl Family {
             })
             .collect()
     }
+}
+
+/// MPNet's (and T5's bidirectional) bucket of a relative position `d = key - query`:
+/// half the buckets for keys after the query; exact buckets up to `num_buckets / 4`, then
+/// logarithmic up to `max_distance`, then the last bucket. As `relative_position_bucket`
+/// (whose float32 log lands exactly on the integers at powers of two, hence the epsilon).
+pub fn relative_position_bucket(d: i64, num_buckets: usize, max_distance: usize) -> usize {
+    let half = (num_buckets / 2) as i64;
+    let n = -d;
+    let mut bucket = if n < 0 { half } else { 0 };
+    let n = n.abs();
+    let max_exact = half / 2;
+    bucket += if n < max_exact {
+        n
+    } else {
+        let scaled = (n as f64 / max_exact as f64).ln()
+            / (max_distance as f64 / max_exact as f64).ln()
+            * (half - max_exact) as f64;
+        (max_exact + (scaled + 1e-9).floor() as i64).min(half - 1)
+    };
+    bucket as usize
+}
+
+/// MPNet's position bias for `t` tokens: [heads, 2t - 1], entry (h, d + t - 1) the table's
+/// value for head h at the bucket of distance d (`table`: `relative_attention_bias.weight`,
+/// [buckets, heads]).
+pub fn relative_position_bias(
+    table: &crate::reference::HostTensor,
+    t: usize,
+) -> crate::reference::HostTensor {
+    let (buckets, heads) = (table.shape[0], table.shape[1]);
+    let span = 2 * t - 1;
+    let mut out = crate::reference::HostTensor::zeros(&[heads, span]);
+    for i in 0..span {
+        let bucket = relative_position_bucket(i as i64 - (t as i64 - 1), buckets, 128);
+        for h in 0..heads {
+            out.data[h * span + i] = table.data[bucket.min(buckets - 1) * heads + h];
+        }
+    }
+    out
 }

@@ -1,7 +1,8 @@
 //! The GPU forward: weights uploaded once, buffers leased per (batch, seq), one submission.
 
 use super::{
-    BertConfig, BertInput, BertOutput, BertWeights, ClassifierHead, SentenceHead, pooler_problem,
+    BertConfig, BertInput, BertOutput, BertWeights, ClassifierHead, Family, SentenceHead,
+    pooler_problem, relative_position_bias,
 };
 use crate::context::Context;
 use crate::error::Result;
@@ -33,6 +34,8 @@ pub struct Plan {
     mask: Tensor,
     /// ELECTRA's embeddings before `embeddings_project`, [batch, seq, embedding_size].
     embedded: Option<Tensor>,
+    /// MPNet's relative position bias for this length, [heads, 2 seq - 1] f32.
+    rel_bias: Option<Tensor>,
     hidden: Tensor,
     qkv: Tensor,
     context: Tensor,
@@ -75,6 +78,13 @@ impl Plan {
             seq,
             ids: Tensor::empty(ctx, &[3, batch * seq], DType::U32, "embedding_ids")?,
             mask: Tensor::empty(ctx, &[batch, seq], DType::U32, "attention_mask")?,
+            rel_bias: match config.family() == Family::Mpnet {
+                true => Some(f32s(
+                    &[config.num_attention_heads, 2 * seq - 1],
+                    "rel_bias",
+                )?),
+                false => None,
+            },
             embedded: match config.embedding_dim() != c {
                 true => Some(acts(&[batch, seq, config.embedding_dim()], "embedded")?),
                 false => None,
@@ -207,6 +217,9 @@ impl Bert {
         let p = self.plan(ctx, input.batch, input.seq)?;
         p.ids.write(ctx, &input.embedding_ids(&self.config))?;
         p.mask.write(ctx, &input.attention_mask)?;
+        if let (Some(bias), Some(table)) = (&p.rel_bias, &self.weights.relative_attention_bias) {
+            bias.write(ctx, &relative_position_bias(table, input.seq).data)?;
+        }
         if let Some(keep) = &p.keep {
             keep.write(ctx, &input.pooling_mask(false))?;
         }
@@ -231,7 +244,8 @@ impl Bert {
             // Self-attention: fused QKV projection, fused attention, output projection + residual, norm.
             let qkv = Epilogue::none().bias(&layer.qkv.bias);
             kernels::matmul(rec, &p.hidden, &layer.qkv.weight, &p.qkv, qkv)?;
-            kernels::attention(rec, &p.qkv, &p.mask, cfg.num_attention_heads, &p.context)?;
+            let (heads, bias) = (cfg.num_attention_heads, p.rel_bias.as_ref());
+            kernels::attention_biased(rec, &p.qkv, &p.mask, bias, heads, &p.context)?;
             let out = Epilogue::none()
                 .bias(&layer.attention_output.bias)
                 .residual(&p.hidden);

@@ -19,7 +19,7 @@ mod weights;
 pub use crate::models::{LayerNorm, Linear};
 pub use config::BertConfig;
 pub use cpu::{forward_cpu, forward_cpu_as};
-pub use family::{Family, Keys, MODEL_TYPES};
+pub use family::{Family, Keys, MODEL_TYPES, relative_position_bias, relative_position_bucket};
 pub use gpu::{Bert, Plan};
 pub use input::BertInput;
 #[cfg(not(target_arch = "wasm32"))]

@@ -61,6 +61,9 @@ pub struct BertWeights<T> {
     /// The sequence-classification head of a `…ForSequenceClassification` checkpoint (a
     /// cross-encoder), when it has one.
     pub classifier: Option<ClassifierHead<T>>,
+    /// MPNet's `encoder.relative_attention_bias.weight` [buckets, heads] (kept on the host: the
+    /// per-length bias is computed from it for each forward).
+    pub relative_attention_bias: Option<HostTensor>,
 }
 
 /// A sequence-classification head on the first token: BERT's `classifier` on the pooler
@@ -99,6 +102,10 @@ fn load_classifier(
             "classifier.out_proj",
         ),
         Family::DistilBert => (Some(("pre_classifier", Activation::Relu)), "classifier"),
+        Family::Mpnet => (
+            Some(("classifier.dense", Activation::Tanh)),
+            "classifier.out_proj",
+        ),
     };
     let out_key = format!("{out}.weight");
     let Some(shape) = w.shape(&out_key) else {
@@ -190,6 +197,13 @@ impl BertWeights<HostTensor> {
             None
         };
         let classifier = load_classifier(&mut w, family, c, pooler.is_some())?;
+        let relative_attention_bias = match family {
+            Family::Mpnet => Some(w.get(
+                "encoder.relative_attention_bias.weight",
+                &[config.relative_buckets(), config.num_attention_heads],
+            )?),
+            _ => None,
+        };
         let unused = w
             .unused(|k| k.ends_with("position_ids") || keys.heads.iter().any(|h| k.starts_with(h)));
         if let Some(key) = unused.first() {
@@ -210,6 +224,7 @@ impl BertWeights<HostTensor> {
             pooler,
             sentence: SentenceHead::default(),
             classifier,
+            relative_attention_bias,
         })
     }
 
@@ -291,6 +306,7 @@ impl BertWeights<HostTensor> {
                     })
                 })
                 .transpose()?,
+            relative_attention_bias: self.relative_attention_bias.clone(),
         })
     }
 }
@@ -330,6 +346,7 @@ impl BertWeights<HostTensor> {
                 dense: h.dense.as_ref().map(|(l, act)| (lin(l), *act)),
                 out: lin(&h.out),
             }),
+            relative_attention_bias: self.relative_attention_bias.clone(),
         }
     }
 }
