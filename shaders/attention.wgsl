@@ -9,7 +9,8 @@
 //   rel_bias: (H, 2T - 1) f32 when HAS_REL_BIAS (MPNet's relative position bias): head h adds
 //         rel_bias[h, (k - q) + T - 1] to the score of query q and key k (a dummy otherwise)
 //   out:  (B, T, C) YT (f32 or f16), row-major; heads merged: out[b, t, h*D + d]
-// scores = (q · k) * scale [+ rel_bias] + mask bias, softmax over keys, out = softmax · V.
+// scores = (q · k) * scale [+ rel_bias] + mask bias (f32::MIN instead past the local window
+// when params.window > 0), softmax over keys, out = softmax · V.
 //
 // A workgroup of 64 invocations owns BQ consecutive queries of one (batch, head): grid
 // (ceil(T/BQ), H, B). The Q tile stays in workgroup memory; the keys are walked in tiles of
@@ -31,6 +32,12 @@ struct Params {
     t: u32,
     heads: u32,
     scale: f32,
+    // ModernBERT's local attention: keys farther than `window` from the query are masked
+    // (0: every key).
+    window: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -118,7 +125,12 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
                 if (HAS_REL_BIAS && key < keys && q < t) {
                     score += rel_bias[wid.y * (2u * t - 1u) + k0 + key + t - 1u - q];
                 }
-                s_tile[(tr + 8u * i) * KV_TILE + key] = score + bias_tile[key];
+                score += bias_tile[key];
+                let k = k0 + key;
+                if (params.window > 0u && max(k, q) - min(k, q) > params.window) {
+                    score = MASKED;
+                }
+                s_tile[(tr + 8u * i) * KV_TILE + key] = score;
             }
         }
         workgroupBarrier();

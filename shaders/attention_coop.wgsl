@@ -23,6 +23,12 @@ struct Params {
     t: u32,
     heads: u32,
     scale: f32,
+    // ModernBERT's local attention: keys farther than `window` from the query are masked
+    // (0: every key).
+    window: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -106,10 +112,16 @@ fn attention_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
             // The query's scores, scaled, with the relative bias and the mask bias.
             for (var j = 0u; j < keys; j++) {
                 var score = ss[at + j] * params.scale;
-                if (HAS_REL_BIAS && q0 + lid < t) {
-                    score += rel_bias[wid.y * (2u * t - 1u) + k0 + j + t - 1u - (q0 + lid)];
+                let q = q0 + lid;
+                if (HAS_REL_BIAS && q < t) {
+                    score += rel_bias[wid.y * (2u * t - 1u) + k0 + j + t - 1u - q];
                 }
-                ss[at + j] = score + bias_tile[j];
+                score += bias_tile[j];
+                let k = k0 + j;
+                if (params.window > 0u && max(k, q) - min(k, q) > params.window) {
+                    score = MASKED;
+                }
+                ss[at + j] = score;
             }
             var tile_max = MASKED;
             for (var j = 0u; j < keys; j++) {

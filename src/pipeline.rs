@@ -33,10 +33,12 @@ pub enum Kernel {
     AttentionCoop,
     CswinAttentionCoop,
     MatmulSubgroup,
+    Rotary,
+    Geglu,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 16] = [
+    pub const ALL: [Kernel; 18] = [
         Kernel::Matmul,
         Kernel::LayerNorm,
         Kernel::Softmax,
@@ -53,6 +55,8 @@ impl Kernel {
         Kernel::AttentionCoop,
         Kernel::CswinAttentionCoop,
         Kernel::MatmulSubgroup,
+        Kernel::Rotary,
+        Kernel::Geglu,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -73,6 +77,8 @@ impl Kernel {
             Kernel::AttentionCoop => "attention_coop",
             Kernel::CswinAttentionCoop => "cswin_attention_coop",
             Kernel::MatmulSubgroup => "matmul_subgroup",
+            Kernel::Rotary => "rotary",
+            Kernel::Geglu => "geglu",
         }
     }
 
@@ -95,6 +101,8 @@ impl Kernel {
             Kernel::AttentionCoop => include_str!("../shaders/attention_coop.wgsl"),
             Kernel::CswinAttentionCoop => include_str!("../shaders/cswin_attention_coop.wgsl"),
             Kernel::MatmulSubgroup => include_str!("../shaders/matmul_subgroup.wgsl"),
+            Kernel::Rotary => include_str!("../shaders/rotary.wgsl"),
+            Kernel::Geglu => include_str!("../shaders/geglu.wgsl"),
         }
     }
 
@@ -118,6 +126,10 @@ impl Kernel {
             Kernel::BertEmbeddings => &[Uniform, Read, Read, Read, Read, Read, Read, Write],
             // params, x, mask, keep, y
             Kernel::Pool => &[Uniform, Read, Read, Read, Write],
+            // params, qkv, table, out
+            Kernel::Rotary => &[Uniform, Read, Read, Write],
+            // params, x, y
+            Kernel::Geglu => &[Uniform, Read, Write],
             // params, qkv, mask, rel_bias, out
             Kernel::Attention | Kernel::AttentionCoop => &[Uniform, Read, Read, Read, Write],
             // params, x, weight, bias, y

@@ -6,7 +6,7 @@
 
 mod common;
 
-use backbone::kernels::{self, CswinBranch};
+use backbone::kernels::{self, AttentionBias, CswinBranch};
 use backbone::reference::{self, HostTensor};
 use backbone::{Context, Recorder};
 use common::*;
@@ -69,31 +69,39 @@ fn check_attention(
     heads: usize,
     what: &str,
 ) -> Vec<f32> {
-    check_attention_biased(ctx, seed, qkv, mask, None, heads, what)
+    check_attention_biased(ctx, seed, qkv, mask, None, None, heads, what)
 }
 
-/// [`check_attention`] with an optional relative position bias [heads, 2T - 1].
+/// [`check_attention`] with an optional relative position bias [heads, 2T - 1] and local
+/// window.
+#[allow(clippy::too_many_arguments)]
 fn check_attention_biased(
     ctx: &Context,
     seed: u64,
     qkv: &HostTensor,
     mask: &HostTensor<u32>,
     rel_bias: Option<&HostTensor>,
+    window: Option<usize>,
     heads: usize,
     what: &str,
 ) -> Vec<f32> {
     let (b, t) = (mask.shape[0], mask.shape[1]);
     let c = qkv.shape[2] / 3;
     let mut cpu = nan_host(&[b, t, c]);
-    reference::attention_biased(qkv, mask, rel_bias, heads, &mut cpu).expect("cpu");
+    let extra = AttentionBias { rel_bias, window };
+    reference::attention_biased(qkv, mask, extra, heads, &mut cpu).expect("cpu");
     let out = nan_filled(ctx, &[b, t, c], "out");
     let mut rec = Recorder::new(ctx);
     let gbias = rel_bias.map(|r| upload(ctx, r, "rel_bias"));
+    let extra = AttentionBias {
+        rel_bias: gbias.as_ref(),
+        window,
+    };
     kernels::attention_biased(
         &mut rec,
         &upload(ctx, qkv, "qkv"),
         &upload_u32(ctx, mask, "mask"),
-        gbias.as_ref(),
+        extra,
         heads,
         &out,
     )
@@ -157,15 +165,40 @@ fn attention_relative_bias_matches_twin() {
         let bias = random_host(&mut r, &[heads, 2 * t - 1], 2.0);
         let mask = mask_of(&Mask::EVERY, t, key_tile(d));
         let what = format!("rel bias heads={heads} t={t} d={d}");
-        check_attention_biased(ctx, seed, &qkv, &mask, Some(&bias), heads, &what);
+        check_attention_biased(ctx, seed, &qkv, &mask, Some(&bias), None, heads, &what);
     }
     // A bias of the wrong shape is refused on both sides.
     let qkv = HostTensor::zeros(&[1, 4, 3 * 8]);
     let mask = HostTensor::new(&[1, 4], vec![1u32; 4]).expect("mask");
     let bad = HostTensor::zeros(&[1, 8]);
     let mut out = HostTensor::zeros(&[1, 4, 8]);
-    let err = reference::attention_biased(&qkv, &mask, Some(&bad), 1, &mut out).expect_err("shape");
+    let extra = AttentionBias {
+        rel_bias: Some(&bad),
+        window: None,
+    };
+    let err = reference::attention_biased(&qkv, &mask, extra, 1, &mut out).expect_err("shape");
     assert!(err.to_string().contains("rel_bias"), "{err}");
+}
+
+/// ModernBERT's local attention: keys farther than the window from the query are masked, on
+/// windows smaller than one tile, across tiles, and with every padding mask.
+#[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
+fn attention_local_window_matches_twin() {
+    let ctx = ctx();
+    for (i, (heads, t, d, window)) in [(2, 9, 8, 2), (3, 70, 32, 5), (2, 100, 64, 40)]
+        .into_iter()
+        .enumerate()
+    {
+        let seed = 1350 + i as u64;
+        let mut r = rng(seed);
+        let qkv = random_host(&mut r, &[Mask::EVERY.len() - 1, t, 3 * heads * d], 1.5);
+        // Every pattern but "no key at all" (a window row of masked keys only is as undefined
+        // in transformers as it is here).
+        let mask = mask_of(&Mask::EVERY[..4], t, key_tile(d));
+        let what = format!("window {window} heads={heads} t={t} d={d}");
+        check_attention_biased(ctx, seed, &qkv, &mask, None, Some(window), heads, &what);
+    }
 }
 
 /// BERT-base at sequence 128: B = 2, 12 heads of 64 (key tiles of 16), one sequence padded on

@@ -251,19 +251,27 @@ fn check_attention_f16(ctx: &Context, atol: f32) {
             })
             .collect();
         let mask = HostTensor::new(&[b, t], mask).expect("mask");
-        // The second case adds MPNet's relative position bias.
+        // The second case adds MPNet's relative position bias and a local window.
         let bias = (i == 1).then(|| random_host(&mut r, &[heads, 2 * t - 1], 1.0));
         let mut cpu = nan_host(&[b, t, c]);
-        reference::attention_biased(&qkv, &mask, bias.as_ref(), heads, &mut cpu).expect("twin");
+        let extra = kernels::AttentionBias {
+            rel_bias: bias.as_ref(),
+            window: (i == 1).then_some(9),
+        };
+        reference::attention_biased(&qkv, &mask, extra, heads, &mut cpu).expect("twin");
         let gbias = bias.as_ref().map(|x| upload(ctx, x, "rel_bias"));
         for f16 in [(true, false), (false, true), (true, true)] {
             let gy = nan_output(ctx, &[b, t, c], f16.1);
             let mut rec = Recorder::new(ctx);
+            let extra = kernels::AttentionBias {
+                rel_bias: gbias.as_ref(),
+                window: (i == 1).then_some(9),
+            };
             kernels::attention_biased(
                 &mut rec,
                 &upload_as(ctx, &qkv, f16.0, "qkv"),
                 &upload_u32(ctx, &mask, "mask"),
-                gbias.as_ref(),
+                extra,
                 heads,
                 &gy,
             )

@@ -14,6 +14,8 @@ struct Params {
     t: u32,
     heads: u32,
     scale: f32,
+    window: u32,
+    _pad: [u32; 3],
 }
 
 /// Workgroup memory the attention kernels may use: what WebGPU guarantees.
@@ -186,20 +188,47 @@ pub fn attention(
     heads: usize,
     out: &Tensor,
 ) -> Result<()> {
-    attention_biased(rec, qkv, mask, None, heads, out)
+    attention_biased(rec, qkv, mask, AttentionBias::default(), heads, out)
 }
 
-/// [`attention`] with MPNet's relative position bias: head `h` adds `rel_bias[h, k - q + T - 1]`
-/// (`rel_bias` f32 [heads, 2T - 1]) to the scaled score of query `q` and key `k`, before the
-/// mask bias.
+/// What an encoder family adds to BERT's attention scores.
+#[derive(Debug)]
+pub struct AttentionBias<'a, T = Tensor> {
+    /// MPNet's relative position bias, [heads, 2T - 1] f32: head `h` adds
+    /// `rel_bias[h, k - q + T - 1]` to the scaled score of query `q` and key `k`.
+    pub rel_bias: Option<&'a T>,
+    /// ModernBERT's local attention: keys with `|k - q| > window` are masked (f32::MIN).
+    pub window: Option<usize>,
+}
+
+impl<T> Default for AttentionBias<'_, T> {
+    fn default() -> Self {
+        Self {
+            rel_bias: None,
+            window: None,
+        }
+    }
+}
+
+impl<T> Clone for AttentionBias<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for AttentionBias<'_, T> {}
+
+/// [`attention`] with a family's additions ([`AttentionBias`]): the relative bias before the
+/// mask bias, the local window after it.
 pub fn attention_biased(
     rec: &mut Recorder<'_>,
     qkv: &Tensor,
     mask: &Tensor,
-    rel_bias: Option<&Tensor>,
+    extra: AttentionBias<'_>,
     heads: usize,
     out: &Tensor,
 ) -> Result<()> {
+    let rel_bias = extra.rel_bias;
     let ctx = rec.context();
     let f16 = (
         check_float(ctx, "attention", "qkv", qkv)?,
@@ -228,6 +257,10 @@ pub fn attention_biased(
         t: t as u32,
         heads: heads as u32,
         scale: 1.0 / (d as f32).sqrt(),
+        window: extra
+            .window
+            .map_or(0, |w| w.clamp(1, u32::MAX as usize) as u32),
+        _pad: [0; 3],
     };
     let bias = rel_bias.map_or(&ctx.dummy, |t| t.buffer());
     let inputs: Vec<&Tensor> = [qkv, mask].into_iter().chain(rel_bias).collect();

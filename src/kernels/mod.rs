@@ -17,12 +17,13 @@ pub mod matmul;
 pub mod matmul_coop;
 mod matmul_tile;
 mod pool;
+mod rotary;
 mod softmax;
 
 pub use add::add;
 pub use attention::{
-    AttentionTiles, MAX_HEAD_DIM, attention, attention_biased, attention_dims, attention_tiles,
-    attention_variant, rel_bias_dims,
+    AttentionBias, AttentionTiles, MAX_HEAD_DIM, attention, attention_biased, attention_dims,
+    attention_tiles, attention_variant, rel_bias_dims,
 };
 pub use attention_coop::CoopAttention;
 pub use bert_embeddings::{EmbeddingTables, bert_embeddings, bert_embeddings_dims};
@@ -36,6 +37,7 @@ pub use matmul::{
     Activation, Epilogue, MatmulTile, MatrixView, StridedMatmul, WLayout, matmul, matmul_strided,
 };
 pub use pool::{PoolMode, mean_pool, pool, pool_dims};
+pub use rotary::{geglu, geglu_dims, rotary, rotary_dims};
 pub use softmax::softmax;
 
 use crate::pipeline::{Kernel, Spec};
@@ -94,6 +96,11 @@ pub fn shader_variants() -> Vec<(Kernel, Spec)> {
             Kernel::LayerNorm => {
                 for f16 in [(false, false), (true, true), (false, true), (true, false)] {
                     out.extend([false, true].map(|r| (kernel, layer_norm::spec(r, f16))));
+                }
+            }
+            Kernel::Rotary | Kernel::Geglu => {
+                for f16 in [(false, false), (true, true), (true, false), (false, true)] {
+                    out.push((kernel, rotary::spec(f16)));
                 }
             }
             Kernel::Pool => {

@@ -203,6 +203,12 @@ impl BertConfig {
         self.embedding_size.unwrap_or(self.hidden_size)
     }
 
+    /// The local attention window of layer `l` (ModernBERT's sliding layers: half of
+    /// `local_attention` each side), `None` for global attention.
+    pub fn attention_window(&self, _l: usize) -> Option<usize> {
+        None
+    }
+
     /// MPNet's relative position buckets.
     pub fn relative_buckets(&self) -> usize {
         self.relative_attention_num_buckets.unwrap_or(32)

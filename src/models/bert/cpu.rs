@@ -2,7 +2,7 @@
 
 use super::{BertConfig, BertInput, BertOutput, BertWeights, pooler_problem};
 use crate::error::Result;
-use crate::kernels::{Activation, Epilogue};
+use crate::kernels::{Activation, AttentionBias, Epilogue};
 use crate::reference::{self, HostTensor};
 use crate::tensor::DType;
 
@@ -76,7 +76,7 @@ pub fn forward_cpu_as(
     let (mut qkv, mut context, mut attention_sum, mut attention_out) =
         (z(&[b, t, 3 * c]), z(&btc), z(&btc), z(&btc));
     let (mut intermediate, mut output_sum) = (z(&[b, t, i]), z(&btc));
-    for layer in &w.layers {
+    for (l, layer) in w.layers.iter().enumerate() {
         reference::matmul(
             &hidden,
             &layer.qkv.weight,
@@ -85,7 +85,11 @@ pub fn forward_cpu_as(
         )?;
         store(&mut qkv);
         let heads = config.num_attention_heads;
-        reference::attention_biased(&qkv, &mask, rel_bias.as_ref(), heads, &mut context)?;
+        let extra = AttentionBias {
+            rel_bias: rel_bias.as_ref(),
+            window: config.attention_window(l),
+        };
+        reference::attention_biased(&qkv, &mask, extra, heads, &mut context)?;
         store(&mut context);
         let out = Epilogue::none()
             .bias(&layer.attention_output.bias)

@@ -6,7 +6,7 @@ use super::{
 };
 use crate::context::Context;
 use crate::error::Result;
-use crate::kernels::{self, Activation, Epilogue};
+use crate::kernels::{self, Activation, AttentionBias, Epilogue};
 use crate::models::{PlanLease, Plans};
 use crate::pipeline::{PassStat, Recorder};
 use crate::reference::HostTensor;
@@ -245,7 +245,11 @@ impl Bert {
             let qkv = Epilogue::none().bias(&layer.qkv.bias);
             kernels::matmul(rec, &p.hidden, &layer.qkv.weight, &p.qkv, qkv)?;
             let (heads, bias) = (cfg.num_attention_heads, p.rel_bias.as_ref());
-            kernels::attention_biased(rec, &p.qkv, &p.mask, bias, heads, &p.context)?;
+            let extra = AttentionBias {
+                rel_bias: bias,
+                window: cfg.attention_window(l),
+            };
+            kernels::attention_biased(rec, &p.qkv, &p.mask, extra, heads, &p.context)?;
             let out = Epilogue::none()
                 .bias(&layer.attention_output.bias)
                 .residual(&p.hidden);

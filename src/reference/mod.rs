@@ -7,10 +7,13 @@
 #![allow(clippy::needless_range_loop)]
 
 use crate::error::{Error, Result};
-use crate::kernels::PoolMode;
 use crate::kernels::matmul::{Epilogue, StridedMatmul, WLayout, plain_problem};
+use crate::kernels::{AttentionBias, PoolMode};
 
 pub use crate::host::HostTensor;
+
+mod text;
+pub use text::{geglu, rotary, rotary_table};
 
 fn same_shape<T, U>(
     op: &'static str,
@@ -390,17 +393,18 @@ pub fn attention(
     heads: usize,
     out: &mut HostTensor,
 ) -> Result<()> {
-    attention_biased(qkv, mask, None, heads, out)
+    attention_biased(qkv, mask, AttentionBias::default(), heads, out)
 }
 
 /// Twin of [`crate::kernels::attention_biased`].
 pub fn attention_biased(
     qkv: &HostTensor,
     mask: &HostTensor<u32>,
-    rel_bias: Option<&HostTensor>,
+    extra: AttentionBias<'_, HostTensor>,
     heads: usize,
     out: &mut HostTensor,
 ) -> Result<()> {
+    let rel_bias = extra.rel_bias;
     let (_, t, c, d) = crate::kernels::attention_dims(&qkv.shape, &mask.shape, heads, &out.shape)?;
     if let Some(bias) = rel_bias {
         crate::kernels::rel_bias_dims(&bias.shape, heads, t)?;
@@ -422,6 +426,9 @@ pub fn attention_biased(
                 };
                 let rel = rel_bias.map_or(0.0, |r| r.data[h * (2 * t - 1) + j + t - 1 - qi] as f64);
                 *s = ((dot * scale + rel) as f32 + bias) as f64;
+                if extra.window.is_some_and(|w| j.abs_diff(qi) > w.max(1)) {
+                    *s = f32::MIN as f64;
+                }
             }
             let max = weights.iter().fold(f64::MIN, |m, &s| m.max(s));
             weights.iter_mut().for_each(|s| *s = (*s - max).exp());
