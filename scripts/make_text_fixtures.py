@@ -12,11 +12,16 @@ models are tiny (hidden 32), every output is computed in float32 on the CPU:
                       sentence_transformers.CrossEncoder.predict scores on query/document pairs
   xlmr-micro          XLMRobertaModel saved bare (no prefix), a batch with padding
   distilbert-micro    DistilBertModel,
+    ModernBertConfig,
+    ModernBertModel,
     MPNetConfig,
     MPNetModel, sinusoidal positions (held by the checkpoint), ReLU
   electra-micro       ElectraForPreTraining (discriminator, `electra.` prefix and its head),
                       embedding_size 16 != hidden 32 (embeddings_project)
   bert-cross-micro    BertForSequenceClassification, 1 label (pooler + classifier)
+  modernbert-micro    ModernBertModel: pre-norm without biases, rotary positions (global and
+                      local theta), GeGLU, a local window (8) shorter than the longer texts on
+                      every layer but each second, final norm
   mpnet-micro         sentence-transformers folder on MPNetModel (relative position bias,
                       RoBERTa positions): mean pooling + Normalize as all-mpnet-base-v2, with the
                       encoder's hidden states on the same ids
@@ -44,6 +49,8 @@ from transformers import (
     BertModel,
     DistilBertConfig,
     DistilBertModel,
+    ModernBertConfig,
+    ModernBertModel,
     MPNetConfig,
     MPNetModel,
     ElectraConfig,
@@ -286,6 +293,28 @@ def bert_cross(root):
     write_io(out, tensors, {"query": PAIRS_QUERY, "documents": PAIRS_DOCS})
 
 
+def modernbert(root):
+    out = os.path.join(root, "modernbert-micro")
+    tok, vocab = make_tokenizer("bert")
+    cfg = ModernBertConfig(
+        vocab_size=vocab, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+        num_attention_heads=4, max_position_embeddings=64, norm_eps=1e-5,
+        global_attn_every_n_layers=2, local_attention=8, global_rope_theta=160000.0,
+        local_rope_theta=10000.0, pad_token_id=0, cls_token_id=2, sep_token_id=3,
+        bos_token_id=2, eos_token_id=3, hidden_activation="gelu",
+    )
+    cfg._attn_implementation = "eager"
+    model = randomize(ModernBertModel(cfg), 17)
+    save_folder(out, model, tok)
+    enc = encode(tok, SENTENCES)
+    tensors = ids_of(enc)
+    tensors.pop("token_type_ids", None)
+    with torch.no_grad():
+        o = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+    tensors["last_hidden_state"] = o.last_hidden_state
+    write_io(out, tensors, {"texts": SENTENCES})
+
+
 def mpnet(root):
     from sentence_transformers import SentenceTransformer
     from sentence_transformers import models as st
@@ -357,6 +386,7 @@ def main():
     electra(root)
     bert_cross(root)
     mpnet(root)
+    modernbert(root)
     sentence_transformer(root, "st-cls", "cls", False, False, None, 21)
     sentence_transformer(root, "st-max", "max", False, True, {"query": "query: "}, 22, include_prompt=False)
     sentence_transformer(root, "st-mean-dense", "mean", True, True, {"query": "query: "}, 23)

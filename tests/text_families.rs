@@ -127,6 +127,14 @@ fn mpnet_sentence_transformer_matches() {
     );
 }
 
+/// ModernBERT: pre-norm without biases, rotary (global and local theta), GeGLU, a local
+/// window shorter than the longer texts, final norm.
+#[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
+fn modernbert_matches_transformers() {
+    run_fixture("modernbert-micro", Family::ModernBert);
+}
+
 /// MPNet's buckets as `relative_position_bucket` gives them (values printed by transformers
 /// 5.24 for these distances), including the float32 log's exact powers of two.
 #[test]

@@ -60,6 +60,7 @@ impl BertSize {
             embedding_size: None,
             sinusoidal_pos_embds: false,
             relative_attention_num_buckets: None,
+            modern: Default::default(),
         }
     }
 }
@@ -176,6 +177,7 @@ pub fn random_bert_weights(config: &BertConfig, seed: u64) -> Result<BertWeights
         sentence: Default::default(),
         classifier: None,
         relative_attention_bias: None,
+        final_norm: None,
     })
 }
 

@@ -57,7 +57,7 @@ enum Command {
     /// Runs a model on tensors from a safetensors file and writes its outputs to another.
     ///
     /// Text encoders (model_type bert, roberta, xlm-roberta, camembert, electra, distilbert,
-    /// mpnet):
+    /// mpnet, modernbert):
     /// IN holds input_ids, attention_mask and optionally token_type_ids ([B, T], I64 or I32);
     /// OUT gets last_hidden_state, pooler_output (when the checkpoint has a pooler) and
     /// sentence_embedding, all F32.

@@ -31,7 +31,7 @@ pub fn rotary_dims(
         });
     };
     let c = c3 / 3;
-    if c3 % 3 != 0 || head_dim == 0 || head_dim % 2 != 0 || c % head_dim != 0 {
+    if c3 % 3 != 0 || head_dim == 0 || !head_dim.is_multiple_of(2) || c % head_dim != 0 {
         return Err(Error::Argument {
             op: "rotary",
             arg: "head_dim",

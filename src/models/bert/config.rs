@@ -22,13 +22,17 @@ pub struct BertConfig {
     pub num_attention_heads: usize,
     #[serde(alias = "hidden_dim")]
     pub intermediate_size: usize,
-    #[serde(default = "default_hidden_act", alias = "activation")]
+    #[serde(
+        default = "default_hidden_act",
+        alias = "activation",
+        alias = "hidden_activation"
+    )]
     pub hidden_act: String,
     #[serde(default = "default_max_position")]
     pub max_position_embeddings: usize,
     #[serde(default = "default_type_vocab")]
     pub type_vocab_size: usize,
-    #[serde(default = "default_eps")]
+    #[serde(default = "default_eps", alias = "norm_eps")]
     pub layer_norm_eps: f64,
     #[serde(default = "default_position_type")]
     pub position_embedding_type: String,
@@ -45,6 +49,25 @@ pub struct BertConfig {
     /// MPNet's relative position buckets (32 when absent).
     #[serde(default)]
     pub relative_attention_num_buckets: Option<usize>,
+    /// ModernBERT's settings.
+    #[serde(flatten)]
+    pub modern: ModernBertSettings,
+}
+
+/// ModernBERT's `config.json` keys, as transformers 4.x (`global_attn_every_n_layers`,
+/// `global_rope_theta`, `local_rope_theta`) or 5.x (`layer_types`, `rope_parameters`) write them.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ModernBertSettings {
+    pub global_attn_every_n_layers: Option<usize>,
+    /// The local window's full width (`local_attention // 2` on each side).
+    pub local_attention: Option<usize>,
+    pub layer_types: Option<Vec<String>>,
+    pub rope_parameters: Option<serde_json::Value>,
+    pub global_rope_theta: Option<f64>,
+    pub local_rope_theta: Option<f64>,
+    pub norm_bias: Option<bool>,
+    pub attention_bias: Option<bool>,
+    pub mlp_bias: Option<bool>,
 }
 
 fn default_model_type() -> String {
@@ -139,6 +162,38 @@ impl BertConfig {
                 self.vocab_size
             ));
         }
+        if family == Family::ModernBert {
+            let m = &self.modern;
+            for (key, value) in [
+                ("norm_bias", m.norm_bias),
+                ("attention_bias", m.attention_bias),
+                ("mlp_bias", m.mlp_bias),
+            ] {
+                if value == Some(true) {
+                    return unsupported(format!(
+                        "{key} true is not supported for ModernBERT (released models have none)"
+                    ));
+                }
+            }
+            if !self.head_dim().is_multiple_of(2) {
+                return unsupported(format!(
+                    "head size {} is odd: rotary needs pairs",
+                    self.head_dim()
+                ));
+            }
+            let theta_ok = (0..self.num_hidden_layers).all(|l| {
+                let t = self.rope_theta(l);
+                t.is_finite() && t > 1.0
+            });
+            if !theta_ok {
+                return unsupported("a rope_theta is not a finite number above 1".into());
+            }
+            if let Some(w) = m.local_attention
+                && !(2..=1 << 20).contains(&w)
+            {
+                return unsupported(format!("local_attention {w} is outside 2..=1048576"));
+            }
+        }
         if self.family() == Family::Mpnet && !(2..=1024).contains(&self.relative_buckets()) {
             return unsupported(format!(
                 "relative_attention_num_buckets {} is outside 2..=1024",
@@ -203,10 +258,42 @@ impl BertConfig {
         self.embedding_size.unwrap_or(self.hidden_size)
     }
 
+    /// Whether layer `l` of a ModernBERT attends locally (`layer_types`, else every layer but
+    /// each `global_attn_every_n_layers`-th, counting from 0).
+    fn is_local(&self, l: usize) -> bool {
+        let m = &self.modern;
+        match &m.layer_types {
+            Some(types) => types.get(l).is_some_and(|t| t == "sliding_attention"),
+            None => !l.is_multiple_of(m.global_attn_every_n_layers.unwrap_or(3).max(1)),
+        }
+    }
+
     /// The local attention window of layer `l` (ModernBERT's sliding layers: half of
     /// `local_attention` each side), `None` for global attention.
-    pub fn attention_window(&self, _l: usize) -> Option<usize> {
-        None
+    pub fn attention_window(&self, l: usize) -> Option<usize> {
+        (self.family() == Family::ModernBert && self.is_local(l))
+            .then(|| self.modern.local_attention.unwrap_or(128) / 2)
+    }
+
+    /// ModernBERT's rotary base of layer `l` (`rope_parameters`, else `global_rope_theta` /
+    /// `local_rope_theta`: 160,000 and 10,000 by default).
+    pub fn rope_theta(&self, l: usize) -> f64 {
+        let m = &self.modern;
+        let local = self.is_local(l);
+        let kind = if local {
+            "sliding_attention"
+        } else {
+            "full_attention"
+        };
+        m.rope_parameters
+            .as_ref()
+            .and_then(|p| p.get(kind)?.get("rope_theta")?.as_f64())
+            .or(if local {
+                m.local_rope_theta
+            } else {
+                m.global_rope_theta
+            })
+            .unwrap_or(if local { 10_000.0 } else { 160_000.0 })
     }
 
     /// MPNet's relative position buckets.

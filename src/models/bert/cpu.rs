@@ -76,7 +76,67 @@ pub fn forward_cpu_as(
     let (mut qkv, mut context, mut attention_sum, mut attention_out) =
         (z(&[b, t, 3 * c]), z(&btc), z(&btc), z(&btc));
     let (mut intermediate, mut output_sum) = (z(&[b, t, i]), z(&btc));
+    let pre_norm = config.family().pre_norm();
+    let rope = |l: usize| reference::rotary_table(config.rope_theta(l), t, config.head_dim());
     for (l, layer) in w.layers.iter().enumerate() {
+        if pre_norm {
+            // ModernBERT, as `Bert::pre_norm_layer`.
+            let input = if l == 0 {
+                hidden.clone()
+            } else {
+                let n = &layer.attention_norm;
+                reference::layer_norm(&hidden, None, &n.weight, &n.bias, eps, &mut attention_out)?;
+                store(&mut attention_out);
+                attention_out.clone()
+            };
+            reference::matmul(&input, &layer.qkv.weight, &mut qkv, Epilogue::none())?;
+            store(&mut qkv);
+            let mut qkv_rot = z(&[b, t, 3 * c]);
+            reference::rotary(&qkv, &rope(l), config.head_dim(), &mut qkv_rot)?;
+            store(&mut qkv_rot);
+            let extra = AttentionBias {
+                rel_bias: None,
+                window: config.attention_window(l),
+            };
+            let heads = config.num_attention_heads;
+            reference::attention_biased(&qkv_rot, &mask, extra, heads, &mut context)?;
+            store(&mut context);
+            let out = Epilogue::none().residual(&hidden);
+            reference::matmul(
+                &context,
+                &layer.attention_output.weight,
+                &mut attention_sum,
+                out,
+            )?;
+            store(&mut attention_sum);
+            let n = &layer.output_norm;
+            reference::layer_norm(
+                &attention_sum,
+                None,
+                &n.weight,
+                &n.bias,
+                eps,
+                &mut attention_out,
+            )?;
+            store(&mut attention_out);
+            let mut up = z(&[b, t, 2 * i]);
+            reference::matmul(
+                &attention_out,
+                &layer.intermediate.weight,
+                &mut up,
+                Epilogue::none(),
+            )?;
+            store(&mut up);
+            reference::geglu(&up, &mut intermediate)?;
+            store(&mut intermediate);
+            let down = Epilogue::none().residual(&attention_sum);
+            reference::matmul(&intermediate, &layer.output.weight, &mut hidden, down)?;
+            store(&mut hidden);
+            if hidden_states {
+                states.push(hidden.clone());
+            }
+            continue;
+        }
         reference::matmul(
             &hidden,
             &layer.qkv.weight,
@@ -130,6 +190,13 @@ pub fn forward_cpu_as(
         if hidden_states {
             states.push(hidden.clone());
         }
+    }
+
+    if let Some(n) = &w.final_norm {
+        let mut normed = z(&btc);
+        reference::layer_norm(&hidden, None, &n.weight, &n.bias, eps, &mut normed)?;
+        store(&mut normed);
+        hidden = normed;
     }
 
     let pooler_output = match &w.pooler {

@@ -27,10 +27,14 @@ pub enum Family {
     /// `mpnet`: RoBERTa's positions, no token types, and a relative position bias (bucketed
     /// distances, one table shared by every layer) added to the attention scores.
     Mpnet,
+    /// `modernbert`: pre-norm layers without biases (the first without its attention norm),
+    /// rotary positions (global and local theta), GeGLU, a local window on most layers, a
+    /// final norm; no position table, no token types.
+    ModernBert,
 }
 
 /// The `model_type`s this engine loads, with their family.
-pub const MODEL_TYPES: [(&str, Family); 7] = [
+pub const MODEL_TYPES: [(&str, Family); 8] = [
     ("bert", Family::Bert),
     ("roberta", Family::Roberta),
     ("xlm-roberta", Family::Roberta),
@@ -38,6 +42,7 @@ pub const MODEL_TYPES: [(&str, Family); 7] = [
     ("electra", Family::Electra),
     ("distilbert", Family::DistilBert),
     ("mpnet", Family::Mpnet),
+    ("modernbert", Family::ModernBert),
 ];
 
 /// Where a family keeps each weight (relative to the base model; the task prefix is tried
@@ -123,6 +128,24 @@ impl Family {
                 ],
                 ..BERT_KEYS
             },
+            Family::ModernBert => Keys {
+                prefix: "model.",
+                word: "embeddings.tok_embeddings.weight",
+                position: "",
+                token_type: None,
+                embedding_norm: "embeddings.norm",
+                project: None,
+                layers: "layers",
+                query: "attn.Wqkv",
+                key: "attn.Wqkv",
+                value: "attn.Wqkv",
+                attention_output: "attn.Wo",
+                attention_norm: "attn_norm",
+                intermediate: "mlp.Wi",
+                output: "mlp.Wo",
+                output_norm: "mlp_norm",
+                heads: &["head.", "classifier.", "decoder."],
+            },
             Family::Mpnet => Keys {
                 prefix: "mpnet.",
                 token_type: None,
@@ -170,7 +193,15 @@ impl Family {
     /// Whether the model reads token-type ids (DistilBERT has no table; its inputs' types are
     /// ignored as `transformers` ignores them).
     pub fn has_token_types(self) -> bool {
-        !matches!(self, Family::DistilBert | Family::Mpnet)
+        !matches!(
+            self,
+            Family::DistilBert | Family::Mpnet | Family::ModernBert
+        )
+    }
+
+    /// Pre-norm layers (`x + f(norm(x))`) with a final norm, instead of BERT's post-norm.
+    pub fn pre_norm(self) -> bool {
+        self == Family::ModernBert
     }
 
     /// Position ids of one row of input ids: `0..T` for absolute positions; for RoBERTa,
@@ -178,6 +209,10 @@ impl Family {
     /// `pad + (number of non-padding tokens up to and including it)`, padding tokens get `pad`
     /// (from the ids, not the attention mask).
     pub fn position_ids(self, ids: &[u32], pad: u32) -> Vec<u32> {
+        if self == Family::ModernBert {
+            // Rotary positions are applied in attention; the (zero) position table is row 0.
+            return vec![0; ids.len()];
+        }
         if !self.padding_offset_positions() {
             return (0..ids.len() as u32).collect();
         }

@@ -1,8 +1,8 @@
 //! The GPU forward: weights uploaded once, buffers leased per (batch, seq), one submission.
 
 use super::{
-    BertConfig, BertInput, BertOutput, BertWeights, ClassifierHead, Family, SentenceHead,
-    pooler_problem, relative_position_bias,
+    BertConfig, BertInput, BertLayer, BertOutput, BertWeights, ClassifierHead, Family,
+    SentenceHead, pooler_problem, relative_position_bias,
 };
 use crate::context::Context;
 use crate::error::Result;
@@ -36,6 +36,12 @@ pub struct Plan {
     embedded: Option<Tensor>,
     /// MPNet's relative position bias for this length, [heads, 2 seq - 1] f32.
     rel_bias: Option<Tensor>,
+    /// ModernBERT: the rotary tables of global and local layers ([2, seq, D/2] f32), the
+    /// rotated QKV and the GeGLU output.
+    rope_global: Option<Tensor>,
+    rope_local: Option<Tensor>,
+    qkv_rot: Option<Tensor>,
+    gated: Option<Tensor>,
     hidden: Tensor,
     qkv: Tensor,
     context: Tensor,
@@ -73,11 +79,24 @@ impl Plan {
         let f32s = |shape: &[usize], label: &str| Tensor::empty(ctx, shape, DType::F32, label);
         let acts = |shape: &[usize], label: &str| Tensor::empty(ctx, shape, dtype, label);
         let btc = [batch, seq, c];
+        let pre_norm = config.family().pre_norm();
         Ok(Self {
             batch,
             seq,
             ids: Tensor::empty(ctx, &[3, batch * seq], DType::U32, "embedding_ids")?,
             mask: Tensor::empty(ctx, &[batch, seq], DType::U32, "attention_mask")?,
+            rope_global: pre_norm
+                .then(|| f32s(&[2, seq, config.head_dim() / 2], "rope_global"))
+                .transpose()?,
+            rope_local: pre_norm
+                .then(|| f32s(&[2, seq, config.head_dim() / 2], "rope_local"))
+                .transpose()?,
+            qkv_rot: pre_norm
+                .then(|| acts(&[batch, seq, 3 * c], "qkv_rot"))
+                .transpose()?,
+            gated: pre_norm
+                .then(|| acts(&[batch, seq, i], "gated"))
+                .transpose()?,
             rel_bias: match config.family() == Family::Mpnet {
                 true => Some(f32s(
                     &[config.num_attention_heads, 2 * seq - 1],
@@ -94,7 +113,10 @@ impl Plan {
             context: acts(&btc, "context")?,
             attention_sum: acts(&btc, "attention_sum")?,
             attention_out: acts(&btc, "attention_out")?,
-            intermediate: acts(&[batch, seq, i], "intermediate")?,
+            intermediate: acts(
+                &[batch, seq, if pre_norm { 2 * i } else { i }],
+                "intermediate",
+            )?,
             output_sum: acts(&btc, "output_sum")?,
             keep: match head.include_prompt {
                 true => None,
@@ -223,6 +245,18 @@ impl Bert {
         if let Some(keep) = &p.keep {
             keep.write(ctx, &input.pooling_mask(false))?;
         }
+        for (table, local) in [(&p.rope_global, false), (&p.rope_local, true)] {
+            if let Some(table) = table {
+                // The theta of the first layer of that kind (every layer of a kind shares it).
+                let l = (0..self.config.num_hidden_layers)
+                    .find(|&l| self.config.attention_window(l).is_some() == local)
+                    .unwrap_or(0);
+                let theta = self.config.rope_theta(l);
+                let values =
+                    crate::reference::rotary_table(theta, input.seq, self.config.head_dim());
+                table.write(ctx, &values.data)?;
+            }
+        }
 
         let (cfg, w) = (&self.config, &self.weights);
         let eps = cfg.layer_norm_eps as f32;
@@ -241,57 +275,19 @@ impl Bert {
         let act = cfg.activation().unwrap_or(Activation::Gelu);
 
         for (l, layer) in w.layers.iter().enumerate() {
-            // Self-attention: fused QKV projection, fused attention, output projection + residual, norm.
-            let qkv = Epilogue::none().bias(&layer.qkv.bias);
-            kernels::matmul(rec, &p.hidden, &layer.qkv.weight, &p.qkv, qkv)?;
-            let (heads, bias) = (cfg.num_attention_heads, p.rel_bias.as_ref());
-            let extra = AttentionBias {
-                rel_bias: bias,
-                window: cfg.attention_window(l),
-            };
-            kernels::attention_biased(rec, &p.qkv, &p.mask, extra, heads, &p.context)?;
-            let out = Epilogue::none()
-                .bias(&layer.attention_output.bias)
-                .residual(&p.hidden);
-            kernels::matmul(
-                rec,
-                &p.context,
-                &layer.attention_output.weight,
-                &p.attention_sum,
-                out,
-            )?;
-            let n = &layer.attention_norm;
-            kernels::layer_norm(
-                rec,
-                &p.attention_sum,
-                None,
-                &n.weight,
-                &n.bias,
-                eps,
-                &p.attention_out,
-            )?;
-            // Feed-forward: up + activation, down + residual, norm.
-            let up = Epilogue::none().bias(&layer.intermediate.bias).act(act);
-            kernels::matmul(
-                rec,
-                &p.attention_out,
-                &layer.intermediate.weight,
-                &p.intermediate,
-                up,
-            )?;
-            let down = Epilogue::none()
-                .bias(&layer.output.bias)
-                .residual(&p.attention_out);
-            kernels::matmul(
-                rec,
-                &p.intermediate,
-                &layer.output.weight,
-                &p.output_sum,
-                down,
-            )?;
-            let n = &layer.output_norm;
-            kernels::layer_norm(rec, &p.output_sum, None, &n.weight, &n.bias, eps, &p.hidden)?;
+            if cfg.family().pre_norm() {
+                self.pre_norm_layer(rec, &p, l, layer)?;
+            } else {
+                self.post_norm_layer(rec, &p, l, layer, act)?;
+            }
             after_layer(rec, l + 1, &p.hidden);
+        }
+        if let Some(n) = &w.final_norm {
+            // ModernBERT's final norm, back into `hidden` (read as the last hidden state).
+            kernels::layer_norm(rec, &p.hidden, None, &n.weight, &n.bias, eps, &p.output_sum)?;
+            let (from, to) = (p.output_sum.buffer(), p.hidden.buffer());
+            let bytes = (p.hidden.numel() * p.hidden.dtype().size()) as u64;
+            rec.encode_raw(|_, enc| enc.copy_buffer_to_buffer(from, 0, to, 0, bytes));
         }
 
         if let Some(pooler) = &w.pooler {
@@ -342,6 +338,151 @@ impl Bert {
             rec.encode_raw(|_, enc| enc.copy_buffer_to_buffer(from, 0, to, 0, bytes));
         }
         Ok(p)
+    }
+
+    /// One post-norm layer (BERT and most families): `h = norm(h + attn(h))`,
+    /// `h = norm(h + mlp(h))`.
+    fn post_norm_layer(
+        &self,
+        rec: &mut Recorder<'_>,
+        p: &Plan,
+        l: usize,
+        layer: &BertLayer<Tensor>,
+        act: Activation,
+    ) -> Result<()> {
+        let cfg = &self.config;
+        let eps = cfg.layer_norm_eps as f32;
+        // Self-attention: fused QKV projection, fused attention, output projection + residual, norm.
+        let qkv = Epilogue::none().bias(&layer.qkv.bias);
+        kernels::matmul(rec, &p.hidden, &layer.qkv.weight, &p.qkv, qkv)?;
+        let (heads, bias) = (cfg.num_attention_heads, p.rel_bias.as_ref());
+        let extra = AttentionBias {
+            rel_bias: bias,
+            window: cfg.attention_window(l),
+        };
+        kernels::attention_biased(rec, &p.qkv, &p.mask, extra, heads, &p.context)?;
+        let out = Epilogue::none()
+            .bias(&layer.attention_output.bias)
+            .residual(&p.hidden);
+        kernels::matmul(
+            rec,
+            &p.context,
+            &layer.attention_output.weight,
+            &p.attention_sum,
+            out,
+        )?;
+        let n = &layer.attention_norm;
+        kernels::layer_norm(
+            rec,
+            &p.attention_sum,
+            None,
+            &n.weight,
+            &n.bias,
+            eps,
+            &p.attention_out,
+        )?;
+        // Feed-forward: up + activation, down + residual, norm.
+        let up = Epilogue::none().bias(&layer.intermediate.bias).act(act);
+        kernels::matmul(
+            rec,
+            &p.attention_out,
+            &layer.intermediate.weight,
+            &p.intermediate,
+            up,
+        )?;
+        let down = Epilogue::none()
+            .bias(&layer.output.bias)
+            .residual(&p.attention_out);
+        kernels::matmul(
+            rec,
+            &p.intermediate,
+            &layer.output.weight,
+            &p.output_sum,
+            down,
+        )?;
+        let n = &layer.output_norm;
+        kernels::layer_norm(rec, &p.output_sum, None, &n.weight, &n.bias, eps, &p.hidden)?;
+        Ok(())
+    }
+
+    /// One pre-norm layer (ModernBERT): `h = h + attn(norm(h))` with rotary positions and
+    /// the layer's window (layer 0 has no attention norm), `h = h + Wo(GeGLU(Wi(norm(h))))`.
+    fn pre_norm_layer(
+        &self,
+        rec: &mut Recorder<'_>,
+        p: &Plan,
+        l: usize,
+        layer: &BertLayer<Tensor>,
+    ) -> Result<()> {
+        let cfg = &self.config;
+        let eps = cfg.layer_norm_eps as f32;
+        let (Some(qkv_rot), Some(gated)) = (&p.qkv_rot, &p.gated) else {
+            return Err(crate::error::Error::Argument {
+                op: "bert",
+                arg: "plan",
+                reason: "a pre-norm plan needs its rotary and GeGLU buffers".into(),
+            });
+        };
+        let input = if l == 0 {
+            &p.hidden
+        } else {
+            let n = &layer.attention_norm;
+            kernels::layer_norm(
+                rec,
+                &p.hidden,
+                None,
+                &n.weight,
+                &n.bias,
+                eps,
+                &p.attention_out,
+            )?;
+            &p.attention_out
+        };
+        kernels::matmul(rec, input, &layer.qkv.weight, &p.qkv, Epilogue::none())?;
+        let local = cfg.attention_window(l).is_some();
+        let table = if local { &p.rope_local } else { &p.rope_global };
+        let table = table.as_ref().unwrap_or(&p.mask);
+        kernels::rotary(rec, &p.qkv, table, cfg.head_dim(), qkv_rot)?;
+        let extra = AttentionBias {
+            rel_bias: None,
+            window: cfg.attention_window(l),
+        };
+        kernels::attention_biased(
+            rec,
+            qkv_rot,
+            &p.mask,
+            extra,
+            cfg.num_attention_heads,
+            &p.context,
+        )?;
+        let out = Epilogue::none().residual(&p.hidden);
+        kernels::matmul(
+            rec,
+            &p.context,
+            &layer.attention_output.weight,
+            &p.attention_sum,
+            out,
+        )?;
+        let n = &layer.output_norm;
+        kernels::layer_norm(
+            rec,
+            &p.attention_sum,
+            None,
+            &n.weight,
+            &n.bias,
+            eps,
+            &p.attention_out,
+        )?;
+        kernels::matmul(
+            rec,
+            &p.attention_out,
+            &layer.intermediate.weight,
+            &p.intermediate,
+            Epilogue::none(),
+        )?;
+        kernels::geglu(rec, &p.intermediate, gated)?;
+        let down = Epilogue::none().residual(&p.attention_sum);
+        kernels::matmul(rec, gated, &layer.output.weight, &p.hidden, down)
     }
 
     /// Runs the encoder on the GPU: one command encoder, one submission.
@@ -399,7 +540,7 @@ impl Bert {
         input: &BertInput,
     ) -> Result<Vec<crate::pipeline::PassTime>> {
         let head = (self.head.modes.len() + self.head.dense.len() + 2) as u32;
-        let passes = 7 + 7 * self.config.num_hidden_layers as u32 + 3 + head;
+        let passes = 9 + 9 * self.config.num_hidden_layers as u32 + 3 + head;
         let mut rec = Recorder::with_timing(ctx, passes);
         self.record(&mut rec, input, |_, _, _| {})?;
         rec.submit_blocking()

@@ -17,7 +17,7 @@ mod sentence;
 mod weights;
 
 pub use crate::models::{LayerNorm, Linear};
-pub use config::BertConfig;
+pub use config::{BertConfig, ModernBertSettings};
 pub use cpu::{forward_cpu, forward_cpu_as};
 pub use family::{Family, Keys, MODEL_TYPES, relative_position_bias, relative_position_bucket};
 pub use gpu::{Bert, Plan};

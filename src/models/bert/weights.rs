@@ -64,6 +64,8 @@ pub struct BertWeights<T> {
     /// MPNet's `encoder.relative_attention_bias.weight` [buckets, heads] (kept on the host: the
     /// per-length bias is computed from it for each forward).
     pub relative_attention_bias: Option<HostTensor>,
+    /// The final norm of a pre-norm encoder (ModernBERT's `final_norm`).
+    pub final_norm: Option<LayerNorm<T>>,
 }
 
 /// A sequence-classification head on the first token: BERT's `classifier` on the pooler
@@ -84,6 +86,75 @@ impl<T> ClassifierHead<T> {
     }
 }
 
+/// ModernBERT's encoder (transformers' `ModernBertModel`) in the shared layout: no biases
+/// (zeros), LayerNorms without bias (zero beta), no position or token-type table (one zero
+/// row each), layer 0 without `attn_norm` (a unit norm kept in its place and skipped by the
+/// forward), `Wqkv` already fused, `Wi` [2I, C] for GeGLU, `final_norm`.
+fn modernbert(config: &BertConfig, w: &mut Weights) -> Result<BertWeights<HostTensor>> {
+    let (c, i) = (config.hidden_size, config.intermediate_size);
+    let norm = |w: &mut Weights, key: &str| -> Result<LayerNorm<HostTensor>> {
+        Ok(LayerNorm {
+            weight: w.get(&format!("{key}.weight"), &[c])?,
+            bias: HostTensor::zeros(&[c]),
+        })
+    };
+    let linear =
+        |w: &mut Weights, key: &str, out: usize, inp: usize| -> Result<Linear<HostTensor>> {
+            Ok(Linear {
+                weight: w.get(&format!("{key}.weight"), &[out, inp])?,
+                bias: HostTensor::zeros(&[out]),
+            })
+        };
+    let embeddings = BertEmbeddings {
+        word_embeddings: w.get("embeddings.tok_embeddings.weight", &[config.vocab_size, c])?,
+        position_embeddings: HostTensor::zeros(&[1, c]),
+        token_type_embeddings: HostTensor::zeros(&[1, c]),
+        layer_norm: norm(w, "embeddings.norm")?,
+        project: None,
+    };
+    let mut layers = Vec::with_capacity(config.num_hidden_layers);
+    for l in 0..config.num_hidden_layers {
+        let p = format!("layers.{l}");
+        let attention_norm = if l == 0 {
+            LayerNorm {
+                weight: HostTensor::new(&[c], vec![1.0; c])?,
+                bias: HostTensor::zeros(&[c]),
+            }
+        } else {
+            norm(w, &format!("{p}.attn_norm"))?
+        };
+        layers.push(BertLayer {
+            qkv: linear(w, &format!("{p}.attn.Wqkv"), 3 * c, c)?,
+            attention_output: linear(w, &format!("{p}.attn.Wo"), c, c)?,
+            attention_norm,
+            intermediate: linear(w, &format!("{p}.mlp.Wi"), 2 * i, c)?,
+            output: linear(w, &format!("{p}.mlp.Wo"), c, i)?,
+            output_norm: norm(w, &format!("{p}.mlp_norm"))?,
+        });
+    }
+    let final_norm = Some(norm(w, "final_norm")?);
+    let heads = Family::ModernBert.keys().heads;
+    let unused = w.unused(|k| heads.iter().any(|h| k.starts_with(h)));
+    if let Some(key) = unused.first() {
+        return Err(Error::Weights {
+            key: key.clone(),
+            reason: format!(
+                "not part of a modernbert model with this config ({} unexpected tensors)",
+                unused.len()
+            ),
+        });
+    }
+    Ok(BertWeights {
+        embeddings,
+        layers,
+        pooler: None,
+        sentence: SentenceHead::default(),
+        classifier: None,
+        relative_attention_bias: None,
+        final_norm,
+    })
+}
+
 /// The classifier of `family` if the checkpoint holds it; `labels` from its output weight.
 fn load_classifier(
     w: &mut Weights,
@@ -102,6 +173,8 @@ fn load_classifier(
             "classifier.out_proj",
         ),
         Family::DistilBert => (Some(("pre_classifier", Activation::Relu)), "classifier"),
+        // ModernBERT's head (dense, norm, pooling choice) is not run: its keys are ignored.
+        Family::ModernBert => return Ok(None),
         Family::Mpnet => (
             Some(("classifier.dense", Activation::Tanh)),
             "classifier.out_proj",
@@ -143,6 +216,9 @@ impl BertWeights<HostTensor> {
         let family = config.family();
         let keys = family.keys();
         let mut w = Weights::from_bytes(bytes)?.with_fallback_prefix(keys.prefix);
+        if family == Family::ModernBert {
+            return modernbert(config, &mut w);
+        }
         let (c, i, e) = (
             config.hidden_size,
             config.intermediate_size,
@@ -225,6 +301,7 @@ impl BertWeights<HostTensor> {
             sentence: SentenceHead::default(),
             classifier,
             relative_attention_bias,
+            final_norm: None,
         })
     }
 
@@ -307,6 +384,11 @@ impl BertWeights<HostTensor> {
                 })
                 .transpose()?,
             relative_attention_bias: self.relative_attention_bias.clone(),
+            final_norm: self
+                .final_norm
+                .as_ref()
+                .map(|n| norm("final_norm", n))
+                .transpose()?,
         })
     }
 }
@@ -347,6 +429,7 @@ impl BertWeights<HostTensor> {
                 out: lin(&h.out),
             }),
             relative_attention_bias: self.relative_attention_bias.clone(),
+            final_norm: self.final_norm.clone(),
         }
     }
 }
