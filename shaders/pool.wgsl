@@ -22,7 +22,8 @@ struct Params {
     c: u32,
     ldy: u32,
     col0: u32,
-    _pad0: u32,
+    // -inf, from the host: browsers' WGSL compilers reject an infinite constant.
+    neg_inf: f32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -60,7 +61,7 @@ fn pool(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             value = f32(x[(row + at) * params.c + c]);
         }
     } else if (MODE == 1u) {
-        value = bitcast<f32>(0xff800000u); // -inf, as masked_fill(-inf).max()
+        value = params.neg_inf; // as masked_fill(-inf).max()
         for (var t = 0u; t < t_len; t++) {
             if (keep[row + t] != 0u) {
                 value = max(value, f32(x[(row + t) * params.c + c]));

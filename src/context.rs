@@ -30,6 +30,7 @@ impl ContextOptions {
     /// Options from `BACKBONE_BACKEND`, `BACKBONE_ADAPTER` and `BACKBONE_TUNE` (a tune table
     /// file; a file that cannot be read or parsed is an error naming it).
     pub fn from_env() -> Result<Self> {
+        #[cfg_attr(target_arch = "wasm32", allow(unused_mut))]
         let mut options = Self::from_values(
             std::env::var("BACKBONE_BACKEND").ok().as_deref(),
             std::env::var("BACKBONE_ADAPTER").ok().as_deref(),

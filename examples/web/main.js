@@ -1,6 +1,9 @@
 // The demo page's glue: file pickers and buttons call the wasm engine. With ?fixtures it loads
 // the repository's small test models and runs both demos (for screenshots); with ?check it runs
 // the browser test (every fixture output against its golden file) and writes the report to #result.
+// With &minilm=1 (the test server serves a real all-MiniLM-L6-v2 folder at /minilm/) both use
+// that model for text: the demo shows real similarities and the check compares its embeddings
+// with sentence-transformers'.
 import init, { Engine } from "./pkg/backbone_web.js";
 
 const $ = (id) => document.getElementById(id);
@@ -20,11 +23,41 @@ async function fetchBytes(url) {
 }
 const fetchText = async (url) => new TextDecoder().decode(await fetchBytes(url));
 
-// Files of a picked folder, by name.
+// Files of a picked folder by path relative to it (webkitRelativePath less the folder's own
+// name), so that 1_Pooling/config.json never replaces the model's config.json.
 function folder(input) {
   const files = {};
-  for (const f of input.files) files[f.name] = f;
+  for (const f of input.files) {
+    const rel = f.webkitRelativePath ? f.webkitRelativePath.split("/").slice(1).join("/") : f.name;
+    files[rel || f.name] = f;
+  }
   return files;
+}
+async function loadText(files) {
+  const paths = Object.keys(files);
+  const blobs = await Promise.all(paths.map(async (p) => files[p] instanceof Uint8Array ? files[p] : new Uint8Array(await files[p].arrayBuffer())));
+  return engine.load_text(paths, blobs);
+}
+// A text model folder served over HTTP: the files a Hugging Face or sentence-transformers
+// folder may hold (absent ones skipped).
+const TEXT_FILES = ["config.json", "model.safetensors", "tokenizer.json", "modules.json", "1_Pooling/config.json",
+  "sentence_bert_config.json", "config_sentence_transformers.json", "tokenizer_config.json"];
+async function fetchFolder(url) {
+  const files = {};
+  for (const name of TEXT_FILES) {
+    const r = await fetch(`${url}/${name}`);
+    if (r.ok) files[name] = new Uint8Array(await r.arrayBuffer());
+  }
+  return files;
+}
+// The adapter as the browser names it (GPUAdapter.info), for the page.
+async function browserAdapterName() {
+  try {
+    const a = await navigator.gpu.requestAdapter();
+    const i = a.info ?? {};
+    const name = [i.vendor, i.architecture, i.device, i.description].filter((x) => x).join(" ");
+    return name + (i.isFallbackAdapter ? " (fallback adapter)" : "");
+  } catch { return ""; }
 }
 async function need(files, name) {
   if (!files[name]) throw new Error(`the folder has no ${name}`);
@@ -70,10 +103,18 @@ async function gradientPng(w, h) {
   return new Uint8Array(await (await canvas.convertToBlob({ type: "image/png" })).arrayBuffer());
 }
 
+const MINILM = "/minilm";
+const useMinilm = new URLSearchParams(location.search).has("minilm");
+
 async function loadFixtures() {
   const bert = `${FIXTURES}/bert-micro-12l-random`, cswin = `${FIXTURES}/cswin-micro-s3full`;
-  engine.load_bert(await fetchText(`${bert}/config.json`), await fetchBytes(`${bert}/model.safetensors`), await fetchBytes(`${bert}/tokenizer.json`), 128);
-  $("bert-status").textContent = "loaded bert-micro-12l-random (test fixture, random weights)";
+  if (useMinilm) {
+    const about = await loadText(await fetchFolder(MINILM));
+    $("bert-status").textContent = `loaded all-MiniLM-L6-v2: ${about}`;
+  } else {
+    const about = await loadText(await fetchFolder(bert));
+    $("bert-status").textContent = `loaded bert-micro-12l-random (test fixture, random weights): ${about}`;
+  }
   engine.load_cswin(await fetchText(`${cswin}/config.json`), await fetchBytes(`${cswin}/model.safetensors`));
   $("cswin-status").textContent = "loaded cswin-micro-s3full (test fixture, random weights)";
 }
@@ -83,7 +124,17 @@ async function check() {
   const report = await engine.check_fixtures(
     await fetchText(`${bert}/config.json`), await fetchBytes(`${bert}/model.safetensors`), await fetchBytes(`${bert}/io.safetensors`),
     await fetchText(`${cswin}/config.json`), await fetchBytes(`${cswin}/model.safetensors`), await fetchBytes(`${cswin}/golden.safetensors`));
-  $("result").textContent = report;
+  let merged = JSON.parse(report);
+  if (useMinilm) {
+    // The real model on the golden file's short sentences (the sixth fills 256 tokens).
+    const golden = `${FIXTURES}/all-minilm-l6-v2`;
+    const texts = JSON.parse(await fetchText(`${golden}/sentences.json`)).sentences.slice(0, 5);
+    await loadText(await fetchFolder(MINILM));
+    const real = JSON.parse(await engine.check_text_embeddings("all-MiniLM-L6-v2", texts, [0, 1, 2, 3, 4],
+      await fetchBytes(`${golden}/golden.safetensors`)));
+    merged = { passed: merged.passed && real.passed, checks: [...merged.checks, ...real.checks] };
+  }
+  $("result").textContent = JSON.stringify(merged);
   $("result").hidden = false;
   $("result").dataset.done = "1";
 }
@@ -91,12 +142,10 @@ async function check() {
 async function main() {
   await init();
   engine = await Engine.create();
-  $("adapter").textContent = engine.adapter();
+  $("adapter").textContent = engine.adapter(await browserAdapterName());
   $("bert-dir").onchange = async () => {
     try {
-      const f = folder($("bert-dir"));
-      engine.load_bert(new TextDecoder().decode(await need(f, "config.json")), await need(f, "model.safetensors"), await need(f, "tokenizer.json"), 256);
-      $("bert-status").textContent = "loaded";
+      $("bert-status").textContent = `loaded ${await loadText(folder($("bert-dir")))}`;
     } catch (e) { fail(e); }
   };
   $("cswin-dir").onchange = async () => {

@@ -75,7 +75,8 @@ struct Params {
     c: u32,
     ldy: u32,
     col0: u32,
-    _pad: [u32; 3],
+    neg_inf: f32,
+    _pad: [u32; 2],
 }
 
 /// The shape checks shared with the CPU twin: returns (B, T, C).
@@ -137,7 +138,8 @@ pub fn pool(
         c: c as u32,
         ldy: y.shape()[1] as u32,
         col0: col0 as u32,
-        _pad: [0; 3],
+        neg_inf: f32::NEG_INFINITY,
+        _pad: [0; 2],
     };
     rec.dispatch(Dispatch {
         kernel: Kernel::Pool,

@@ -4,10 +4,12 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use backbone::models::bert::{Bert, BertConfig, BertInput, BertWeights};
+use std::collections::BTreeMap;
+
+use backbone::models::bert::{Bert, BertConfig, BertInput, BertWeights, load_sentence};
 use backbone::models::cswin::{self, Cswin, CswinConfig, CswinWeights};
 use backbone::models::image;
-use backbone::models::tokenizer::TextTokenizer;
+use backbone::models::tokenizer::{DEFAULT_MAX_LENGTH, SentenceTokenizer, TextTokenizer};
 use backbone::models::weights::Weights;
 use backbone::reference::HostTensor;
 use backbone::{Context, ContextOptions, DType};
@@ -17,7 +19,7 @@ use wasm_bindgen_futures::future_to_promise;
 
 #[derive(Default)]
 struct Models {
-    bert: Option<Rc<(Bert, TextTokenizer)>>,
+    bert: Option<Rc<(Bert, SentenceTokenizer)>>,
     cswin: Option<Rc<(Cswin, Vec<String>)>>,
 }
 
@@ -45,13 +47,15 @@ impl Engine {
         })
     }
 
-    /// The adapter in use and the storage type models load in, for display.
-    pub fn adapter(&self) -> String {
-        format!(
-            "{}; models in {}",
-            self.ctx.capabilities(),
-            self.dtype().name()
-        )
+    /// The adapter in use and the storage type models load in, for display. wgpu names a
+    /// browser adapter by its description, which some browsers leave empty (SwiftShader):
+    /// `browser_name` is what the page read from `GPUAdapter.info` (vendor, architecture).
+    pub fn adapter(&self, browser_name: String) -> String {
+        let mut caps = self.ctx.capabilities().clone();
+        if caps.adapter.name.is_empty() && !browser_name.is_empty() {
+            caps.adapter.name = browser_name;
+        }
+        format!("{caps}; models in {}", self.dtype().name())
     }
 
     /// The demo's models store weights and activations as f16 where WebGPU has `shader-f16`
@@ -65,20 +69,56 @@ impl Engine {
         }
     }
 
-    /// Loads a BERT folder's files (config.json text, model.safetensors and tokenizer.json bytes).
-    pub fn load_bert(
+    /// Loads a text model folder as picked: `paths` relative to the folder (as
+    /// `webkitRelativePath` gives them, the top folder stripped) and their bytes. A Hugging Face
+    /// folder (config.json, model.safetensors, tokenizer.json) or a sentence-transformers one,
+    /// whose modules (`1_Pooling/config.json`, `2_Dense/`, Normalize), max_seq_length and
+    /// prompts are followed as `backbone embed` follows them. Returns a one-line description.
+    pub fn load_text(
         &self,
-        config: &str,
-        weights: &[u8],
-        tokenizer: &[u8],
-        max_length: usize,
-    ) -> Result<(), JsValue> {
-        let config = BertConfig::from_json(config).map_err(js_err)?;
-        let host = BertWeights::from_safetensors(&config, weights).map_err(js_err)?;
+        paths: Vec<String>,
+        files: Vec<js_sys::Uint8Array>,
+    ) -> Result<String, JsValue> {
+        let map: BTreeMap<String, Vec<u8>> = paths
+            .into_iter()
+            .zip(files)
+            .map(|(p, f)| (p, f.to_vec()))
+            .collect();
+        let need = |name: &str| {
+            map.get(name)
+                .ok_or_else(|| js_err(format!("the folder has no {name} at its top level")))
+        };
+        let config_text = String::from_utf8_lossy(need("config.json")?).into_owned();
+        let config = BertConfig::from_json(&config_text).map_err(js_err)?;
+        let read = |p: &str| Ok(map.get(p).cloned());
+        let (head, settings) = load_sentence(&read, config.hidden_size).map_err(js_err)?;
+        let mut host =
+            BertWeights::from_safetensors(&config, need("model.safetensors")?).map_err(js_err)?;
+        let pooling: Vec<&str> = head.modes.iter().map(|m| m.name()).collect();
+        let about = format!(
+            "{} ({} layers, hidden {}): {} pooling{}{}",
+            config.model_type,
+            config.num_hidden_layers,
+            config.hidden_size,
+            pooling.join(" + "),
+            if head.dense.is_empty() { "" } else { ", Dense" },
+            if head.normalize { ", normalized" } else { "" }
+        );
+        host.sentence = head;
+        let max_length = settings
+            .max_seq_length
+            .unwrap_or(DEFAULT_MAX_LENGTH)
+            .min(config.max_sequence());
+        let tokenizer =
+            TextTokenizer::from_bytes(need("tokenizer.json")?, max_length).map_err(js_err)?;
         let model = Bert::with_dtype(&self.ctx, config, &host, self.dtype()).map_err(js_err)?;
-        let tokenizer = TextTokenizer::from_bytes(tokenizer, max_length).map_err(js_err)?;
+        let tokenizer = SentenceTokenizer {
+            tokenizer,
+            settings,
+            max_length,
+        };
         self.models.borrow_mut().bert = Some(Rc::new((model, tokenizer)));
-        Ok(())
+        Ok(about)
     }
 
     /// Embeds texts; resolves to a Float32Array of `texts.length x C` unit vectors.
@@ -87,7 +127,7 @@ impl Engine {
         future_to_promise(async move {
             let bert = bert.ok_or_else(|| js_err("no BERT model loaded"))?;
             let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-            let input = bert.1.encode(&texts).map_err(js_err)?;
+            let input = bert.1.encode(&texts, None, None).map_err(js_err)?;
             let out = bert.0.forward(&ctx, &input, false).await.map_err(js_err)?;
             Ok(js_sys::Float32Array::from(&out.sentence_embedding.data[..]).into())
         })
@@ -150,6 +190,52 @@ impl Engine {
             )
             .await
             .map_err(js_err)?;
+            let passed = checks.iter().all(|c| c["passed"] == true);
+            Ok(serde_json::json!({ "passed": passed, "checks": checks })
+                .to_string()
+                .into())
+        })
+    }
+}
+
+#[wasm_bindgen]
+impl Engine {
+    /// The browser test on a real model: embeds `texts` with the loaded text model (tokenized
+    /// in the browser) and compares each with row `rows[i]` of `sentence_embedding` in a golden
+    /// file made by sentence-transformers. Resolves to the same JSON report as `check_fixtures`.
+    pub fn check_text_embeddings(
+        &self,
+        name: String,
+        texts: Vec<String>,
+        rows: Vec<u32>,
+        golden: Vec<u8>,
+    ) -> Promise {
+        let (ctx, bert) = (self.ctx.clone(), self.models.borrow().bert.clone());
+        future_to_promise(async move {
+            let bert = bert.ok_or_else(|| js_err("no text model loaded"))?;
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let input = bert.1.encode(&refs, None, None).map_err(js_err)?;
+            let out = bert.0.forward(&ctx, &input, false).await.map_err(js_err)?;
+            let g = Weights::from_bytes(&golden).map_err(js_err)?;
+            let shape = g.shape("sentence_embedding").unwrap_or_default();
+            let mut g = g;
+            let want = g.get("sentence_embedding", &shape).map_err(js_err)?;
+            let c = out.sentence_embedding.shape[1];
+            let mut checks = Vec::new();
+            for (i, &row) in rows.iter().enumerate() {
+                let want_row = want
+                    .data
+                    .get(row as usize * c..(row as usize + 1) * c)
+                    .ok_or_else(|| js_err(format!("golden row {row} is missing")))?;
+                compare(
+                    &format!("{name} sentence_embedding {:?}", texts[i]),
+                    &out.sentence_embedding.data[i * c..(i + 1) * c],
+                    want_row,
+                    1e-5,
+                    |_| true,
+                    &mut checks,
+                );
+            }
             let passed = checks.iter().all(|c| c["passed"] == true);
             Ok(serde_json::json!({ "passed": passed, "checks": checks })
                 .to_string()
