@@ -224,3 +224,35 @@ fn roberta_positions_skip_padding() {
     );
     assert_eq!(Family::Bert.position_ids(&ids, 0), vec![0, 1, 2, 3, 4, 5]);
 }
+
+/// DistilBERT with `sinusoidal_pos_embds` and no position table in the checkpoint: the table is
+/// generated as `create_sinusoidal_embeddings` builds it (the fixture's checkpoint holds the one
+/// transformers built), and the model still matches.
+#[test]
+fn distilbert_sinusoidal_table_generated_when_absent() {
+    let dir = text_fixture("distilbert-micro");
+    let (config, weights) = bert::load_dir(&dir).expect("load");
+    let tensors: Vec<_> = checkpoint_tensors("text/distilbert-micro")
+        .into_iter()
+        .filter(|(name, _)| !name.contains("position_embeddings"))
+        .collect();
+    let bytes = checkpoint_bytes(&tensors);
+    let generated = bert::BertWeights::from_safetensors(&config, &bytes).expect("without table");
+    let (got, want) = (
+        &generated.embeddings.position_embeddings,
+        &weights.embeddings.position_embeddings,
+    );
+    assert_eq!(got.shape, want.shape);
+    assert_close(
+        "generated sinusoidal table",
+        &got.data,
+        &want.data,
+        1e-6,
+        0.0,
+    );
+    // Without sinusoidal_pos_embds the table is required.
+    let mut learned = config.clone();
+    learned.sinusoidal_pos_embds = false;
+    let err = bert::BertWeights::from_safetensors(&learned, &bytes).expect_err("missing table");
+    assert!(err.to_string().contains("position_embeddings"), "{err}");
+}
