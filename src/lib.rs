@@ -29,6 +29,7 @@ pub mod kernels;
 pub mod limits;
 pub mod models;
 pub mod pipeline;
+pub mod recorder;
 pub mod reference;
 pub mod tensor;
 pub mod tune;
