@@ -320,3 +320,49 @@ fn config_loaders_survive_mutations() {
         });
     }
 }
+
+/// The PyTorch checkpoint reader: the raw archive mutated (mostly refused by the zip layer),
+/// and the pickle inside mutated then re-archived, so the interpreter itself meets every kind
+/// of broken opcode stream.
+#[test]
+fn pth_reader_survives_mutations() {
+    use std::io::{Read, Write};
+    let valid = std::fs::read(fixture("pth/views.pth")).expect("views.pth");
+    fuzz(
+        "pth-archive",
+        &valid,
+        |rng, v| mutate(rng, v, v.len()),
+        |bytes| backbone::models::pth::read_pth(bytes, "fuzz.pth").is_ok(),
+    );
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(&valid[..])).expect("zip");
+    let entries: Vec<(String, Vec<u8>)> = (0..archive.len())
+        .map(|i| {
+            let mut f = archive.by_index(i).expect("entry");
+            let mut body = Vec::new();
+            f.read_to_end(&mut body).expect("read");
+            (f.name().to_string(), body)
+        })
+        .collect();
+    let pickle_at = entries
+        .iter()
+        .position(|(n, _)| n.ends_with("data.pkl"))
+        .expect("pkl");
+    let pickle = entries[pickle_at].1.clone();
+    fuzz(
+        "pth-pickle",
+        &pickle,
+        |rng, v| mutate(rng, v, v.len()),
+        |mutated| {
+            let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+            let stored = zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Stored);
+            for (i, (name, body)) in entries.iter().enumerate() {
+                out.start_file(name.as_str(), stored).expect("entry");
+                out.write_all(if i == pickle_at { mutated } else { body })
+                    .expect("write");
+            }
+            let bytes = out.finish().expect("finish").into_inner();
+            backbone::models::pth::read_pth(&bytes, "fuzz.pth").is_ok()
+        },
+    );
+}

@@ -5,6 +5,7 @@
 //! backbone embed --model DIR [--max-length N] [--prompt-name NAME | --prompt TEXT] [--dtype f32|f16] TEXT...
 //! backbone rerank --model DIR --query Q [--raw] [--max-length N] [--dtype f32|f16] DOC...
 //! backbone classify --model DIR [--dtype f32|f16] IMAGE...
+//! backbone convert --checkpoint FILE.pth --output DIR
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -127,6 +128,17 @@ enum Command {
         #[arg(required = true)]
         documents: Vec<String>,
     },
+    /// Converts a PyTorch checkpoint (.pth / .pt as torch.save writes it: the official CSWin
+    /// and mmseg checkpoints) into a safetensors model folder: OUTPUT/model.safetensors with
+    /// every floating-point tensor of its state dict as f32, and the config.json (and
+    /// labels.txt) beside the checkpoint when there is one. Nothing in the checkpoint is run.
+    Convert {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// The folder to write (created if missing).
+        #[arg(long)]
+        output: PathBuf,
+    },
     /// Classifies images with a CSWin model folder and prints the top-5 classes of each
     /// (labels from config.json's id2label or a labels.txt beside it).
     Classify {
@@ -191,6 +203,7 @@ fn main() -> Result<()> {
             dtype,
             images,
         } => classify(&model, device, dtype.dtype(), &images)?,
+        Command::Convert { checkpoint, output } => convert(&checkpoint, &output)?,
     }
     Ok(())
 }
@@ -367,6 +380,24 @@ fn run(model: &Path, input: &Path, output: &Path, device: Device, dtype: DType) 
         }
     };
     io::write_atomic(output, &result)?;
+    Ok(())
+}
+
+/// `convert`: the checkpoint's tensors as model.safetensors, written atomically, with the
+/// config beside it copied.
+fn convert(checkpoint: &Path, output: &Path) -> Result<()> {
+    let bytes = io::read_bounded(checkpoint, limits::MAX_STREAM_BYTES)?;
+    let safetensors =
+        backbone::models::pth::pth_to_safetensors(&bytes, &checkpoint.display().to_string())?;
+    std::fs::create_dir_all(output).with_context(|| format!("creating {}", output.display()))?;
+    io::write_atomic(&output.join("model.safetensors"), &safetensors)?;
+    let from = checkpoint.parent().unwrap_or(Path::new("."));
+    for name in ["config.json", "labels.txt"] {
+        if from.join(name).is_file() && from != output {
+            let text = io::read_bounded(&from.join(name), limits::MAX_CONFIG_BYTES)?;
+            io::write_atomic(&output.join(name), &text)?;
+        }
+    }
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 pub mod bert;
 pub mod cswin;
 pub mod image;
+pub mod pth;
 pub mod tokenizer;
 pub mod weights;
 

@@ -228,13 +228,22 @@ pub fn load_config(dir: &std::path::Path) -> Result<CswinConfig> {
     CswinConfig::from_json(&String::from_utf8_lossy(&json)).map_err(|e| e.in_file(&path))
 }
 
-/// Reads a model folder's `model.safetensors` for `config`; errors name the file.
+/// Reads a model folder's weights for `config`: `model.safetensors`, or else the folder's one
+/// PyTorch checkpoint (`.pth` / `.pt`, as released, read by [`crate::models::pth`]); errors
+/// name the file.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn load_weights(
     dir: &std::path::Path,
     config: &CswinConfig,
 ) -> Result<CswinWeights<HostTensor>> {
     let path = dir.join("model.safetensors");
-    CswinWeights::from_safetensors(config, &crate::io::read_safetensors(&path)?)
-        .map_err(|e| e.in_file(&path))
+    if path.exists() {
+        return CswinWeights::from_safetensors(config, &crate::io::read_safetensors(&path)?)
+            .map_err(|e| e.in_file(&path));
+    }
+    let path = crate::models::pth::checkpoint_in(dir)?;
+    let bytes = crate::io::read_bounded(&path, crate::limits::MAX_STREAM_BYTES)?;
+    let what = path.display().to_string();
+    let safetensors = crate::models::pth::pth_to_safetensors(&bytes, &what)?;
+    CswinWeights::from_safetensors(config, &safetensors).map_err(|e| e.in_file(&path))
 }
