@@ -24,8 +24,8 @@ fn check(what: &str, out: &CswinOutput, golden: &Golden, tol: &Tolerances, budge
     for (s, attn) in out.block0_attention.iter().enumerate() {
         check_one(&format!("stage{}_block0_attn", s + 1), attn);
     }
-    check_one("pooled", &out.pooled);
-    check_one("logits", &out.logits);
+    check_one("pooled", out.pooled.as_ref().expect("classifier"));
+    check_one("logits", out.logits().expect("classifier"));
     eprintln!("{what}: worst error / bound ratio {worst:.3}");
     worst
 }

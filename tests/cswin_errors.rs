@@ -76,7 +76,14 @@ fn other_input_sizes_run_on_cpu() {
                 (s3.0.div_ceil(2), s3.1.div_ceil(2))
             )
         );
-        assert!(cpu.logits.data.iter().all(|v| v.is_finite()), "{h}x{w}");
+        assert!(
+            cpu.logits()
+                .expect("logits")
+                .data
+                .iter()
+                .all(|v| v.is_finite()),
+            "{h}x{w}"
+        );
     }
 }
 
@@ -103,8 +110,8 @@ fn other_input_sizes_agree_on_gpu() {
         }
         assert_close(
             &format!("{h}x{w} logits"),
-            &gpu_out.logits.data,
-            &cpu.logits.data,
+            &gpu_out.logits().expect("logits").data,
+            &cpu.logits().expect("logits").data,
             2e-5,
             1e-5,
         );

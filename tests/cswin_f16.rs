@@ -17,7 +17,7 @@ fn check(what: &str, out: &CswinOutput, golden: &Golden) {
     let mut named = vec![("stem", &out.stem)];
     let names = ["stage1", "stage2", "stage3", "stage4"];
     named.extend(names.iter().copied().zip(&out.stages));
-    named.push(("logits", &out.logits));
+    named.push(("logits", out.logits().expect("logits")));
     for (name, got) in named {
         let f = of_max(&got.data, &golden.f32(name).data);
         eprintln!("{what}: {name} max error {f:.2e} of the largest magnitude");
@@ -28,7 +28,7 @@ fn check(what: &str, out: &CswinOutput, golden: &Golden) {
     }
     let want = golden.f32("logits");
     assert_eq!(
-        top1(&out.logits),
+        top1(out.logits().expect("logits")),
         top1(&want),
         "{what}: top-1 classes differ"
     );

@@ -4,7 +4,9 @@
 //! views (transposed, offset slices), f16/bf16/f64 storages, integer buffers, parameters and
 //! mmseg-style metadata read as torch gives them; code-running pickles, truncated archives,
 //! short storages and missing keys are clear errors. `backbone convert` writes the same weights
-//! as safetensors.
+//! as safetensors. The official segmentation backbone's checkpoint (as mmseg saves it: keys under
+//! `backbone.`, norm1..norm4, decode and auxiliary heads) gives features1..4 in NCHW as the
+//! official code returns them, on an input the stripes do not divide.
 
 mod common;
 
@@ -31,15 +33,30 @@ fn cswin_folder_with_only_a_pth_matches_official_outputs() {
     let (config, weights) = cswin::load_dir(&dir).expect("load .pth folder");
     // The same weights as the safetensors fixture, bit for bit.
     let (_, reference) = cswin::load_dir(&fixture("cswin-micro-s3full")).expect("safetensors");
-    assert_eq!(weights.head.weight.data, reference.head.weight.data);
+    assert_eq!(
+        weights.head.as_ref().expect("head").weight.data,
+        reference.head.expect("head").weight.data
+    );
     let golden = Golden::open(&fixture("cswin-micro-s3full").join("golden.safetensors"));
     let pixels = golden.f32("pixel_values");
     let want = golden_logits();
     let cpu = cswin::forward_cpu(&config, &weights, &pixels, false).expect("cpu");
-    assert_close("pth CPU logits", &cpu.logits.data, &want.data, 2e-5, 0.0);
+    assert_close(
+        "pth CPU logits",
+        &cpu.logits().expect("logits").data,
+        &want.data,
+        2e-5,
+        0.0,
+    );
     let model = Cswin::new(ctx(), config, &weights).expect("upload");
     let gpu = model.forward_blocking(ctx(), &pixels, false).expect("gpu");
-    assert_close("pth GPU logits", &gpu.logits.data, &want.data, 2e-5, 0.0);
+    assert_close(
+        "pth GPU logits",
+        &gpu.logits().expect("logits").data,
+        &want.data,
+        2e-5,
+        0.0,
+    );
 }
 
 #[test]
@@ -134,7 +151,10 @@ fn convert_writes_a_safetensors_folder() {
     );
     let (_, converted) = cswin::load_dir(&tmp).expect("converted folder");
     let (_, reference) = cswin::load_dir(&fixture("cswin-micro-s3full")).expect("safetensors");
-    assert_eq!(converted.head.weight.data, reference.head.weight.data);
+    assert_eq!(
+        converted.head.as_ref().expect("head").weight.data,
+        reference.head.expect("head").weight.data
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_backbone"))
         .args(["run", "--device", "cpu", "--model"])
         .arg(&tmp)
@@ -190,4 +210,89 @@ fn pickle_bombs_are_refused() {
         err.to_string().contains("memo") || err.to_string().contains("deeper"),
         "{err}"
     );
+}
+
+/// tests/fixtures/cswin-seg-micro (scripts/make_cswin_seg_fixture.py, the official
+/// `segmentation/backbone/cswin_transformer.py` at f111ae2): a segmentation checkpoint as mmseg
+/// saves it, run on 116x140 (no stripe divides the stage maps 29x35, 15x18, 8x9); each
+/// featuresN within 5e-5 of the official backbone's output, NCHW, on GPU and CPU, and from
+/// `backbone run`.
+#[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
+fn segmentation_checkpoint_gives_official_features() {
+    let dir = fixture("cswin-seg-micro");
+    let (config, weights) = cswin::load_dir(&dir).expect("load segmentation .pth");
+    assert!(weights.is_segmentation() && weights.head.is_none());
+    let golden = Golden::open(&dir.join("golden.safetensors"));
+    let pixels = golden.f32("pixel_values");
+    let check = |what: &str, out: &cswin::CswinOutput| {
+        assert_eq!(out.features.len(), 4, "{what}");
+        assert!(
+            out.logits.is_none() && out.logits().is_err(),
+            "{what}: no logits"
+        );
+        for (s, got) in out.features.iter().enumerate() {
+            let want = golden.f32(&format!("features{}", s + 1));
+            assert_eq!(got.shape, want.shape, "{what} features{}", s + 1);
+            assert_close(
+                &format!("{what} features{}", s + 1),
+                &got.data,
+                &want.data,
+                5e-5,
+                0.0,
+            );
+        }
+    };
+    check(
+        "CPU",
+        &cswin::forward_cpu(&config, &weights, &pixels, false).expect("cpu"),
+    );
+    let model = Cswin::new(ctx(), config, &weights).expect("upload");
+    check(
+        "GPU",
+        &model.forward_blocking(ctx(), &pixels, false).expect("gpu"),
+    );
+
+    let tmp = std::env::temp_dir().join(format!("backbone-seg-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).expect("tmp");
+    let out_path = tmp.join("features.safetensors");
+    let out = Command::new(env!("CARGO_BIN_EXE_backbone"))
+        .args(["run", "--model"])
+        .arg(&dir)
+        .arg("--input")
+        .arg(dir.join("golden.safetensors"))
+        .arg("--output")
+        .arg(&out_path)
+        .output()
+        .expect("run backbone");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written = Golden::open(&out_path);
+    for s in 1..=4 {
+        let name = format!("features{s}");
+        assert_close(
+            &format!("run {name}"),
+            &written.f32(&name).data,
+            &golden.f32(&name).data,
+            5e-5,
+            0.0,
+        );
+    }
+    // classify on a backbone without a head is a clear error.
+    let err = cswin::forward_cpu(
+        &cswin::load_config(&dir).expect("config"),
+        &weights,
+        &pixels,
+        false,
+    )
+    .expect("cpu")
+    .logits()
+    .map(|_| ())
+    .expect_err("no logits")
+    .to_string();
+    assert!(err.contains("segmentation"), "{err}");
+    std::fs::remove_dir_all(&tmp).ok();
 }

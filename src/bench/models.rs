@@ -432,8 +432,9 @@ pub fn random_cswin_weights(config: &CswinConfig, seed: u64) -> Result<CswinWeig
         stem_norm: norm(c)?,
         stages,
         merges,
-        norm: norm(config.dim(3))?,
-        head,
+        norm: Some(norm(config.dim(3))?),
+        head: Some(head),
+        stage_norms: Vec::new(),
     })
 }
 
@@ -510,9 +511,10 @@ fn cswin_one(
     let cpu = cswin::forward_cpu_as(config, weights, &one, false, dtype)?;
     let n4 = cpu.stages[3].data.len();
     let classes = config.num_classes;
+    let (first_logits, cpu_logits) = (first.logits()?, cpu.logits()?);
     let pairs = [
         (&first.stages[3].data[..n4], &cpu.stages[3].data[..]),
-        (&first.logits.data[..classes], &cpu.logits.data[..]),
+        (&first_logits.data[..classes], &cpu_logits.data[..]),
     ];
     // f16: both sides hold the same f16 values; see bert_one.
     let tol = if dtype == DType::F16 { 1e-2 } else { 1e-4 };
@@ -520,7 +522,7 @@ fn cswin_one(
         &pairs,
         tol,
         tol,
-        first.stages[3].data.len() + first.logits.data.len(),
+        first.stages[3].data.len() + first_logits.data.len(),
     );
     let label = format!(
         "{} {}x{}",

@@ -366,7 +366,12 @@ fn run(model: &Path, input: &Path, output: &Path, device: Device, dtype: DType) 
             let config = cswin::load_config(model)?;
             cswin::check_input(&config, &pixels).with_context(reading)?;
             let out = run_cswin(model, config, &pixels, device, dtype)?;
-            check_finite("logits", &out.logits)?;
+            if let Some(logits) = &out.logits {
+                check_finite("logits", logits)?;
+            }
+            for (s, f) in out.features.iter().enumerate() {
+                check_finite(&format!("features{}", s + 1), f)?;
+            }
             out.to_safetensors()?
         }
         other => {
@@ -435,9 +440,10 @@ fn classify(dir: &Path, device: Device, dtype: DType, paths: &[PathBuf]) -> Resu
     cswin::check_input(&config, &pixels)?;
     let labels = labels(dir)?;
     let out = run_cswin(dir, config, &pixels, device, dtype)?;
-    check_finite("logits", &out.logits)?;
-    let classes = out.logits.shape[1];
-    for (path, logits) in paths.iter().zip(out.logits.data.chunks(classes)) {
+    let logits = out.logits()?;
+    check_finite("logits", logits)?;
+    let classes = logits.shape[1];
+    for (path, logits) in paths.iter().zip(logits.data.chunks(classes)) {
         println!("{}:", path.display());
         for (k, p) in cswin::top_k(logits, 5) {
             let label = labels.get(k).map_or("", String::as_str);

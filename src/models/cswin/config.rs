@@ -19,6 +19,8 @@ pub struct CswinConfig {
     pub num_heads: [usize; 4],
     #[serde(default = "default_mlp_ratio")]
     pub mlp_ratio: f64,
+    /// Classes of the head; 0 (or absent) for the segmentation backbone, which has none.
+    #[serde(default)]
     pub num_classes: usize,
     #[serde(default = "default_true")]
     pub qkv_bias: bool,
@@ -91,10 +93,10 @@ impl CswinConfig {
         if !self.qkv_bias {
             return bad("qkv_bias false is not supported (the official models all have it)".into());
         }
-        if self.embed_dim == 0 || self.in_chans == 0 || self.num_classes == 0 || self.img_size < 32
+        if self.embed_dim == 0 || self.in_chans == 0 || self.img_size < 32
         {
             return bad(
-                "embed_dim, in_chans, num_classes must be positive and img_size at least 32".into(),
+                "embed_dim and in_chans must be positive and img_size at least 32".into(),
             );
         }
         if let Some(s) = self.split_size.iter().position(|&s| s == 0) {

@@ -149,25 +149,34 @@ pub fn forward_cpu_as(
             store(&mut x);
         }
     }
-    let mut final_norm = z(&x.shape);
-    reference::layer_norm(&x, None, &w.norm.weight, &w.norm.bias, eps, &mut final_norm)?;
-    store(&mut final_norm);
-    let ones = HostTensor::new(&[b, tokens(3)], vec![1u32; b * tokens(3)])?;
-    let mut pooled = z(&[b, config.dim(3)]);
-    reference::mean_pool(&final_norm, &ones, &mut pooled)?;
-    let mut logits = z(&[b, config.num_classes]);
-    reference::matmul(
-        &pooled,
-        &w.head.weight,
-        &mut logits,
-        Epilogue::none().bias(&w.head.bias),
-    )?;
+    let (mut pooled, mut logits) = (None, None);
+    if let (Some(n), Some(h)) = (&w.norm, &w.head) {
+        let mut final_norm = z(&x.shape);
+        reference::layer_norm(&x, None, &n.weight, &n.bias, eps, &mut final_norm)?;
+        store(&mut final_norm);
+        let ones = HostTensor::new(&[b, tokens(3)], vec![1u32; b * tokens(3)])?;
+        let mut p = z(&[b, config.dim(3)]);
+        reference::mean_pool(&final_norm, &ones, &mut p)?;
+        let mut l = z(&[b, config.num_classes]);
+        reference::matmul(&p, &h.weight, &mut l, Epilogue::none().bias(&h.bias))?;
+        (pooled, logits) = (Some(p), Some(l));
+    }
+    // The segmentation backbone's features: each stage's output after norm1..norm4, NCHW.
+    let mut features = Vec::new();
+    for (s, n) in w.stage_norms.iter().enumerate() {
+        let mut normed = z(&stages[s].shape);
+        reference::layer_norm(&stages[s], None, &n.weight, &n.bias, eps, &mut normed)?;
+        store(&mut normed);
+        let (h, wd) = g.stages[s];
+        features.push(super::to_nchw(&normed, h, wd)?);
+    }
     Ok(CswinOutput {
         geometry: g,
         stem,
         stages,
         pooled,
         logits,
+        features,
         block0_attention: attention,
     })
 }

@@ -28,14 +28,23 @@ struct Plan {
     merged: Vec<Tensor>,
     final_norm: Tensor,
     ones: Tensor,
-    pooled: Tensor,
-    logits: Tensor,
+    pooled: Option<Tensor>,
+    logits: Option<Tensor>,
+    /// The segmentation backbone's normed stage outputs, token-major (made NCHW on read).
+    features: Vec<Tensor>,
 }
 
 impl Plan {
     /// Buffers for one input shape: activations stored as `dtype`, pixels, pooled features and
     /// logits as f32.
-    fn new(ctx: &Context, config: &CswinConfig, dtype: DType, geometry: Geometry) -> Result<Self> {
+    fn new(
+        ctx: &Context,
+        config: &CswinConfig,
+        heads: (bool, bool),
+        dtype: DType,
+        geometry: Geometry,
+    ) -> Result<Self> {
+        let (classifier, segmentation) = heads;
         let b = geometry.batch;
         let f32s = |shape: &[usize], label: &str| Tensor::empty(ctx, shape, DType::F32, label);
         let acts = |shape: &[usize], label: &str| Tensor::empty(ctx, shape, dtype, label);
@@ -71,8 +80,16 @@ impl Plan {
                 .collect::<Result<_>>()?,
             final_norm: acts(&[b, n4, config.dim(3)], "norm")?,
             ones: Tensor::from_u32(ctx, &[b, n4], &vec![1; b * n4], "all_tokens")?,
-            pooled: f32s(&[b, config.dim(3)], "pooled")?,
-            logits: f32s(&[b, config.num_classes], "logits")?,
+            pooled: classifier
+                .then(|| f32s(&[b, config.dim(3)], "pooled"))
+                .transpose()?,
+            logits: classifier
+                .then(|| f32s(&[b, config.num_classes], "logits"))
+                .transpose()?,
+            features: match segmentation {
+                true => per_stage("features", &|s| config.dim(s))?,
+                false => Vec::new(),
+            },
             geometry,
         })
     }
@@ -145,7 +162,8 @@ impl Cswin {
     fn plan(&self, ctx: &Context, shape: &[usize]) -> Result<PlanLease<'_, Vec<usize>, Plan>> {
         let geometry = Geometry::new(&self.config, shape)?;
         self.plans.lease(shape.to_vec(), || {
-            Plan::new(ctx, &self.config, self.dtype, geometry)
+            let heads = (self.weights.head.is_some(), self.weights.is_segmentation());
+            Plan::new(ctx, &self.config, heads, self.dtype, geometry)
         })
     }
 
@@ -233,11 +251,18 @@ impl Cswin {
                 )?;
             }
         }
-        let n = &w.norm;
-        kernels::layer_norm(rec, &p.x[3], None, &n.weight, &n.bias, eps, &p.final_norm)?;
-        kernels::mean_pool(rec, &p.final_norm, &p.ones, &p.pooled)?;
-        let head = Epilogue::none().bias(&w.head.bias);
-        kernels::matmul(rec, &p.pooled, &w.head.weight, &p.logits, head)?;
+        if let (Some(n), Some(h), Some(pooled), Some(logits)) =
+            (&w.norm, &w.head, &p.pooled, &p.logits)
+        {
+            kernels::layer_norm(rec, &p.x[3], None, &n.weight, &n.bias, eps, &p.final_norm)?;
+            kernels::mean_pool(rec, &p.final_norm, &p.ones, pooled)?;
+            let head = Epilogue::none().bias(&h.bias);
+            kernels::matmul(rec, pooled, &h.weight, logits, head)?;
+        }
+        // The segmentation backbone's features: each stage's output after norm1..norm4.
+        for ((x, n), out) in p.x.iter().zip(&w.stage_norms).zip(&p.features) {
+            kernels::layer_norm(rec, x, None, &n.weight, &n.bias, eps, out)?;
+        }
         Ok(p)
     }
 
@@ -266,12 +291,24 @@ impl Cswin {
         for x in &p.x {
             stages.push(x.read_host(ctx).await?);
         }
+        let mut features = Vec::new();
+        for (s, f) in p.features.iter().enumerate() {
+            let (h, w) = p.geometry.stages[s];
+            features.push(super::to_nchw(&f.read_host(ctx).await?, h, w)?);
+        }
         Ok(CswinOutput {
             geometry: p.geometry.clone(),
             stem: p.stem.read_host(ctx).await?,
             stages,
-            pooled: p.pooled.read_host(ctx).await?,
-            logits: p.logits.read_host(ctx).await?,
+            pooled: match &p.pooled {
+                Some(t) => Some(t.read_host(ctx).await?),
+                None => None,
+            },
+            logits: match &p.logits {
+                Some(t) => Some(t.read_host(ctx).await?),
+                None => None,
+            },
+            features,
             block0_attention: attention,
         })
     }

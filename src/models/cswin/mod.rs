@@ -33,22 +33,43 @@ pub struct CswinOutput {
     pub stem: HostTensor,
     /// Each stage's last block's output, before the merge: the backbone features.
     pub stages: Vec<HostTensor>,
-    /// LayerNorm on every stage-4 token, then the mean: [B, 8C].
-    pub pooled: HostTensor,
-    /// `head(pooled)`: [B, num_classes].
-    pub logits: HostTensor,
+    /// LayerNorm on every stage-4 token, then the mean: [B, 8C] (classification checkpoints).
+    pub pooled: Option<HostTensor>,
+    /// `head(pooled)`: [B, num_classes] (classification checkpoints).
+    pub logits: Option<HostTensor>,
+    /// The segmentation backbone's outputs: each stage's output after its `norm1..norm4`, in
+    /// NCHW `[B, C_s, H_s, W_s]` as heads expect them (empty for a classifier).
+    pub features: Vec<HostTensor>,
     /// Each stage's first block's attention output (before `proj`), when requested.
     pub block0_attention: Vec<HostTensor>,
 }
 
 impl CswinOutput {
-    /// `stem`, `stage1`..`stage4`, `pooled` and `logits` as an F32 safetensors file.
+    /// `stem`, `stage1`..`stage4`, then `pooled` and `logits` (classifiers) or
+    /// `features1`..`features4` (segmentation backbones) as an F32 safetensors file.
     pub fn to_safetensors(&self) -> Result<Vec<u8>> {
         let names = ["stage1", "stage2", "stage3", "stage4"];
+        let features = ["features1", "features2", "features3", "features4"];
         let mut tensors = vec![("stem", &self.stem)];
         tensors.extend(names.iter().copied().zip(&self.stages));
-        tensors.extend([("pooled", &self.pooled), ("logits", &self.logits)]);
+        for (name, t) in [("pooled", &self.pooled), ("logits", &self.logits)] {
+            if let Some(t) = t {
+                tensors.push((name, t));
+            }
+        }
+        tensors.extend(features.iter().copied().zip(&self.features));
         crate::models::weights::to_safetensors(&tensors)
+    }
+
+    /// The logits of a classification checkpoint; an error for a segmentation backbone.
+    pub fn logits(&self) -> Result<&HostTensor> {
+        self.logits.as_ref().ok_or_else(|| crate::Error::Argument {
+            op: "cswin",
+            arg: "model",
+            reason: "a segmentation backbone (norm1..norm4, no head) has no logits: use its \
+                         features"
+                .into(),
+        })
     }
 }
 
@@ -79,4 +100,33 @@ pub fn top_k(logits: &[f32], k: usize) -> Vec<(usize, f32)> {
         .take(k)
         .map(|c| (c, (logits[c] - max).exp() / sum))
         .collect()
+}
+
+/// Token-major stage features [B, H*W, C] as NCHW [B, C, H, W].
+pub fn to_nchw(t: &HostTensor, h: usize, w: usize) -> Result<HostTensor> {
+    let &[b, n, c] = t.shape.as_slice() else {
+        return Err(crate::Error::Shape {
+            op: "to_nchw",
+            arg: "t",
+            expected: "[B, H*W, C]".into(),
+            found: t.shape.clone(),
+        });
+    };
+    if n != h * w {
+        return Err(crate::Error::Shape {
+            op: "to_nchw",
+            arg: "t",
+            expected: format!("[{b}, {}, {c}]", h * w),
+            found: t.shape.clone(),
+        });
+    }
+    let mut out = vec![0f32; t.data.len()];
+    for bi in 0..b {
+        for p in 0..n {
+            for ci in 0..c {
+                out[(bi * c + ci) * n + p] = t.data[(bi * n + p) * c + ci];
+            }
+        }
+    }
+    HostTensor::new(&[b, c, h, w], out)
 }

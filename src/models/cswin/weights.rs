@@ -38,14 +38,28 @@ pub struct CswinWeights<T> {
     pub stages: Vec<Vec<CswinBlock<T>>>,
     /// `merge1`..`merge3`
     pub merges: Vec<Merge<T>>,
-    pub norm: LayerNorm<T>,
-    pub head: Linear<T>,
+    /// The classifier's final `norm` and `head` (absent in a segmentation backbone).
+    pub norm: Option<LayerNorm<T>>,
+    pub head: Option<Linear<T>>,
+    /// The segmentation backbone's per-stage `norm1`..`norm4` (empty for a classifier).
+    pub stage_norms: Vec<LayerNorm<T>>,
+}
+
+impl<T> CswinWeights<T> {
+    /// Whether these are the segmentation backbone's weights (`norm1..norm4`, stage features).
+    pub fn is_segmentation(&self) -> bool {
+        !self.stage_norms.is_empty()
+    }
 }
 
 impl CswinWeights<HostTensor> {
-    /// Loads and checks every tensor (official key names; f32, f16 or bf16).
+    /// Loads and checks every tensor (official key names; f32, f16 or bf16): a classification
+    /// checkpoint (`norm`, `head`), or the segmentation backbone's (`segmentation/backbone/`:
+    /// keys under `backbone.`, `norm1..norm4`, every stage but the last with two branches,
+    /// decode and auxiliary heads ignored).
     pub fn from_safetensors(config: &CswinConfig, bytes: &[u8]) -> Result<Self> {
-        let mut w = Weights::from_bytes(bytes)?;
+        let mut w = Weights::from_bytes(bytes)?.with_fallback_prefix("backbone.");
+        let segmentation = w.contains("norm1.weight");
         let c = config.embed_dim;
         let stem = Conv2d::load(&mut w, "stage1_conv_embed.0", [c, config.in_chans, 7, 7])?;
         let stem_norm = LayerNorm::load(&mut w, "stage1_conv_embed.2", c)?;
@@ -55,7 +69,11 @@ impl CswinWeights<HostTensor> {
             let mut blocks = Vec::new();
             for i in 0..config.depth[s] {
                 let p = format!("stage{}.{i}", s + 1);
-                let branches = config.branches(s);
+                let branches = if segmentation && s < 3 {
+                    2
+                } else {
+                    config.branches(s)
+                };
                 let has_second = w.contains(&format!("{p}.attns.1.get_v.weight"));
                 if has_second != (branches == 2) {
                     return Err(Error::Weights {
@@ -101,9 +119,35 @@ impl CswinWeights<HostTensor> {
                 })
             })
             .collect::<Result<_>>()?;
-        let norm = LayerNorm::load(&mut w, "norm", config.dim(3))?;
-        let head = Linear::load(&mut w, "head", config.num_classes, config.dim(3))?;
-        let unused = w.unused(|_| false);
+        let stage_norms = match segmentation {
+            true => (0..4)
+                .map(|s| LayerNorm::load(&mut w, &format!("norm{}", s + 1), config.dim(s)))
+                .collect::<Result<_>>()?,
+            false => Vec::new(),
+        };
+        let classifier = !segmentation || w.contains("head.weight");
+        if classifier && config.num_classes == 0 {
+            return Err(Error::Weights {
+                key: "head.weight".into(),
+                reason: "the checkpoint is a classifier (no norm1..norm4) but config.json has no \
+                         num_classes"
+                    .into(),
+            });
+        }
+        let (norm, head) = match classifier {
+            true => (
+                Some(LayerNorm::load(&mut w, "norm", config.dim(3))?),
+                Some(Linear::load(
+                    &mut w,
+                    "head",
+                    config.num_classes,
+                    config.dim(3),
+                )?),
+            ),
+            false => (None, None),
+        };
+        let heads = ["decode_head.", "auxiliary_head.", "neck."];
+        let unused = w.unused(|k| heads.iter().any(|h| k.starts_with(h)));
         if let Some(key) = unused.first() {
             return Err(Error::Weights {
                 key: key.clone(),
@@ -120,6 +164,7 @@ impl CswinWeights<HostTensor> {
             merges,
             norm,
             head,
+            stage_norms,
         })
     }
 
@@ -166,8 +211,17 @@ impl CswinWeights<HostTensor> {
             stem_norm: self.stem_norm.upload(ctx, "stage1_conv_embed.2")?,
             stages,
             merges,
-            norm: self.norm.upload(ctx, "norm")?,
-            head: self.head.upload_as(ctx, "head", dtype)?,
+            norm: self
+                .norm
+                .as_ref()
+                .map(|n| n.upload(ctx, "norm"))
+                .transpose()?,
+            head: (self.head.as_ref())
+                .map(|h| h.upload_as(ctx, "head", dtype))
+                .transpose()?,
+            stage_norms: (self.stage_norms.iter().enumerate())
+                .map(|(s, n)| n.upload(ctx, &format!("norm{}", s + 1)))
+                .collect::<Result<_>>()?,
         })
     }
 
@@ -207,7 +261,8 @@ impl CswinWeights<HostTensor> {
                 })
                 .collect(),
             norm: self.norm.clone(),
-            head: lin(&self.head),
+            head: self.head.as_ref().map(lin),
+            stage_norms: self.stage_norms.clone(),
         }
     }
 }
