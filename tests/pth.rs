@@ -257,7 +257,7 @@ fn segmentation_checkpoint_gives_official_features() {
     std::fs::create_dir_all(&tmp).expect("tmp");
     let out_path = tmp.join("features.safetensors");
     let out = Command::new(env!("CARGO_BIN_EXE_backbone"))
-        .args(["run", "--model"])
+        .args(["run", "--features", "--model"])
         .arg(&dir)
         .arg("--input")
         .arg(dir.join("golden.safetensors"))
@@ -294,5 +294,72 @@ fn segmentation_checkpoint_gives_official_features() {
     .expect_err("no logits")
     .to_string();
     assert!(err.contains("segmentation"), "{err}");
+    std::fs::remove_dir_all(&tmp).ok();
+}
+
+fn run_cli(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_backbone"))
+        .args(args)
+        .output()
+        .expect("run backbone")
+}
+
+/// `backbone run` on a folder holding only config.json and the released-style .pth: stage
+/// features within 5e-5 and logits within 2e-5 of the official outputs (GPU); `--features`
+/// on a classification checkpoint and a preset that does not fit the weights are clear errors.
+#[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
+fn run_on_a_pth_folder_and_its_errors() {
+    let dir = pth_dir().join("cswin-micro-s3full");
+    let golden_path = fixture("cswin-micro-s3full").join("golden.safetensors");
+    let golden = Golden::open(&golden_path);
+    let tmp = std::env::temp_dir().join(format!("backbone-pth-run-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).expect("tmp");
+    let out_path = tmp.join("out.safetensors");
+    let base = [
+        "run".as_ref(),
+        "--model".as_ref(),
+        dir.as_os_str(),
+        "--input".as_ref(),
+        golden_path.as_os_str(),
+        "--output".as_ref(),
+        out_path.as_os_str(),
+    ];
+    let out = run_cli(&base);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written = Golden::open(&out_path);
+    for s in 1..=4 {
+        let name = format!("stage{s}");
+        assert_close(
+            &name,
+            &written.f32(&name).data,
+            &golden.f32(&name).data,
+            5e-5,
+            0.0,
+        );
+    }
+    assert_close(
+        "logits",
+        &written.f32("logits").data,
+        &golden_logits().data,
+        2e-5,
+        0.0,
+    );
+    for (extra, words) in [
+        (vec!["--features"], "norm1..norm4"),
+        (vec!["--variant", "cswin-t-224"], "stage1_conv_embed"),
+        (vec!["--variant", "cswin-x"], "cswin-x"),
+    ] {
+        let mut args: Vec<&std::ffi::OsStr> = base.to_vec();
+        args.extend(extra.iter().map(|a| std::ffi::OsStr::new(a)));
+        let out = run_cli(&args);
+        assert!(!out.status.success(), "{extra:?} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(words), "{extra:?}: {err}");
+    }
     std::fs::remove_dir_all(&tmp).ok();
 }

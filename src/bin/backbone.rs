@@ -77,6 +77,15 @@ enum Command {
         device: Device,
         #[arg(long, value_enum, default_value = "f32")]
         dtype: Dtype,
+        /// CSWin: the config from a preset (cswin-t-224, cswin-s-224, cswin-b-224, cswin-l-224,
+        /// cswin-b-384, cswin-l-384) instead of the folder's config.json (a checkpoint does not
+        /// record its heads and split sizes).
+        #[arg(long)]
+        variant: Option<String>,
+        /// CSWin: require the segmentation backbone's features1..4 (an error for a
+        /// classification checkpoint, which has no norm1..norm4).
+        #[arg(long)]
+        features: bool,
     },
     /// Prints one JSON array of sentence embeddings (one per text) on stdout.
     ///
@@ -164,7 +173,12 @@ fn main() -> Result<()> {
             output,
             device,
             dtype,
-        } => run(&model, &input, &output, device, dtype.dtype())?,
+            variant,
+            features,
+        } => {
+            let cswin = CswinChoice { variant, features };
+            run(&model, &input, &output, device, dtype.dtype(), &cswin)?
+        }
         Command::Embed {
             model,
             max_length,
@@ -340,7 +354,20 @@ fn rerank(
 
 /// `run`: everything the user gave is checked (input file, output path, model config, input
 /// against the config) before the weights are read; the output is written atomically.
-fn run(model: &Path, input: &Path, output: &Path, device: Device, dtype: DType) -> Result<()> {
+/// `run`'s CSWin options.
+struct CswinChoice {
+    variant: Option<String>,
+    features: bool,
+}
+
+fn run(
+    model: &Path,
+    input: &Path,
+    output: &Path,
+    device: Device,
+    dtype: DType,
+    choice: &CswinChoice,
+) -> Result<()> {
     if io::same_file(input, output) {
         bail!(
             "--output {} is the --input file: refusing to overwrite the input",
@@ -348,7 +375,10 @@ fn run(model: &Path, input: &Path, output: &Path, device: Device, dtype: DType) 
         );
     }
     io::check_writable(output).context("--output")?;
-    let model_type = model_type(model)?;
+    let model_type = match &choice.variant {
+        Some(_) => "cswin".to_string(),
+        None => model_type(model)?,
+    };
     let bytes = io::read_safetensors(input)?;
     let reading = || format!("reading {}", input.display());
     let text = bert::MODEL_TYPES.iter().any(|(t, _)| *t == model_type);
@@ -363,9 +393,15 @@ fn run(model: &Path, input: &Path, output: &Path, device: Device, dtype: DType) 
         }
         "cswin" => {
             let pixels = cswin::pixel_values_from_safetensors(&bytes).with_context(reading)?;
-            let config = cswin::load_config(model)?;
+            let config = match &choice.variant {
+                Some(v) => CswinConfig::preset(v)?,
+                None => cswin::load_config(model)?,
+            };
             cswin::check_input(&config, &pixels).with_context(reading)?;
             let out = run_cswin(model, config, &pixels, device, dtype)?;
+            if choice.features {
+                out.features()?;
+            }
             if let Some(logits) = &out.logits {
                 check_finite("logits", logits)?;
             }

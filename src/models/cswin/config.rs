@@ -93,11 +93,8 @@ impl CswinConfig {
         if !self.qkv_bias {
             return bad("qkv_bias false is not supported (the official models all have it)".into());
         }
-        if self.embed_dim == 0 || self.in_chans == 0 || self.img_size < 32
-        {
-            return bad(
-                "embed_dim and in_chans must be positive and img_size at least 32".into(),
-            );
+        if self.embed_dim == 0 || self.in_chans == 0 || self.img_size < 32 {
+            return bad("embed_dim and in_chans must be positive and img_size at least 32".into());
         }
         if let Some(s) = self.split_size.iter().position(|&s| s == 0) {
             return bad(format!("split_size[{s}] is 0"));

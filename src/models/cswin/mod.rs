@@ -61,6 +61,22 @@ impl CswinOutput {
         crate::models::weights::to_safetensors(&tensors)
     }
 
+    /// The segmentation backbone's features1..4 (NCHW); an error for a classification
+    /// checkpoint, which has no per-stage norms.
+    pub fn features(&self) -> Result<&[HostTensor]> {
+        if self.features.is_empty() {
+            return Err(crate::Error::Argument {
+                op: "cswin",
+                arg: "model",
+                reason: "features1..4 come from the segmentation backbone's norm1..norm4, which \
+                         this classification checkpoint does not have (its stage features are \
+                         stage1..4)"
+                    .into(),
+            });
+        }
+        Ok(&self.features)
+    }
+
     /// The logits of a classification checkpoint; an error for a segmentation backbone.
     pub fn logits(&self) -> Result<&HostTensor> {
         self.logits.as_ref().ok_or_else(|| crate::Error::Argument {
