@@ -355,7 +355,7 @@ fn run_on_a_pth_folder_and_its_errors() {
         (vec!["--variant", "cswin-x"], "cswin-x"),
     ] {
         let mut args: Vec<&std::ffi::OsStr> = base.to_vec();
-        args.extend(extra.iter().map(|a| std::ffi::OsStr::new(a)));
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
         let out = run_cli(&args);
         assert!(!out.status.success(), "{extra:?} accepted");
         let err = String::from_utf8_lossy(&out.stderr);
