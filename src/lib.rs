@@ -31,6 +31,8 @@ pub mod models;
 pub mod pipeline;
 pub mod recorder;
 pub mod reference;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod server;
 pub mod tensor;
 pub mod tune;
 

@@ -6,6 +6,7 @@
 //! backbone rerank --model DIR --query Q [--raw] [--max-length N] [--dtype f32|f16] DOC...
 //! backbone classify --model DIR [--dtype f32|f16] IMAGE...
 //! backbone convert --checkpoint FILE.pth --output DIR
+//! backbone serve --model DIR [--host 127.0.0.1] [--port 8080] [--dtype f32|f16] [--max-batch-tokens N] ...
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -137,6 +138,36 @@ enum Command {
         #[arg(required = true)]
         documents: Vec<String>,
     },
+    /// Serves a text model over HTTP: text-embeddings-inference's /embed, /rerank (for a
+    /// cross-encoder folder), /tokenize, /info, /health, /metrics and OpenAI's
+    /// /v1/embeddings, with dynamic batching. Prints `listening on http://ADDR` once ready;
+    /// SIGINT/SIGTERM finish the queued requests and exit 0.
+    Serve {
+        /// Model folder (Hugging Face or sentence-transformers; a cross-encoder serves /rerank).
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// 0 picks a free port (printed on start).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        #[arg(long, value_enum, default_value = "gpu")]
+        device: Device,
+        #[arg(long, value_enum, default_value = "f32")]
+        dtype: Dtype,
+        /// Most tokens (padded) in one batched forward.
+        #[arg(long, default_value_t = 16384)]
+        max_batch_tokens: usize,
+        /// Most inputs in one request (413 past it).
+        #[arg(long, default_value_t = 32)]
+        max_client_batch_size: usize,
+        /// Requests handled at once (429 past it).
+        #[arg(long, default_value_t = 512)]
+        max_concurrent_requests: usize,
+        /// Largest request body in bytes (413 past it).
+        #[arg(long, default_value_t = 2_000_000)]
+        payload_limit: usize,
+    },
     /// Converts a PyTorch checkpoint (.pth / .pt as torch.save writes it: the official CSWin
     /// and mmseg checkpoints) into a safetensors model folder: OUTPUT/model.safetensors with
     /// every floating-point tensor of its state dict as f32, and the config.json (and
@@ -218,6 +249,34 @@ fn main() -> Result<()> {
             images,
         } => classify(&model, device, dtype.dtype(), &images)?,
         Command::Convert { checkpoint, output } => convert(&checkpoint, &output)?,
+        Command::Serve {
+            model,
+            host,
+            port,
+            device,
+            dtype,
+            max_batch_tokens,
+            max_client_batch_size,
+            max_concurrent_requests,
+            payload_limit,
+        } => {
+            let options = backbone::server::ServeOptions {
+                model,
+                host,
+                port,
+                dtype: dtype.dtype(),
+                gpu: device == Device::Gpu,
+                max_batch_tokens: max_batch_tokens.clamp(1, limits::MAX_BATCH_TOKENS),
+                max_client_batch_size: max_client_batch_size.max(1),
+                max_concurrent_requests: max_concurrent_requests.max(1),
+                payload_limit: payload_limit.max(1),
+            };
+            backbone::server::serve(options, |addr| {
+                use std::io::Write as _;
+                println!("listening on http://{addr}");
+                std::io::stdout().flush().ok();
+            })?;
+        }
     }
     Ok(())
 }

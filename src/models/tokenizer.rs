@@ -11,6 +11,17 @@ use crate::models::bert::BertInput;
 /// sentence-transformers' `max_seq_length` for all-MiniLM-L6-v2 and most BERT-family embedders.
 pub const DEFAULT_MAX_LENGTH: usize = 256;
 
+/// One token of a text: its id, its text, whether it is a special token, and its byte offsets
+/// in the text.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Token {
+    pub id: u32,
+    pub text: String,
+    pub special: bool,
+    pub start: usize,
+    pub stop: usize,
+}
+
 /// A tokenizer that produces [`BertInput`] batches.
 pub struct TextTokenizer {
     inner: Tokenizer,
@@ -87,6 +98,23 @@ impl TextTokenizer {
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         let trailing_special = enc.get_special_tokens_mask().last() == Some(&1);
         Ok(enc.len() - usize::from(trailing_special && !enc.is_empty()))
+    }
+
+    /// The tokens of one text with special tokens, as `/tokenize` reports them.
+    pub fn tokens(&self, text: &str) -> Result<Vec<Token>> {
+        let enc = self
+            .inner
+            .encode(text, true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok((0..enc.len())
+            .map(|i| Token {
+                id: enc.get_ids()[i],
+                text: enc.get_tokens()[i].clone(),
+                special: enc.get_special_tokens_mask()[i] == 1,
+                start: enc.get_offsets()[i].0,
+                stop: enc.get_offsets()[i].1,
+            })
+            .collect())
     }
 
     /// Tokenizes sentence pairs: `[CLS] a [SEP] b [SEP]`, segment 1 for `b [SEP]`.

@@ -250,12 +250,12 @@ pub fn forward_cpu_as(
         reference::matmul(&pooled, &dense.linear.weight, &mut out, ep)?;
         pooled = out;
     }
-    let sentence_embedding = if head.normalize {
+    let (sentence_embedding, unnormalized_embedding) = if head.normalize {
         let mut y = z(&pooled.shape);
         reference::l2_normalize(&pooled, &mut y)?;
-        y
+        (y, Some(pooled))
     } else {
-        pooled
+        (pooled, None)
     };
     Ok(BertOutput {
         last_hidden_state: hidden,
@@ -263,6 +263,7 @@ pub fn forward_cpu_as(
         sentence_embedding,
         hidden_states: states,
         logits,
+        unnormalized_embedding,
     })
 }
 

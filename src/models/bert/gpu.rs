@@ -517,6 +517,16 @@ impl Bert {
                 Some(l) => Some(l.read_host(ctx).await?),
                 None => None,
             },
+            unnormalized_embedding: match self.head.normalize {
+                true => Some(
+                    plan.dense
+                        .last()
+                        .unwrap_or(&plan.pooled)
+                        .read_host(ctx)
+                        .await?,
+                ),
+                false => None,
+            },
         })
     }
 

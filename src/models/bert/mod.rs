@@ -46,6 +46,9 @@ pub struct BertOutput {
     pub hidden_states: Vec<HostTensor>,
     /// [B, num_labels]: the sequence-classification head's logits, for a checkpoint with one.
     pub logits: Option<HostTensor>,
+    /// [B, D]: the sentence embedding before the head's Normalize, when it has one (servers'
+    /// `normalize: false`).
+    pub unnormalized_embedding: Option<HostTensor>,
 }
 
 impl BertOutput {

@@ -1,0 +1,126 @@
+//! Dynamic batching: requests queue; one thread owns the model and forms batches of at most
+//! `max_batch_tokens` (padded to the longest sequence), runs one forward per batch while the
+//! next batch forms in the queue, and hands each request its rows.
+
+use std::sync::Arc;
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::metrics::Metrics;
+use crate::error::{Error, Result};
+use crate::models::bert::{BertInput, BertOutput};
+
+/// One tokenized sequence: ids and token types.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub ids: Vec<u32>,
+    pub types: Vec<u32>,
+}
+
+/// What a row gives back.
+#[derive(Debug, Clone, Default)]
+pub struct RowOutput {
+    pub embedding: Vec<f32>,
+    /// Before the head's Normalize, when it has one.
+    pub unnormalized: Option<Vec<f32>>,
+    pub logits: Option<Vec<f32>>,
+}
+
+/// A request's rows, the prompt length its pooling leaves out, and where to answer.
+pub struct Job {
+    pub rows: Vec<Row>,
+    pub prompt_length: usize,
+    pub queued: Instant,
+    pub reply: oneshot::Sender<Result<Vec<RowOutput>>>,
+}
+
+/// Runs forwards (GPU or CPU path) for the batcher.
+pub type Forward = Box<dyn Fn(&BertInput) -> Result<BertOutput> + Send>;
+
+/// The batcher loop: returns when every sender is gone and the queue is empty (graceful
+/// shutdown finishes queued requests).
+pub fn run(queue: Receiver<Job>, forward: Forward, max_batch_tokens: usize, metrics: Arc<Metrics>) {
+    let mut pending: Option<Job> = None;
+    loop {
+        let first = match pending.take() {
+            Some(job) => job,
+            None => match queue.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+        };
+        let mut batch = vec![first];
+        let (mut rows, mut longest) = (batch[0].rows.len(), max_len(&batch[0]));
+        // Take what is queued (briefly waiting for more) while it fits the token budget.
+        while let Ok(job) = queue.recv_timeout(Duration::from_millis(1)) {
+            let l = longest.max(max_len(&job));
+            let fits = (rows + job.rows.len()) * l <= max_batch_tokens
+                && job.prompt_length == batch[0].prompt_length;
+            if !fits {
+                pending = Some(job);
+                break;
+            }
+            rows += job.rows.len();
+            longest = l;
+            batch.push(job);
+        }
+        process(batch, rows, longest, &forward, &metrics);
+    }
+}
+
+fn max_len(job: &Job) -> usize {
+    job.rows
+        .iter()
+        .map(|r| r.ids.len())
+        .max()
+        .unwrap_or(1)
+        .max(1)
+}
+
+fn process(batch: Vec<Job>, rows: usize, seq: usize, forward: &Forward, metrics: &Metrics) {
+    let start = Instant::now();
+    for job in &batch {
+        metrics.queue_time(start.duration_since(job.queued));
+    }
+    let mut ids = Vec::with_capacity(rows * seq);
+    let (mut mask, mut types) = (ids.clone(), ids.clone());
+    for row in batch.iter().flat_map(|j| &j.rows) {
+        let pad = seq - row.ids.len();
+        ids.extend(row.ids.iter().copied().chain(std::iter::repeat_n(0, pad)));
+        types.extend(row.types.iter().copied().chain(std::iter::repeat_n(0, pad)));
+        mask.extend(std::iter::repeat_n(1, row.ids.len()).chain(std::iter::repeat_n(0, pad)));
+    }
+    let result = BertInput::new(rows, seq, ids, Some(mask), Some(types)).and_then(|mut input| {
+        input.prompt_length = batch[0].prompt_length;
+        forward(&input)
+    });
+    metrics.batch(rows, rows * seq, start.elapsed());
+    let mut at = 0;
+    for job in batch {
+        let n = job.rows.len();
+        let reply = match &result {
+            Ok(out) => Ok((at..at + n).map(|r| row_of(out, r)).collect()),
+            Err(e) => Err(Error::Gpu {
+                during: "a batched forward".into(),
+                message: e.to_string(),
+            }),
+        };
+        at += n;
+        // A client that went away no longer waits for its answer.
+        let _ = job.reply.send(reply);
+    }
+}
+
+fn row_of(out: &BertOutput, r: usize) -> RowOutput {
+    let slice = |t: &crate::reference::HostTensor| {
+        let w = t.shape[1];
+        t.data[r * w..(r + 1) * w].to_vec()
+    };
+    RowOutput {
+        embedding: slice(&out.sentence_embedding),
+        unnormalized: out.unnormalized_embedding.as_ref().map(slice),
+        logits: out.logits.as_ref().map(slice),
+    }
+}
