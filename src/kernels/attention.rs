@@ -86,13 +86,18 @@ pub(super) fn choose(
     ctx: &Context,
     head_dim: usize,
     f16: (bool, bool),
+    rel_bias: bool,
     kernels: (Kernel, Kernel),
 ) -> (Kernel, Spec, usize) {
     match CoopAttention::for_head(ctx, head_dim).filter(|_| f16.0) {
-        Some(c) => (kernels.1, c.spec(head_dim, f16), c.fragment as usize),
+        Some(c) => (
+            kernels.1,
+            c.spec(head_dim, f16, rel_bias),
+            c.fragment as usize,
+        ),
         None => (
             kernels.0,
-            spec(head_dim, f16),
+            spec_biased(head_dim, f16, rel_bias),
             attention_tiles(head_dim, f16.0).queries,
         ),
     }
@@ -240,18 +245,8 @@ pub fn attention_biased(
         check_dtype("attention", "rel_bias", bias, DType::F32)?;
         rel_bias_dims(bias.shape(), heads, t)?;
     }
-    let (kernel, spec, queries) = match CoopAttention::for_head(ctx, d).filter(|_| f16.0) {
-        Some(c) => (
-            Kernel::AttentionCoop,
-            c.spec(d, f16).bool("HAS_REL_BIAS", rel_bias.is_some()),
-            c.fragment as usize,
-        ),
-        None => (
-            Kernel::Attention,
-            spec_biased(d, f16, rel_bias.is_some()),
-            attention_tiles(d, f16.0).queries,
-        ),
-    };
+    let kernels = (Kernel::Attention, Kernel::AttentionCoop);
+    let (kernel, spec, queries) = choose(ctx, d, f16, rel_bias.is_some(), kernels);
     let params = Params {
         batch: b as u32,
         t: t as u32,

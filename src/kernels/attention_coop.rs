@@ -56,8 +56,9 @@ impl CoopAttention {
             .find(|c| c.bytes(head_dim) <= WORKGROUP_BYTES)
     }
 
-    /// Specialisation shared by both kernels.
-    pub(super) fn spec(self, head_dim: usize, f16: (bool, bool)) -> Spec {
+    /// Specialisation shared by both kernels (`rel_bias`: MPNet's relative position bias, read
+    /// by the BERT kernel only).
+    pub(super) fn spec(self, head_dim: usize, f16: (bool, bool), rel_bias: bool) -> Spec {
         let t = self.fragment;
         Spec::new()
             .enable("f16")
@@ -71,6 +72,7 @@ impl CoopAttention {
             .u32("SG", self.subgroup)
             .u32("KV_FRAGS", self.kv_frags)
             .u32("HEAD_DIM", head_dim as u32)
+            .bool("HAS_REL_BIAS", rel_bias)
     }
 
     /// The variant name the bench reports.
@@ -84,14 +86,14 @@ impl CoopAttention {
 }
 
 /// Variants for offline validation: both fragment sizes, the head sizes of the supported
-/// models, f16 qkv into f16 or f32 outputs.
-pub(super) fn variants() -> Vec<(usize, Spec)> {
+/// models, f16 qkv into f16 or f32 outputs, with or without the relative bias.
+pub(super) fn variants(rel_bias: bool) -> Vec<(usize, Spec)> {
     let mut out = Vec::new();
     for frag in [(16, 32), (8, 32)] {
         for head_dim in [32, 64, 96] {
             if let Some(c) = CoopAttention::with_fragment(frag, head_dim) {
-                out.push((head_dim, c.spec(head_dim, (true, true))));
-                out.push((head_dim, c.spec(head_dim, (true, false))));
+                out.push((head_dim, c.spec(head_dim, (true, true), rel_bias)));
+                out.push((head_dim, c.spec(head_dim, (true, false), rel_bias)));
             }
         }
     }

@@ -151,6 +151,7 @@ pub fn cswin_attention(
         ctx,
         d,
         f16,
+        false,
         (Kernel::CswinAttention, Kernel::CswinAttentionCoop),
     );
     let q_tiles = (wh * ww).div_ceil(queries);

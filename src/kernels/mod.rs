@@ -66,19 +66,13 @@ pub fn shader_variants() -> Vec<(Kernel, Spec)> {
             }
             Kernel::AttentionCoop => {
                 for bias in [false, true] {
-                    out.extend(
-                        attention_coop::variants()
-                            .into_iter()
-                            .map(|(_, s)| (kernel, s.bool("HAS_REL_BIAS", bias))),
-                    );
+                    let specs = attention_coop::variants(bias).into_iter();
+                    out.extend(specs.map(|(_, s)| (kernel, s)));
                 }
             }
             Kernel::CswinAttentionCoop => {
-                out.extend(
-                    attention_coop::variants()
-                        .into_iter()
-                        .map(|(_, s)| (kernel, s)),
-                );
+                let specs = attention_coop::variants(false).into_iter();
+                out.extend(specs.map(|(_, s)| (kernel, s)));
             }
             Kernel::Conv2d => {
                 out.extend(
