@@ -401,7 +401,7 @@ fn rerank(
         let labels = logits.shape[1];
         for row in logits.data.chunks(labels) {
             scores.push(match (labels, raw) {
-                (1, false) => serde_json::json!(1.0 / (1.0 + (-row[0]).exp())),
+                (1, false) => serde_json::json!(bert::cross_encoder_score(row[0])),
                 (1, true) => serde_json::json!(row[0]),
                 _ => serde_json::json!(row),
             });

@@ -20,7 +20,7 @@ use std::time::Instant;
 use axum::Json;
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -73,6 +73,24 @@ fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response
 
 fn validation(message: impl Into<String>) -> Response {
     error(StatusCode::UNPROCESSABLE_ENTITY, "Validation", message)
+}
+
+/// A handler's answer: the response, or an error response in TEI's shape.
+type Reply = std::result::Result<Response, Response>;
+
+/// The JSON body of a request; malformed or oversized bodies become TEI-shaped 422 / 413
+/// responses before the handler runs.
+struct Body(Value);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> std::result::Result<Self, Response> {
+        Json::<Value>::from_request(req, state)
+            .await
+            .map(|Json(v)| Body(v))
+            .map_err(rejection)
+    }
 }
 
 fn rejection(r: JsonRejection) -> Response {
@@ -335,137 +353,119 @@ fn split_rows(input: &crate::models::bert::BertInput) -> Vec<Row> {
         .collect()
 }
 
-fn l2(v: &[f32]) -> Vec<f32> {
-    let norm = v
-        .iter()
-        .map(|x| (*x as f64) * (*x as f64))
-        .sum::<f64>()
-        .sqrt()
-        .max(1e-12);
-    v.iter().map(|x| (*x as f64 / norm) as f32).collect()
+/// `v` L2-normalised, by the twin the CPU path uses (one row).
+fn l2(v: Vec<f32>) -> Vec<f32> {
+    let n = v.len();
+    let Ok(x) = crate::reference::HostTensor::new(&[1, n], v) else {
+        return Vec::new();
+    };
+    let mut y = crate::reference::HostTensor::zeros(&[1, n]);
+    match crate::reference::l2_normalize(&x, &mut y) {
+        Ok(()) => y.data,
+        Err(_) => x.data,
+    }
 }
-
 /// The embedding a request asked for: L2-normalised or as the model's head left it before
 /// its Normalize.
 fn embedding_of(row: RowOutput, normalize: bool) -> Vec<f32> {
     match (normalize, row.unnormalized) {
         (true, Some(_)) => row.embedding,
-        (true, None) => l2(&row.embedding),
+        (true, None) => l2(row.embedding),
         (false, Some(raw)) => raw,
         (false, None) => row.embedding,
     }
 }
 
-async fn embed(
-    State(s): State<Shared>,
-    body: std::result::Result<Json<Value>, JsonRejection>,
-) -> Response {
-    let Json(body) = match body {
-        Ok(b) => b,
-        Err(r) => return rejection(r),
+async fn embed(State(s): State<Shared>, Body(body): Body) -> Reply {
+    let texts = texts_of(body.get("inputs"), "inputs")?;
+    let normalize = bool_of(&body, "normalize", true)?;
+    bool_of(&body, "truncate", false)?;
+    let prompt = match body.get("prompt_name") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(p)) => Some(p.clone()),
+        Some(_) => return Err(validation("`prompt_name` must be a string")),
     };
-    let result = async {
-        let texts = texts_of(body.get("inputs"), "inputs")?;
-        let normalize = bool_of(&body, "normalize", true)?;
-        bool_of(&body, "truncate", false)?;
-        let prompt = match body.get("prompt_name") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(p)) => Some(p.clone()),
-            Some(_) => return Err(validation("`prompt_name` must be a string")),
-        };
-        let _permit = s.admit(texts.len())?;
-        let (rows, prompt_length) = s.rows_of(&texts, prompt.as_deref())?;
-        let out = s.run(rows, prompt_length).await?;
-        let rows: Vec<Vec<f32>> = out
-            .into_iter()
-            .map(|r| embedding_of(r, normalize))
-            .collect();
-        Ok(Json(rows).into_response())
-    };
-    result.await.unwrap_or_else(|e| e)
+    let _permit = s.admit(texts.len())?;
+    let (rows, prompt_length) = s.rows_of(&texts, prompt.as_deref())?;
+    let out = s.run(rows, prompt_length).await?;
+    let rows: Vec<Vec<f32>> = out
+        .into_iter()
+        .map(|r| embedding_of(r, normalize))
+        .collect();
+    Ok(Json(rows).into_response())
 }
 
-async fn openai_embeddings(
-    State(s): State<Shared>,
-    body: std::result::Result<Json<Value>, JsonRejection>,
-) -> Response {
-    let Json(body) = match body {
-        Ok(b) => b,
-        Err(r) => return rejection(r),
+async fn openai_embeddings(State(s): State<Shared>, Body(body): Body) -> Reply {
+    let base64 = match body.get("encoding_format").and_then(Value::as_str) {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(validation(format!(
+                "`encoding_format` {other:?} is not float or base64"
+            )));
+        }
     };
-    let result = async {
-        let base64 = match body.get("encoding_format").and_then(Value::as_str) {
-            None | Some("float") => false,
-            Some("base64") => true,
-            Some(other) => {
-                return Err(validation(format!(
-                    "`encoding_format` {other:?} is not float or base64"
-                )));
-            }
-        };
-        let input = body.get("input");
-        // Token arrays are taken as given (no special tokens added), as OpenAI takes them.
-        let tokens_of = |v: &Value| -> Option<Vec<u32>> {
-            v.as_array()?
+    let input = body.get("input");
+    // Token arrays are taken as given (no special tokens added), as OpenAI takes them.
+    let tokens_of = |v: &Value| -> Option<Vec<u32>> {
+        v.as_array()?
+            .iter()
+            .map(|x| x.as_u64().and_then(|i| u32::try_from(i).ok()))
+            .collect()
+    };
+    let (rows, prompt_length) = match input {
+        Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_u64) => (
+            vec![token_row(tokens_of(input.unwrap_or(&Value::Null)), &s)?],
+            0,
+        ),
+        Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_array) => {
+            let rows = a
                 .iter()
-                .map(|x| x.as_u64().and_then(|i| u32::try_from(i).ok()))
-                .collect()
-        };
-        let (rows, prompt_length) = match input {
-            Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_u64) => (
-                vec![token_row(tokens_of(input.unwrap_or(&Value::Null)), &s)?],
-                0,
-            ),
-            Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_array) => {
-                let rows = a
-                    .iter()
-                    .map(|t| token_row(tokens_of(t), &s))
-                    .collect::<std::result::Result<_, _>>()?;
-                (rows, 0)
-            }
-            _ => {
-                let texts = texts_of(input, "input")?;
-                s.rows_of(&texts, None)?
-            }
-        };
-        let _permit = s.admit(rows.len())?;
-        let tokens: usize = rows.iter().map(|r| r.ids.len()).sum();
-        let out = s.run(rows, prompt_length).await?;
-        let data: Vec<OpenAiEmbedding> = out
-            .into_iter()
-            .enumerate()
-            .map(|(index, r)| {
-                let e = r.embedding;
-                let embedding = if base64 {
-                    let bytes: Vec<u8> = e.iter().flat_map(|v| v.to_le_bytes()).collect();
-                    EmbeddingData::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
-                } else {
-                    EmbeddingData::Float(e)
-                };
-                OpenAiEmbedding {
-                    object: "embedding",
-                    embedding,
-                    index,
-                }
-            })
-            .collect();
-        let model = body
-            .get("model")
-            .and_then(Value::as_str)
-            .unwrap_or(&s.model_id)
-            .to_string();
-        Ok(Json(OpenAiList {
-            object: "list",
-            data,
-            model,
-            usage: Usage {
-                prompt_tokens: tokens,
-                total_tokens: tokens,
-            },
-        })
-        .into_response())
+                .map(|t| token_row(tokens_of(t), &s))
+                .collect::<std::result::Result<_, _>>()?;
+            (rows, 0)
+        }
+        _ => {
+            let texts = texts_of(input, "input")?;
+            s.rows_of(&texts, None)?
+        }
     };
-    result.await.unwrap_or_else(|e| e)
+    let _permit = s.admit(rows.len())?;
+    let tokens: usize = rows.iter().map(|r| r.ids.len()).sum();
+    let out = s.run(rows, prompt_length).await?;
+    let data: Vec<OpenAiEmbedding> = out
+        .into_iter()
+        .enumerate()
+        .map(|(index, r)| {
+            let e = r.embedding;
+            let embedding = if base64 {
+                let bytes: Vec<u8> = e.iter().flat_map(|v| v.to_le_bytes()).collect();
+                EmbeddingData::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                EmbeddingData::Float(e)
+            };
+            OpenAiEmbedding {
+                object: "embedding",
+                embedding,
+                index,
+            }
+        })
+        .collect();
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or(&s.model_id)
+        .to_string();
+    Ok(Json(OpenAiList {
+        object: "list",
+        data,
+        model,
+        usage: Usage {
+            prompt_tokens: tokens,
+            total_tokens: tokens,
+        },
+    })
+    .into_response())
 }
 
 /// OpenAI's response shapes (f32 values serialized as f32, as `/embed` writes them).
@@ -519,95 +519,75 @@ fn token_row(ids: Option<Vec<u32>>, s: &AppState) -> std::result::Result<Row, Re
     })
 }
 
-async fn rerank(
-    State(s): State<Shared>,
-    body: std::result::Result<Json<Value>, JsonRejection>,
-) -> Response {
-    let Json(body) = match body {
-        Ok(b) => b,
-        Err(r) => return rejection(r),
-    };
-    let result = async {
-        if !s.reranker {
-            return Err(error(
-                StatusCode::FAILED_DEPENDENCY,
-                "Validation",
-                "the model is not a re-ranker (no sequence-classification head)",
-            ));
-        }
-        let query = body
-            .get("query")
-            .and_then(Value::as_str)
-            .ok_or_else(|| validation("`query` must be a string"))?;
-        let texts = texts_of(body.get("texts"), "texts")?;
-        let raw = bool_of(&body, "raw_scores", false)?;
-        let return_text = bool_of(&body, "return_text", false)?;
-        bool_of(&body, "truncate", false)?;
-        let _permit = s.admit(texts.len())?;
-        let pairs: Vec<(&str, &str)> = texts.iter().map(|t| (query, t.as_str())).collect();
-        let input = s
-            .tokenizer
-            .tokenizer
-            .encode_pairs(&pairs)
-            .map_err(|e| validation(e.to_string()))?;
-        let out = s.run(split_rows(&input), 0).await?;
-        let mut ranked: Vec<Value> = out
-            .into_iter()
-            .enumerate()
-            .map(|(index, r)| {
-                let logit = r
-                    .logits
-                    .as_ref()
-                    .and_then(|l| l.first().copied())
-                    .unwrap_or(f32::NAN);
-                let score = if raw {
-                    logit
-                } else {
-                    1.0 / (1.0 + (-logit).exp())
-                };
-                let mut v = json!({ "index": index, "score": score });
-                if return_text {
-                    v["text"] = json!(texts[index]);
-                }
-                v
-            })
-            .collect();
-        ranked.sort_by(|a, b| {
-            let (x, y) = (
-                a["score"].as_f64().unwrap_or(f64::MIN),
-                b["score"].as_f64().unwrap_or(f64::MIN),
-            );
-            y.total_cmp(&x)
-        });
-        Ok(Json(ranked).into_response())
-    };
-    result.await.unwrap_or_else(|e| e)
+async fn rerank(State(s): State<Shared>, Body(body): Body) -> Reply {
+    if !s.reranker {
+        return Err(error(
+            StatusCode::FAILED_DEPENDENCY,
+            "Validation",
+            "the model is not a re-ranker (no sequence-classification head)",
+        ));
+    }
+    let query = body
+        .get("query")
+        .and_then(Value::as_str)
+        .ok_or_else(|| validation("`query` must be a string"))?;
+    let texts = texts_of(body.get("texts"), "texts")?;
+    let raw = bool_of(&body, "raw_scores", false)?;
+    let return_text = bool_of(&body, "return_text", false)?;
+    bool_of(&body, "truncate", false)?;
+    let _permit = s.admit(texts.len())?;
+    let pairs: Vec<(&str, &str)> = texts.iter().map(|t| (query, t.as_str())).collect();
+    let input = s
+        .tokenizer
+        .tokenizer
+        .encode_pairs(&pairs)
+        .map_err(|e| validation(e.to_string()))?;
+    let out = s.run(split_rows(&input), 0).await?;
+    let mut ranked: Vec<Value> = out
+        .into_iter()
+        .enumerate()
+        .map(|(index, r)| {
+            let logit = r
+                .logits
+                .as_ref()
+                .and_then(|l| l.first().copied())
+                .unwrap_or(f32::NAN);
+            let score = if raw {
+                logit
+            } else {
+                bert::cross_encoder_score(logit)
+            };
+            let mut v = json!({ "index": index, "score": score });
+            if return_text {
+                v["text"] = json!(texts[index]);
+            }
+            v
+        })
+        .collect();
+    ranked.sort_by(|a, b| {
+        let (x, y) = (
+            a["score"].as_f64().unwrap_or(f64::MIN),
+            b["score"].as_f64().unwrap_or(f64::MIN),
+        );
+        y.total_cmp(&x)
+    });
+    Ok(Json(ranked).into_response())
 }
 
-async fn tokenize(
-    State(s): State<Shared>,
-    body: std::result::Result<Json<Value>, JsonRejection>,
-) -> Response {
-    let Json(body) = match body {
-        Ok(b) => b,
-        Err(r) => return rejection(r),
-    };
-    let result = async {
-        let texts = texts_of(body.get("inputs"), "inputs")?;
-        let _permit = s.admit(texts.len())?;
-        let out: Vec<Value> = texts
-            .iter()
-            .map(|t| {
-                s.tokenizer
-                    .tokenizer
-                    .tokens(t)
-                    .map(|toks| json!(toks))
-                    .map_err(|e| validation(e.to_string()))
-            })
-            .collect::<std::result::Result<_, _>>()?;
-        Ok(Json(out).into_response())
-    };
-    result.await.unwrap_or_else(|e| e)
+async fn tokenize(State(s): State<Shared>, Body(body): Body) -> Reply {
+    let texts = texts_of(body.get("inputs"), "inputs")?;
+    let _permit = s.admit(texts.len())?;
+    let out: Vec<Value> = texts
+        .iter()
+        .map(|t| {
+            s.tokenizer
+                .tokenizer
+                .tokens(t)
+                .map(|toks| json!(toks))
+                .map_err(|e| validation(e.to_string()))
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    Ok(Json(out).into_response())
 }
 
 async fn info_route(State(s): State<Shared>) -> Response {

@@ -69,6 +69,12 @@ impl BertOutput {
     }
 }
 
+/// A one-label cross-encoder's score from its logit: the sigmoid, as
+/// `sentence_transformers.CrossEncoder.predict` gives it.
+pub fn cross_encoder_score(logit: f32) -> f32 {
+    1.0 / (1.0 + (-logit).exp())
+}
+
 /// The pooler's product reads row 0 of each sequence: X rows are `seq · C` apart.
 fn pooler_problem(batch: usize, seq: usize, c: usize) -> StridedMatmul {
     StridedMatmul {
