@@ -1,35 +1,25 @@
-//! PyTorch checkpoints (`torch.save`, the zip format of torch >= 1.6) read without Python and
-//! without executing anything: the archive's `data.pkl` is run on a small pickle interpreter
-//! that knows only the opcodes and the globals a state dict needs (`OrderedDict`, the tensor
-//! and parameter rebuild functions, the storage types); any other global (`os.system`, ...) or
-//! opcode is an error. Tensors are views on the archive's `data/N` storages (f32, f16, bf16,
-//! f64; integer storages are read as absent weights), gathered through their offset and strides
-//! with every index checked against the storage.
-//!
-//! The state dict is found the way the official CSWin code saves it: `state_dict_ema`, else
-//! `state_dict`, else `model`, else the top-level dict; a `module.` prefix on every key is
-//! dropped.
+//! The allow-listed pickle interpreter of [`super`]: the opcodes and globals a `torch.save`
+//! state dict uses, with nesting, memo copies and value counts bounded; everything else is
+//! refused and nothing is executed.
 
 use std::collections::HashMap;
-use std::io::Read;
 
 use crate::error::{Error, Result};
-use crate::reference::HostTensor;
 
 /// Most values the unpickler keeps on its stack and in its memo.
-const MAX_VALUES: usize = 1 << 22;
+pub(super) const MAX_VALUES: usize = 1 << 22;
 /// Deepest nesting of tuples, lists and dicts (a state dict needs 3 or 4; bounded so that no
 /// value is deep enough to overflow the stack when dropped).
-const MAX_DEPTH: u32 = 64;
+pub(super) const MAX_DEPTH: u32 = 64;
 /// Most values copied out of the memo in total (a pickle can reference a container many
 /// times; each reference is a copy here).
-const MAX_MEMO_COPIES: u64 = 1 << 24;
+pub(super) const MAX_MEMO_COPIES: u64 = 1 << 24;
 
 // Metadata values (flags, numbers, bytes) are parsed to keep the pickle's structure; only
 // strings, dicts and tensors are read.
 #[allow(dead_code)]
 #[derive(Debug, Clone)]
-enum Value {
+pub(super) enum Value {
     None,
     Bool(bool),
     Int(i64),
@@ -46,7 +36,7 @@ enum Value {
 
 /// A container's nesting depth and node count, kept so that neither has to be recomputed.
 #[derive(Debug, Clone, Copy, Default)]
-struct Nest {
+pub(super) struct Nest {
     depth: u32,
     nodes: u64,
 }
@@ -61,7 +51,7 @@ impl Value {
 }
 
 /// The nest of a container holding `children` (on top of `base`), refused past [`MAX_DEPTH`].
-fn nest_of<'v>(base: Nest, children: impl Iterator<Item = &'v Value>) -> Result<Nest> {
+pub(super) fn nest_of<'v>(base: Nest, children: impl Iterator<Item = &'v Value>) -> Result<Nest> {
     let mut n = Nest {
         depth: base.depth.max(1),
         nodes: base.nodes.max(1),
@@ -77,19 +67,19 @@ fn nest_of<'v>(base: Nest, children: impl Iterator<Item = &'v Value>) -> Result<
     Ok(n)
 }
 
-fn tuple(items: Vec<Value>) -> Result<Value> {
+pub(super) fn tuple(items: Vec<Value>) -> Result<Value> {
     let n = nest_of(Nest::default(), items.iter())?;
     Ok(Value::Tuple(items, n))
 }
 
-fn list(items: Vec<Value>) -> Result<Value> {
+pub(super) fn list(items: Vec<Value>) -> Result<Value> {
     let n = nest_of(Nest::default(), items.iter())?;
     Ok(Value::List(items, n))
 }
 
 /// The globals a state dict may name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Global {
+pub(super) enum Global {
     OrderedDict,
     RebuildTensor,
     RebuildParameter,
@@ -97,7 +87,7 @@ enum Global {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StorageKind {
+pub(super) enum StorageKind {
     F32,
     F16,
     Bf16,
@@ -107,7 +97,7 @@ enum StorageKind {
 }
 
 impl StorageKind {
-    fn size(self) -> usize {
+    pub(super) fn size(self) -> usize {
         match self {
             StorageKind::F32 => 4,
             StorageKind::F16 | StorageKind::Bf16 => 2,
@@ -118,21 +108,21 @@ impl StorageKind {
 }
 
 #[derive(Debug, Clone)]
-struct Storage {
-    kind: StorageKind,
-    key: String,
-    numel: usize,
+pub(super) struct Storage {
+    pub(super) kind: StorageKind,
+    pub(super) key: String,
+    pub(super) numel: usize,
 }
 
 #[derive(Debug, Clone)]
-struct TensorRef {
-    storage: Storage,
-    offset: usize,
-    size: Vec<usize>,
-    stride: Vec<usize>,
+pub(super) struct TensorRef {
+    pub(super) storage: Storage,
+    pub(super) offset: usize,
+    pub(super) size: Vec<usize>,
+    pub(super) stride: Vec<usize>,
 }
 
-fn global(module: &str, name: &str) -> Result<Global> {
+pub(super) fn global(module: &str, name: &str) -> Result<Global> {
     let kind = |k| Ok(Global::StorageType(k));
     match (module, name) {
         ("collections", "OrderedDict") => Ok(Global::OrderedDict),
@@ -154,16 +144,16 @@ fn global(module: &str, name: &str) -> Result<Global> {
 }
 
 /// The pickle interpreter's state.
-struct Unpickler<'a> {
-    data: &'a [u8],
-    pos: usize,
-    stack: Vec<Value>,
-    marks: Vec<usize>,
-    memo: HashMap<u32, Value>,
-    copied: u64,
+pub(super) struct Unpickler<'a> {
+    pub(super) data: &'a [u8],
+    pub(super) pos: usize,
+    pub(super) stack: Vec<Value>,
+    pub(super) marks: Vec<usize>,
+    pub(super) memo: HashMap<u32, Value>,
+    pub(super) copied: u64,
 }
 
-fn bad(reason: impl Into<String>) -> Error {
+pub(super) fn bad(reason: impl Into<String>) -> Error {
     Error::Format(format!("data.pkl: {}", reason.into()))
 }
 
@@ -260,7 +250,7 @@ impl<'a> Unpickler<'a> {
         Ok(())
     }
 
-    fn run(mut self) -> Result<Value> {
+    pub(super) fn run(mut self) -> Result<Value> {
         loop {
             let op = self.u8()?;
             match op {
@@ -452,7 +442,7 @@ impl<'a> Unpickler<'a> {
 }
 
 /// `('storage', StorageType, key, location, numel)`.
-fn persistent_storage(pid: Value) -> Result<Storage> {
+pub(super) fn persistent_storage(pid: Value) -> Result<Storage> {
     let Value::Tuple(items, _) = pid else {
         return Err(bad("a persistent id that is not a tuple"));
     };
@@ -472,7 +462,7 @@ fn persistent_storage(pid: Value) -> Result<Storage> {
     }
 }
 
-fn usizes(v: &Value, what: &str) -> Result<Vec<usize>> {
+pub(super) fn usizes(v: &Value, what: &str) -> Result<Vec<usize>> {
     let Value::Tuple(items, _) = v else {
         return Err(bad(format!("tensor {what} is not a tuple")));
     };
@@ -485,7 +475,7 @@ fn usizes(v: &Value, what: &str) -> Result<Vec<usize>> {
         .collect()
 }
 
-fn reduce(callable: Value, args: Value) -> Result<Value> {
+pub(super) fn reduce(callable: Value, args: Value) -> Result<Value> {
     let (Value::Global(g), Value::Tuple(args, _)) = (callable, args) else {
         return Err(bad("REDUCE of something other than an allowed global"));
     };
@@ -511,205 +501,5 @@ fn reduce(callable: Value, args: Value) -> Result<Value> {
             _ => Err(bad("_rebuild_parameter without a tensor")),
         },
         Global::StorageType(_) => Err(bad("a storage type called as a function")),
-    }
-}
-
-/// The state dict inside a checkpoint's root object.
-fn state_dict(root: Value) -> Result<Vec<(String, TensorRef)>> {
-    let Value::Dict(mut entries, _) = root else {
-        return Err(bad("the checkpoint is not a dict"));
-    };
-    for wrapper in ["state_dict_ema", "state_dict", "model"] {
-        let found = entries.iter().position(|(k, v)| {
-            matches!(k, Value::Str(s) if s == wrapper) && matches!(v, Value::Dict(..))
-        });
-        if let Some(i) = found {
-            let Value::Dict(inner, _) = entries.swap_remove(i).1 else {
-                unreachable!("checked above")
-            };
-            entries = inner;
-            break;
-        }
-    }
-    let mut out = Vec::new();
-    for (k, v) in entries {
-        match (k, v) {
-            (Value::Str(k), Value::Tensor(t)) => out.push((k, t)),
-            // Non-tensor entries of a state dict (versions, metadata) carry no weights.
-            (Value::Str(_), _) => {}
-            _ => return Err(bad("a state dict key that is not a string")),
-        }
-    }
-    if !out.is_empty() && out.iter().all(|(k, _)| k.starts_with("module.")) {
-        for (k, _) in &mut out {
-            k.drain(.."module.".len());
-        }
-    }
-    Ok(out)
-}
-
-/// Gathers a tensor's elements from its storage bytes as f32; `None` for integer storages.
-fn materialize(name: &str, t: &TensorRef, bytes: &[u8]) -> Result<Option<HostTensor>> {
-    let err = |reason: String| Error::Weights {
-        key: name.to_string(),
-        reason,
-    };
-    let size = t.storage.kind.size();
-    let needed = t
-        .storage
-        .numel
-        .checked_mul(size)
-        .ok_or_else(|| err("storage too large".into()))?;
-    if bytes.len() < needed {
-        return Err(err(format!(
-            "storage data/{} holds {} bytes, shorter than its {} elements of {size} bytes",
-            t.storage.key,
-            bytes.len(),
-            t.storage.numel
-        )));
-    }
-    let numel = t
-        .size
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .filter(|&n| n as u64 <= crate::limits::MAX_TENSOR_ELEMENTS)
-        .ok_or_else(|| err(format!("shape {:?} is too large", t.size)))?;
-    if numel > 0 {
-        // The farthest element must lie inside the storage.
-        let last = t
-            .size
-            .iter()
-            .zip(&t.stride)
-            .try_fold(t.offset, |acc, (&d, &s)| {
-                (d - 1).checked_mul(s).and_then(|x| acc.checked_add(x))
-            });
-        if last.is_none_or(|l| l >= t.storage.numel) {
-            return Err(err(format!(
-                "view (offset {}, size {:?}, stride {:?}) reaches past its storage of {} elements",
-                t.offset, t.size, t.stride, t.storage.numel
-            )));
-        }
-    }
-    let read = |i: usize| -> f32 {
-        let b = &bytes[i * size..(i + 1) * size];
-        match t.storage.kind {
-            StorageKind::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-            StorageKind::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
-            StorageKind::Bf16 => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
-            StorageKind::F64 => {
-                f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32
-            }
-            StorageKind::Other(_) => 0.0,
-        }
-    };
-    if matches!(t.storage.kind, StorageKind::Other(_)) {
-        return Ok(None);
-    }
-    let mut data = Vec::with_capacity(numel);
-    let mut index = vec![0usize; t.size.len()];
-    for _ in 0..numel {
-        let at = t.offset
-            + index
-                .iter()
-                .zip(&t.stride)
-                .map(|(i, s)| i * s)
-                .sum::<usize>();
-        data.push(read(at));
-        for d in (0..index.len()).rev() {
-            index[d] += 1;
-            if index[d] < t.size[d] {
-                break;
-            }
-            index[d] = 0;
-        }
-    }
-    HostTensor::new(&t.size, data).map(Some)
-}
-
-/// Every floating-point tensor of a `torch.save` checkpoint (the state dict found as the
-/// module documentation says), by name, as f32. Errors name `what` (the file).
-pub fn read_pth(bytes: &[u8], what: &str) -> Result<Vec<(String, HostTensor)>> {
-    let in_file = |e: Error| e.in_file(std::path::Path::new(what));
-    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes))
-        .map_err(|e| in_file(Error::Format(format!("not a torch.save zip archive: {e}"))))?;
-    let pkl = (0..archive.len())
-        .filter_map(|i| archive.name_for_index(i).map(str::to_string))
-        .find(|n| n.ends_with("data.pkl") && n.matches('/').count() <= 1)
-        .ok_or_else(|| in_file(Error::Format("no data.pkl in the archive".into())))?;
-    let prefix = pkl.trim_end_matches("data.pkl").to_string();
-    let mut entry = |name: &str| -> Result<Vec<u8>> {
-        let mut f = archive
-            .by_name(name)
-            .map_err(|e| Error::Format(format!("archive entry {name}: {e}")))?;
-        if f.size() > bytes.len() as u64 {
-            return Err(Error::Format(format!(
-                "archive entry {name} claims {} bytes",
-                f.size()
-            )));
-        }
-        let mut out = Vec::with_capacity(f.size() as usize);
-        f.read_to_end(&mut out)
-            .map_err(|e| Error::Format(format!("archive entry {name}: {e}")))?;
-        Ok(out)
-    };
-    let pickle = entry(&pkl).map_err(in_file)?;
-    let root = Unpickler {
-        data: &pickle,
-        pos: 0,
-        stack: Vec::new(),
-        marks: Vec::new(),
-        memo: HashMap::new(),
-        copied: 0,
-    }
-    .run()
-    .map_err(in_file)?;
-    let tensors = state_dict(root).map_err(in_file)?;
-    let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
-    let mut out = Vec::with_capacity(tensors.len());
-    for (name, t) in tensors {
-        if !storages.contains_key(&t.storage.key) {
-            let data = entry(&format!("{prefix}data/{}", t.storage.key)).map_err(in_file)?;
-            storages.insert(t.storage.key.clone(), data);
-        }
-        if let Some(host) = materialize(&name, &t, &storages[&t.storage.key]).map_err(in_file)? {
-            out.push((name, host));
-        }
-    }
-    Ok(out)
-}
-
-/// The checkpoint as safetensors bytes (f32), for the safetensors loaders and `convert`.
-pub fn pth_to_safetensors(bytes: &[u8], what: &str) -> Result<Vec<u8>> {
-    let tensors = read_pth(bytes, what)?;
-    let refs: Vec<(&str, &HostTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    crate::models::weights::to_safetensors(&refs)
-}
-
-/// The one PyTorch checkpoint (`.pth` or `.pt`) in a model folder without `model.safetensors`.
-#[cfg(not(target_arch = "wasm32"))]
-pub fn checkpoint_in(dir: &std::path::Path) -> Result<std::path::PathBuf> {
-    let io = |e: std::io::Error| Error::Io {
-        path: dir.display().to_string(),
-        source: e,
-    };
-    let mut found: Vec<_> = std::fs::read_dir(dir)
-        .map_err(io)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "pth" || x == "pt"))
-        .collect();
-    found.sort();
-    match found.len() {
-        1 => Ok(found.remove(0)),
-        0 => Err(Error::Io {
-            path: format!(
-                "{} (no model.safetensors and no .pth / .pt checkpoint)",
-                dir.display()
-            ),
-            source: std::io::Error::from(std::io::ErrorKind::NotFound),
-        }),
-        n => Err(Error::Format(format!(
-            "{}: {n} PyTorch checkpoints and no model.safetensors: keep one",
-            dir.display()
-        ))),
     }
 }
