@@ -25,16 +25,8 @@ fn pair_input(golden: &Golden) -> BertInput {
 }
 
 fn documents(dir: &std::path::Path) -> (String, Vec<String>) {
-    let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("sentences.json")).expect("read"))
-            .expect("json");
-    let docs = json["documents"]
-        .as_array()
-        .expect("documents")
-        .iter()
-        .map(|d| d.as_str().expect("doc").to_string())
-        .collect();
-    (json["query"].as_str().expect("query").to_string(), docs)
+    let query = sentences(dir)["query"].as_str().expect("query").to_string();
+    (query, sentence_list(dir, "documents"))
 }
 
 #[test]

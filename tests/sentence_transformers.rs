@@ -17,15 +17,7 @@ use common::*;
 const EMBEDDING_ATOL: f32 = 1e-5;
 
 fn texts(dir: &std::path::Path) -> Vec<String> {
-    let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("sentences.json")).expect("read"))
-            .expect("json");
-    json["texts"]
-        .as_array()
-        .expect("texts")
-        .iter()
-        .map(|t| t.as_str().expect("text").to_string())
-        .collect()
+    sentence_list(dir, "texts")
 }
 
 /// Embeds the fixture's texts (with the folder's prompt `prompt_name`) on both paths.

@@ -32,16 +32,8 @@ fn tmp_dir(name: &str) -> PathBuf {
     dir
 }
 
-fn texts(dir: &Path) -> Vec<String> {
-    let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("sentences.json")).expect("read"))
-            .expect("json");
-    json["texts"]
-        .as_array()
-        .expect("texts")
-        .iter()
-        .map(|t| t.as_str().expect("text").to_string())
-        .collect()
+fn texts(dir: &std::path::Path) -> Vec<String> {
+    sentence_list(dir, "texts")
 }
 
 #[test]

@@ -196,15 +196,8 @@ fn tokenizers_reproduce_the_fixture_ids() {
     ] {
         let dir = text_fixture(name);
         let golden = Golden::open(&dir.join("io.safetensors"));
-        let sentences: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.join("sentences.json")).expect("read"))
-                .expect("json");
-        let texts: Vec<&str> = sentences["texts"]
-            .as_array()
-            .expect("texts")
-            .iter()
-            .map(|t| t.as_str().expect("text"))
-            .collect();
+        let texts = sentence_list(&dir, "texts");
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
         let tok = TextTokenizer::from_dir(&dir, 64).expect("tokenizer");
         let got = tok.encode(&texts).expect("encode");
         let want = input_of(&golden, "");

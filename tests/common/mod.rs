@@ -118,6 +118,23 @@ pub fn fixture(name: &str) -> std::path::PathBuf {
         .join(name)
 }
 
+/// A text fixture's `sentences.json`.
+pub fn sentences(dir: &std::path::Path) -> serde_json::Value {
+    let path = dir.join("sentences.json");
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_slice(&bytes).expect("sentences.json")
+}
+
+/// The strings under `key` of a text fixture's `sentences.json` (e.g. "texts", "documents").
+pub fn sentence_list(dir: &std::path::Path, key: &str) -> Vec<String> {
+    sentences(dir)[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("sentences.json has no {key}"))
+        .iter()
+        .map(|t| t.as_str().expect("a string").to_string())
+        .collect()
+}
+
 /// The tensors of a golden safetensors file, as f32 or integer host data.
 pub struct Golden {
     bytes: Vec<u8>,
