@@ -74,6 +74,13 @@ pub enum Error {
         reason: String,
     },
 
+    /// A text is longer than the model takes and truncation was not asked for.
+    #[error(
+        "input {index} is longer than the {max_length} tokens this model takes (truncation was \
+         not asked for)"
+    )]
+    TooLong { index: usize, max_length: usize },
+
     /// wgpu reported a validation or out-of-memory error inside an error scope.
     #[error("GPU error during {during}: {message}")]
     Gpu { during: String, message: String },

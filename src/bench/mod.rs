@@ -17,6 +17,7 @@ use crate::pipeline::{PassTime, Recorder};
 
 mod kernels;
 mod models;
+pub mod serve_load;
 pub mod soak;
 pub mod tune;
 

@@ -73,7 +73,12 @@ impl SoakReport {
 
 /// Resident set size of this process in KiB (0 where /proc is absent).
 pub fn resident_kib() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    statm_resident_kib("/proc/self/statm")
+}
+
+/// The resident set in KiB from a `/proc/PID/statm` file (0 where it cannot be read).
+pub(crate) fn statm_resident_kib(path: &str) -> u64 {
+    let statm = std::fs::read_to_string(path).unwrap_or_default();
     let pages: u64 = statm
         .split_whitespace()
         .nth(1)

@@ -4,6 +4,7 @@
 //! backbone-bench                      # default suite, sized for the adapter found
 //! backbone-bench matmul --sizes 1024,4096,128x1536x384 --json out.json
 //! backbone-bench soak --forwards 10000   # memory soak, GPU and CPU
+//! backbone-bench serve-load --model DIR --requests 2000 --clients 16   # HTTP load test
 //! backbone-bench tune --dtype f32,f16 --tune-out tune.json   # then BACKBONE_TUNE=tune.json
 //! backbone-bench --list-adapters
 //! ```
@@ -12,6 +13,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
+use backbone::bench::serve_load;
 use backbone::bench::soak::{self, SoakDevice};
 use backbone::bench::tune;
 use backbone::bench::{
@@ -38,6 +40,11 @@ enum Suite {
     /// Memory soak (not in the default set): --forwards small BERT forwards on the GPU and
     /// the CPU path; fails unless memory and live GPU objects stay flat after warm-up.
     Soak,
+    /// Load test of `backbone serve` (not in the default set): starts the server on
+    /// 127.0.0.1 with --model, sends --requests requests from --clients concurrent clients,
+    /// prints throughput, p50/p99 latency and the mean batch size; fails unless every answer
+    /// matches the CPU reference and the server's memory stays flat.
+    ServeLoad,
 }
 
 #[derive(Debug, Parser)]
@@ -88,6 +95,22 @@ struct Args {
     /// Forwards per device for the soak.
     #[arg(long, default_value_t = 10_000)]
     forwards: usize,
+    /// The model folder `serve-load` serves.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Requests `serve-load` sends.
+    #[arg(long, default_value_t = 2000)]
+    requests: usize,
+    /// Concurrent clients of `serve-load` (each a thread with a keep-alive connection).
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Texts in each `serve-load` request.
+    #[arg(long, default_value_t = 1)]
+    texts_per_request: usize,
+    /// More `backbone serve` arguments for `serve-load`, e.g. --serve-arg=--dtype
+    /// --serve-arg=f16 (the storage type is read from them for the reference).
+    #[arg(long, allow_hyphen_values = true)]
+    serve_arg: Vec<String>,
     /// List the adapters (BACKBONE_ADAPTER takes an index or a name) and exit.
     #[arg(long)]
     list_adapters: bool,
@@ -222,6 +245,36 @@ fn main() -> Result<()> {
                     }
                 }
             }
+            Suite::ServeLoad => {
+                let Some(model) = args.model.clone() else {
+                    bail!("serve-load needs --model DIR");
+                };
+                let f16 = args.serve_arg.iter().enumerate().any(|(i, a)| {
+                    a == "--dtype=f16"
+                        || (a == "--dtype"
+                            && args.serve_arg.get(i + 1).map(String::as_str) == Some("f16"))
+                });
+                let dtype = if f16 { DType::F16 } else { DType::F32 };
+                let options = serve_load::LoadOptions {
+                    server: std::env::current_exe()?.with_file_name("backbone"),
+                    model,
+                    server_args: args.serve_arg.clone(),
+                    dtype,
+                    requests: args.requests,
+                    clients: args.clients,
+                    texts_per_request: args.texts_per_request,
+                    warmup: None,
+                };
+                let report = serve_load::load_test(&options)?;
+                println!("{}", report.summary());
+                if let Some(path) = &args.json {
+                    std::fs::write(path, serde_json::to_string_pretty(&report)?)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                }
+                if !report.passed() {
+                    bail!("the load test FAILED: {report:?}");
+                }
+            }
         }
     }
     eprint!("\r\x1b[2K");
@@ -238,7 +291,7 @@ fn main() -> Result<()> {
     if args.markdown {
         print!("\n{}", bench::markdown(&records));
     }
-    if let Some(path) = &args.json {
+    if let Some(path) = args.json.as_ref().filter(|_| !records.is_empty()) {
         let json = serde_json::to_string_pretty(&records)?;
         std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
     }

@@ -167,6 +167,10 @@ enum Command {
         /// Largest request body in bytes (413 past it).
         #[arg(long, default_value_t = 2_000_000)]
         payload_limit: usize,
+        /// Truncate inputs longer than the model takes when a request does not say
+        /// (`truncate`); without it they get 413, as in text-embeddings-inference.
+        #[arg(long)]
+        auto_truncate: bool,
     },
     /// Converts a PyTorch checkpoint (.pth / .pt as torch.save writes it: the official CSWin
     /// and mmseg checkpoints) into a safetensors model folder: OUTPUT/model.safetensors with
@@ -259,6 +263,7 @@ fn main() -> Result<()> {
             max_client_batch_size,
             max_concurrent_requests,
             payload_limit,
+            auto_truncate,
         } => {
             let options = backbone::server::ServeOptions {
                 model,
@@ -270,6 +275,7 @@ fn main() -> Result<()> {
                 max_client_batch_size: max_client_batch_size.max(1),
                 max_concurrent_requests: max_concurrent_requests.max(1),
                 payload_limit: payload_limit.max(1),
+                auto_truncate,
             };
             backbone::server::serve(options, |addr| {
                 use std::io::Write as _;

@@ -86,7 +86,14 @@ impl TextTokenizer {
 
     /// Tokenizes single texts.
     pub fn encode(&self, texts: &[&str]) -> Result<BertInput> {
-        self.encode_inputs(texts.iter().map(|&t| EncodeInput::from(t)).collect())
+        self.encode_with(texts, true)
+    }
+
+    /// Tokenizes single texts; without `truncate`, a text longer than `max_length` tokens is
+    /// [`Error::TooLong`] instead of being cut.
+    pub fn encode_with(&self, texts: &[&str], truncate: bool) -> Result<BertInput> {
+        let inputs = texts.iter().map(|&t| EncodeInput::from(t)).collect();
+        self.encode_inputs(inputs, truncate)
     }
 
     /// Tokens of `prompt` as it starts a text: its encoding with special tokens, less a
@@ -119,15 +126,20 @@ impl TextTokenizer {
 
     /// Tokenizes sentence pairs: `[CLS] a [SEP] b [SEP]`, segment 1 for `b [SEP]`.
     pub fn encode_pairs(&self, pairs: &[(&str, &str)]) -> Result<BertInput> {
-        self.encode_inputs(
-            pairs
-                .iter()
-                .map(|&(a, b)| EncodeInput::from((a, b)))
-                .collect(),
-        )
+        self.encode_pairs_with(pairs, true)
     }
 
-    fn encode_inputs(&self, inputs: Vec<EncodeInput<'_>>) -> Result<BertInput> {
+    /// Tokenizes pairs; without `truncate`, a pair longer than `max_length` tokens is
+    /// [`Error::TooLong`].
+    pub fn encode_pairs_with(&self, pairs: &[(&str, &str)], truncate: bool) -> Result<BertInput> {
+        let inputs = pairs
+            .iter()
+            .map(|&(a, b)| EncodeInput::from((a, b)))
+            .collect();
+        self.encode_inputs(inputs, truncate)
+    }
+
+    fn encode_inputs(&self, inputs: Vec<EncodeInput<'_>>, truncate: bool) -> Result<BertInput> {
         if inputs.is_empty() {
             return Err(Error::Input {
                 arg: "texts".into(),
@@ -138,6 +150,14 @@ impl TextTokenizer {
             .inner
             .encode_batch(inputs, true)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        // Truncation leaves what it cut in the overflowing encodings.
+        if let Some(index) = encodings
+            .iter()
+            .position(|e| !truncate && !e.get_overflowing().is_empty())
+        {
+            let max_length = self.inner.get_truncation().map_or(0, |t| t.max_length);
+            return Err(Error::TooLong { index, max_length });
+        }
         let batch = encodings.len();
         let seq = encodings.iter().map(|e| e.len()).max().unwrap_or(0);
         let mut ids = Vec::with_capacity(batch * seq);
@@ -191,6 +211,18 @@ impl SentenceTokenizer {
         prompt: Option<&str>,
         prompt_name: Option<&str>,
     ) -> Result<BertInput> {
+        self.encode_with(texts, prompt, prompt_name, true)
+    }
+
+    /// [`Self::encode`]; without `truncate`, a text (with its prompt) longer than
+    /// `max_length` tokens is [`Error::TooLong`] instead of being cut.
+    pub fn encode_with(
+        &self,
+        texts: &[&str],
+        prompt: Option<&str>,
+        prompt_name: Option<&str>,
+        truncate: bool,
+    ) -> Result<BertInput> {
         let prompt = match prompt {
             Some(p) => Some(p),
             None => self.settings.prompt(prompt_name)?,
@@ -207,7 +239,7 @@ impl SentenceTokenizer {
             })
             .collect();
         let full: Vec<&str> = full.iter().map(String::as_str).collect();
-        let mut input = self.tokenizer.encode(&full)?;
+        let mut input = self.tokenizer.encode_with(&full, truncate)?;
         if let Some(p) = prompt {
             input.prompt_length = self.tokenizer.prompt_length(p)?;
         }

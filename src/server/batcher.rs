@@ -94,7 +94,21 @@ fn process(batch: Vec<Job>, rows: usize, seq: usize, forward: &Forward, metrics:
     }
     let result = BertInput::new(rows, seq, ids, Some(mask), Some(types)).and_then(|mut input| {
         input.prompt_length = batch[0].prompt_length;
-        forward(&input)
+        // A panic in a forward (a bug) fails this batch, not the server: the batcher thread
+        // lives on and the next batch runs.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| forward(&input))).unwrap_or_else(
+            |panic| {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                Err(Error::Gpu {
+                    during: "a batched forward".into(),
+                    message: format!("the forward panicked: {message}"),
+                })
+            },
+        )
     });
     metrics.batch(rows, rows * seq, start.elapsed());
     let mut at = 0;
@@ -103,7 +117,7 @@ fn process(batch: Vec<Job>, rows: usize, seq: usize, forward: &Forward, metrics:
         let reply = match &result {
             Ok(out) => Ok((at..at + n).map(|r| row_of(out, r)).collect()),
             Err(e) => Err(Error::Gpu {
-                during: "a batched forward".into(),
+                during: format!("a batched forward of {rows} sequences of {seq} tokens"),
                 message: e.to_string(),
             }),
         };

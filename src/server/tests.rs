@@ -1,0 +1,92 @@
+//! A failed batch (a GPU error, or a panic in the forward) answers its requests 500 in TEI's
+//! shape, and the server keeps serving: the failure is injected into the model the batcher
+//! owns, everything else (HTTP, queue, batcher) is the real server.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::json;
+
+use super::{Loaded, ServeOptions, load, serve_with};
+use crate::bench::serve_load::Http;
+use crate::error::Error;
+use crate::tensor::DType;
+
+fn options() -> ServeOptions {
+    ServeOptions {
+        model: [
+            env!("CARGO_MANIFEST_DIR"),
+            "tests/fixtures/bert-micro-12l-random",
+        ]
+        .iter()
+        .collect(),
+        host: "127.0.0.1".into(),
+        port: 0,
+        dtype: DType::F32,
+        gpu: false,
+        max_batch_tokens: 16384,
+        max_client_batch_size: 32,
+        max_concurrent_requests: 64,
+        payload_limit: 1 << 20,
+        auto_truncate: false,
+    }
+}
+
+/// The first forward fails as a lost device does, the second panics, the rest run.
+fn failing_first_two(loaded: Loaded) -> Loaded {
+    let calls = AtomicUsize::new(0);
+    let inner = loaded.forward;
+    Loaded {
+        forward: Box::new(move |input| match calls.fetch_add(1, Ordering::Relaxed) {
+            0 => Err(Error::Gpu {
+                during: "a queue submit".into(),
+                message: "injected: the device was lost".into(),
+            }),
+            1 => panic!("injected: a bug in the forward"),
+            _ => inner(input),
+        }),
+        ..loaded
+    }
+}
+
+#[test]
+fn a_failed_batch_is_500_and_the_server_keeps_serving() {
+    let options = options();
+    let loaded = failing_first_two(load(&options).expect("load bert-micro"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || {
+        let shutdown = async {
+            stopped.await.ok();
+        };
+        serve_with(options, loaded, shutdown, move |addr| {
+            addr_tx.send(addr).ok();
+        })
+    });
+    let addr = addr_rx.recv().expect("the server listens");
+    let http = Http::new(&addr.to_string());
+    let body = json!({ "inputs": "The station is near the river." });
+
+    for injected in ["the device was lost", "the forward panicked"] {
+        let (status, got) = http.json("/embed", &body).expect("answer");
+        assert_eq!(status, 500, "{got}");
+        assert_eq!(got["error_type"], "Backend", "{got}");
+        let message = got["error"].as_str().unwrap_or("");
+        assert!(message.contains(injected), "{got}");
+    }
+    let (status, got) = http.json("/embed", &body).expect("answer");
+    assert_eq!(status, 200, "the next batch runs: {got}");
+    assert_eq!(got[0].as_array().map(Vec::len), Some(32), "{got}");
+    let (status, got) = http
+        .json("/v1/embeddings", &json!({ "input": ["a", "b"] }))
+        .expect("answer");
+    assert_eq!(status, 200, "{got}");
+    let (_, metrics) = http.get("/metrics").expect("metrics");
+    assert!(metrics.contains("te_request_failure 2"), "{metrics}");
+    assert!(metrics.contains("te_request_count 4"), "{metrics}");
+
+    stop.send(()).ok();
+    server
+        .join()
+        .expect("the server thread")
+        .expect("the server ends cleanly");
+}
