@@ -5,6 +5,7 @@
 #   2. the GPU tests (prebuilt test executables: kernels vs CPU twins, models vs fixtures),
 #   3. every benchmark suite (backbone-bench, default shapes for the adapter, f32 and f16),
 #      then `tune` (the fastest matmul tile per model product, written to $OUT/tune.json),
+#      and the server's load test (backbone-bench serve-load, which starts bin/backbone),
 #   4. PyTorch on the same shapes (scripts/peer_torch.py) when torch is importable,
 #   5. one table of engine vs peer.
 # Results (logs, JSON, Markdown) go to $OUT, or ./gpu-check-out.
@@ -59,6 +60,9 @@ timeout 240 "$bin/backbone-bench" matmul attention cswin-attention bert cswin --
 
 step "Tune (matmul tiles on the model products, f32 and f16)"
 timeout 300 "$bin/backbone-bench" tune --dtype f32,f16 --tune-out "$out/tune.json" 2>/dev/null | tee "$out/tune.txt" || failed=1
+
+step "Server load test (bert-micro: the server's batching and HTTP overhead on this GPU)"
+timeout 60 "$bin/backbone-bench" serve-load --model tests/fixtures/bert-micro-12l-random --requests 5000 --clients 32 --json "$out/serve-load.json" 2>/dev/null | tee "$out/serve-load.txt" || failed=1
 
 step "PyTorch peer"
 if python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then

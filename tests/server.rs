@@ -334,3 +334,29 @@ fn all_minilm_l6_v2_served_equals_the_cli() {
     }
     assert!(server.stop());
 }
+
+/// `prompt_name` picks the folder's prompt as `embed --prompt-name` does (mean pooling leaves
+/// the prompt out); an unknown name is 422.
+#[test]
+fn prompt_name_follows_the_folder() {
+    let dir = fixture("text/st-mean-dense");
+    let server = Server::start(&dir, &["--device", "cpu"]);
+    let texts = sentence_list(&dir, "texts");
+    let dir_s = dir.to_str().expect("utf-8");
+    let mut args = vec!["embed", "--device", "cpu", "--prompt-name", "query"];
+    args.extend(["--model", dir_s]);
+    args.extend(texts.iter().map(String::as_str));
+    let want = cli(&args);
+    let (status, got) = server.json("/embed", json!({ "inputs": texts, "prompt_name": "query" }));
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(
+        got, want,
+        "/embed with prompt_name equals embed --prompt-name"
+    );
+    let (status, got) = server.json("/embed", json!({ "inputs": texts }));
+    assert_eq!(status, 200, "{got}");
+    assert_ne!(got, want, "without the prompt the vectors differ");
+    let (status, got) = server.json("/embed", json!({ "inputs": "a", "prompt_name": "nope" }));
+    assert_eq!(status, 422, "{got}");
+    assert!(server.stop());
+}
