@@ -184,6 +184,7 @@ fn embeddings_match_the_cli_and_errors_are_real() {
     let info: Value = serde_json::from_str(&info).expect("info json");
     assert_eq!(status, 200);
     assert_eq!(info["max_client_batch_size"], 4);
+    assert_eq!(info["auto_truncate"], false);
     assert!(info["adapter"].as_str().is_some_and(|a| !a.is_empty()));
     let (status, tokens) = server.json("/tokenize", json!({ "inputs": "Hello world" }));
     assert_eq!(status, 200);

@@ -190,6 +190,7 @@ pub(crate) fn serve_with(
         "max_batch_tokens": options.max_batch_tokens,
         "max_client_batch_size": options.max_client_batch_size,
         "payload_limit": options.payload_limit,
+        "auto_truncate": options.auto_truncate,
         "version": env!("CARGO_PKG_VERSION"),
     });
     let metrics = Arc::new(Metrics::default());
