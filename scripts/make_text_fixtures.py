@@ -11,17 +11,17 @@ models are tiny (hidden 32), every output is computed in float32 on the CPU:
                       the `classifier.*` head; hidden states of the encoder, the logits, and
                       sentence_transformers.CrossEncoder.predict scores on query/document pairs
   xlmr-micro          XLMRobertaModel saved bare (no prefix), a batch with padding
-  distilbert-micro    DistilBertModel,
-    ModernBertConfig,
-    ModernBertModel,
-    MPNetConfig,
-    MPNetModel, sinusoidal positions (held by the checkpoint), ReLU
+  distilbert-micro    DistilBertModel, sinusoidal positions (held by the checkpoint), ReLU
   electra-micro       ElectraForPreTraining (discriminator, `electra.` prefix and its head),
                       embedding_size 16 != hidden 32 (embeddings_project)
   bert-cross-micro    BertForSequenceClassification, 1 label (pooler + classifier)
   modernbert-micro    ModernBertModel: pre-norm without biases, rotary positions (global and
                       local theta), GeGLU, a local window (8) shorter than the longer texts on
                       every layer but each second, final norm
+  modernbert-cross-mean-micro, modernbert-cross-cls-micro
+                      ModernBertForSequenceClassification, 1 label: `head` (dense, GELU,
+                      norm) on the masked mean (dense with bias) or the CLS state (without),
+                      then `classifier`; logits and CrossEncoder.predict scores on pairs
   mpnet-micro         sentence-transformers folder on MPNetModel (relative position bias,
                       RoBERTa positions): mean pooling + Normalize as all-mpnet-base-v2, with the
                       encoder's hidden states on the same ids
@@ -33,7 +33,7 @@ models are tiny (hidden 32), every output is computed in float32 on the CPU:
                       without the prompt)
 
 usage: pip install torch transformers sentence-transformers
-       python3 scripts/make_text_fixtures.py tests/fixtures/text
+       python3 scripts/make_text_fixtures.py tests/fixtures/text [NAME ...]
 """
 import json
 import os
@@ -50,6 +50,7 @@ from transformers import (
     DistilBertConfig,
     DistilBertModel,
     ModernBertConfig,
+    ModernBertForSequenceClassification,
     ModernBertModel,
     MPNetConfig,
     MPNetModel,
@@ -315,6 +316,35 @@ def modernbert(root):
     write_io(out, tensors, {"texts": SENTENCES})
 
 
+def modernbert_cross(root, pooling, bias, seed):
+    """ModernBertForSequenceClassification, 1 label: `head` (dense, GELU, norm) on the CLS
+    state or the masked mean, then `classifier`."""
+    from sentence_transformers import CrossEncoder
+
+    out = os.path.join(root, f"modernbert-cross-{pooling}-micro")
+    tok, vocab = make_tokenizer("bert")
+    cfg = ModernBertConfig(
+        vocab_size=vocab, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+        num_attention_heads=4, max_position_embeddings=64, norm_eps=1e-5,
+        global_attn_every_n_layers=2, local_attention=8, global_rope_theta=160000.0,
+        local_rope_theta=10000.0, pad_token_id=0, cls_token_id=2, sep_token_id=3,
+        bos_token_id=2, eos_token_id=3, hidden_activation="gelu", num_labels=1,
+        classifier_pooling=pooling, classifier_bias=bias, classifier_activation="gelu",
+    )
+    cfg._attn_implementation = "eager"
+    model = randomize(ModernBertForSequenceClassification(cfg), seed)
+    save_folder(out, model, tok)
+    pairs = [(PAIRS_QUERY, d) for d in PAIRS_DOCS]
+    penc = encode(tok, None, pairs)
+    with torch.no_grad():
+        logits = model(input_ids=penc["input_ids"], attention_mask=penc["attention_mask"]).logits
+    scores = CrossEncoder(out, device="cpu").predict(pairs, convert_to_tensor=True)
+    tensors = {"pair_" + k: v for k, v in ids_of(penc).items()}
+    tensors["pair_logits"] = logits
+    tensors["pair_scores"] = scores.reshape(-1).to(torch.float32)
+    write_io(out, tensors, {"query": PAIRS_QUERY, "documents": PAIRS_DOCS})
+
+
 def mpnet(root):
     from sentence_transformers import SentenceTransformer
     from sentence_transformers import models as st
@@ -377,19 +407,35 @@ def sentence_transformer(root, name, pooling, dense, normalize, prompts, seed, i
 
 
 def main():
+    """usage: make_text_fixtures.py [ROOT] [NAME ...]: every fixture, or only those named."""
     root = sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures/text"
+    only = set(sys.argv[2:])
     os.makedirs(root, exist_ok=True)
     torch.manual_seed(0)
-    roberta_cls(root)
-    xlmr(root)
-    distilbert(root)
-    electra(root)
-    bert_cross(root)
-    mpnet(root)
-    modernbert(root)
-    sentence_transformer(root, "st-cls", "cls", False, False, None, 21)
-    sentence_transformer(root, "st-max", "max", False, True, {"query": "query: "}, 22, include_prompt=False)
-    sentence_transformer(root, "st-mean-dense", "mean", True, True, {"query": "query: "}, 23)
+    makers = {
+        "roberta-micro-cls": lambda: roberta_cls(root),
+        "xlmr-micro": lambda: xlmr(root),
+        "distilbert-micro": lambda: distilbert(root),
+        "electra-micro": lambda: electra(root),
+        "bert-cross-micro": lambda: bert_cross(root),
+        "mpnet-micro": lambda: mpnet(root),
+        "modernbert-micro": lambda: modernbert(root),
+        "modernbert-cross-mean-micro": lambda: modernbert_cross(root, "mean", True, 18),
+        "modernbert-cross-cls-micro": lambda: modernbert_cross(root, "cls", False, 19),
+        "st-cls": lambda: sentence_transformer(root, "st-cls", "cls", False, False, None, 21),
+        "st-max": lambda: sentence_transformer(
+            root, "st-max", "max", False, True, {"query": "query: "}, 22, include_prompt=False
+        ),
+        "st-mean-dense": lambda: sentence_transformer(
+            root, "st-mean-dense", "mean", True, True, {"query": "query: "}, 23
+        ),
+    }
+    unknown = only - set(makers)
+    if unknown:
+        sys.exit(f"unknown fixtures: {sorted(unknown)}; known: {sorted(makers)}")
+    for name, make in makers.items():
+        if not only or name in only:
+            make()
     print("fixtures written to", root)
 
 

@@ -1,6 +1,7 @@
 //! Cross-encoders against `transformers` and `sentence_transformers.CrossEncoder.predict` on
-//! seeded micro models (tests/fixtures/text): BERT (pooler + classifier) and RoBERTa
-//! (classifier.dense + out_proj on <s>), one label each. Logits on GPU and CPU within 5e-5,
+//! seeded micro models (tests/fixtures/text): BERT (pooler + classifier), RoBERTa
+//! (classifier.dense + out_proj on <s>) and ModernBERT (head.dense, GELU, head.norm and
+//! classifier, on the masked mean or the CLS state), one label each. Logits on GPU and CPU within 5e-5,
 //! `backbone rerank` scores (sigmoid) within 1e-5 and `--raw` logits, `run` writes `logits`,
 //! and a folder without a classifier is refused.
 
@@ -13,7 +14,12 @@ use common::*;
 
 const LOGIT_ATOL: f32 = 5e-5;
 const SCORE_ATOL: f32 = 1e-5;
-const CROSS_ENCODERS: [&str; 2] = ["bert-cross-micro", "roberta-micro-cls"];
+const CROSS_ENCODERS: [&str; 4] = [
+    "bert-cross-micro",
+    "roberta-micro-cls",
+    "modernbert-cross-mean-micro",
+    "modernbert-cross-cls-micro",
+];
 
 fn pair_input(golden: &Golden) -> BertInput {
     let (shape, ids) = golden.ids("pair_input_ids");

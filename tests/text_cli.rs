@@ -153,6 +153,22 @@ fn unsupported_keys_and_modes_are_clear_errors() {
         ),
         (
             edited(
+                "modernbert-cross-mean-micro",
+                "config.json",
+                set("classifier_pooling", "max".into()),
+            ),
+            "classifier_pooling",
+        ),
+        (
+            edited(
+                "modernbert-cross-cls-micro",
+                "config.json",
+                set("classifier_activation", "silu".into()),
+            ),
+            "classifier_activation",
+        ),
+        (
+            edited(
                 "st-max",
                 "1_Pooling/config.json",
                 set("pooling_mode", "median".into()),

@@ -68,6 +68,12 @@ pub struct ModernBertSettings {
     pub norm_bias: Option<bool>,
     pub attention_bias: Option<bool>,
     pub mlp_bias: Option<bool>,
+    /// The sequence-classification head: "cls" (default) or "mean".
+    pub classifier_pooling: Option<String>,
+    /// The head's activation ("gelu", exact, by default).
+    pub classifier_activation: Option<String>,
+    /// Whether `head.dense` has a bias (false by default).
+    pub classifier_bias: Option<bool>,
 }
 
 fn default_model_type() -> String {
@@ -116,6 +122,10 @@ impl BertConfig {
                  embeddings)",
                 self.hidden_size
             ));
+        }
+        if family == Family::ModernBert {
+            self.classifier_mean_pooling()?;
+            self.classifier_activation()?;
         }
         if self.position_embedding_type != "absolute" {
             return unsupported(format!(
@@ -250,6 +260,31 @@ impl BertConfig {
             "gelu" => Some(Activation::Gelu),
             "relu" => Some(Activation::Relu),
             _ => None,
+        }
+    }
+
+    /// ModernBERT's classifier reads the masked mean (`classifier_pooling: "mean"`) rather
+    /// than the CLS state (`"cls"`, the default).
+    pub fn classifier_mean_pooling(&self) -> Result<bool> {
+        match self.modern.classifier_pooling.as_deref() {
+            None | Some("cls") => Ok(false),
+            Some("mean") => Ok(true),
+            Some(other) => Err(Error::Config(format!(
+                "classifier_pooling {other:?} is not supported (\"cls\" or \"mean\")"
+            ))),
+        }
+    }
+
+    /// ModernBERT's classifier activation (`classifier_activation`, exact GELU by default).
+    pub fn classifier_activation(&self) -> Result<Activation> {
+        match self.modern.classifier_activation.as_deref() {
+            None | Some("gelu") => Ok(Activation::Gelu),
+            Some("relu") => Ok(Activation::Relu),
+            Some("tanh") => Ok(Activation::Tanh),
+            Some(other) => Err(Error::Config(format!(
+                "classifier_activation {other:?} is not supported (\"gelu\", exact erf, \
+                 \"relu\" or \"tanh\")"
+            ))),
         }
     }
 

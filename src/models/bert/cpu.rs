@@ -2,7 +2,7 @@
 
 use super::{BertConfig, BertInput, BertOutput, BertWeights, pooler_problem};
 use crate::error::Result;
-use crate::kernels::{Activation, AttentionBias, Epilogue};
+use crate::kernels::{Activation, AttentionBias, Epilogue, PoolMode};
 use crate::reference::{self, HostTensor};
 use crate::tensor::DType;
 
@@ -216,17 +216,28 @@ pub fn forward_cpu_as(
     };
     let logits = match &w.classifier {
         Some(cls) => {
-            let input = match (&cls.dense, &pooler_output) {
+            let mut input = match (&cls.dense, &pooler_output) {
                 (Some((dense, act)), _) => {
                     let mut h = z(&[b, c]);
                     let ep = Epilogue::none().bias(&dense.bias).act(*act);
-                    let problem = pooler_problem(b, t, c);
-                    reference::matmul_strided(&hidden, &dense.weight, &mut h, ep, &problem)?;
+                    if cls.mean_pooling {
+                        let mut mean = z(&[b, c]);
+                        reference::pool(&hidden, &mask, &mask, PoolMode::Mean, &mut mean, 0)?;
+                        reference::matmul(&mean, &dense.weight, &mut h, ep)?;
+                    } else {
+                        let problem = pooler_problem(b, t, c);
+                        reference::matmul_strided(&hidden, &dense.weight, &mut h, ep, &problem)?;
+                    }
                     h
                 }
                 (None, Some(pooled)) => pooled.clone(),
                 (None, None) => unreachable_pooler()?,
             };
+            if let Some(norm) = &cls.norm {
+                let mut normed = z(&[b, c]);
+                reference::layer_norm(&input, None, &norm.weight, &norm.bias, eps, &mut normed)?;
+                input = normed;
+            }
             let mut out = z(&[b, cls.out.weight.shape[0]]);
             reference::matmul(
                 &input,

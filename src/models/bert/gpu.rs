@@ -6,7 +6,7 @@ use super::{
 };
 use crate::context::Context;
 use crate::error::Result;
-use crate::kernels::{self, Activation, AttentionBias, Epilogue};
+use crate::kernels::{self, Activation, AttentionBias, Epilogue, PoolMode};
 use crate::models::{PlanLease, Plans};
 use crate::pipeline::{PassStat, Recorder};
 use crate::reference::HostTensor;
@@ -57,8 +57,11 @@ pub struct Plan {
     dense: Vec<Tensor>,
     sentence_embedding: Tensor,
     pooler_output: Tensor,
-    /// The classifier's dense output on the first token, [batch, C] f32.
+    /// The classifier's dense output on the first token (or the mean), [batch, C] f32.
     classifier_hidden: Option<Tensor>,
+    /// ModernBERT's classifier: the masked mean it reads, and `head.norm`'s output, [batch, C].
+    classifier_pooled: Option<Tensor>,
+    classifier_normed: Option<Tensor>,
     /// [batch, num_labels] f32.
     logits: Option<Tensor>,
 }
@@ -137,6 +140,14 @@ impl Plan {
             pooler_output: f32s(&[batch, c], "pooler_output")?,
             classifier_hidden: match classifier.is_some_and(|h| !h.from_pooler()) {
                 true => Some(f32s(&[batch, c], "classifier_hidden")?),
+                false => None,
+            },
+            classifier_pooled: match classifier.is_some_and(|h| h.mean_pooling) {
+                true => Some(f32s(&[batch, c], "classifier_pooled")?),
+                false => None,
+            },
+            classifier_normed: match classifier.is_some_and(|h| h.norm.is_some()) {
+                true => Some(f32s(&[batch, c], "classifier_normed")?),
                 false => None,
             },
             logits: classifier
@@ -303,17 +314,45 @@ impl Bert {
             )?;
         }
         // A cross-encoder's logits: BERT's classifier on the pooler output, the others' dense
-        // layer on the first token, then the output projection.
+        // layer on the first token (ModernBERT's: or the masked mean, then `head.norm`), then
+        // the output projection.
         if let (Some(cls), Some(logits)) = (&w.classifier, &p.logits) {
-            let input = match (&cls.dense, &p.classifier_hidden) {
+            let mut input = match (&cls.dense, &p.classifier_hidden) {
                 (Some((dense, act)), Some(h)) => {
-                    let problem = pooler_problem(p.batch, p.seq, cfg.hidden_size);
                     let ep = Epilogue::none().bias(&dense.bias).act(*act);
-                    kernels::matmul_strided(rec, &p.hidden, &dense.weight, h, ep, &problem)?;
+                    match &p.classifier_pooled {
+                        Some(mean) => {
+                            kernels::pool(
+                                rec,
+                                &p.hidden,
+                                &p.mask,
+                                &p.mask,
+                                PoolMode::Mean,
+                                mean,
+                                0,
+                            )?;
+                            kernels::matmul(rec, mean, &dense.weight, h, ep)?;
+                        }
+                        None => {
+                            let problem = pooler_problem(p.batch, p.seq, cfg.hidden_size);
+                            kernels::matmul_strided(
+                                rec,
+                                &p.hidden,
+                                &dense.weight,
+                                h,
+                                ep,
+                                &problem,
+                            )?;
+                        }
+                    }
                     h
                 }
                 _ => &p.pooler_output,
             };
+            if let (Some(norm), Some(normed)) = (&cls.norm, &p.classifier_normed) {
+                kernels::layer_norm(rec, input, None, &norm.weight, &norm.bias, eps, normed)?;
+                input = normed;
+            }
             let ep = Epilogue::none().bias(&cls.out.bias);
             kernels::matmul(rec, input, &cls.out.weight, logits, ep)?;
         }

@@ -70,11 +70,18 @@ pub struct BertWeights<T> {
 
 /// A sequence-classification head on the first token: BERT's `classifier` on the pooler
 /// output; RoBERTa's and ELECTRA's `classifier.dense` (tanh / GELU) then `classifier.out_proj`;
-/// DistilBERT's `pre_classifier` (ReLU) then `classifier`.
+/// DistilBERT's `pre_classifier` (ReLU) then `classifier`; ModernBERT's `head.dense`
+/// (`classifier_activation`), `head.norm` then `classifier`, on the CLS state or the mean.
 #[derive(Debug, Clone)]
 pub struct ClassifierHead<T> {
-    /// The dense layer on the first token's state, with its activation (None for BERT).
+    /// The dense layer on the first token's state (or the mean), with its activation (None
+    /// for BERT).
     pub dense: Option<(Linear<T>, Activation)>,
+    /// ModernBERT's `head.norm` after the dense layer's activation.
+    pub norm: Option<LayerNorm<T>>,
+    /// The dense layer reads the masked mean of the last hidden state instead of the first
+    /// token (ModernBERT's `classifier_pooling: "mean"`).
+    pub mean_pooling: bool,
     /// [num_labels, C].
     pub out: Linear<T>,
 }
@@ -133,6 +140,7 @@ fn modernbert(config: &BertConfig, w: &mut Weights) -> Result<BertWeights<HostTe
         });
     }
     let final_norm = Some(norm(w, "final_norm")?);
+    let classifier = modernbert_classifier(config, w)?;
     let heads = Family::ModernBert.keys().heads;
     let unused = w.unused(|k| heads.iter().any(|h| k.starts_with(h)));
     if let Some(key) = unused.first() {
@@ -149,10 +157,57 @@ fn modernbert(config: &BertConfig, w: &mut Weights) -> Result<BertWeights<HostTe
         layers,
         pooler: None,
         sentence: SentenceHead::default(),
-        classifier: None,
+        classifier,
         relative_attention_bias: None,
         final_norm,
     })
+}
+
+/// ModernBERT's sequence-classification head when the checkpoint has one: `head.dense`
+/// (bias only with `classifier_bias`), `classifier_activation`, `head.norm` (bias only with
+/// `norm_bias`), `classifier`.
+fn modernbert_classifier(
+    config: &BertConfig,
+    w: &mut Weights,
+) -> Result<Option<ClassifierHead<HostTensor>>> {
+    let c = config.hidden_size;
+    let Some(labels) = num_labels(w, "classifier.weight", c)? else {
+        return Ok(None);
+    };
+    let dense = Linear {
+        weight: w.get("head.dense.weight", &[c, c])?,
+        bias: match config.modern.classifier_bias.unwrap_or(false) {
+            true => w.get("head.dense.bias", &[c])?,
+            false => HostTensor::zeros(&[c]),
+        },
+    };
+    let norm = LayerNorm {
+        weight: w.get("head.norm.weight", &[c])?,
+        bias: match config.modern.norm_bias.unwrap_or(false) {
+            true => w.get("head.norm.bias", &[c])?,
+            false => HostTensor::zeros(&[c]),
+        },
+    };
+    Ok(Some(ClassifierHead {
+        dense: Some((dense, config.classifier_activation()?)),
+        norm: Some(norm),
+        mean_pooling: config.classifier_mean_pooling()?,
+        out: Linear::load(w, "classifier", labels, c)?,
+    }))
+}
+
+/// Labels of a classifier from its output weight `key` ([num_labels, C]), if present.
+fn num_labels(w: &Weights, key: &str, c: usize) -> Result<Option<usize>> {
+    let Some(shape) = w.shape(key) else {
+        return Ok(None);
+    };
+    match shape[..] {
+        [labels, inp] if inp == c && (1..=1 << 16).contains(&labels) => Ok(Some(labels)),
+        _ => Err(Error::Weights {
+            key: key.into(),
+            reason: format!("shape {shape:?} is not [num_labels (1..=65536), {c}]"),
+        }),
+    }
 }
 
 /// The classifier of `family` if the checkpoint holds it; `labels` from its output weight.
@@ -173,25 +228,15 @@ fn load_classifier(
             "classifier.out_proj",
         ),
         Family::DistilBert => (Some(("pre_classifier", Activation::Relu)), "classifier"),
-        // ModernBERT's head (dense, norm, pooling choice) is not run: its keys are ignored.
+        // Loaded with its encoder (`modernbert_classifier`).
         Family::ModernBert => return Ok(None),
         Family::Mpnet => (
             Some(("classifier.dense", Activation::Tanh)),
             "classifier.out_proj",
         ),
     };
-    let out_key = format!("{out}.weight");
-    let Some(shape) = w.shape(&out_key) else {
+    let Some(labels) = num_labels(w, &format!("{out}.weight"), c)? else {
         return Ok(None);
-    };
-    let labels = match shape[..] {
-        [labels, inp] if inp == c && (1..=1 << 16).contains(&labels) => labels,
-        _ => {
-            return Err(Error::Weights {
-                key: out_key,
-                reason: format!("shape {shape:?} is not [num_labels (1..=65536), {c}]"),
-            });
-        }
     };
     if dense.is_none() && !has_pooler {
         return Err(Error::Weights {
@@ -203,6 +248,8 @@ fn load_classifier(
         dense: dense
             .map(|(key, act)| Ok::<_, Error>((Linear::load(w, key, c, c)?, act)))
             .transpose()?,
+        norm: None,
+        mean_pooling: false,
         out: Linear::load(w, out, labels, c)?,
     }))
 }
@@ -379,6 +426,12 @@ impl BertWeights<HostTensor> {
                             .as_ref()
                             .map(|(l, act)| Ok::<_, Error>((lin("classifier.dense", l)?, *act)))
                             .transpose()?,
+                        norm: h
+                            .norm
+                            .as_ref()
+                            .map(|n| norm("classifier.norm", n))
+                            .transpose()?,
+                        mean_pooling: h.mean_pooling,
                         out: lin("classifier.out", &h.out)?,
                     })
                 })
@@ -426,6 +479,8 @@ impl BertWeights<HostTensor> {
             sentence: self.sentence.clone(),
             classifier: self.classifier.as_ref().map(|h| ClassifierHead {
                 dense: h.dense.as_ref().map(|(l, act)| (lin(l), *act)),
+                norm: h.norm.clone(),
+                mean_pooling: h.mean_pooling,
                 out: lin(&h.out),
             }),
             relative_attention_bias: self.relative_attention_bias.clone(),
