@@ -224,7 +224,7 @@ impl Bert {
     ) -> Result<PlanLease<'_, (usize, usize), Plan>> {
         self.plans.lease((batch, seq), || {
             let classifier = self.classifier.as_ref();
-            Plan::new(
+            let plan = Plan::new(
                 ctx,
                 &self.config,
                 &self.head,
@@ -232,8 +232,30 @@ impl Bert {
                 self.dtype,
                 batch,
                 seq,
-            )
+            )?;
+            self.write_position_tables(ctx, &plan)?;
+            Ok(plan)
         })
+    }
+
+    /// The tables that depend only on the sequence length, written once per plan: MPNet's
+    /// relative position bias and ModernBERT's rotary tables.
+    fn write_position_tables(&self, ctx: &Context, p: &Plan) -> Result<()> {
+        if let (Some(bias), Some(table)) = (&p.rel_bias, &self.weights.relative_attention_bias) {
+            bias.write(ctx, &relative_position_bias(table, p.seq).data)?;
+        }
+        for (table, local) in [(&p.rope_global, false), (&p.rope_local, true)] {
+            if let Some(table) = table {
+                // The theta of the first layer of that kind (every layer of a kind shares it).
+                let l = (0..self.config.num_hidden_layers)
+                    .find(|&l| self.config.attention_window(l).is_some() == local)
+                    .unwrap_or(0);
+                let theta = self.config.rope_theta(l);
+                let values = crate::reference::rotary_table(theta, p.seq, self.config.head_dim());
+                table.write(ctx, &values.data)?;
+            }
+        }
+        Ok(())
     }
 
     /// Validates and uploads `input`, then records the whole forward into `rec`. Returns the
@@ -250,23 +272,8 @@ impl Bert {
         let p = self.plan(ctx, input.batch, input.seq)?;
         p.ids.write(ctx, &input.embedding_ids(&self.config))?;
         p.mask.write(ctx, &input.attention_mask)?;
-        if let (Some(bias), Some(table)) = (&p.rel_bias, &self.weights.relative_attention_bias) {
-            bias.write(ctx, &relative_position_bias(table, input.seq).data)?;
-        }
         if let Some(keep) = &p.keep {
             keep.write(ctx, &input.pooling_mask(false))?;
-        }
-        for (table, local) in [(&p.rope_global, false), (&p.rope_local, true)] {
-            if let Some(table) = table {
-                // The theta of the first layer of that kind (every layer of a kind shares it).
-                let l = (0..self.config.num_hidden_layers)
-                    .find(|&l| self.config.attention_window(l).is_some() == local)
-                    .unwrap_or(0);
-                let theta = self.config.rope_theta(l);
-                let values =
-                    crate::reference::rotary_table(theta, input.seq, self.config.head_dim());
-                table.write(ctx, &values.data)?;
-            }
         }
 
         let (cfg, w) = (&self.config, &self.weights);
