@@ -25,6 +25,17 @@ fn gelu_erf(x: f32) -> f32 {
     return 0.5 * x * one_plus_erf;
 }
 
+// A matmul epilogue's activation, by `Activation::code`: 0 none, 1 exact GELU, 2 tanh, 3 ReLU
+// (the kernels pass their ACT constant, so the choice folds away).
+fn activate(v: f32, act: u32) -> f32 {
+    switch act {
+        case 1u: { return gelu_erf(v); }
+        case 2u: { return tanh(v); }
+        case 3u: { return max(v, 0.0); }
+        default: { return v; }
+    }
+}
+
 // Linear workgroup index of a grid spread over x and y (see `pipeline::grid_1d`).
 fn linear_group(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.x + wid.y * nwg.x;

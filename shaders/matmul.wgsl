@@ -202,13 +202,7 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
                     if (HAS_BIAS) {
                         v += bias[col];
                     }
-                    if (ACT == 1u) {
-                        v = gelu_erf(v);
-                    } else if (ACT == 2u) {
-                        v = tanh(v);
-                    } else if (ACT == 3u) {
-                        v = max(v, 0.0);
-                    }
+                    v = activate(v, ACT);
                     let at = y_base + row * params.ldc + col;
                     if (HAS_RESIDUAL) {
                         v += f32(residual[at]);

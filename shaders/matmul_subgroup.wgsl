@@ -108,13 +108,7 @@ fn matmul_subgroup(
             if (HAS_BIAS) {
                 v += bias[col];
             }
-            if (ACT == 1u) {
-                v = gelu_erf(v);
-            } else if (ACT == 2u) {
-                v = tanh(v);
-            } else if (ACT == 3u) {
-                v = max(v, 0.0);
-            }
+            v = activate(v, ACT);
             let at = y_base + (row0 + r) * params.ldc + col;
             if (HAS_RESIDUAL) {
                 v += f32(residual[at]);
