@@ -3,6 +3,7 @@
 //! next batch forms in the queue, and hands each request its rows.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
@@ -41,7 +42,13 @@ pub type Forward = Box<dyn Fn(&BertInput) -> Result<BertOutput> + Send>;
 
 /// The batcher loop: returns when every sender is gone and the queue is empty (graceful
 /// shutdown finishes queued requests).
-pub fn run(queue: Receiver<Job>, forward: Forward, max_batch_tokens: usize, metrics: Arc<Metrics>) {
+pub fn run(
+    queue: Receiver<Job>,
+    forward: Forward,
+    max_batch_tokens: usize,
+    metrics: Arc<Metrics>,
+    healthy: Arc<AtomicBool>,
+) {
     let mut pending: Option<Job> = None;
     loop {
         let first = match pending.take() {
@@ -66,7 +73,7 @@ pub fn run(queue: Receiver<Job>, forward: Forward, max_batch_tokens: usize, metr
             longest = l;
             batch.push(job);
         }
-        process(batch, rows, longest, &forward, &metrics);
+        process(batch, rows, longest, &forward, &metrics, &healthy);
     }
 }
 
@@ -79,7 +86,14 @@ fn max_len(job: &Job) -> usize {
         .max(1)
 }
 
-fn process(batch: Vec<Job>, rows: usize, seq: usize, forward: &Forward, metrics: &Metrics) {
+fn process(
+    batch: Vec<Job>,
+    rows: usize,
+    seq: usize,
+    forward: &Forward,
+    metrics: &Metrics,
+    healthy: &AtomicBool,
+) {
     let start = Instant::now();
     for job in &batch {
         metrics.queue_time(start.duration_since(job.queued));
@@ -111,6 +125,11 @@ fn process(batch: Vec<Job>, rows: usize, seq: usize, forward: &Forward, metrics:
         )
     });
     metrics.batch(rows, rows * seq, start.elapsed());
+    // A lost device does not come back: /health says so from now on (503), so a load
+    // balancer or Kubernetes stops sending requests here and can restart the server.
+    if let Err(Error::DeviceLost { .. }) = &result {
+        healthy.store(false, Ordering::Release);
+    }
     let mut at = 0;
     for job in batch {
         let n = job.rows.len();

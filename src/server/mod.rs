@@ -17,6 +17,7 @@ mod tests;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, mpsc};
 
 use axum::Json;
@@ -61,6 +62,8 @@ struct AppState {
     options: ServeOptions,
     permits: Semaphore,
     metrics: Arc<Metrics>,
+    /// False once the device is lost (`/health` answers 503).
+    healthy: Arc<AtomicBool>,
     info: Value,
     reranker: bool,
     model_id: String,
@@ -197,9 +200,19 @@ pub(crate) fn serve_with(
     let (sender, queue) = mpsc::channel::<Job>();
     let batch_tokens = options.max_batch_tokens;
     let batcher_metrics = metrics.clone();
+    let healthy = Arc::new(AtomicBool::new(true));
+    let batcher_healthy = healthy.clone();
     let worker = std::thread::Builder::new()
         .name("backbone-batcher".into())
-        .spawn(move || batcher::run(queue, forward, batch_tokens, batcher_metrics))
+        .spawn(move || {
+            batcher::run(
+                queue,
+                forward,
+                batch_tokens,
+                batcher_metrics,
+                batcher_healthy,
+            )
+        })
         .map_err(|e| Error::Io {
             path: "(batcher thread)".into(),
             source: e,
@@ -210,6 +223,7 @@ pub(crate) fn serve_with(
         config,
         permits: Semaphore::new(options.max_concurrent_requests.max(1)),
         metrics,
+        healthy,
         info,
         reranker,
         model_id,
@@ -221,7 +235,7 @@ pub(crate) fn serve_with(
         .route("/rerank", post(routes::rerank))
         .route("/tokenize", post(routes::tokenize))
         .route("/info", get(routes::info_route))
-        .route("/health", get(|| async { StatusCode::OK }))
+        .route("/health", get(routes::health))
         .route("/metrics", get(routes::metrics_route))
         .layer(DefaultBodyLimit::max(options.payload_limit))
         .with_state(state.clone());

@@ -386,6 +386,19 @@ pub(super) async fn tokenize(State(s): State<Shared>, Body(body): Body) -> Reply
     Ok(Json(out).into_response())
 }
 
+/// 200 while the model can serve; 503 once its device is lost.
+pub(super) async fn health(State(s): State<Shared>) -> Response {
+    if s.healthy.load(std::sync::atomic::Ordering::Acquire) {
+        StatusCode::OK.into_response()
+    } else {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Unhealthy",
+            "the GPU device was lost; restart the server",
+        )
+    }
+}
+
 pub(super) async fn info_route(State(s): State<Shared>) -> Response {
     Json(s.info.clone()).into_response()
 }

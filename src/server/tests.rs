@@ -1,6 +1,7 @@
 //! A failed batch (a GPU error, or a panic in the forward) answers its requests 500 in TEI's
-//! shape, and the server keeps serving: the failure is injected into the model the batcher
-//! owns, everything else (HTTP, queue, batcher) is the real server.
+//! shape and the server keeps serving; a lost device also turns /health to 503. The failure
+//! is injected into the model the batcher owns; everything else (HTTP, queue, batcher) is
+//! the real server.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -31,7 +32,7 @@ fn options() -> ServeOptions {
     }
 }
 
-/// The first forward fails as a lost device does, the second panics, the rest run.
+/// The first forward fails with a GPU error, the second panics, the rest run.
 fn failing_first_two(loaded: Loaded) -> Loaded {
     let calls = AtomicUsize::new(0);
     let inner = loaded.forward;
@@ -39,7 +40,7 @@ fn failing_first_two(loaded: Loaded) -> Loaded {
         forward: Box::new(move |input| match calls.fetch_add(1, Ordering::Relaxed) {
             0 => Err(Error::Gpu {
                 during: "a queue submit".into(),
-                message: "injected: the device was lost".into(),
+                message: "injected: the queue submit failed".into(),
             }),
             1 => panic!("injected: a bug in the forward"),
             _ => inner(input),
@@ -48,10 +49,15 @@ fn failing_first_two(loaded: Loaded) -> Loaded {
     }
 }
 
-#[test]
-fn a_failed_batch_is_500_and_the_server_keeps_serving() {
-    let options = options();
-    let loaded = failing_first_two(load(&options).expect("load bert-micro"));
+/// The real server on an ephemeral port, serving `loaded` until the returned sender fires.
+fn start(
+    options: ServeOptions,
+    loaded: Loaded,
+) -> (
+    Http,
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<crate::error::Result<()>>,
+) {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let server = std::thread::spawn(move || {
@@ -63,10 +69,17 @@ fn a_failed_batch_is_500_and_the_server_keeps_serving() {
         })
     });
     let addr = addr_rx.recv().expect("the server listens");
-    let http = Http::new(&addr.to_string());
+    (Http::new(&addr.to_string()), stop, server)
+}
+
+#[test]
+fn a_failed_batch_is_500_and_the_server_keeps_serving() {
+    let options = options();
+    let loaded = failing_first_two(load(&options).expect("load bert-micro"));
+    let (http, stop, server) = start(options, loaded);
     let body = json!({ "inputs": "The station is near the river." });
 
-    for injected in ["the device was lost", "the forward panicked"] {
+    for injected in ["the queue submit failed", "the forward panicked"] {
         let (status, got) = http.json("/embed", &body).expect("answer");
         assert_eq!(status, 500, "{got}");
         assert_eq!(got["error_type"], "Backend", "{got}");
@@ -83,10 +96,40 @@ fn a_failed_batch_is_500_and_the_server_keeps_serving() {
     let (_, metrics) = http.get("/metrics").expect("metrics");
     assert!(metrics.contains("te_request_failure 2"), "{metrics}");
     assert!(metrics.contains("te_request_count 4"), "{metrics}");
+    assert_eq!(http.get("/health").expect("health").0, 200, "still healthy");
 
     stop.send(()).ok();
     server
         .join()
         .expect("the server thread")
         .expect("the server ends cleanly");
+}
+
+/// A lost device fails its batch with 500 and turns /health to 503, so a load balancer or
+/// Kubernetes takes the instance out and can restart it.
+#[test]
+fn a_lost_device_makes_health_503() {
+    let options = options();
+    let loaded = Loaded {
+        forward: Box::new(|_| {
+            Err(Error::DeviceLost {
+                reason: "injected: the driver reset the GPU".into(),
+            })
+        }),
+        ..load(&options).expect("load bert-micro")
+    };
+    let (http, stop, server) = start(options, loaded);
+    assert_eq!(http.get("/health").expect("health").0, 200);
+    let (status, got) = http
+        .json("/embed", &json!({ "inputs": "a" }))
+        .expect("answer");
+    assert_eq!(status, 500, "{got}");
+    let (status, body) = http.get("/health").expect("health");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("Unhealthy"), "{body}");
+    stop.send(()).ok();
+    server
+        .join()
+        .expect("the server thread")
+        .expect("clean end");
 }
