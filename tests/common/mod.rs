@@ -1,6 +1,8 @@
 //! Shared test helpers: the GPU context, seeded data, and the tolerance check.
 #![allow(dead_code)]
 
+pub mod hostile;
+
 use std::sync::OnceLock;
 
 use backbone::reference::HostTensor;

@@ -1,0 +1,118 @@
+//! Helpers of the hostile-input tests (tests/hostile.rs, tests/hostile_files.rs): scratch
+//! folders, model copies, running the binary and checking that it failed cleanly.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use backbone::reference::HostTensor;
+
+use super::fixture;
+
+/// A fresh scratch folder for one test.
+pub fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("backbone-hostile-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// A copy of a fixture model folder (config, weights, tokenizer) in a scratch folder.
+pub fn model_copy(name: &str, test: &str) -> PathBuf {
+    let dir = scratch(test).join("model");
+    std::fs::create_dir_all(&dir).expect("model dir");
+    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+        let from = fixture(name).join(file);
+        if from.exists() {
+            std::fs::copy(&from, dir.join(file)).expect("copy");
+        }
+    }
+    dir
+}
+
+/// Rewrites one key of a model folder's config.json.
+pub fn set_config(dir: &Path, key: &str, value: serde_json::Value) {
+    let path = dir.join("config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("config")).expect("json");
+    json[key] = value;
+    std::fs::write(&path, serde_json::to_vec(&json).expect("json")).expect("write config");
+}
+
+/// Runs the binary (bounded to 60 s) and returns its output and wall time.
+pub fn backbone(args: &[&str]) -> (Output, Duration) {
+    let start = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_backbone"))
+        .args(args)
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("run backbone");
+    (out, start.elapsed())
+}
+
+/// Asserts a clean failure: exit status 1 (an error returned, not a panic = 101 or an abort or
+/// a signal), within `max_s` seconds, with every one of `words` in the message.
+pub fn assert_fails(
+    what: &str,
+    (out, took): (Output, Duration),
+    words: &[&str],
+    max_s: u64,
+) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{what}: expected exit status 1, got {:?}; stderr:\n{stderr}",
+        out.status
+    );
+    for word in words {
+        assert!(
+            stderr.contains(word),
+            "{what}: the message should contain {word:?}; stderr:\n{stderr}"
+        );
+    }
+    assert!(
+        took < Duration::from_secs(max_s),
+        "{what}: took {took:?} (limit {max_s} s)"
+    );
+    assert!(out.stdout.is_empty(), "{what}: printed a result anyway");
+    eprintln!("{what}: exit 1 in {took:.2?}: {}", stderr.trim());
+    stderr
+}
+
+/// A safetensors file whose header lists `n` empty tensors and nothing else.
+pub fn empty_tensors_file(n: usize) -> Vec<u8> {
+    let mut header = String::from("{");
+    for i in 0..n {
+        header.push_str(&format!(
+            "\"t{i}\":{{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]}},"
+        ));
+    }
+    header.pop();
+    header.push('}');
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes
+}
+
+pub fn p(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+/// A flat grey PNG (compresses to almost nothing whatever its size).
+pub fn write_png(path: &Path, w: u32, h: u32) {
+    image::RgbImage::from_pixel(w, h, image::Rgb([90, 90, 90]))
+        .save(path)
+        .expect("write png");
+}
+
+pub fn pixel_file(path: &Path, shape: &[usize], poison: Option<(usize, f32)>) {
+    let n = shape.iter().product();
+    let mut data: Vec<f32> = (0..n).map(|i| ((i % 97) as f32 - 48.0) / 50.0).collect();
+    if let Some((i, v)) = poison {
+        data[i] = v;
+    }
+    let t = HostTensor::new(shape, data).expect("tensor");
+    let bytes = backbone::models::weights::to_safetensors(&[("pixel_values", &t)]).expect("st");
+    std::fs::write(path, bytes).expect("write input");
+}
