@@ -294,18 +294,23 @@ def bert_cross(root):
     write_io(out, tensors, {"query": PAIRS_QUERY, "documents": PAIRS_DOCS})
 
 
-def modernbert(root):
-    out = os.path.join(root, "modernbert-micro")
-    tok, vocab = make_tokenizer("bert")
+def modernbert_config(vocab, **kw):
+    """The micro ModernBERT: 3 layers, a local window (8) on each layer but every second."""
     cfg = ModernBertConfig(
         vocab_size=vocab, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
         num_attention_heads=4, max_position_embeddings=64, norm_eps=1e-5,
         global_attn_every_n_layers=2, local_attention=8, global_rope_theta=160000.0,
         local_rope_theta=10000.0, pad_token_id=0, cls_token_id=2, sep_token_id=3,
-        bos_token_id=2, eos_token_id=3, hidden_activation="gelu",
+        bos_token_id=2, eos_token_id=3, hidden_activation="gelu", **kw,
     )
     cfg._attn_implementation = "eager"
-    model = randomize(ModernBertModel(cfg), 17)
+    return cfg
+
+
+def modernbert(root):
+    out = os.path.join(root, "modernbert-micro")
+    tok, vocab = make_tokenizer("bert")
+    model = randomize(ModernBertModel(modernbert_config(vocab)), 17)
     save_folder(out, model, tok)
     enc = encode(tok, SENTENCES)
     tensors = ids_of(enc)
@@ -323,15 +328,10 @@ def modernbert_cross(root, pooling, bias, seed):
 
     out = os.path.join(root, f"modernbert-cross-{pooling}-micro")
     tok, vocab = make_tokenizer("bert")
-    cfg = ModernBertConfig(
-        vocab_size=vocab, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
-        num_attention_heads=4, max_position_embeddings=64, norm_eps=1e-5,
-        global_attn_every_n_layers=2, local_attention=8, global_rope_theta=160000.0,
-        local_rope_theta=10000.0, pad_token_id=0, cls_token_id=2, sep_token_id=3,
-        bos_token_id=2, eos_token_id=3, hidden_activation="gelu", num_labels=1,
-        classifier_pooling=pooling, classifier_bias=bias, classifier_activation="gelu",
+    cfg = modernbert_config(
+        vocab, num_labels=1, classifier_pooling=pooling, classifier_bias=bias,
+        classifier_activation="gelu",
     )
-    cfg._attn_implementation = "eager"
     model = randomize(ModernBertForSequenceClassification(cfg), seed)
     save_folder(out, model, tok)
     pairs = [(PAIRS_QUERY, d) for d in PAIRS_DOCS]
