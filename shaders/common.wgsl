@@ -75,3 +75,28 @@ fn workgroup_max(lid: u32, v: f32) -> f32 {
     workgroupBarrier();
     return m;
 }
+
+// The uniform of the matmul kernels (matmul, matmul_coop, matmul_subgroup): sizes, leading
+// dimensions, alpha, and each operand's offset and batch strides (`kernels::matmul::Params`).
+struct MatmulParams {
+    m: u32,
+    n: u32,
+    k: u32,
+    batch_inner: u32,
+    lda: u32,
+    ldb: u32,
+    ldc: u32,
+    alpha: f32,
+    x_offset: u32,
+    x_outer: u32,
+    x_inner: u32,
+    _pad0: u32,
+    w_offset: u32,
+    w_outer: u32,
+    w_inner: u32,
+    _pad1: u32,
+    y_offset: u32,
+    y_outer: u32,
+    y_inner: u32,
+    _pad2: u32,
+}

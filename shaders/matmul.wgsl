@@ -1,5 +1,6 @@
 // matmul: Y = epilogue(alpha * X · Wᵀ), batched and strided, with a fused epilogue
 // (+ bias[n]) (then the activation ACT: 0 none, 1 exact GELU, 2 tanh, 3 ReLU) (then + residual).
+//   params:   MatmulParams (common.wgsl): sizes, leading dimensions, alpha, offsets, strides
 //   x:        batch of (M, K) XT (f32, or f16 storage read as f32); element (b, m, k) at x_offset + outer(b)*x_outer
 //             + inner(b)*x_inner + m*lda + k
 //   w:        batch of (N, K) WT (f32 or f16) when W_NK (PyTorch Linear's [out, in]), element (b, n, k) at
@@ -24,30 +25,7 @@
 // Specialisation: BM, BN, BK, TM, TN, W_NK, VEC_X, VEC_W, HAS_BIAS, HAS_RESIDUAL, ACT, and the
 // storage types XT, WT, YT (aliases to f32 or f16).
 
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    batch_inner: u32,
-    lda: u32,
-    ldb: u32,
-    ldc: u32,
-    alpha: f32,
-    x_offset: u32,
-    x_outer: u32,
-    x_inner: u32,
-    _pad0: u32,
-    w_offset: u32,
-    w_outer: u32,
-    w_inner: u32,
-    _pad1: u32,
-    y_offset: u32,
-    y_outer: u32,
-    y_inner: u32,
-    _pad2: u32,
-}
-
-@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(0) var<uniform> params: MatmulParams;
 @group(0) @binding(1) var<storage, read> x: array<XT>;
 @group(0) @binding(2) var<storage, read> w: array<WT>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;

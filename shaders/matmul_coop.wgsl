@@ -1,5 +1,5 @@
 // matmul_coop: the matmul (Y = epilogue(alpha * X · Wᵀ), batched and strided, the same
-// operands, views, Params and epilogue as matmul.wgsl) on cooperative matrices (tensor cores):
+// operands, views, MatmulParams and epilogue as matmul.wgsl) on cooperative matrices (tensor cores):
 // f16 A and B fragments, f32 accumulation.
 //   x:        batch of (M, K) XT (f32 or f16 storage), as matmul.wgsl
 //   w:        batch of (N, K) WT when W_NK, else (K, N), as matmul.wgsl
@@ -16,30 +16,7 @@
 // M, N, K works. The fragment types come from the specialisation (FRAG_A, FRAG_B, FRAG_C).
 // Specialisation: T, SG, FRAG_A, FRAG_B, FRAG_C, W_NK, HAS_BIAS, HAS_RESIDUAL, ACT, XT, WT, YT.
 
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    batch_inner: u32,
-    lda: u32,
-    ldb: u32,
-    ldc: u32,
-    alpha: f32,
-    x_offset: u32,
-    x_outer: u32,
-    x_inner: u32,
-    _pad0: u32,
-    w_offset: u32,
-    w_outer: u32,
-    w_inner: u32,
-    _pad1: u32,
-    y_offset: u32,
-    y_outer: u32,
-    y_inner: u32,
-    _pad2: u32,
-}
-
-@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(0) var<uniform> params: MatmulParams;
 @group(0) @binding(1) var<storage, read> x: array<XT>;
 @group(0) @binding(2) var<storage, read> w: array<WT>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;

@@ -1,5 +1,5 @@
 // matmul_subgroup: the matmul (Y = epilogue(alpha * X · Wᵀ), batched and strided, the same
-// operands, views, Params and epilogue as matmul.wgsl) for a few rows, as dot products reduced
+// operands, views, MatmulParams and epilogue as matmul.wgsl) for a few rows, as dot products reduced
 // across a subgroup: the shape of a batch-1 head or pooler, where a tiled kernel computes mostly
 // padding rows.
 //   x:        batch of (M, K) XT, as matmul.wgsl
@@ -17,30 +17,7 @@
 // storage types. Needs the adapter's SUBGROUP feature.
 // Specialisation: MR, NC, W_NK, VEC_X, VEC_W, HAS_BIAS, HAS_RESIDUAL, ACT, XT, WT, YT.
 
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    batch_inner: u32,
-    lda: u32,
-    ldb: u32,
-    ldc: u32,
-    alpha: f32,
-    x_offset: u32,
-    x_outer: u32,
-    x_inner: u32,
-    _pad0: u32,
-    w_offset: u32,
-    w_outer: u32,
-    w_inner: u32,
-    _pad1: u32,
-    y_offset: u32,
-    y_outer: u32,
-    y_inner: u32,
-    _pad2: u32,
-}
-
-@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(0) var<uniform> params: MatmulParams;
 @group(0) @binding(1) var<storage, read> x: array<XT>;
 @group(0) @binding(2) var<storage, read> w: array<WT>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
