@@ -361,3 +361,29 @@ fn prompt_name_follows_the_folder() {
     assert_eq!(status, 422, "{got}");
     assert!(server.stop());
 }
+
+/// With --api-key every route but /health needs the key as a bearer token (401 otherwise, in
+/// TEI's error shape); with it, requests are served.
+#[test]
+fn api_key_guards_every_route_but_health() {
+    let dir = fixture("bert-micro-12l-random");
+    let server = Server::start(&dir, &["--device", "cpu", "--api-key", "s3cret"]);
+    let body = json!({ "inputs": "a" });
+    assert_eq!(
+        server.request("GET", "/health", "").0,
+        200,
+        "health is open"
+    );
+    for (method, path) in [("POST", "/embed"), ("GET", "/info"), ("GET", "/metrics")] {
+        let (status, got) = server.request(method, path, &body.to_string());
+        assert_eq!(status, 401, "{path} without the key: {got}");
+        assert!(got.contains("Unauthorized"), "{got}");
+    }
+    let wrong = server.http.clone().with_bearer("s3cre7");
+    assert_eq!(wrong.json("/embed", &body).expect("answer").0, 401);
+    let right = server.http.clone().with_bearer("s3cret");
+    let (status, got) = right.json("/embed", &body).expect("answer");
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(right.get("/info").expect("info").0, 200);
+    assert!(server.stop());
+}

@@ -106,6 +106,8 @@ impl Drop for ServerProcess {
 pub struct Http {
     agent: ureq::Agent,
     base: String,
+    /// Sent as `Authorization: Bearer ..` when set.
+    bearer: Option<String>,
 }
 
 impl Http {
@@ -118,7 +120,14 @@ impl Http {
         Self {
             agent,
             base: format!("http://{addr}"),
+            bearer: None,
         }
+    }
+
+    /// The same client, sending `key` as a bearer token (a server started with --api-key).
+    pub fn with_bearer(mut self, key: &str) -> Self {
+        self.bearer = Some(format!("Bearer {key}"));
+        self
     }
 
     fn answer(
@@ -144,18 +153,25 @@ impl Http {
     /// `POST path` with a JSON body; (status, body).
     pub fn post(&self, path: &str, body: &str) -> Result<(u16, String)> {
         let url = format!("{}{path}", self.base);
-        let sent = self
+        let mut request = self
             .agent
             .post(&url)
-            .header("Content-Type", "application/json")
-            .send(body);
+            .header("Content-Type", "application/json");
+        if let Some(auth) = &self.bearer {
+            request = request.header("Authorization", auth);
+        }
+        let sent = request.send(body);
         self.answer(&url, sent)
     }
 
     /// `GET path`; (status, body).
     pub fn get(&self, path: &str) -> Result<(u16, String)> {
         let url = format!("{}{path}", self.base);
-        let sent = self.agent.get(&url).call();
+        let mut request = self.agent.get(&url);
+        if let Some(auth) = &self.bearer {
+            request = request.header("Authorization", auth);
+        }
+        let sent = request.call();
         self.answer(&url, sent)
     }
 
@@ -361,7 +377,16 @@ pub fn load_test(o: &LoadOptions) -> Result<LoadReport> {
     let want = Arc::new(reference(&o.model, &pool, o.dtype)?);
     let server = ServerProcess::start(&o.server, &o.model, &o.server_args)?;
     let pid = server.pid();
-    let http = server.http();
+    // A server started with --api-key gets its key from every client.
+    let key = o
+        .server_args
+        .iter()
+        .position(|a| a == "--api-key")
+        .and_then(|i| o.server_args.get(i + 1));
+    let http = match key {
+        Some(key) => server.http().with_bearer(key),
+        None => server.http(),
+    };
     let (_, before) = http.get("/metrics")?;
 
     let next = Arc::new(AtomicUsize::new(0));

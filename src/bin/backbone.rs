@@ -171,6 +171,10 @@ enum Command {
         /// (`truncate`); without it they get 413, as in text-embeddings-inference.
         #[arg(long)]
         auto_truncate: bool,
+        /// Require `Authorization: Bearer KEY` on every route but /health (401 otherwise);
+        /// also read from BACKBONE_API_KEY, which keeps it out of the process list.
+        #[arg(long)]
+        api_key: Option<String>,
     },
     /// Converts a PyTorch checkpoint (.pth / .pt as torch.save writes it: the official CSWin
     /// and mmseg checkpoints) into a safetensors model folder: OUTPUT/model.safetensors with
@@ -264,6 +268,7 @@ fn main() -> Result<()> {
             max_concurrent_requests,
             payload_limit,
             auto_truncate,
+            api_key,
         } => {
             let options = backbone::server::ServeOptions {
                 model,
@@ -276,6 +281,10 @@ fn main() -> Result<()> {
                 max_concurrent_requests: max_concurrent_requests.max(1),
                 payload_limit: payload_limit.max(1),
                 auto_truncate,
+                api_key: api_key
+                    .or_else(|| std::env::var("BACKBONE_API_KEY").ok())
+                    .filter(|k| !k.is_empty())
+                    .map(backbone::server::ApiKey),
             };
             backbone::server::serve(options, |addr| {
                 use std::io::Write as _;

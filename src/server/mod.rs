@@ -23,8 +23,9 @@ use std::sync::{Arc, Mutex, mpsc};
 use axum::Json;
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, Request};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::StatusCode;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
@@ -53,6 +54,43 @@ pub struct ServeOptions {
     pub payload_limit: usize,
     /// Truncate inputs longer than the model takes when a request does not say (`truncate`).
     pub auto_truncate: bool,
+    /// When set, every route but `/health` needs `Authorization: Bearer KEY` (401 otherwise).
+    pub api_key: Option<ApiKey>,
+}
+
+/// An API key; `Debug` does not print it (options are logged).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(pub String);
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(..)")
+    }
+}
+
+/// With an API key, requests other than `/health` must carry it as a bearer token: 401 in
+/// TEI's error shape otherwise. The comparison takes the same time wherever the bytes differ.
+async fn authorize(State(s): State<Shared>, req: Request, next: Next) -> Response {
+    let Some(ApiKey(key)) = &s.options.api_key else {
+        return next.run(req).await;
+    };
+    let given = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let same = |a: &[u8], b: &[u8]| {
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    };
+    match given {
+        _ if req.uri().path() == "/health" => next.run(req).await,
+        Some(token) if same(token.as_bytes(), key.as_bytes()) => next.run(req).await,
+        _ => error(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "this server needs its API key: Authorization: Bearer KEY",
+        ),
+    }
 }
 
 struct AppState {
@@ -238,6 +276,10 @@ pub(crate) fn serve_with(
         .route("/health", get(routes::health))
         .route("/metrics", get(routes::metrics_route))
         .layer(DefaultBodyLimit::max(options.payload_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authorize,
+        ))
         .with_state(state.clone());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -29,6 +29,7 @@ fn options() -> ServeOptions {
         max_concurrent_requests: 64,
         payload_limit: 1 << 20,
         auto_truncate: false,
+        api_key: None,
     }
 }
 
