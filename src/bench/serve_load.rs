@@ -10,7 +10,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -405,15 +405,17 @@ pub fn load_test(o: &LoadOptions) -> Result<LoadReport> {
         .min(requests);
     // The sampler: server RSS with how many requests were done when it was read.
     let samples = Arc::new(Mutex::new(Vec::<(usize, u64)>::new()));
+    // Set once every client has ended (even one that failed before counting its requests).
+    let clients_done = Arc::new(AtomicBool::new(false));
     let sampler = {
-        let (done, samples) = (done.clone(), samples.clone());
+        let (done, samples, clients_done) = (done.clone(), samples.clone(), clients_done.clone());
         std::thread::spawn(move || {
             loop {
                 let d = done.load(Ordering::Acquire);
                 if let Ok(mut s) = samples.lock() {
                     s.push((d, resident_kib_of(pid)));
                 }
-                if d >= requests {
+                if d >= requests || clients_done.load(Ordering::Acquire) {
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(20));
@@ -496,6 +498,7 @@ pub fn load_test(o: &LoadOptions) -> Result<LoadReport> {
         w.join().ok();
     }
     let seconds = start.elapsed().as_secs_f64();
+    clients_done.store(true, Ordering::Release);
     sampler.join().ok();
     let (_, after) = http.get("/metrics")?;
     let rss_end = resident_kib_of(pid);
