@@ -387,3 +387,45 @@ fn api_key_guards_every_route_but_health() {
     assert_eq!(right.get("/info").expect("info").0, 200);
     assert!(server.stop());
 }
+
+/// `dimensions` (Matryoshka truncation, on /embed and /v1/embeddings): the first D values of
+/// the vector before normalisation, then normalised; 0 or more than the model has is 422.
+#[test]
+fn dimensions_truncate_then_normalize() {
+    let dir = fixture("bert-micro-12l-random");
+    let server = Server::start(&dir, &["--device", "cpu"]);
+    let text = TEXTS[0];
+    let (_, raw) = server.json("/embed", json!({ "inputs": text, "normalize": false }));
+    let raw: Vec<f32> = serde_json::from_value(raw[0].clone()).expect("raw");
+    let head = &raw[..8];
+    let norm = head.iter().map(|v| v * v).sum::<f32>().sqrt();
+    let want: Vec<f32> = head.iter().map(|v| v / norm).collect();
+    let (status, got) = server.json("/embed", json!({ "inputs": text, "dimensions": 8 }));
+    assert_eq!(status, 200, "{got}");
+    let got: Vec<f32> = serde_json::from_value(got[0].clone()).expect("row");
+    let (status, openai) = server.json(
+        "/v1/embeddings",
+        json!({ "input": [text], "dimensions": 8 }),
+    );
+    assert_eq!(status, 200, "{openai}");
+    let openai: Vec<f32> =
+        serde_json::from_value(openai["data"][0]["embedding"].clone()).expect("row");
+    for (name, row) in [("/embed", &got), ("/v1/embeddings", &openai)] {
+        assert_eq!(row.len(), 8, "{name}");
+        for (i, (a, b)) in row.iter().zip(&want).enumerate() {
+            assert!((a - b).abs() <= 1e-6, "{name} [{i}]: {a} vs {b}");
+        }
+    }
+    let (status, got) = server.json(
+        "/embed",
+        json!({ "inputs": text, "dimensions": 8, "normalize": false }),
+    );
+    assert_eq!(status, 200, "{got}");
+    let got: Vec<f32> = serde_json::from_value(got[0].clone()).expect("row");
+    assert_eq!(got, head, "without normalisation: the first 8 values");
+    for bad in [json!(0), json!(100000), json!("8"), json!(-1)] {
+        let (status, got) = server.json("/embed", json!({ "inputs": text, "dimensions": bad }));
+        assert_eq!(status, 422, "dimensions {bad}: {got}");
+    }
+    assert!(server.stop());
+}

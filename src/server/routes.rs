@@ -154,19 +154,47 @@ fn l2(v: Vec<f32>) -> Vec<f32> {
     }
 }
 /// The embedding a request asked for: L2-normalised or as the model's head left it before
-/// its Normalize.
-fn embedding_of(row: RowOutput, normalize: bool) -> Vec<f32> {
-    match (normalize, row.unnormalized) {
-        (true, Some(_)) => row.embedding,
-        (true, None) => l2(row.embedding),
-        (false, Some(raw)) => raw,
-        (false, None) => row.embedding,
+/// its Normalize; with `dimensions`, its first that many values (Matryoshka truncation), then
+/// normalised if asked.
+fn embedding_of(
+    row: RowOutput,
+    normalize: bool,
+    dimensions: Option<usize>,
+) -> std::result::Result<Vec<f32>, Response> {
+    let Some(d) = dimensions else {
+        return Ok(match (normalize, row.unnormalized) {
+            (true, Some(_)) => row.embedding,
+            (true, None) => l2(row.embedding),
+            (false, Some(raw)) => raw,
+            (false, None) => row.embedding,
+        });
+    };
+    let mut raw = row.unnormalized.unwrap_or(row.embedding);
+    if d > raw.len() {
+        return Err(validation(format!(
+            "`dimensions` {d} is more than the model's {}",
+            raw.len()
+        )));
+    }
+    raw.truncate(d);
+    Ok(if normalize { l2(raw) } else { raw })
+}
+
+/// `dimensions`: absent, or a positive integer.
+fn dimensions_of(body: &Value) -> std::result::Result<Option<usize>, Response> {
+    match body.get("dimensions") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_u64().and_then(|d| usize::try_from(d).ok()) {
+            Some(d) if d > 0 => Ok(Some(d)),
+            _ => Err(validation("`dimensions` must be a positive integer")),
+        },
     }
 }
 
 pub(super) async fn embed(State(s): State<Shared>, Body(body): Body) -> Reply {
     let texts = texts_of(body.get("inputs"), "inputs")?;
     let normalize = bool_of(&body, "normalize", true)?;
+    let dimensions = dimensions_of(&body)?;
     let truncate = bool_of(&body, "truncate", s.options.auto_truncate)?;
     let prompt = match body.get("prompt_name") {
         None | Some(Value::Null) => None,
@@ -176,10 +204,10 @@ pub(super) async fn embed(State(s): State<Shared>, Body(body): Body) -> Reply {
     let _permit = s.admit(texts.len())?;
     let (rows, prompt_length) = s.rows_of(&texts, prompt.as_deref(), truncate)?;
     let out = s.run(rows, prompt_length).await?;
-    let rows: Vec<Vec<f32>> = out
+    let rows = out
         .into_iter()
-        .map(|r| embedding_of(r, normalize))
-        .collect();
+        .map(|r| embedding_of(r, normalize, dimensions))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
     Ok(Json(rows).into_response())
 }
 
@@ -193,6 +221,7 @@ pub(super) async fn openai_embeddings(State(s): State<Shared>, Body(body): Body)
             )));
         }
     };
+    let dimensions = dimensions_of(&body)?;
     let input = body.get("input");
     // Token arrays are taken as given (no special tokens added), as OpenAI takes them.
     let tokens_of = |v: &Value| -> Option<Vec<u32>> {
@@ -221,25 +250,25 @@ pub(super) async fn openai_embeddings(State(s): State<Shared>, Body(body): Body)
     let _permit = s.admit(rows.len())?;
     let tokens: usize = rows.iter().map(|r| r.ids.len()).sum();
     let out = s.run(rows, prompt_length).await?;
-    let data: Vec<OpenAiEmbedding> = out
+    let data = out
         .into_iter()
         .enumerate()
         .map(|(index, r)| {
             // Unit length, as TEI's OpenAI route answers.
-            let e = embedding_of(r, true);
+            let e = embedding_of(r, true, dimensions)?;
             let embedding = if base64 {
                 let bytes: Vec<u8> = e.iter().flat_map(|v| v.to_le_bytes()).collect();
                 EmbeddingData::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
             } else {
                 EmbeddingData::Float(e)
             };
-            OpenAiEmbedding {
+            Ok(OpenAiEmbedding {
                 object: "embedding",
                 embedding,
                 index,
-            }
+            })
         })
-        .collect();
+        .collect::<std::result::Result<Vec<_>, Response>>()?;
     let model = body
         .get("model")
         .and_then(Value::as_str)
