@@ -1,110 +1,196 @@
-//! Prometheus counters for `GET /metrics` (text exposition format), named like
-//! text-embeddings-inference's `te_*` metrics.
+//! Prometheus metrics for `GET /metrics` (text exposition format), named like
+//! text-embeddings-inference's `te_*` metrics: counters, and histograms of the request
+//! duration, the queue time, the batch size and the inference time (so a dashboard can show
+//! p50/p99 with `histogram_quantile`).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-#[derive(Default)]
+/// Seconds: 1 ms to 60 s.
+const SECONDS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
+];
+/// Sequences per batch.
+const ROWS: [f64; 11] = [
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
+/// A histogram with fixed upper bounds; the sum is kept in millionths.
+struct Histogram {
+    bounds: &'static [f64],
+    /// Observations at most each bound (not cumulative; summed when rendered).
+    buckets: Vec<AtomicU64>,
+    count: AtomicU64,
+    sum_micro: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_micro: AtomicU64::new(0),
+        }
+    }
+
+    fn observe(&self, v: f64) {
+        if let Some(i) = self.bounds.iter().position(|&b| v <= b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_micro.fetch_add((v * 1e6).round() as u64, Relaxed);
+    }
+
+    fn render(&self, name: &str, help: &str, out: &mut String) {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} histogram\n"));
+        let mut cumulative = 0;
+        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Relaxed);
+            out.push_str(&format!("{name}_bucket{{le=\"{bound}\"}} {cumulative}\n"));
+        }
+        let count = self.count.load(Relaxed);
+        out.push_str(&format!("{name}_bucket{{le=\"+Inf\"}} {count}\n"));
+        let sum = self.sum_micro.load(Relaxed) as f64 / 1e6;
+        out.push_str(&format!("{name}_sum {sum}\n{name}_count {count}\n"));
+    }
+}
+
 pub struct Metrics {
     requests: AtomicU64,
     request_errors: AtomicU64,
+    input_tokens: AtomicU64,
     batches: AtomicU64,
     batch_rows: AtomicU64,
     batch_tokens: AtomicU64,
-    queue_micros: AtomicU64,
-    queued: AtomicU64,
-    inference_micros: AtomicU64,
-    input_tokens: AtomicU64,
+    request_duration: Histogram,
+    queue_duration: Histogram,
+    batch_size: Histogram,
+    inference_duration: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            requests: AtomicU64::new(0),
+            request_errors: AtomicU64::new(0),
+            input_tokens: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            batch_rows: AtomicU64::new(0),
+            batch_tokens: AtomicU64::new(0),
+            request_duration: Histogram::new(&SECONDS),
+            queue_duration: Histogram::new(&SECONDS),
+            batch_size: Histogram::new(&ROWS),
+            inference_duration: Histogram::new(&SECONDS),
+        }
+    }
 }
 
 impl Metrics {
-    pub fn request(&self, ok: bool, tokens: usize) {
+    /// A request answered (or failed) `took` after its handler started.
+    pub fn request(&self, ok: bool, tokens: usize, took: Duration) {
         self.requests.fetch_add(1, Relaxed);
         if !ok {
             self.request_errors.fetch_add(1, Relaxed);
         }
         self.input_tokens.fetch_add(tokens as u64, Relaxed);
+        self.request_duration.observe(took.as_secs_f64());
     }
 
     pub fn queue_time(&self, d: Duration) {
-        self.queue_micros.fetch_add(d.as_micros() as u64, Relaxed);
-        self.queued.fetch_add(1, Relaxed);
+        self.queue_duration.observe(d.as_secs_f64());
     }
 
     pub fn batch(&self, rows: usize, tokens: usize, d: Duration) {
         self.batches.fetch_add(1, Relaxed);
         self.batch_rows.fetch_add(rows as u64, Relaxed);
         self.batch_tokens.fetch_add(tokens as u64, Relaxed);
-        self.inference_micros
-            .fetch_add(d.as_micros() as u64, Relaxed);
+        self.batch_size.observe(rows as f64);
+        self.inference_duration.observe(d.as_secs_f64());
     }
 
-    /// The counters in Prometheus' text format.
+    /// Everything in Prometheus' text format.
     pub fn render(&self) -> String {
-        let g = |a: &AtomicU64| a.load(Relaxed);
-        let secs = |a: &AtomicU64| g(a) as f64 / 1e6;
-        let rows = [
-            (
-                "te_request_count",
-                "counter",
-                "Requests answered",
-                g(&self.requests) as f64,
-            ),
+        let counters = [
+            ("te_request_count", "Requests answered", &self.requests),
             (
                 "te_request_failure",
-                "counter",
                 "Requests answered with an error",
-                g(&self.request_errors) as f64,
+                &self.request_errors,
             ),
             (
                 "te_request_input_tokens",
-                "counter",
                 "Tokens of the answered requests",
-                g(&self.input_tokens) as f64,
+                &self.input_tokens,
             ),
-            (
-                "te_batch_count",
-                "counter",
-                "Batches run",
-                g(&self.batches) as f64,
-            ),
+            ("te_batch_count", "Batches run", &self.batches),
             (
                 "te_batch_rows_sum",
-                "counter",
                 "Sequences in all batches",
-                g(&self.batch_rows) as f64,
+                &self.batch_rows,
             ),
             (
                 "te_batch_tokens_sum",
-                "counter",
                 "Padded tokens in all batches",
-                g(&self.batch_tokens) as f64,
-            ),
-            (
-                "te_queue_duration_seconds_sum",
-                "counter",
-                "Time requests waited for their batch",
-                secs(&self.queue_micros),
-            ),
-            (
-                "te_queue_duration_seconds_count",
-                "counter",
-                "Requests that waited",
-                g(&self.queued) as f64,
-            ),
-            (
-                "te_inference_duration_seconds_sum",
-                "counter",
-                "Time spent in batched forwards",
-                secs(&self.inference_micros),
+                &self.batch_tokens,
             ),
         ];
         let mut out = String::new();
-        for (name, kind, help, value) in rows {
+        for (name, help, value) in counters {
             out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+                value.load(Relaxed)
             ));
         }
+        let histograms = [
+            (
+                "te_request_duration_seconds",
+                "Time to answer a request: tokenizing, queueing and inference",
+                &self.request_duration,
+            ),
+            (
+                "te_queue_duration_seconds",
+                "Time requests waited for their batch",
+                &self.queue_duration,
+            ),
+            ("te_batch_size", "Sequences per batch", &self.batch_size),
+            (
+                "te_inference_duration_seconds",
+                "Time of each batched forward",
+                &self.inference_duration,
+            ),
+        ];
+        for (name, help, h) in histograms {
+            h.render(name, help, &mut out);
+        }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_cumulative_with_sum_and_count() {
+        let m = Metrics::default();
+        for rows in [1, 3, 3, 2000] {
+            m.batch(rows, rows * 8, Duration::from_millis(2));
+        }
+        let text = m.render();
+        for line in [
+            "te_batch_size_bucket{le=\"1\"} 1",
+            "te_batch_size_bucket{le=\"2\"} 1",
+            "te_batch_size_bucket{le=\"4\"} 3",
+            "te_batch_size_bucket{le=\"1024\"} 3",
+            "te_batch_size_bucket{le=\"+Inf\"} 4",
+            "te_batch_size_sum 2007",
+            "te_batch_size_count 4",
+            "te_inference_duration_seconds_bucket{le=\"0.0025\"} 4",
+            "te_inference_duration_seconds_count 4",
+            "te_batch_count 4",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
     }
 }

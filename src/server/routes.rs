@@ -70,11 +70,13 @@ impl AppState {
         Ok(permit)
     }
 
-    /// Queues rows and waits for their outputs (500 when the batch failed).
+    /// Queues rows and waits for their outputs (500 when the batch failed); `arrived`: when
+    /// the request came in, for the request-duration histogram.
     async fn run(
         &self,
         rows: Vec<Row>,
         prompt_length: usize,
+        arrived: Instant,
     ) -> std::result::Result<Vec<RowOutput>, Response> {
         let tokens: usize = rows.iter().map(|r| r.ids.len()).sum();
         let (reply, answer) = oneshot::channel();
@@ -105,7 +107,7 @@ impl AppState {
                 "the server is shutting down",
             )),
         };
-        self.metrics.request(out.is_ok(), tokens);
+        self.metrics.request(out.is_ok(), tokens, arrived.elapsed());
         out
     }
 
@@ -192,6 +194,7 @@ fn dimensions_of(body: &Value) -> std::result::Result<Option<usize>, Response> {
 }
 
 pub(super) async fn embed(State(s): State<Shared>, Body(body): Body) -> Reply {
+    let arrived = Instant::now();
     let texts = texts_of(body.get("inputs"), "inputs")?;
     let normalize = bool_of(&body, "normalize", true)?;
     let dimensions = dimensions_of(&body)?;
@@ -203,7 +206,7 @@ pub(super) async fn embed(State(s): State<Shared>, Body(body): Body) -> Reply {
     };
     let _permit = s.admit(texts.len())?;
     let (rows, prompt_length) = s.rows_of(&texts, prompt.as_deref(), truncate)?;
-    let out = s.run(rows, prompt_length).await?;
+    let out = s.run(rows, prompt_length, arrived).await?;
     let rows = out
         .into_iter()
         .map(|r| embedding_of(r, normalize, dimensions))
@@ -212,6 +215,7 @@ pub(super) async fn embed(State(s): State<Shared>, Body(body): Body) -> Reply {
 }
 
 pub(super) async fn openai_embeddings(State(s): State<Shared>, Body(body): Body) -> Reply {
+    let arrived = Instant::now();
     let base64 = match body.get("encoding_format").and_then(Value::as_str) {
         None | Some("float") => false,
         Some("base64") => true,
@@ -249,7 +253,7 @@ pub(super) async fn openai_embeddings(State(s): State<Shared>, Body(body): Body)
     };
     let _permit = s.admit(rows.len())?;
     let tokens: usize = rows.iter().map(|r| r.ids.len()).sum();
-    let out = s.run(rows, prompt_length).await?;
+    let out = s.run(rows, prompt_length, arrived).await?;
     let data = out
         .into_iter()
         .enumerate()
@@ -345,6 +349,7 @@ fn token_row(ids: Option<Vec<u32>>, s: &AppState) -> std::result::Result<Row, Re
 }
 
 pub(super) async fn rerank(State(s): State<Shared>, Body(body): Body) -> Reply {
+    let arrived = Instant::now();
     if !s.reranker {
         return Err(error(
             StatusCode::FAILED_DEPENDENCY,
@@ -367,7 +372,7 @@ pub(super) async fn rerank(State(s): State<Shared>, Body(body): Body) -> Reply {
         .tokenizer
         .encode_pairs_with(&pairs, truncate)
         .map_err(input_error)?;
-    let out = s.run(split_rows(&input), 0).await?;
+    let out = s.run(split_rows(&input), 0, arrived).await?;
     let mut ranked: Vec<Value> = out
         .into_iter()
         .enumerate()

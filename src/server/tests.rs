@@ -97,6 +97,11 @@ fn a_failed_batch_is_500_and_the_server_keeps_serving() {
     let (_, metrics) = http.get("/metrics").expect("metrics");
     assert!(metrics.contains("te_request_failure 2"), "{metrics}");
     assert!(metrics.contains("te_request_count 4"), "{metrics}");
+    assert!(
+        metrics.contains("te_request_duration_seconds_count 4")
+            && metrics.contains("te_batch_size_bucket{le=\"+Inf\"} 4"),
+        "{metrics}"
+    );
     assert_eq!(http.get("/health").expect("health").0, 200, "still healthy");
 
     stop.send(()).ok();
