@@ -429,3 +429,30 @@ fn dimensions_truncate_then_normalize() {
     }
     assert!(server.stop());
 }
+
+/// SIGTERM while a request is being served: the server stops accepting, still answers the
+/// request it has (200, the right number of vectors), then exits 0.
+#[test]
+fn sigterm_finishes_the_request_in_flight() {
+    let dir = fixture("bert-micro-12l-random");
+    let server = Server::start(&dir, &["--device", "cpu"]);
+    let long = "word ".repeat(300);
+    let slow = json!({ "inputs": vec![long; 32], "truncate": true }).to_string();
+    let client = server.http.clone();
+    let in_flight = std::thread::spawn(move || {
+        let answer = client.post("/embed", &slow).expect("answer");
+        (answer, std::time::Instant::now())
+    });
+    // Long enough for the request to reach the server, well short of its forward (> 1 s).
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let signalled = std::time::Instant::now();
+    assert!(server.stop(), "SIGTERM exits 0");
+    let ((status, body), answered) = in_flight.join().expect("the request");
+    assert!(
+        answered > signalled,
+        "the request was still in flight at SIGTERM"
+    );
+    assert_eq!(status, 200, "{body}");
+    let rows: Vec<Vec<f32>> = serde_json::from_str(&body).expect("json");
+    assert_eq!(rows.len(), 32);
+}
