@@ -118,17 +118,7 @@ fn oversized_config_values_name_their_key() {
     pixel_file(&input, &[1, 3, 64, 64], None);
     let out = images.join("out.safetensors");
     for device in ["cpu", "gpu"] {
-        let r = backbone(&[
-            "run",
-            "--device",
-            device,
-            "--model",
-            p(&model),
-            "--input",
-            p(&input),
-            "--output",
-            p(&out),
-        ]);
+        let r = run_model(Some(device), &model, &input, &out);
         assert_fails(
             "split_size[0] 1e6",
             r,
@@ -157,17 +147,7 @@ fn non_finite_inputs_and_weights_are_errors() {
         let input = dir.join("in.safetensors");
         pixel_file(&input, &[1, 3, 32, 32], Some((1234, value)));
         for device in ["cpu", "gpu"] {
-            let r = backbone(&[
-                "run",
-                "--device",
-                device,
-                "--model",
-                p(&model),
-                "--input",
-                p(&input),
-                "--output",
-                p(&out),
-            ]);
+            let r = run_model(Some(device), &model, &input, &out);
             assert_fails(
                 "non-finite pixel",
                 r,
@@ -218,17 +198,7 @@ fn images_over_the_model_budget_are_refused_before_the_forward() {
     let input = dir.join("tall.safetensors");
     pixel_file(&input, &[1, 3, 3600, 3], None);
     for device in ["cpu", "gpu"] {
-        let r = backbone(&[
-            "run",
-            "--device",
-            device,
-            "--model",
-            p(&model),
-            "--input",
-            p(&input),
-            "--output",
-            p(&out),
-        ]);
+        let r = run_model(Some(device), &model, &input, &out);
         assert_fails("3600x3 image", r, &["pixel_values", "limit", "3584"], 10);
     }
     // 4000x4000 (16 MP) for a 224 model: refused by area without allocating anything.

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
@@ -19,17 +20,7 @@ fn output_equal_to_input_is_refused_and_the_input_kept() {
     let before = std::fs::read(&input).expect("input");
     let model = fixture("cswin-micro-224");
     for output in [input.clone(), dir.join(".").join("in.safetensors")] {
-        let r = backbone(&[
-            "run",
-            "--device",
-            "cpu",
-            "--model",
-            p(&model),
-            "--input",
-            p(&input),
-            "--output",
-            p(&output),
-        ]);
+        let r = run_model(Some("cpu"), &model, &input, &output);
         assert_fails(
             "--output = --input",
             r,
@@ -94,17 +85,7 @@ fn a_failed_write_leaves_the_old_output_intact() {
     );
 
     // Without the limit the same command replaces the file.
-    let (out, _) = backbone(&[
-        "run",
-        "--device",
-        "cpu",
-        "--model",
-        p(&model),
-        "--input",
-        p(&input),
-        "--output",
-        p(&output),
-    ]);
+    let (out, _) = run_model(Some("cpu"), &model, &input, &output);
     assert!(
         out.status.success(),
         "{}",
@@ -122,53 +103,21 @@ fn user_errors_come_before_the_weights_are_read() {
     let input = dir.join("in.safetensors");
     pixel_file(&input, &[1, 3, 2, 32], None);
     let out = dir.join("out.safetensors");
-    let r = backbone(&[
-        "run",
-        "--model",
-        p(&model),
-        "--input",
-        p(&input),
-        "--output",
-        p(&out),
-    ]);
+    let r = run_model(None, &model, &input, &out);
     assert_fails("input too small", r, &["pixel_values", "3x3"], 10);
     pixel_file(&input, &[1, 3, 32, 32], None);
     let missing = dir.join("no/such/dir/out.safetensors");
-    let r = backbone(&[
-        "run",
-        "--model",
-        p(&model),
-        "--input",
-        p(&input),
-        "--output",
-        p(&missing),
-    ]);
+    let r = run_model(None, &model, &input, &missing);
     assert_fails(
         "output folder missing",
         r,
         &["--output", "out.safetensors"],
         10,
     );
-    let r = backbone(&[
-        "run",
-        "--model",
-        p(&model),
-        "--input",
-        p(&input),
-        "--output",
-        p(&dir),
-    ]);
+    let r = run_model(None, &model, &input, &dir);
     assert_fails("output is a folder", r, &["--output", "directory"], 10);
     // With a good input and output, the weight error names the file.
-    let r = backbone(&[
-        "run",
-        "--model",
-        p(&model),
-        "--input",
-        p(&input),
-        "--output",
-        p(&out),
-    ]);
+    let r = run_model(None, &model, &input, &out);
     assert_fails(
         "corrupt weights",
         r,
@@ -184,15 +133,7 @@ fn unbounded_and_hostile_files_are_refused_quickly() {
     let dir = scratch("files");
     let out = dir.join("out.safetensors");
     // /dev/zero never ends: its 8 zero bytes are a header length of 0.
-    let r = backbone(&[
-        "run",
-        "--model",
-        p(&model),
-        "--input",
-        "/dev/zero",
-        "--output",
-        p(&out),
-    ]);
+    let r = run_model(None, &model, Path::new("/dev/zero"), &out);
     assert_fails("/dev/zero input", r, &["/dev/zero", "header length 0"], 10);
     let r = backbone(&["classify", "--model", p(&model), "/dev/zero"]);
     assert_fails("/dev/zero image", r, &["/dev/zero", "limit"], 30);
@@ -201,15 +142,7 @@ fn unbounded_and_hostile_files_are_refused_quickly() {
     let bytes = empty_tensors_file(1_400_000);
     let many = dir.join("many.safetensors");
     std::fs::write(&many, &bytes).expect("write");
-    let r = backbone(&[
-        "run",
-        "--model",
-        p(&model),
-        "--input",
-        p(&many),
-        "--output",
-        p(&out),
-    ]);
+    let r = run_model(None, &model, &many, &out);
     assert_fails(
         "1.4 M tensors",
         r,
@@ -219,15 +152,7 @@ fn unbounded_and_hostile_files_are_refused_quickly() {
     // The same under the header-size limit (100 k tensors): refused by the tensor count.
     let bytes = empty_tensors_file(100_000);
     std::fs::write(&many, &bytes).expect("write");
-    let r = backbone(&[
-        "run",
-        "--model",
-        p(&model),
-        "--input",
-        p(&many),
-        "--output",
-        p(&out),
-    ]);
+    let r = run_model(None, &model, &many, &out);
     assert_fails(
         "100 k tensors",
         r,
@@ -242,15 +167,7 @@ fn unbounded_and_hostile_files_are_refused_quickly() {
     std::fs::write(&path, &bytes[..bytes.len() - 100]).expect("truncate");
     let input = dir.join("in.safetensors");
     pixel_file(&input, &[1, 3, 32, 32], None);
-    let r = backbone(&[
-        "run",
-        "--model",
-        p(&weights),
-        "--input",
-        p(&input),
-        "--output",
-        p(&out),
-    ]);
+    let r = run_model(None, &weights, &input, &out);
     assert_fails(
         "truncated weights",
         r,
@@ -324,14 +241,6 @@ fn streamed_inputs_are_bounded_and_checked() {
     );
 
     let slash = format!("{}/", dir.join("no-such-dir").display());
-    let r = backbone(&[
-        "run",
-        "--model",
-        p(&model),
-        "--input",
-        p(&input),
-        "--output",
-        &slash,
-    ]);
+    let r = run_model(None, &model, &input, Path::new(&slash));
     assert_fails("output ending in /", r, &["--output", "directory"], 10);
 }

@@ -50,6 +50,28 @@ pub fn backbone(args: &[&str]) -> (Output, Duration) {
     (out, start.elapsed())
 }
 
+/// `backbone run [--device D] --model M --input I --output O` through [`backbone`].
+pub fn run_model(
+    device: Option<&str>,
+    model: &Path,
+    input: &Path,
+    output: &Path,
+) -> (Output, Duration) {
+    let mut args = vec!["run"];
+    if let Some(d) = device {
+        args.extend(["--device", d]);
+    }
+    args.extend([
+        "--model",
+        p(model),
+        "--input",
+        p(input),
+        "--output",
+        p(output),
+    ]);
+    backbone(&args)
+}
+
 /// Asserts a clean failure: exit status 1 (an error returned, not a panic = 101 or an abort or
 /// a signal), within `max_s` seconds, with every one of `words` in the message.
 pub fn assert_fails(
