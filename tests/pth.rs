@@ -11,7 +11,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use backbone::models::cswin::{self, Cswin};
 use backbone::models::pth;
@@ -137,38 +136,35 @@ fn convert_writes_a_safetensors_folder() {
     let tmp = std::env::temp_dir().join(format!("backbone-pth-convert-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let src = pth_dir().join("cswin-micro-s3full");
-    let out = Command::new(env!("CARGO_BIN_EXE_backbone"))
-        .args(["convert", "--checkpoint"])
-        .arg(src.join("cswin_micro.pth"))
-        .arg("--output")
-        .arg(&tmp)
-        .output()
-        .expect("run backbone");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let checkpoint = src.join("cswin_micro.pth");
+    backbone_stdout([
+        "convert".as_ref(),
+        "--checkpoint".as_ref(),
+        checkpoint.as_os_str(),
+        "--output".as_ref(),
+        tmp.as_os_str(),
+    ]);
     let (_, converted) = cswin::load_dir(&tmp).expect("converted folder");
     let (_, reference) = cswin::load_dir(&fixture("cswin-micro-s3full")).expect("safetensors");
     assert_eq!(
         converted.head.as_ref().expect("head").weight.data,
         reference.head.expect("head").weight.data
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_backbone"))
-        .args(["run", "--device", "cpu", "--model"])
-        .arg(&tmp)
-        .arg("--input")
-        .arg(fixture("cswin-micro-s3full").join("golden.safetensors"))
-        .arg("--output")
-        .arg(tmp.join("out.safetensors"))
-        .output()
-        .expect("run backbone");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (input, output) = (
+        fixture("cswin-micro-s3full").join("golden.safetensors"),
+        tmp.join("out.safetensors"),
     );
+    backbone_stdout([
+        "run".as_ref(),
+        "--device".as_ref(),
+        "cpu".as_ref(),
+        "--model".as_ref(),
+        tmp.as_os_str(),
+        "--input".as_ref(),
+        input.as_os_str(),
+        "--output".as_ref(),
+        output.as_os_str(),
+    ]);
     let got = Golden::open(&tmp.join("out.safetensors")).f32("logits");
     assert_close(
         "converted run logits",
@@ -256,20 +252,17 @@ fn segmentation_checkpoint_gives_official_features() {
     let tmp = std::env::temp_dir().join(format!("backbone-seg-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).expect("tmp");
     let out_path = tmp.join("features.safetensors");
-    let out = Command::new(env!("CARGO_BIN_EXE_backbone"))
-        .args(["run", "--features", "--model"])
-        .arg(&dir)
-        .arg("--input")
-        .arg(dir.join("golden.safetensors"))
-        .arg("--output")
-        .arg(&out_path)
-        .output()
-        .expect("run backbone");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let input = dir.join("golden.safetensors");
+    backbone_stdout([
+        "run".as_ref(),
+        "--features".as_ref(),
+        "--model".as_ref(),
+        dir.as_os_str(),
+        "--input".as_ref(),
+        input.as_os_str(),
+        "--output".as_ref(),
+        out_path.as_os_str(),
+    ]);
     let written = Golden::open(&out_path);
     for s in 1..=4 {
         let name = format!("features{s}");
@@ -297,13 +290,6 @@ fn segmentation_checkpoint_gives_official_features() {
     std::fs::remove_dir_all(&tmp).ok();
 }
 
-fn run_cli(args: &[&std::ffi::OsStr]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_backbone"))
-        .args(args)
-        .output()
-        .expect("run backbone")
-}
-
 /// `backbone run` on a folder holding only config.json and the released-style .pth: stage
 /// features within 5e-5 and logits within 2e-5 of the official outputs (GPU); `--features`
 /// on a classification checkpoint and a preset that does not fit the weights are clear errors.
@@ -325,12 +311,7 @@ fn run_on_a_pth_folder_and_its_errors() {
         "--output".as_ref(),
         out_path.as_os_str(),
     ];
-    let out = run_cli(&base);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    backbone_stdout(base);
     let written = Golden::open(&out_path);
     for s in 1..=4 {
         let name = format!("stage{s}");
@@ -356,7 +337,7 @@ fn run_on_a_pth_folder_and_its_errors() {
     ] {
         let mut args: Vec<&std::ffi::OsStr> = base.to_vec();
         args.extend(extra.iter().map(std::ffi::OsStr::new));
-        let out = run_cli(&args);
+        let out = backbone_output(&args);
         assert!(!out.status.success(), "{extra:?} accepted");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(words), "{extra:?}: {err}");

@@ -7,8 +7,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use backbone::models::bert::{self, Bert, BertInput};
 use common::*;
 
@@ -70,14 +68,16 @@ fn cross_encoder_logits_match_transformers() {
 
 fn rerank(dir: &std::path::Path, extra: &[&str]) -> std::process::Output {
     let (query, docs) = documents(&fixture("text/bert-cross-micro"));
-    Command::new(env!("CARGO_BIN_EXE_backbone"))
-        .args(["rerank", "--model"])
-        .arg(dir)
-        .args(["--query", &query])
-        .args(extra)
-        .args(&docs)
-        .output()
-        .expect("run backbone")
+    let mut args = vec![
+        "rerank",
+        "--model",
+        dir.to_str().expect("utf-8"),
+        "--query",
+        &query,
+    ];
+    args.extend(extra);
+    args.extend(docs.iter().map(String::as_str));
+    backbone_output(args)
 }
 
 #[test]
@@ -150,20 +150,17 @@ fn run_writes_logits_for_a_cross_encoder() {
     let in_path = tmp.join("pairs.safetensors");
     safetensors::serialize_to_file(tensors, None, &in_path).expect("write input");
     let out_path = tmp.join("out.safetensors");
-    let out = Command::new(env!("CARGO_BIN_EXE_backbone"))
-        .args(["run", "--device", "cpu", "--model"])
-        .arg(&dir)
-        .arg("--input")
-        .arg(&in_path)
-        .arg("--output")
-        .arg(&out_path)
-        .output()
-        .expect("run backbone");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    backbone_stdout([
+        "run".as_ref(),
+        "--device".as_ref(),
+        "cpu".as_ref(),
+        "--model".as_ref(),
+        dir.as_os_str(),
+        "--input".as_ref(),
+        in_path.as_os_str(),
+        "--output".as_ref(),
+        out_path.as_os_str(),
+    ]);
     let got = Golden::open(&out_path).f32("logits");
     let want = golden.f32("pair_logits");
     assert_close("run logits", &got.data, &want.data, LOGIT_ATOL, 0.0);

@@ -190,19 +190,10 @@ fn embed_cli_follows_the_folder() {
     let want = Golden::open(&dir.join("io.safetensors")).f32("query_embeddings");
     let texts = texts(&dir);
     for device in ["gpu", "cpu"] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_backbone"))
-            .args(["embed", "--model"])
-            .arg(&dir)
-            .args(["--prompt-name", "query", "--device", device])
-            .args(&texts)
-            .output()
-            .expect("run backbone");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let rows: Vec<Vec<f32>> = serde_json::from_slice(&out.stdout).expect("json");
+        let mut args = vec!["embed", "--model", dir.to_str().expect("utf-8")];
+        args.extend(["--prompt-name", "query", "--device", device]);
+        args.extend(texts.iter().map(String::as_str));
+        let rows: Vec<Vec<f32>> = serde_json::from_slice(&backbone_stdout(args)).expect("json");
         let got: Vec<f32> = rows.concat();
         assert_close(
             &format!("embed --device {device}"),

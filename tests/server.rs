@@ -8,7 +8,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use backbone::bench::serve_load::{self, Http, LoadOptions, ServerProcess};
 use common::*;
@@ -50,16 +49,7 @@ impl Server {
 }
 
 fn cli(args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_backbone"))
-        .args(args)
-        .output()
-        .expect("cli");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("json")
+    serde_json::from_slice(&backbone_stdout(args)).expect("json")
 }
 
 const TEXTS: [&str; 3] = [

@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use common::*;
 
@@ -18,13 +17,6 @@ const FAMILIES: [&str; 7] = [
     "modernbert-micro",
     "st-mean-dense",
 ];
-
-fn backbone(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_backbone"))
-        .args(args)
-        .output()
-        .expect("run backbone")
-}
 
 fn tmp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("backbone-text-cli-{}-{name}", std::process::id()));
@@ -47,7 +39,7 @@ fn every_family_runs_and_embeds_from_the_cli() {
         if golden.has("last_hidden_state") {
             let out_path = tmp.join(format!("{name}.safetensors"));
             let input = dir.join("io.safetensors");
-            let out = backbone(&[
+            backbone_stdout([
                 "run",
                 "--model",
                 dir_s,
@@ -56,11 +48,6 @@ fn every_family_runs_and_embeds_from_the_cli() {
                 "--output",
                 out_path.to_str().expect("utf-8"),
             ]);
-            assert!(
-                out.status.success(),
-                "{name}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
             let (_, mask) = golden.ids("attention_mask");
             let got = real_rows(&Golden::open(&out_path).f32("last_hidden_state"), &mask);
             let want = real_rows(&golden.f32("last_hidden_state"), &mask);
@@ -69,13 +56,7 @@ fn every_family_runs_and_embeds_from_the_cli() {
         let texts = texts(&dir);
         let mut args = vec!["embed", "--model", dir_s];
         args.extend(texts.iter().map(String::as_str));
-        let out = backbone(&args);
-        assert!(
-            out.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let rows: Vec<Vec<f32>> = serde_json::from_slice(&out.stdout).expect("json");
+        let rows: Vec<Vec<f32>> = serde_json::from_slice(&backbone_stdout(&args)).expect("json");
         assert_eq!(rows.len(), texts.len(), "{name}: one vector per text");
         assert!(
             rows.iter()
@@ -177,7 +158,7 @@ fn unsupported_keys_and_modes_are_clear_errors() {
         ),
     ];
     for (dir, words) in cases {
-        let out = backbone(&[
+        let out = backbone_output(&[
             "embed",
             "--device",
             "cpu",
@@ -192,7 +173,7 @@ fn unsupported_keys_and_modes_are_clear_errors() {
     }
     // An unknown prompt name lists the folder's prompts.
     let dir = fixture("text/st-max");
-    let out = backbone(&[
+    let out = backbone_output(&[
         "embed",
         "--device",
         "cpu",

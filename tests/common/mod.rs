@@ -110,6 +110,29 @@ pub fn assert_close(what: &str, gpu: &[f32], cpu: &[f32], atol: f32, rtol: f32) 
     }
 }
 
+/// The `backbone` binary run with `args`: its output, whatever its exit status.
+pub fn backbone_output<S: AsRef<std::ffi::OsStr>>(
+    args: impl IntoIterator<Item = S>,
+) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_backbone"))
+        .args(args)
+        .output()
+        .expect("run backbone")
+}
+
+/// The `backbone` binary run with `args`, which must succeed (the arguments and its stderr
+/// in the message otherwise): its stdout.
+pub fn backbone_stdout<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> Vec<u8> {
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(|a| a.as_ref().into()).collect();
+    let out = backbone_output(&args);
+    assert!(
+        out.status.success(),
+        "backbone {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// A fixture folder under `tests/fixtures`.
 pub fn fixture(name: &str) -> std::path::PathBuf {
     // BACKBONE_FIXTURES: where prebuilt test executables find the fixtures on another machine
