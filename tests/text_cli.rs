@@ -158,7 +158,7 @@ fn unsupported_keys_and_modes_are_clear_errors() {
         ),
     ];
     for (dir, words) in cases {
-        let out = backbone_output(&[
+        let out = backbone_output([
             "embed",
             "--device",
             "cpu",
@@ -173,7 +173,7 @@ fn unsupported_keys_and_modes_are_clear_errors() {
     }
     // An unknown prompt name lists the folder's prompts.
     let dir = fixture("text/st-max");
-    let out = backbone_output(&[
+    let out = backbone_output([
         "embed",
         "--device",
         "cpu",
