@@ -151,9 +151,10 @@ impl TextTokenizer {
             .encode_batch(inputs, true)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         // Truncation leaves what it cut in the overflowing encodings.
-        if let Some(index) = encodings
-            .iter()
-            .position(|e| !truncate && !e.get_overflowing().is_empty())
+        if !truncate
+            && let Some(index) = encodings
+                .iter()
+                .position(|e| !e.get_overflowing().is_empty())
         {
             let max_length = self.inner.get_truncation().map_or(0, |t| t.max_length);
             return Err(Error::TooLong { index, max_length });

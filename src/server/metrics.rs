@@ -60,8 +60,6 @@ pub struct Metrics {
     requests: AtomicU64,
     request_errors: AtomicU64,
     input_tokens: AtomicU64,
-    batches: AtomicU64,
-    batch_rows: AtomicU64,
     batch_tokens: AtomicU64,
     request_duration: Histogram,
     queue_duration: Histogram,
@@ -75,8 +73,6 @@ impl Default for Metrics {
             requests: AtomicU64::new(0),
             request_errors: AtomicU64::new(0),
             input_tokens: AtomicU64::new(0),
-            batches: AtomicU64::new(0),
-            batch_rows: AtomicU64::new(0),
             batch_tokens: AtomicU64::new(0),
             request_duration: Histogram::new(&SECONDS),
             queue_duration: Histogram::new(&SECONDS),
@@ -102,8 +98,6 @@ impl Metrics {
     }
 
     pub fn batch(&self, rows: usize, tokens: usize, d: Duration) {
-        self.batches.fetch_add(1, Relaxed);
-        self.batch_rows.fetch_add(rows as u64, Relaxed);
         self.batch_tokens.fetch_add(tokens as u64, Relaxed);
         self.batch_size.observe(rows as f64);
         self.inference_duration.observe(d.as_secs_f64());
@@ -111,35 +105,37 @@ impl Metrics {
 
     /// Everything in Prometheus' text format.
     pub fn render(&self) -> String {
+        // Batches and their sequences are the batch-size histogram's count and sum.
+        let batches = self.batch_size.count.load(Relaxed);
+        let batch_rows = self.batch_size.sum_micro.load(Relaxed) / 1_000_000;
         let counters = [
-            ("te_request_count", "Requests answered", &self.requests),
+            (
+                "te_request_count",
+                "Requests answered",
+                self.requests.load(Relaxed),
+            ),
             (
                 "te_request_failure",
                 "Requests answered with an error",
-                &self.request_errors,
+                self.request_errors.load(Relaxed),
             ),
             (
                 "te_request_input_tokens",
                 "Tokens of the answered requests",
-                &self.input_tokens,
+                self.input_tokens.load(Relaxed),
             ),
-            ("te_batch_count", "Batches run", &self.batches),
-            (
-                "te_batch_rows_sum",
-                "Sequences in all batches",
-                &self.batch_rows,
-            ),
+            ("te_batch_count", "Batches run", batches),
+            ("te_batch_rows_sum", "Sequences in all batches", batch_rows),
             (
                 "te_batch_tokens_sum",
                 "Padded tokens in all batches",
-                &self.batch_tokens,
+                self.batch_tokens.load(Relaxed),
             ),
         ];
         let mut out = String::new();
         for (name, help, value) in counters {
             out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
-                value.load(Relaxed)
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
             ));
         }
         let histograms = [
@@ -189,6 +185,7 @@ mod tests {
             "te_inference_duration_seconds_bucket{le=\"0.0025\"} 4",
             "te_inference_duration_seconds_count 4",
             "te_batch_count 4",
+            "te_batch_rows_sum 2007",
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }
