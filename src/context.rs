@@ -24,17 +24,65 @@ pub struct ContextOptions {
     /// Measured kernel-variant choices (`BACKBONE_TUNE`: a file written by
     /// `backbone-bench tune`); used only on the adapter and driver that measured it.
     pub tune_table: Option<crate::tune::TuneTable>,
+    /// Whether shader modules keep wgpu's runtime checks (`BACKBONE_SHADER_CHECKS`: on|off;
+    /// default on). See [`ShaderChecks`].
+    pub shader_checks: ShaderChecks,
+    /// For testing the known-answer checks (`BACKBONE_SELF_TEST_FAULT`: a family name): that
+    /// family's expected answer is deliberately wrong, so its check fails and turns it off.
+    pub self_test_fault: Option<crate::selftest::Family>,
+}
+
+/// wgpu's runtime checks in the compiled shaders: index clamping of every buffer access and a
+/// counter bounding every loop. They cost registers and instructions in every kernel (a probe
+/// on an H100 saw register-tiled WGSL run 3-10x slower with them). Every kernel of this crate
+/// guards its own indices and its loops end by construction; the kernel tests run in both modes
+/// (outputs prefilled with NaN, sizes off every tile multiple, each compared with its CPU twin).
+/// Only this crate's own kernels are ever compiled, never user-supplied WGSL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ShaderChecks {
+    /// wgpu's default: bounds checks and loop bounding on.
+    #[default]
+    On,
+    /// Trusted modules: no index clamping, no loop bounding.
+    Off,
+}
+
+impl ShaderChecks {
+    /// `on` or `off` (as `BACKBONE_SHADER_CHECKS` and `--shader-checks` take it).
+    pub fn parse(value: &str) -> Result<Self> {
+        match value.to_ascii_lowercase().as_str() {
+            "on" | "1" | "true" => Ok(Self::On),
+            "off" | "0" | "false" => Ok(Self::Off),
+            _ => Err(Error::InvalidOption {
+                name: "BACKBONE_SHADER_CHECKS",
+                value: value.to_string(),
+                expected: "on or off",
+            }),
+        }
+    }
 }
 
 impl ContextOptions {
-    /// Options from `BACKBONE_BACKEND`, `BACKBONE_ADAPTER` and `BACKBONE_TUNE` (a tune table
-    /// file; a file that cannot be read or parsed is an error naming it).
+    /// Options from `BACKBONE_BACKEND`, `BACKBONE_ADAPTER`, `BACKBONE_SHADER_CHECKS` (on|off)
+    /// and `BACKBONE_TUNE` (a tune table file; a file that cannot be read or parsed is an
+    /// error naming it).
     pub fn from_env() -> Result<Self> {
-        #[cfg_attr(target_arch = "wasm32", allow(unused_mut))]
         let mut options = Self::from_values(
             std::env::var("BACKBONE_BACKEND").ok().as_deref(),
             std::env::var("BACKBONE_ADAPTER").ok().as_deref(),
         )?;
+        if let Some(value) = std::env::var("BACKBONE_SHADER_CHECKS")
+            .ok()
+            .filter(|v| !v.is_empty())
+        {
+            options.shader_checks = ShaderChecks::parse(&value)?;
+        }
+        if let Some(value) = std::env::var("BACKBONE_SELF_TEST_FAULT")
+            .ok()
+            .filter(|v| !v.is_empty())
+        {
+            options.self_test_fault = Some(crate::selftest::Family::parse(&value)?);
+        }
         #[cfg(not(target_arch = "wasm32"))]
         if let Some(path) = std::env::var_os("BACKBONE_TUNE").filter(|p| !p.is_empty()) {
             options.tune_table = Some(crate::tune::TuneTable::load(std::path::Path::new(&path))?);
@@ -96,6 +144,8 @@ pub struct Capabilities {
     pub cooperative_matrix: Vec<wgpu::CooperativeMatrixProperties>,
     /// Nanoseconds per timestamp tick.
     pub timestamp_period_ns: f32,
+    /// Whether the shader modules keep wgpu's runtime checks.
+    pub shader_checks: ShaderChecks,
 }
 
 impl Capabilities {
@@ -143,6 +193,9 @@ impl fmt::Display for Capabilities {
             }
         }
         write!(f, "; features [{}]", names.join(", "))?;
+        if self.shader_checks == ShaderChecks::Off {
+            write!(f, "; shader runtime checks off")?;
+        }
         write!(
             f,
             "; workgroup storage {} B, {} invocations, storage binding {} MiB)",
@@ -166,6 +219,9 @@ pub struct Context {
     lost: std::sync::Arc<std::sync::Mutex<Option<String>>>,
     /// The tune table, when one was given for this adapter and driver.
     tune: Option<crate::tune::TuneTable>,
+    created: Created,
+    /// Kernel families turned off because their known-answer check failed, with why.
+    disabled: std::sync::Mutex<Vec<(crate::selftest::Family, String)>>,
 }
 
 /// Adapters this build can reach, in the order `BACKBONE_ADAPTER=<index>` refers to.
@@ -205,12 +261,26 @@ fn adapter_rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
     (device, backend)
 }
 
-/// Live GPU objects of a device ([`Context::resource_counts`]).
+/// Live GPU objects of a device, and how many this crate has created so far
+/// ([`Context::resource_counts`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ResourceCounts {
+    /// Live buffers (wgpu's own, e.g. the staging of queued writes, included).
     pub buffers: u64,
     pub buffer_bytes: u64,
+    /// Live bind groups.
     pub bind_groups: u64,
+    /// Buffers this crate has created on this context since it was opened.
+    pub buffers_created: u64,
+    /// Bind groups this crate has created on this context since it was opened.
+    pub bind_groups_created: u64,
+}
+
+/// What this crate has created on a context (cumulative).
+#[derive(Debug, Default)]
+struct Created {
+    buffers: std::sync::atomic::AtomicU64,
+    bind_groups: std::sync::atomic::AtomicU64,
 }
 
 impl Context {
@@ -286,6 +356,7 @@ impl Context {
             subgroup_size,
             cooperative_matrix,
             timestamp_period_ns: queue.get_timestamp_period(),
+            shader_checks: options.shader_checks,
         };
         let tune = match &options.tune_table {
             Some(t) if t.matches(&caps) => Some(t.clone()),
@@ -308,7 +379,7 @@ impl Context {
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
-        Ok(Self {
+        let ctx = Self {
             device,
             queue,
             caps,
@@ -316,7 +387,11 @@ impl Context {
             dummy,
             lost,
             tune,
-        })
+            created: Created::default(),
+            disabled: std::sync::Mutex::new(Vec::new()),
+        };
+        crate::selftest::run(&ctx, options.self_test_fault).await;
+        Ok(ctx)
     }
 
     pub fn capabilities(&self) -> &Capabilities {
@@ -333,6 +408,11 @@ impl Context {
 
     pub fn queue(&self) -> &wgpu::Queue {
         &self.queue
+    }
+
+    /// Whether shader modules are built with wgpu's runtime checks ([`ShaderChecks`]).
+    pub fn shader_checks(&self) -> bool {
+        self.caps.shader_checks == ShaderChecks::On
     }
 
     /// The tune table in use (given, and measured on this adapter and driver).
@@ -356,10 +436,66 @@ impl Context {
         #[cfg(not(target_arch = "wasm32"))]
         let _ = self.device.poll(wgpu::PollType::Poll);
         let c = self.device.get_internal_counters();
+        let created =
+            |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
         ResourceCounts {
             buffers: c.hal.buffers.read().max(0) as u64,
             buffer_bytes: c.hal.buffer_memory.read().max(0) as u64,
             bind_groups: c.hal.bind_groups.read().max(0) as u64,
+            buffers_created: created(&self.created.buffers),
+            bind_groups_created: created(&self.created.bind_groups),
+        }
+    }
+
+    /// Creates a buffer, counted in [`ResourceCounts::buffers_created`].
+    pub(crate) fn create_buffer(&self, desc: &wgpu::BufferDescriptor<'_>) -> wgpu::Buffer {
+        (self.created.buffers).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.device.create_buffer(desc)
+    }
+
+    /// Creates a bind group, counted in [`ResourceCounts::bind_groups_created`].
+    pub(crate) fn create_bind_group(
+        &self,
+        desc: &wgpu::BindGroupDescriptor<'_>,
+    ) -> wgpu::BindGroup {
+        (self.created.bind_groups).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.device.create_bind_group(desc)
+    }
+
+    /// The compiled pipeline of `kernel` with `spec` (compiled on first use; a pipeline that
+    /// fails to build is an error and is not kept).
+    pub(crate) fn pipeline(
+        &self,
+        kernel: crate::pipeline::Kernel,
+        spec: &crate::pipeline::Spec,
+    ) -> Result<std::sync::Arc<crate::pipeline::Pipeline>> {
+        self.pipelines
+            .get(&self.device, kernel, spec, self.shader_checks())
+    }
+
+    /// Whether `family` may be used: not turned off by a failed known-answer check.
+    pub fn family_enabled(&self, family: crate::selftest::Family) -> bool {
+        !self
+            .disabled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|(f, _)| *f == family)
+    }
+
+    /// Kernel families turned off when the context opened because their known-answer check
+    /// failed on this adapter, each with the reason (adapter and driver named).
+    pub fn disabled_families(&self) -> Vec<(crate::selftest::Family, String)> {
+        self.disabled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn disable_family(&self, family: crate::selftest::Family, reason: String) {
+        let mut disabled = self.disabled.lock().unwrap_or_else(|e| e.into_inner());
+        if !disabled.iter().any(|(f, _)| *f == family) {
+            disabled.push((family, reason));
         }
     }
 

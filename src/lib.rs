@@ -31,12 +31,15 @@ pub mod models;
 pub mod pipeline;
 pub mod recorder;
 pub mod reference;
+pub mod selftest;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod server;
 pub mod tensor;
 pub mod tune;
 
-pub use context::{Capabilities, Context, ContextOptions, ResourceCounts};
+pub use context::{Capabilities, Context, ContextOptions, ResourceCounts, ShaderChecks};
 pub use error::{Error, Result};
 pub use pipeline::{Kernel, PassStat, PassTime, Recorder, Spec, Traffic, shader_source};
+pub use recorder::{Program, Timing};
+pub use selftest::Family;
 pub use tensor::{DType, Tensor};

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
+use crate::error::{Error, Result};
+
 /// Helpers shared by every kernel (prepended to each kernel's source).
 const COMMON: &str = include_str!("../shaders/common.wgsl");
 
@@ -216,7 +218,8 @@ pub(crate) struct Pipeline {
     pub(crate) layout: wgpu::BindGroupLayout,
 }
 
-/// Pipelines compiled once per (kernel, specialisation).
+/// Pipelines compiled once per (kernel, specialisation). A pipeline that fails to build is
+/// an error and is never kept, so a later use compiles (and reports) again.
 #[derive(Default)]
 pub(crate) struct PipelineCache {
     map: Mutex<HashMap<(Kernel, Spec), Arc<Pipeline>>>,
@@ -227,16 +230,49 @@ impl PipelineCache {
         self.map.lock().map(|m| m.len()).unwrap_or(0)
     }
 
-    pub(crate) fn get(&self, device: &wgpu::Device, kernel: Kernel, spec: &Spec) -> Arc<Pipeline> {
+    pub(crate) fn get(
+        &self,
+        device: &wgpu::Device,
+        kernel: Kernel,
+        spec: &Spec,
+        checks: bool,
+    ) -> Result<Arc<Pipeline>> {
+        let key = (kernel, spec.clone());
         // A poisoned lock only means another thread panicked mid-insert; the map is still valid.
+        if let Some(p) = self.map.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Ok(p.clone());
+        }
+        let pipeline = Arc::new(compile(device, kernel, spec, checks)?);
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry((kernel, spec.clone()))
-            .or_insert_with(|| Arc::new(compile(device, kernel, spec)))
-            .clone()
+        Ok(map.entry(key).or_insert(pipeline).clone())
     }
 }
 
-fn compile(device: &wgpu::Device, kernel: Kernel, spec: &Spec) -> Pipeline {
+/// Compiles one kernel inside validation, internal and out-of-memory error scopes. Native
+/// wgpu reports their verdicts at once, so a shader or pipeline the driver rejects is an error
+/// here; on the web the verdicts arrive later and surface at submission instead.
+fn compile(device: &wgpu::Device, kernel: Kernel, spec: &Spec, checks: bool) -> Result<Pipeline> {
+    let scopes = [
+        device.push_error_scope(wgpu::ErrorFilter::Validation),
+        device.push_error_scope(wgpu::ErrorFilter::Internal),
+        device.push_error_scope(wgpu::ErrorFilter::OutOfMemory),
+    ];
+    let pipeline = build(device, kernel, spec, checks);
+    #[allow(unused_variables)]
+    let verdicts: Vec<_> = scopes.into_iter().rev().map(|s| s.pop()).collect();
+    #[cfg(not(target_arch = "wasm32"))]
+    for verdict in verdicts {
+        if let Some(e) = pollster::block_on(verdict) {
+            return Err(Error::Gpu {
+                during: format!("building the {} pipeline", kernel.name()),
+                message: e.to_string(),
+            });
+        }
+    }
+    Ok(pipeline)
+}
+
+fn build(device: &wgpu::Device, kernel: Kernel, spec: &Spec, checks: bool) -> Pipeline {
     let label = kernel.name();
     let entries: Vec<wgpu::BindGroupLayoutEntry> = kernel
         .bindings()
@@ -266,10 +302,19 @@ fn compile(device: &wgpu::Device, kernel: Kernel, spec: &Spec) -> Pipeline {
         bind_group_layouts: &[Some(&layout)],
         immediate_size: 0,
     });
-    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+    let desc = wgpu::ShaderModuleDescriptor {
         label: Some(label),
         source: wgpu::ShaderSource::Wgsl(shader_source(kernel, spec).into()),
-    });
+    };
+    let module = if checks {
+        device.create_shader_module(desc)
+    } else {
+        // SAFETY: only this crate's own kernels are compiled here (never user WGSL). Each
+        // guards its buffer indices against the sizes in its parameters and runs loops with
+        // uniform, finite trip counts; the kernel tests run with checks on and off, on sizes
+        // off every tile multiple with NaN-prefilled outputs (see `ShaderChecks`).
+        unsafe { device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
+    };
     let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
         label: Some(label),
         layout: Some(&pipeline_layout),

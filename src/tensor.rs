@@ -44,7 +44,7 @@ impl Tensor {
         let bytes = byte_size(shape, dtype, label)?;
         check_binding_size(ctx, bytes, label)?;
         ctx.check_device()?;
-        let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        let buffer = ctx.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes,
             usage: wgpu::BufferUsages::STORAGE
@@ -197,7 +197,7 @@ impl Tensor {
     async fn read_bytes(&self, ctx: &Context) -> Result<Vec<u8>> {
         let len = (self.numel() * self.dtype.size()) as u64;
         let padded = len.next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT).max(4);
-        let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        let staging = ctx.create_buffer(&wgpu::BufferDescriptor {
             label: Some("backbone.readback"),
             size: padded,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,

@@ -251,8 +251,7 @@ fn bench_json_has_the_documented_fields() {
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(stdout.matches("PASS").count(), 3, "{stdout}");
-    let records: Vec<serde_json::Value> =
-        serde_json::from_slice(&std::fs::read(&path).expect("json")).expect("parse");
+    let records = json_lines(&path);
     assert_eq!(records.len(), 3);
     for r in &records {
         for key in [
@@ -268,6 +267,7 @@ fn bench_json_has_the_documented_fields() {
             "first_run_ms",
             "gflops",
             "check",
+            "shader_checks",
             "commit",
         ] {
             assert!(r.get(key).is_some(), "record lacks {key}: {r}");
@@ -281,6 +281,97 @@ fn bench_json_has_the_documented_fields() {
         assert_eq!(r["check"]["passed"], true);
     }
     assert_eq!(records[2]["suite"], "attention");
+}
+
+/// The records of a `--json` file: one JSON object per line.
+fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .expect("json")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// A measurement that cannot be made becomes a FAIL record carrying its error, printed and
+/// written like the others, and the suite goes on to the next one (the exit status says a
+/// measurement failed).
+#[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
+fn bench_failure_is_a_record_and_the_run_goes_on() {
+    ctx();
+    let path = std::env::temp_dir().join("backbone-bench-fail.jsonl");
+    // 100000³: X alone is 40 GB, over any binding limit.
+    let output = Command::new(env!("CARGO_BIN_EXE_backbone-bench"))
+        .args([
+            "matmul", "--sizes", "100000,8", "--iters", "1", "--warmup", "0",
+        ])
+        .arg("--json")
+        .arg(&path)
+        .output()
+        .expect("run backbone-bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        !output.status.success(),
+        "a FAIL must fail the run: {stdout}"
+    );
+    let records = json_lines(&path);
+    assert_eq!(records.len(), 2, "{records:?}");
+    let error = records[0]["error"]
+        .as_str()
+        .expect("the first record carries its error");
+    assert!(
+        error.contains("binding") || error.contains("limit"),
+        "{error}"
+    );
+    assert_eq!(records[0]["check"]["passed"], false);
+    assert!(records[1]["error"].is_null(), "{}", records[1]);
+    assert_eq!(records[1]["check"]["passed"], true);
+    assert!(
+        stdout.contains("FAIL: ") && stdout.contains("PASS"),
+        "{stdout}"
+    );
+}
+
+/// A bench killed half-way (SIGTERM, as `timeout` sends) leaves every finished record on
+/// disk, each a whole JSON line.
+#[test]
+#[cfg(unix)]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
+fn bench_killed_half_way_keeps_its_records() {
+    ctx();
+    let path = std::env::temp_dir().join("backbone-bench-killed.jsonl");
+    let _ = std::fs::remove_file(&path);
+    let sizes = vec!["96"; 40].join(",");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_backbone-bench"))
+        .args(["matmul", "--sizes", &sizes, "--iters", "3", "--warmup", "0"])
+        .arg("--json")
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run backbone-bench");
+    let start = std::time::Instant::now();
+    let finished = || std::fs::read_to_string(&path).map_or(0, |s| s.lines().count());
+    while finished() < 2 {
+        assert!(start.elapsed().as_secs() < 120, "no record after 120 s");
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "ended before the kill"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    let rc = unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let status = child.wait().expect("wait");
+    assert!(!status.success(), "killed: {status:?}");
+    let records = json_lines(&path);
+    assert!(
+        records.len() >= 2 && records.len() < 40,
+        "{} records",
+        records.len()
+    );
+    assert!(records.iter().all(|r| r["check"]["passed"] == true));
 }
 
 /// `run --dtype f16` on the BERT fixture, GPU and CPU paths, within the f16 bounds of the

@@ -21,18 +21,19 @@ fn pipelines_are_compiled_once_per_specialisation() {
         kernels::gelu(&mut rec, &y, &y.clone()).expect_err("y cannot be read and written at once");
         rec.submit_blocking().expect("submit");
     };
-    assert_eq!(ctx.pipelines_compiled(), 0);
+    // The known-answer checks at context creation compiled their own kernels already.
+    let base = ctx.pipelines_compiled();
     run(Epilogue::none());
     run(Epilogue::none());
     assert_eq!(
         ctx.pipelines_compiled(),
-        1,
+        base + 1,
         "same kernel and specialisation: one pipeline"
     );
     run(Epilogue::none().gelu());
     assert_eq!(
         ctx.pipelines_compiled(),
-        2,
+        base + 2,
         "a new epilogue is a new specialisation"
     );
 }

@@ -2,7 +2,9 @@
 
 use rand::{SeedableRng, rngs::StdRng};
 
-use super::{BenchOptions, Check, Record, compare, kernel_run, random, record, time_kernel};
+use super::{
+    BenchOptions, Check, Record, Sink, compare, kernel_run, measure, random, record, time_kernel,
+};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::kernels::{self, Epilogue, MatmulTile, StridedMatmul};
@@ -72,21 +74,21 @@ pub fn matmul_suite(
     ctx: &Context,
     sizes: &[MatmulSize],
     options: &BenchOptions,
-    mut progress: impl FnMut(&str),
-) -> Result<Vec<Record>> {
-    let mut records = Vec::new();
+    sink: &mut dyn Sink,
+) {
     for (i, &size) in sizes.iter().enumerate() {
         for &dtype in &options.dtypes {
-            progress(&format!(
+            sink.progress(&format!(
                 "matmul {size} {} ({}/{})",
                 dtype.name(),
                 i + 1,
                 sizes.len()
             ));
-            records.push(matmul_one(ctx, size, dtype, options)?);
+            measure(ctx, sink, ("matmul", size.to_string(), dtype), || {
+                matmul_one(ctx, size, dtype, options)
+            });
         }
     }
-    Ok(records)
 }
 
 /// One product; for f16, X and W are stored as f16 (Y stays f32) and the check uses the
@@ -98,12 +100,17 @@ fn matmul_one(
     options: &BenchOptions,
 ) -> Result<Record> {
     let MatmulSize { m, n, k } = size;
+    // The GPU tensors first: their limits are checked before any host data is made.
+    let (x, w) = (
+        Tensor::empty(ctx, &[m, k], dtype, "x")?,
+        Tensor::empty(ctx, &[n, k], dtype, "w")?,
+    );
+    let y = Tensor::empty(ctx, &[m, n], DType::F32, "y")?;
     let mut rng = StdRng::seed_from_u64((m * 31 + n * 17 + k) as u64);
     let x_host = HostTensor::new(&[m, k], random(&mut rng, m * k))?.round_to(dtype);
     let w_host = HostTensor::new(&[n, k], random(&mut rng, n * k))?.round_to(dtype);
-    let x = crate::models::weights::upload_as(ctx, "x", &x_host, dtype)?;
-    let w = crate::models::weights::upload_as(ctx, "w", &w_host, dtype)?;
-    let y = Tensor::empty(ctx, &[m, n], DType::F32, "y")?;
+    write_as(ctx, &x, &x_host)?;
+    write_as(ctx, &w, &w_host)?;
 
     let run = |timed: bool| {
         kernel_run(ctx, timed, |rec| {
@@ -131,10 +138,24 @@ fn matmul_one(
         .and_then(|t| t.matmul_tile(m, n, k, 1, dtype == DType::F16))
         .is_some();
     r.variant = format!("{tile:?}{}", if tuned { " (tuned)" } else { "" }).to_lowercase();
-    if let (DType::F16, Some((t, _))) = (dtype, kernels::matmul_coop::coop_fragment(ctx)) {
+    let coop = kernels::matmul_coop::coop_fragment(ctx)
+        .filter(|_| ctx.family_enabled(crate::selftest::Family::CoopMatmul));
+    if let (DType::F16, Some((t, _))) = (dtype, coop) {
         r.variant = format!("cooperative matrix {t}x{t}x{t}");
     }
     Ok(r)
+}
+
+/// Writes host values into `t` in its storage type (f16 rounded from f32).
+fn write_as(ctx: &Context, t: &Tensor, host: &HostTensor) -> Result<()> {
+    match t.dtype() {
+        DType::F16 => {
+            let halves: Vec<half::f16> =
+                host.data.iter().map(|&v| half::f16::from_f32(v)).collect();
+            t.write(ctx, &halves)
+        }
+        _ => t.write(ctx, &host.data),
+    }
 }
 
 /// Compares Y with the CPU twin: all of it for small problems, 16 spread rows otherwise.
@@ -235,22 +256,22 @@ pub fn attention_suite(
     ctx: &Context,
     shapes: &[AttentionShape],
     options: &BenchOptions,
-    mut progress: impl FnMut(&str),
-) -> Result<Vec<Record>> {
-    let mut records = Vec::new();
+    sink: &mut dyn Sink,
+) {
     for (n, s) in shapes.iter().enumerate() {
         let label = format!("{}x{}x{}x{}", s.batch, s.heads, s.seq, s.head_dim);
         for &dtype in &options.dtypes {
-            progress(&format!(
+            sink.progress(&format!(
                 "attention {label} {} ({}/{})",
                 dtype.name(),
                 n + 1,
                 shapes.len()
             ));
-            records.push(attention_one(ctx, s, n, label.clone(), dtype, options)?);
+            measure(ctx, sink, ("attention", label.clone(), dtype), || {
+                attention_one(ctx, s, n, label.clone(), dtype, options)
+            });
         }
     }
-    Ok(records)
 }
 
 fn attention_one(
@@ -262,6 +283,8 @@ fn attention_one(
     options: &BenchOptions,
 ) -> Result<Record> {
     let c = s.heads * s.head_dim;
+    // Limits checked before any host data is made.
+    Tensor::empty(ctx, &[s.batch, s.seq, 3 * c], dtype, "qkv")?;
     let mut rng = StdRng::seed_from_u64(n as u64 + 77);
     let qkv = HostTensor::new(
         &[s.batch, s.seq, 3 * c],
@@ -330,13 +353,12 @@ pub fn cswin_attention_suite(
     ctx: &Context,
     shapes: &[CswinAttentionShape],
     options: &BenchOptions,
-    mut progress: impl FnMut(&str),
-) -> Result<Vec<Record>> {
+    sink: &mut dyn Sink,
+) -> Result<()> {
     let config = CswinConfig::preset("cswin-t-224")?;
-    let mut records = Vec::new();
     for (n, s) in shapes.iter().enumerate() {
         for &dtype in &options.dtypes {
-            progress(&format!(
+            sink.progress(&format!(
                 "cswin_attention T stage{} b{} {} ({}/{})",
                 s.stage,
                 s.batch,
@@ -344,10 +366,13 @@ pub fn cswin_attention_suite(
                 n + 1,
                 shapes.len()
             ));
-            records.push(cswin_attention_one(ctx, &config, s, n, dtype, options)?);
+            let shape = format!("T stage{} b{}", s.stage, s.batch);
+            measure(ctx, sink, ("cswin_attn", shape, dtype), || {
+                cswin_attention_one(ctx, &config, s, n, dtype, options)
+            });
         }
     }
-    Ok(records)
+    Ok(())
 }
 
 fn cswin_attention_one(

@@ -14,6 +14,7 @@ use serde::Serialize;
 use crate::context::Context;
 use crate::error::Result;
 use crate::pipeline::{PassTime, Recorder};
+use crate::recorder::Timing;
 
 mod kernels;
 mod models;
@@ -42,6 +43,8 @@ pub struct BenchOptions {
     pub peak_tflops: Option<f64>,
     /// Storage types to measure the matmul and bert suites in (f16 rows need SHADER_F16).
     pub dtypes: Vec<crate::DType>,
+    /// Also time each kernel of a model forward in a pass of its own (the breakdown).
+    pub breakdown: bool,
 }
 
 impl Default for BenchOptions {
@@ -51,6 +54,7 @@ impl Default for BenchOptions {
             iters: 10,
             peak_tflops: None,
             dtypes: vec![crate::DType::F32],
+            breakdown: false,
         }
     }
 }
@@ -136,7 +140,99 @@ pub struct Record {
     pub breakdown: Vec<(String, f64)>,
     /// Dispatches and compulsory bytes of one forward, for model suites.
     pub traffic: Option<ForwardTraffic>,
+    /// CPU time to record and submit one forward without waiting for the GPU, for model
+    /// suites: what the host costs per forward, whatever the adapter.
+    pub host_ms: Option<Stats>,
+    /// Whether the shader modules kept wgpu's runtime checks (index clamping, loop bounding).
+    pub shader_checks: bool,
+    /// Why the measurement failed (then `check.passed` is false and the timings are NaN).
+    pub error: Option<String>,
     pub commit: String,
+}
+
+impl Record {
+    /// A FAIL record for a measurement that could not be made, carrying the error's text.
+    pub fn failed(
+        ctx: &Context,
+        suite: &str,
+        shape: String,
+        dtype: crate::DType,
+        error: String,
+    ) -> Self {
+        let nan = Stats::of(&[]);
+        let timings = Timings {
+            gpu_ms: nan,
+            wall: Vec::new(),
+            clock: Clock::Wall,
+            breakdown: Vec::new(),
+            host_ms: None,
+        };
+        let check = Check {
+            passed: false,
+            max_abs_err: f64::NAN,
+            compared: 0,
+            total: 0,
+        };
+        let mut r = record(
+            ctx,
+            suite,
+            shape,
+            &timings,
+            f64::NAN,
+            f64::NAN,
+            check,
+            &BenchOptions::default(),
+        );
+        r.dtype = dtype.name().0.into();
+        r.variant = "-".into();
+        r.error = Some(error);
+        r
+    }
+
+    /// Passed its check and carries no error.
+    pub fn passed(&self) -> bool {
+        self.check.passed && self.error.is_none()
+    }
+}
+
+/// Where measurements go as soon as each is made: `backbone-bench` prints it and appends it
+/// to its JSON Lines file (so a run killed half-way keeps what it measured), `cargo bench`
+/// collects them.
+pub trait Sink {
+    /// What is about to be measured.
+    fn progress(&mut self, _what: &str) {}
+    /// One finished measurement (a FAIL record when it could not be made).
+    fn record(&mut self, record: Record);
+}
+
+impl Sink for Vec<Record> {
+    fn record(&mut self, record: Record) {
+        self.push(record);
+    }
+}
+
+/// Runs one measurement and hands its record to `sink`; an error, or a panic, becomes a FAIL
+/// record carrying its message, and the suite goes on.
+pub(super) fn measure(
+    ctx: &Context,
+    sink: &mut dyn Sink,
+    (suite, shape, dtype): (&str, String, crate::DType),
+    f: impl FnOnce() -> Result<Record>,
+) {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    let record = match outcome {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Record::failed(ctx, suite, shape, dtype, e.to_string()),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("a panic without a message");
+            Record::failed(ctx, suite, shape, dtype, format!("panicked: {what}"))
+        }
+    };
+    sink.record(record);
 }
 
 /// What one model forward dispatches and moves ([`crate::Traffic`] summed over its passes).
@@ -199,44 +295,65 @@ pub(super) fn record(
         items_per_s: None,
         breakdown: timings.breakdown.clone(),
         traffic: None,
+        host_ms: timings.host_ms,
+        shader_checks: ctx.shader_checks(),
+        error: None,
         commit: COMMIT.into(),
     }
 }
 
-/// A plain-text table of records.
-pub fn table(records: &[Record]) -> String {
-    let mut out = format!(
-        "{:<10} {:<24} {:>5} {:>10} {:>21} {:>10} {:>9} {:>10} {:>6} {:>9}  {}\n",
+/// The header of [`table`], one line.
+pub fn table_header() -> String {
+    format!(
+        "{:<10} {:<24} {:>5} {:>10} {:>21} {:>10} {:>9} {:>9} {:>10} {:>6} {:>9}  {}\n",
         "suite",
         "shape",
         "dtype",
         "gpu ms",
         "(min-max)",
         "wall ms",
+        "host ms",
         "first ms",
         "GFLOP/s",
         "%peak",
         "items/s",
         "check"
-    );
-    for r in records {
-        out += &format!(
-            "{:<10} {:<24} {:>5} {:>10.4} {:>21} {:>10.3} {:>9.1} {:>10.1} {:>6} {:>9}  {} (max err {:.1e}, {}/{} values)\n",
-            r.suite,
-            r.shape,
-            r.dtype,
-            r.gpu_ms.median,
-            format!("({:.4}-{:.4})", r.gpu_ms.min, r.gpu_ms.max),
-            r.wall_ms.median,
-            r.first_run_ms,
-            r.gflops,
-            r.pct_of_peak.map_or("-".into(), |p| format!("{p:.1}")),
-            r.items_per_s.map_or("-".into(), |v| format!("{v:.1}")),
+    )
+}
+
+/// One record as a line of [`table`].
+pub fn table_row(r: &Record) -> String {
+    let check = match &r.error {
+        Some(e) => format!("FAIL: {}", e.replace('\n', " | ")),
+        None => format!(
+            "{} (max err {:.1e}, {}/{} values)",
             if r.check.passed { "PASS" } else { "FAIL" },
             r.check.max_abs_err,
             r.check.compared,
-            r.check.total,
-        );
+            r.check.total
+        ),
+    };
+    format!(
+        "{:<10} {:<24} {:>5} {:>10.4} {:>21} {:>10.3} {:>9} {:>9.1} {:>10.1} {:>6} {:>9}  {check}\n",
+        r.suite,
+        r.shape,
+        r.dtype,
+        r.gpu_ms.median,
+        format!("({:.4}-{:.4})", r.gpu_ms.min, r.gpu_ms.max),
+        r.wall_ms.median,
+        r.host_ms.map_or("-".into(), |h| format!("{:.3}", h.median)),
+        r.first_run_ms,
+        r.gflops,
+        r.pct_of_peak.map_or("-".into(), |p| format!("{p:.1}")),
+        r.items_per_s.map_or("-".into(), |v| format!("{v:.1}")),
+    )
+}
+
+/// A plain-text table of records.
+pub fn table(records: &[Record]) -> String {
+    let mut out = table_header();
+    for r in records {
+        out += &table_row(r);
     }
     out
 }
@@ -244,12 +361,12 @@ pub fn table(records: &[Record]) -> String {
 /// A Markdown table of records (for BENCHMARKS.md).
 pub fn markdown(records: &[Record]) -> String {
     let mut out = String::from(
-        "| suite | shape | dtype | GPU ms (median) | min-max | wall ms | GFLOP/s | % peak | items/s | dispatches | MB moved | check |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| suite | shape | dtype | GPU ms (median) | min-max | wall ms | host ms | GFLOP/s | % peak | items/s | dispatches | MB moved | check |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in records {
         out += &format!(
-            "| {} | {} | {} | {:.4} | {:.4}-{:.4} | {:.3} | {:.1} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {:.4} | {:.4}-{:.4} | {:.3} | {} | {:.1} | {} | {} | {} | {} | {} |\n",
             r.suite,
             r.shape,
             r.dtype,
@@ -257,6 +374,7 @@ pub fn markdown(records: &[Record]) -> String {
             r.gpu_ms.min,
             r.gpu_ms.max,
             r.wall_ms.median,
+            r.host_ms.map_or("-".into(), |h| format!("{:.3}", h.median)),
             r.gflops,
             r.pct_of_peak.map_or("-".into(), |p| format!("{p:.1}")),
             r.items_per_s.map_or("-".into(), |v| format!("{v:.1}")),
@@ -265,7 +383,7 @@ pub fn markdown(records: &[Record]) -> String {
                 "{:.1}",
                 (t.bytes_read + t.bytes_written) as f64 / 1e6
             )),
-            if r.check.passed { "PASS" } else { "FAIL" },
+            if r.passed() { "PASS" } else { "FAIL" },
         );
     }
     out
@@ -321,36 +439,55 @@ pub(super) struct Timings {
     clock: Clock,
     /// Mean GPU ms per kernel over one forward, largest first.
     breakdown: Vec<(String, f64)>,
+    /// CPU ms to record and submit one forward (model suites).
+    host_ms: Option<Stats>,
 }
 
-/// Warm-up, then timed forwards.
+/// Warm-up, then timed forwards: the GPU span of each (timestamps around its passes), and,
+/// with `options.breakdown`, as many more with each kernel timed in a pass of its own (the
+/// per-kernel breakdown; those passes cost extra, so they never count in `gpu_ms`). Then
+/// `host_ms`: the CPU time of `enqueue` (write the inputs, encode and submit one forward,
+/// without waiting), the GPU drained between runs.
 pub(super) fn time_forwards(
     ctx: &Context,
     options: &BenchOptions,
-    forward: impl Fn(&Context) -> Result<Vec<PassTime>>,
+    forward: impl Fn(&Context, Timing) -> Result<Vec<PassTime>>,
+    enqueue: impl Fn(&Context) -> Result<()>,
 ) -> Result<Timings> {
     for _ in 0..options.warmup {
-        forward(ctx)?;
+        forward(ctx, Timing::Span)?;
     }
     let (mut wall, mut gpu) = (Vec::new(), Vec::new());
-    let mut breakdown: Vec<(String, f64)> = Vec::new();
     for _ in 0..options.iters.max(1) {
         let start = Instant::now();
-        let times = forward(ctx)?;
+        let times = forward(ctx, Timing::Span)?;
         wall.push(start.elapsed().as_secs_f64() * 1e3);
         if !times.is_empty() {
             gpu.push(PassTime::span_ms(&times));
-            for t in &times {
+        }
+    }
+    let mut breakdown: Vec<(String, f64)> = Vec::new();
+    if options.breakdown {
+        for _ in 0..options.iters.max(1) {
+            for t in forward(ctx, Timing::PerDispatch)? {
                 match breakdown.iter_mut().find(|(k, _)| k == t.label) {
                     Some((_, ms)) => *ms += t.ms,
                     None => breakdown.push((t.label.to_string(), t.ms)),
                 }
             }
         }
+        let runs = options.iters.max(1) as f64;
+        breakdown.iter_mut().for_each(|(_, ms)| *ms /= runs);
+        breakdown.sort_by(|a, b| b.1.total_cmp(&a.1));
     }
-    let runs = options.iters.max(1) as f64;
-    breakdown.iter_mut().for_each(|(_, ms)| *ms /= runs);
-    breakdown.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let mut host = Vec::new();
+    for _ in 0..options.iters.max(1) {
+        ctx.poll_wait()?;
+        let start = Instant::now();
+        enqueue(ctx)?;
+        host.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    ctx.poll_wait()?;
     let clock = if gpu.len() == wall.len() {
         Clock::Timestamp
     } else {
@@ -366,6 +503,7 @@ pub(super) fn time_forwards(
         wall,
         clock,
         breakdown,
+        host_ms: Some(Stats::of(&host)),
     })
 }
 
@@ -443,42 +581,19 @@ pub(super) fn time_kernel(
             wall,
             clock,
             breakdown: Vec::new(),
+            host_ms: None,
         },
         first_run_ms,
     ))
 }
 
 /// Every suite with its default shapes for this adapter (what `backbone-bench` and
-/// `cargo bench` run without arguments).
-pub fn default_suites(
-    ctx: &Context,
-    options: &BenchOptions,
-    mut progress: impl FnMut(&str),
-) -> Result<Vec<Record>> {
-    let mut records = matmul_suite(ctx, &MatmulSize::defaults(ctx), options, &mut progress)?;
-    records.extend(attention_suite(
-        ctx,
-        &AttentionShape::defaults(ctx),
-        options,
-        &mut progress,
-    )?);
-    records.extend(cswin_attention_suite(
-        ctx,
-        &CswinAttentionShape::defaults(ctx),
-        options,
-        &mut progress,
-    )?);
-    records.extend(bert_suite(
-        ctx,
-        &BertShape::defaults(ctx),
-        options,
-        &mut progress,
-    )?);
-    records.extend(cswin_suite(
-        ctx,
-        &CswinShape::defaults(ctx),
-        options,
-        &mut progress,
-    )?);
-    Ok(records)
+/// `cargo bench` run without arguments), each record handed to `sink` as it is made.
+pub fn default_suites(ctx: &Context, options: &BenchOptions, sink: &mut dyn Sink) -> Result<()> {
+    matmul_suite(ctx, &MatmulSize::defaults(ctx), options, sink);
+    attention_suite(ctx, &AttentionShape::defaults(ctx), options, sink);
+    cswin_attention_suite(ctx, &CswinAttentionShape::defaults(ctx), options, sink)?;
+    bert_suite(ctx, &BertShape::defaults(ctx), options, sink);
+    cswin_suite(ctx, &CswinShape::defaults(ctx), options, sink);
+    Ok(())
 }

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-use super::{BenchOptions, ForwardTraffic, Record, compare, record, time_forwards};
+use super::{BenchOptions, ForwardTraffic, Record, Sink, compare, measure, record, time_forwards};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::models::Conv2d;
@@ -187,32 +187,29 @@ pub fn bert_suite(
     ctx: &Context,
     shapes: &[BertShape],
     options: &BenchOptions,
-    mut progress: impl FnMut(&str),
-) -> Result<Vec<Record>> {
-    let mut records = Vec::new();
+    sink: &mut dyn Sink,
+) {
     let mut loaded: Option<(BertSize, BertConfig, BertWeights<HostTensor>, Bert)> = None;
     for (n, &shape) in shapes.iter().enumerate() {
         for &dtype in &options.dtypes {
             let label = format!("{} {}x{}", shape.model.name(), shape.batch, shape.seq);
             let of = format!("({}/{})", n + 1, shapes.len());
-            progress(&format!("bert {label} {} {of}", dtype.name()));
-            if loaded
-                .as_ref()
-                .is_none_or(|l| l.0 != shape.model || l.3.dtype() != dtype)
-            {
-                drop(loaded.take()); // free the previous model's GPU memory first
-                let config = shape.model.config();
-                let weights = random_bert_weights(&config, 7)?;
-                let model = Bert::with_dtype(ctx, config.clone(), &weights, dtype)?;
-                loaded = Some((shape.model, config, weights, model));
-            }
-            let Some((_, config, weights, model)) = &loaded else {
-                continue;
-            };
-            records.push(bert_one(ctx, config, weights, model, shape, options)?);
+            sink.progress(&format!("bert {label} {} {of}", dtype.name()));
+            measure(ctx, sink, ("bert", label, dtype), || {
+                let (_, config, weights, model) = match loaded.take() {
+                    Some(l) if l.0 == shape.model && l.3.dtype() == dtype => loaded.insert(l),
+                    previous => {
+                        drop(previous); // free the previous model's GPU memory first
+                        let config = shape.model.config();
+                        let weights = random_bert_weights(&config, 7)?;
+                        let model = Bert::with_dtype(ctx, config.clone(), &weights, dtype)?;
+                        loaded.insert((shape.model, config, weights, model))
+                    }
+                };
+                bert_one(ctx, config, weights, model, shape, options)
+            });
         }
     }
-    Ok(records)
 }
 
 fn bert_one(
@@ -231,7 +228,12 @@ fn bert_one(
     let start = Instant::now();
     let first = model.forward_blocking(ctx, &input, false)?;
     let first_run_ms = start.elapsed().as_secs_f64() * 1e3;
-    let timings = time_forwards(ctx, options, |ctx| model.forward_timed(ctx, &input))?;
+    let timings = time_forwards(
+        ctx,
+        options,
+        |ctx, timing| model.forward_timed(ctx, &input, timing),
+        |ctx| model.forward_enqueue(ctx, &input),
+    )?;
 
     // Check: the first sequence alone through the CPU twins (sequences are independent).
     let one = BertInput::new(
@@ -444,13 +446,12 @@ pub fn cswin_suite(
     ctx: &Context,
     shapes: &[CswinShape],
     options: &BenchOptions,
-    mut progress: impl FnMut(&str),
-) -> Result<Vec<Record>> {
-    let mut records = Vec::new();
+    sink: &mut dyn Sink,
+) {
     let mut loaded: Option<(String, CswinConfig, CswinWeights<HostTensor>, Cswin)> = None;
     for (n, shape) in shapes.iter().enumerate() {
         for &dtype in &options.dtypes {
-            progress(&format!(
+            sink.progress(&format!(
                 "cswin {} {}x{} {} ({}/{})",
                 shape.variant,
                 shape.batch,
@@ -459,23 +460,27 @@ pub fn cswin_suite(
                 n + 1,
                 shapes.len()
             ));
-            if loaded
-                .as_ref()
-                .is_none_or(|l| l.0 != shape.variant || l.3.dtype() != dtype)
-            {
-                drop(loaded.take()); // free the previous model's GPU memory first
-                let config = CswinConfig::preset(&shape.variant)?;
-                let weights = random_cswin_weights(&config, 11)?;
-                let model = Cswin::with_dtype(ctx, config.clone(), &weights, dtype)?;
-                loaded = Some((shape.variant.clone(), config, weights, model));
-            }
-            let Some((_, config, weights, model)) = &loaded else {
-                continue;
-            };
-            records.push(cswin_one(ctx, config, weights, model, shape, options)?);
+            let label = format!(
+                "{} {}x{}",
+                shape.variant.trim_end_matches("-224"),
+                shape.batch,
+                shape.size
+            );
+            measure(ctx, sink, ("cswin", label, dtype), || {
+                let (_, config, weights, model) = match loaded.take() {
+                    Some(l) if l.0 == shape.variant && l.3.dtype() == dtype => loaded.insert(l),
+                    previous => {
+                        drop(previous); // free the previous model's GPU memory first
+                        let config = CswinConfig::preset(&shape.variant)?;
+                        let weights = random_cswin_weights(&config, 11)?;
+                        let model = Cswin::with_dtype(ctx, config.clone(), &weights, dtype)?;
+                        loaded.insert((shape.variant.clone(), config, weights, model))
+                    }
+                };
+                cswin_one(ctx, config, weights, model, shape, options)
+            });
         }
     }
-    Ok(records)
 }
 
 fn cswin_one(
@@ -500,8 +505,12 @@ fn cswin_one(
     let start = Instant::now();
     let first = model.forward_blocking(ctx, &pixels, false)?;
     let first_run_ms = start.elapsed().as_secs_f64() * 1e3;
-    let timed = |ctx: &Context| model.forward_timed(ctx, &pixels);
-    let timings = time_forwards(ctx, options, timed)?;
+    let timings = time_forwards(
+        ctx,
+        options,
+        |ctx, timing| model.forward_timed(ctx, &pixels, timing),
+        |ctx| model.forward_enqueue(ctx, &pixels),
+    )?;
 
     let one = HostTensor::new(
         &[1, config.in_chans, shape.size, shape.size],

@@ -9,7 +9,7 @@
 //! backbone-bench --list-adapters
 //! ```
 
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
@@ -18,8 +18,9 @@ use backbone::bench::soak::{self, SoakDevice};
 use backbone::bench::tune;
 use backbone::bench::{
     self, AttentionShape, BenchOptions, BertShape, CswinAttentionShape, CswinShape, MatmulSize,
+    Sink as _,
 };
-use backbone::{Context, ContextOptions, DType};
+use backbone::{Context, ContextOptions, DType, ShaderChecks};
 use clap::{Parser, ValueEnum};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -76,7 +77,8 @@ struct Args {
     /// The card's f32 peak in TFLOP/s, for "% of peak" (known cards are filled in).
     #[arg(long)]
     peak_tflops: Option<f64>,
-    /// Also write one JSON record per measurement to this file.
+    /// Also write each record to this file as soon as it is measured, one JSON object per
+    /// line (JSON Lines; `serve-load` appends its report as one more line).
     #[arg(long)]
     json: Option<PathBuf>,
     /// Also print a Markdown table (for BENCHMARKS.md).
@@ -86,6 +88,10 @@ struct Args {
     /// SHADER_F16).
     #[arg(long, value_delimiter = ',', default_value = "f32")]
     dtype: Vec<String>,
+    /// wgpu's runtime checks in the kernels (index clamping, loop bounding): on or off
+    /// (default: BACKBONE_SHADER_CHECKS, else on).
+    #[arg(long, value_parser = ["on", "off"])]
+    shader_checks: Option<String>,
     /// Opt in to wgpu's experimental cooperative matrices (tensor cores) for f16 products.
     #[arg(long)]
     experimental_cooperative_matrix: bool,
@@ -129,6 +135,9 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let mut context_options = ContextOptions::from_env()?;
+    if let Some(checks) = &args.shader_checks {
+        context_options.shader_checks = ShaderChecks::parse(checks)?;
+    }
     if args.experimental_cooperative_matrix {
         // SAFETY: the user asked for wgpu's experimental cooperative matrices on the command
         // line; f16 products then run on tensor cores where the adapter has them.
@@ -137,6 +146,9 @@ fn main() -> Result<()> {
     let ctx = pollster::block_on(Context::new(context_options))?;
     let caps = ctx.capabilities();
     println!("adapter: {caps}");
+    for (_, why) in ctx.disabled_families() {
+        println!("warning: {why}");
+    }
     println!(
         "clock: {}; commit {}",
         if caps.timestamps() {
@@ -160,6 +172,7 @@ fn main() -> Result<()> {
                 other => bail!("--dtype {other:?}: expected f32 or f16"),
             })
             .collect::<Result<_>>()?,
+        breakdown: args.breakdown,
     };
     let suites = if args.suites.is_empty() {
         vec![
@@ -173,11 +186,7 @@ fn main() -> Result<()> {
         args.suites.clone()
     };
 
-    let progress = |msg: &str| {
-        eprint!("\r\x1b[2K  running {msg}");
-        std::io::stderr().flush().ok();
-    };
-    let mut records = Vec::new();
+    let mut sink = StreamSink::new(args.json.as_deref())?;
     for suite in suites {
         match suite {
             Suite::Matmul => {
@@ -186,7 +195,7 @@ fn main() -> Result<()> {
                     || MatmulSize::defaults(&ctx),
                     MatmulSize::parse,
                 )?;
-                records.extend(bench::matmul_suite(&ctx, &sizes, &options, progress)?);
+                bench::matmul_suite(&ctx, &sizes, &options, &mut sink);
             }
             Suite::Attention => {
                 let shapes = given_or(
@@ -194,17 +203,15 @@ fn main() -> Result<()> {
                     || AttentionShape::defaults(&ctx),
                     AttentionShape::parse,
                 )?;
-                records.extend(bench::attention_suite(&ctx, &shapes, &options, progress)?);
+                bench::attention_suite(&ctx, &shapes, &options, &mut sink);
             }
             Suite::CswinAttention => {
                 let shapes = CswinAttentionShape::defaults(&ctx);
-                records.extend(bench::cswin_attention_suite(
-                    &ctx, &shapes, &options, progress,
-                )?);
+                bench::cswin_attention_suite(&ctx, &shapes, &options, &mut sink)?;
             }
             Suite::Bert => {
                 let shapes = given_or(&args.bert, || BertShape::defaults(&ctx), BertShape::parse)?;
-                records.extend(bench::bert_suite(&ctx, &shapes, &options, progress)?);
+                bench::bert_suite(&ctx, &shapes, &options, &mut sink);
             }
             Suite::Cswin => {
                 let shapes = given_or(
@@ -212,7 +219,7 @@ fn main() -> Result<()> {
                     || CswinShape::defaults(&ctx),
                     CswinShape::parse,
                 )?;
-                records.extend(bench::cswin_suite(&ctx, &shapes, &options, progress)?);
+                bench::cswin_suite(&ctx, &shapes, &options, &mut sink);
             }
             Suite::Tune => {
                 let bert_shapes =
@@ -224,8 +231,8 @@ fn main() -> Result<()> {
                 )?;
                 let mut problems = tune::bert_problems(&bert_shapes);
                 problems.extend(tune::cswin_problems(&cswin_shapes)?);
-                let table = tune::tune(&ctx, &problems, &options, progress)?;
-                eprint!("\r\x1b[2K");
+                let table = tune::tune(&ctx, &problems, &options, |m| sink.progress(m))?;
+                sink.end_progress();
                 print!("{}", tune::tune_report(&ctx, &table));
                 backbone::io::write_atomic(&args.tune_out, &serde_json::to_vec_pretty(&table)?)?;
                 println!(
@@ -267,39 +274,111 @@ fn main() -> Result<()> {
                 };
                 let report = serve_load::load_test(&options)?;
                 println!("{}", report.summary());
-                if let Some(path) = &args.json {
-                    std::fs::write(path, serde_json::to_string_pretty(&report)?)
-                        .with_context(|| format!("writing {}", path.display()))?;
-                }
+                sink.append_json(&report)?;
                 if !report.passed() {
                     bail!("the load test FAILED: {report:?}");
                 }
             }
         }
     }
-    eprint!("\r\x1b[2K");
-    if !records.is_empty() {
-        print!("{}", bench::table(&records));
-    }
-    let traffic = bench::traffic_table(&records);
+    sink.end_progress();
+    // Each record's row was printed as it was measured; the tables below add to them.
+    let records = &sink.records;
+    let traffic = bench::traffic_table(records);
     if !traffic.is_empty() {
         print!("\n{traffic}");
     }
     if args.breakdown {
-        print!("\n{}", bench::breakdown_table(&records));
+        print!("\n{}", bench::breakdown_table(records));
     }
     if args.markdown {
-        print!("\n{}", bench::markdown(&records));
+        print!("\n{}", bench::markdown(records));
     }
-    if let Some(path) = args.json.as_ref().filter(|_| !records.is_empty()) {
-        let json = serde_json::to_string_pretty(&records)?;
-        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+    if let Some(e) = sink.json_error.take() {
+        return Err(e);
     }
-    let failed = records.iter().filter(|r| !r.check.passed).count();
+    let failed = records.iter().filter(|r| !r.passed()).count();
     if failed > 0 {
-        bail!("{failed} measurement(s) FAILED the check against the CPU twin");
+        bail!("{failed} measurement(s) FAILED (an error, or the check against the CPU twin)");
     }
     Ok(())
+}
+
+/// Prints each record as soon as it is measured and appends it, as one JSON line, to the
+/// `--json` file (flushed per line: a run killed half-way keeps every finished record).
+struct StreamSink {
+    json: Option<(PathBuf, std::fs::File)>,
+    /// The first failed JSON write (reported at the end; measuring goes on).
+    json_error: Option<anyhow::Error>,
+    records: Vec<bench::Record>,
+    /// Whether stderr is a terminal (progress redrawn in place) or a log (one line each).
+    terminal: bool,
+    progress_shown: bool,
+}
+
+impl StreamSink {
+    fn new(json: Option<&std::path::Path>) -> Result<Self> {
+        let json = match json {
+            Some(path) => Some((
+                path.to_path_buf(),
+                std::fs::File::create(path)
+                    .with_context(|| format!("creating {}", path.display()))?,
+            )),
+            None => None,
+        };
+        Ok(Self {
+            json,
+            json_error: None,
+            records: Vec::new(),
+            terminal: std::io::stderr().is_terminal(),
+            progress_shown: false,
+        })
+    }
+
+    fn end_progress(&mut self) {
+        if self.terminal && self.progress_shown {
+            eprint!("\r\x1b[2K");
+        }
+        self.progress_shown = false;
+    }
+
+    /// One JSON line appended to the `--json` file, if any.
+    fn append_json(&mut self, value: &impl serde::Serialize) -> Result<()> {
+        let Some((path, file)) = &mut self.json else {
+            return Ok(());
+        };
+        let mut line = serde_json::to_vec(value)?;
+        line.push(b'\n');
+        file.write_all(&line)
+            .and_then(|()| file.flush())
+            .with_context(|| format!("appending to {}", path.display()))
+    }
+}
+
+impl bench::Sink for StreamSink {
+    fn progress(&mut self, what: &str) {
+        if self.terminal {
+            eprint!("\r\x1b[2K  running {what}");
+        } else {
+            eprintln!("running {what}");
+        }
+        std::io::stderr().flush().ok();
+        self.progress_shown = true;
+    }
+
+    fn record(&mut self, record: bench::Record) {
+        self.end_progress();
+        if self.records.is_empty() {
+            print!("{}", bench::table_header());
+        }
+        print!("{}", bench::table_row(&record));
+        std::io::stdout().flush().ok();
+        if let Err(e) = self.append_json(&record) {
+            eprintln!("{e:#}");
+            self.json_error.get_or_insert(e);
+        }
+        self.records.push(record);
+    }
 }
 
 /// The shapes given on the command line, parsed, or the adapter's defaults when none are.

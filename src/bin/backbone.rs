@@ -25,6 +25,17 @@ use clap::{Parser, Subcommand, ValueEnum};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// wgpu's runtime checks in the GPU kernels (index clamping, loop bounding): on (the
+    /// default) or off (faster; every kernel guards its own indices). Same as
+    /// BACKBONE_SHADER_CHECKS.
+    #[arg(long, global = true, value_enum)]
+    shader_checks: Option<OnOff>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
 }
 
 /// Storage type of weights and activations.
@@ -205,7 +216,14 @@ enum Command {
 fn main() -> Result<()> {
     env_logger::init();
     ignore_file_size_signal();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    if let Some(checks) = cli.shader_checks {
+        let value = if checks == OnOff::On { "on" } else { "off" };
+        // SAFETY: set first thing in main, before any thread exists; every GPU context of
+        // this process reads it through ContextOptions::from_env.
+        unsafe { std::env::set_var("BACKBONE_SHADER_CHECKS", value) };
+    }
+    match cli.command {
         Command::Run {
             model,
             input,

@@ -89,7 +89,11 @@ pub(super) fn choose(
     rel_bias: bool,
     kernels: (Kernel, Kernel),
 ) -> (Kernel, Spec, usize) {
-    match CoopAttention::for_head(ctx, head_dim).filter(|_| f16.0) {
+    let family = match kernels.1 {
+        Kernel::CswinAttentionCoop => crate::selftest::Family::CoopCswinAttention,
+        _ => crate::selftest::Family::CoopAttention,
+    };
+    match CoopAttention::for_head(ctx, head_dim).filter(|_| f16.0 && ctx.family_enabled(family)) {
         Some(c) => (
             kernels.1,
             c.spec(head_dim, f16, rel_bias),
@@ -106,7 +110,8 @@ pub(super) fn choose(
 /// What both attention kernels run as for this head size and qkv storage on `ctx` (for
 /// benchmark records): "flash-2 QxK tiles" or the cooperative-matrix variant.
 pub fn attention_variant(ctx: &Context, head_dim: usize, f16: bool) -> String {
-    match CoopAttention::for_head(ctx, head_dim).filter(|_| f16) {
+    let enabled = ctx.family_enabled(crate::selftest::Family::CoopAttention);
+    match CoopAttention::for_head(ctx, head_dim).filter(|_| f16 && enabled) {
         Some(c) => c.variant(),
         None => {
             let t = attention_tiles(head_dim, f16);

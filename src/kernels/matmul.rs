@@ -416,6 +416,9 @@ pub fn matmul_strided(
     if x.dtype() == DType::F16
         && w.dtype() == DType::F16
         && super::matmul_coop::coop_fragment(rec.context()).is_some()
+        && rec
+            .context()
+            .family_enabled(crate::selftest::Family::CoopMatmul)
     {
         return super::matmul_coop::matmul_coop(rec, x, w, y, ep, problem);
     }

@@ -66,7 +66,7 @@ impl MatmulTile {
     pub fn choose(ctx: &Context, m: usize, n: usize, k: usize, batch: usize, f16: bool) -> Self {
         ctx.tune_table()
             .and_then(|t| t.matmul_tile(m, n, k, batch, f16))
-            .filter(|t| t.fits(ctx))
+            .filter(|t| t.fits(ctx) && t.enabled(ctx))
             .unwrap_or_else(|| Self::heuristic(ctx, m, n, batch))
     }
 
@@ -78,7 +78,7 @@ impl MatmulTile {
         let large = MatmulTile::Large;
         let (bm, bn, ..) = large.dims();
         let tiles = m.div_ceil(bm as usize) * n.div_ceil(bn as usize) * batch;
-        if m <= 4 && MatmulTile::Subgroup.fits(ctx) {
+        if m <= 4 && MatmulTile::Subgroup.fits(ctx) && MatmulTile::Subgroup.enabled(ctx) {
             MatmulTile::Subgroup
         } else if m <= 32 && MatmulTile::Skinny.fits(ctx) {
             MatmulTile::Skinny
@@ -87,6 +87,12 @@ impl MatmulTile {
         } else {
             MatmulTile::Small
         }
+    }
+
+    /// Whether the tile's kernel family passed its known-answer check on this context (the
+    /// subgroup kernel has one; see [`crate::selftest`]).
+    pub fn enabled(self, ctx: &Context) -> bool {
+        self != MatmulTile::Subgroup || ctx.family_enabled(crate::selftest::Family::SubgroupMatmul)
     }
 
     /// Whether the adapter can run this tile (invocations and workgroup memory; subgroups for

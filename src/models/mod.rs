@@ -181,6 +181,35 @@ impl<K: Eq + Clone, P> Drop for PlanLease<'_, K, P> {
     }
 }
 
+/// A forward recorded once for a plan and kept with it: the program (parameters and bind
+/// groups made once) and the tensors its copies fill (kept intermediate states).
+pub(crate) struct Recorded {
+    pub program: crate::recorder::Program,
+    pub copies: Vec<crate::tensor::Tensor>,
+}
+
+/// The recorded forwards of one plan, by variant (e.g. with or without kept hidden states).
+#[derive(Default)]
+pub(crate) struct Programs(Mutex<Vec<(u32, Arc<Recorded>)>>);
+
+impl Programs {
+    pub(crate) fn get(&self, variant: u32) -> Option<Arc<Recorded>> {
+        let programs = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        programs
+            .iter()
+            .find(|(v, _)| *v == variant)
+            .map(|(_, r)| r.clone())
+    }
+
+    pub(crate) fn insert(&self, variant: u32, recorded: Recorded) -> Arc<Recorded> {
+        let recorded = Arc::new(recorded);
+        let mut programs = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        programs.retain(|(v, _)| *v != variant);
+        programs.push((variant, recorded.clone()));
+        recorded
+    }
+}
+
 /// A model dtype the GPU path runs: f32, or f16 where the adapter has `SHADER_F16`.
 pub(crate) fn check_model_dtype(ctx: &Context, dtype: DType) -> Result<()> {
     match dtype {

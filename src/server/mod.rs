@@ -173,7 +173,10 @@ pub(crate) fn load(options: &ServeOptions) -> Result<Loaded> {
         let adapter = ctx.capabilities().to_string();
         let model = Bert::with_dtype(&ctx, config.clone(), &weights, options.dtype)?;
         (
-            Box::new(move |input| model.forward_blocking(&ctx, input, false)),
+            // Routes return embeddings and scores: the [B, T, C] hidden states stay on the GPU.
+            Box::new(move |input| {
+                model.forward_with_blocking(&ctx, input, bert::Readback::default())
+            }),
             adapter,
         )
     } else {

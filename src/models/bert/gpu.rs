@@ -7,8 +7,9 @@ use super::{
 use crate::context::Context;
 use crate::error::Result;
 use crate::kernels::{self, Activation, AttentionBias, Epilogue, PoolMode};
-use crate::models::{PlanLease, Plans};
+use crate::models::{PlanLease, Plans, Programs, Recorded};
 use crate::pipeline::{PassStat, Recorder};
+use crate::recorder::Timing;
 use crate::reference::HostTensor;
 use crate::tensor::{DType, Tensor};
 
@@ -23,6 +24,16 @@ pub struct Bert {
     dtype: DType,
     weights: BertWeights<Tensor>,
     plans: Plans<(usize, usize), Plan>,
+}
+
+/// What a forward reads back besides the sentence embedding, the pooler output and the
+/// classifier's logits (always read when the model has them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Readback {
+    /// `last_hidden_state` [B, T, C]; without it the field comes back empty (shape [0]).
+    pub last_hidden_state: bool,
+    /// Each layer's hidden state (`hidden_states`).
+    pub hidden_states: bool,
 }
 
 /// Buffers for one (batch, seq).
@@ -64,6 +75,8 @@ pub struct Plan {
     classifier_normed: Option<Tensor>,
     /// [batch, num_labels] f32.
     logits: Option<Tensor>,
+    /// The forward recorded once for this plan (with and without kept hidden states).
+    programs: Programs,
 }
 
 impl Plan {
@@ -153,6 +166,7 @@ impl Plan {
             logits: classifier
                 .map(|h| f32s(&[batch, h.out.weight.shape[0]], "logits"))
                 .transpose()?,
+            programs: Programs::default(),
         })
     }
 }
@@ -265,9 +279,19 @@ impl Bert {
         &self,
         rec: &mut Recorder<'_>,
         input: &BertInput,
-        mut after_layer: impl FnMut(&mut Recorder<'_>, usize, &Tensor),
+        after_layer: impl FnMut(&mut Recorder<'_>, usize, &Tensor),
     ) -> Result<PlanLease<'_, (usize, usize), Plan>> {
-        let ctx = rec.context();
+        let p = self.prepare(rec.context(), input)?;
+        self.record_plan(rec, &p, after_layer)?;
+        Ok(p)
+    }
+
+    /// Validates `input`, leases the plan for its shape and writes the ids and masks into it.
+    fn prepare(
+        &self,
+        ctx: &Context,
+        input: &BertInput,
+    ) -> Result<PlanLease<'_, (usize, usize), Plan>> {
         input.validate(&self.config)?;
         let p = self.plan(ctx, input.batch, input.seq)?;
         p.ids.write(ctx, &input.embedding_ids(&self.config))?;
@@ -275,7 +299,40 @@ impl Bert {
         if let Some(keep) = &p.keep {
             keep.write(ctx, &input.pooling_mask(false))?;
         }
+        Ok(p)
+    }
 
+    /// The plan's forward as a program, recorded on first use and kept with the plan
+    /// (`hidden_states`: with a copy of the hidden state after the embeddings and each layer).
+    async fn recorded(
+        &self,
+        ctx: &Context,
+        p: &Plan,
+        hidden_states: bool,
+    ) -> Result<std::sync::Arc<Recorded>> {
+        if let Some(r) = p.programs.get(hidden_states as u32) {
+            return Ok(r);
+        }
+        let mut rec = Recorder::new(ctx);
+        let mut copies = Vec::new();
+        self.record_plan(&mut rec, p, |rec, _, h| {
+            if hidden_states {
+                copies.push(rec.copy_of(h, "hidden_state"));
+            }
+        })?;
+        let copies = copies.into_iter().collect::<Result<Vec<_>>>()?;
+        let program = rec.finish().await?;
+        Ok(p.programs
+            .insert(hidden_states as u32, Recorded { program, copies }))
+    }
+
+    /// Records the whole forward of plan `p` into `rec`.
+    fn record_plan(
+        &self,
+        rec: &mut Recorder<'_>,
+        p: &Plan,
+        mut after_layer: impl FnMut(&mut Recorder<'_>, usize, &Tensor),
+    ) -> Result<()> {
         let (cfg, w) = (&self.config, &self.weights);
         let eps = cfg.layer_norm_eps as f32;
         // Embeddings: word + position + token type, then LayerNorm, in one pass (ELECTRA:
@@ -294,18 +351,16 @@ impl Bert {
 
         for (l, layer) in w.layers.iter().enumerate() {
             if cfg.family().pre_norm() {
-                self.pre_norm_layer(rec, &p, l, layer)?;
+                self.pre_norm_layer(rec, p, l, layer)?;
             } else {
-                self.post_norm_layer(rec, &p, l, layer, act)?;
+                self.post_norm_layer(rec, p, l, layer, act)?;
             }
             after_layer(rec, l + 1, &p.hidden);
         }
         if let Some(n) = &w.final_norm {
             // ModernBERT's final norm, back into `hidden` (read as the last hidden state).
             kernels::layer_norm(rec, &p.hidden, None, &n.weight, &n.bias, eps, &p.output_sum)?;
-            let (from, to) = (p.output_sum.buffer(), p.hidden.buffer());
-            let bytes = (p.hidden.numel() * p.hidden.dtype().size()) as u64;
-            rec.encode_raw(|_, enc| enc.copy_buffer_to_buffer(from, 0, to, 0, bytes));
+            rec.copy(&p.output_sum, &p.hidden, p.hidden.buffer().size());
         }
 
         if let Some(pooler) = &w.pooler {
@@ -379,11 +434,10 @@ impl Bert {
         if head.normalize {
             kernels::l2_normalize(rec, current, &p.sentence_embedding)?;
         } else {
-            let (from, to) = (current.buffer(), p.sentence_embedding.buffer());
             let bytes = (p.sentence_embedding.numel() * 4) as u64;
-            rec.encode_raw(|_, enc| enc.copy_buffer_to_buffer(from, 0, to, 0, bytes));
+            rec.copy(current, &p.sentence_embedding, bytes);
         }
-        Ok(p)
+        Ok(())
     }
 
     /// One post-norm layer (BERT and most families): `h = norm(h + attn(h))`,
@@ -531,49 +585,85 @@ impl Bert {
         kernels::matmul(rec, gated, &layer.output.weight, &p.hidden, down)
     }
 
-    /// Runs the encoder on the GPU: one command encoder, one submission.
+    /// Runs the encoder on the GPU: the plan's recorded program (made on the first forward of
+    /// this shape), one submission, one combined readback of every output (and of each
+    /// layer's hidden state with `hidden_states`).
     pub async fn forward(
         &self,
         ctx: &Context,
         input: &BertInput,
         hidden_states: bool,
     ) -> Result<BertOutput> {
-        let mut rec = Recorder::new(ctx);
-        let mut copies = Vec::new();
-        let plan = self.record(&mut rec, input, |rec, _, h| {
-            if hidden_states {
-                copies.push(rec.copy_of(h, "hidden_state"));
-            }
-        })?;
-        let copies = copies.into_iter().collect::<Result<Vec<_>>>()?;
-        rec.submit().await?;
-        let mut states = Vec::new();
-        for copy in &copies {
-            states.push(copy.read_host(ctx).await?);
+        let readback = Readback {
+            last_hidden_state: true,
+            hidden_states,
+        };
+        self.forward_with(ctx, input, readback).await
+    }
+
+    /// [`Bert::forward`] reading back only what `readback` asks for besides the sentence
+    /// embedding and the heads' outputs (a server that returns embeddings or scores leaves the
+    /// [B, T, C] hidden states on the GPU).
+    pub async fn forward_with(
+        &self,
+        ctx: &Context,
+        input: &BertInput,
+        readback: Readback,
+    ) -> Result<BertOutput> {
+        let p = self.prepare(ctx, input)?;
+        let recorded = self.recorded(ctx, &p, readback.hidden_states).await?;
+        let unnormalized = self
+            .head
+            .normalize
+            .then(|| p.dense.last().unwrap_or(&p.pooled));
+        let pooler = self.has_pooler().then_some(&p.pooler_output);
+        let mut outputs = vec![&p.sentence_embedding];
+        if readback.last_hidden_state {
+            outputs.push(&p.hidden);
         }
+        outputs.extend(pooler);
+        outputs.extend(p.logits.as_ref());
+        outputs.extend(unnormalized);
+        outputs.extend(&recorded.copies);
+        let mut values = recorded
+            .program
+            .run_and_read(ctx, &outputs)
+            .await?
+            .into_iter();
+        let mut next = || {
+            values.next().ok_or_else(|| crate::error::Error::Readback {
+                what: "bert outputs".into(),
+                message: "fewer outputs than asked for".into(),
+            })
+        };
+        let sentence_embedding = next()?;
+        let last_hidden_state = match readback.last_hidden_state {
+            true => next()?,
+            false => HostTensor::zeros(&[0]),
+        };
         Ok(BertOutput {
-            last_hidden_state: plan.hidden.read_host(ctx).await?,
-            pooler_output: match self.has_pooler() {
-                true => Some(plan.pooler_output.read_host(ctx).await?),
-                false => None,
-            },
-            sentence_embedding: plan.sentence_embedding.read_host(ctx).await?,
-            hidden_states: states,
-            logits: match &plan.logits {
-                Some(l) => Some(l.read_host(ctx).await?),
-                None => None,
-            },
-            unnormalized_embedding: match self.head.normalize {
-                true => Some(
-                    plan.dense
-                        .last()
-                        .unwrap_or(&plan.pooled)
-                        .read_host(ctx)
-                        .await?,
-                ),
-                false => None,
-            },
+            last_hidden_state,
+            sentence_embedding,
+            pooler_output: pooler.map(|_| next()).transpose()?,
+            logits: p.logits.as_ref().map(|_| next()).transpose()?,
+            unnormalized_embedding: unnormalized.map(|_| next()).transpose()?,
+            hidden_states: recorded
+                .copies
+                .iter()
+                .map(|_| next())
+                .collect::<Result<_>>()?,
         })
+    }
+
+    /// [`Bert::forward_with`], blocking (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn forward_with_blocking(
+        &self,
+        ctx: &Context,
+        input: &BertInput,
+        readback: Readback,
+    ) -> Result<BertOutput> {
+        pollster::block_on(self.forward_with(ctx, input, readback))
     }
 
     /// [`Bert::forward`], blocking (native only).
@@ -587,18 +677,27 @@ impl Bert {
         pollster::block_on(self.forward(ctx, input, hidden_states))
     }
 
-    /// Records and submits a forward with a timestamp around every pass; returns the pass
-    /// times (empty without timestamp queries). For benchmarks.
+    /// Runs a forward timed by `timing` (`Span`: the GPU time of the forward's passes;
+    /// `PerDispatch`: each kernel in a pass of its own, for the breakdown) and waits for it;
+    /// returns the pass times (empty without timestamp queries). For benchmarks.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn forward_timed(
         &self,
         ctx: &Context,
         input: &BertInput,
+        timing: Timing,
     ) -> Result<Vec<crate::pipeline::PassTime>> {
-        let head = (self.head.modes.len() + self.head.dense.len() + 2) as u32;
-        let passes = 9 + 9 * self.config.num_hidden_layers as u32 + 3 + head;
-        let mut rec = Recorder::with_timing(ctx, passes);
-        self.record(&mut rec, input, |_, _, _| {})?;
-        rec.submit_blocking()
+        let p = self.prepare(ctx, input)?;
+        let recorded = pollster::block_on(self.recorded(ctx, &p, false))?;
+        recorded.program.run_timed(ctx, timing)
+    }
+
+    /// Writes `input` and submits the plan's recorded forward without waiting for the GPU or
+    /// reading anything back: the host's share of a forward (benchmarks time it). Native only.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn forward_enqueue(&self, ctx: &Context, input: &BertInput) -> Result<()> {
+        let p = self.prepare(ctx, input)?;
+        let recorded = pollster::block_on(self.recorded(ctx, &p, false))?;
+        recorded.program.encode_and_submit(ctx)
     }
 }

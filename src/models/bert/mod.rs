@@ -20,7 +20,7 @@ pub use crate::models::{LayerNorm, Linear};
 pub use config::{BertConfig, ModernBertSettings};
 pub use cpu::{forward_cpu, forward_cpu_as};
 pub use family::{Family, Keys, MODEL_TYPES, relative_position_bias, relative_position_bucket};
-pub use gpu::{Bert, Plan};
+pub use gpu::{Bert, Plan, Readback};
 pub use input::BertInput;
 #[cfg(not(target_arch = "wasm32"))]
 pub use sentence::load_sentence_dir;

@@ -5,8 +5,9 @@ use super::{CswinConfig, CswinOutput, CswinWeights, Geometry, check_input};
 use crate::context::Context;
 use crate::error::Result;
 use crate::kernels::{self, ConvInput, Epilogue};
-use crate::models::{PlanLease, Plans};
+use crate::models::{PlanLease, Plans, Programs, Recorded};
 use crate::pipeline::{PassStat, Recorder};
+use crate::recorder::Timing;
 use crate::reference::HostTensor;
 use crate::tensor::{DType, Tensor};
 
@@ -32,6 +33,8 @@ struct Plan {
     logits: Option<Tensor>,
     /// The segmentation backbone's normed stage outputs, token-major (made NCHW on read).
     features: Vec<Tensor>,
+    /// The forward recorded once for this plan (with and without kept attention outputs).
+    programs: Programs,
 }
 
 impl Plan {
@@ -91,6 +94,7 @@ impl Plan {
                 false => Vec::new(),
             },
             geometry,
+            programs: Programs::default(),
         })
     }
 }
@@ -149,8 +153,9 @@ impl Cswin {
         ctx: &Context,
         pixel_values: &HostTensor,
     ) -> Result<Vec<PassStat>> {
+        let p = self.prepare(ctx, pixel_values)?;
         let mut rec = Recorder::new(ctx);
-        self.record(&mut rec, pixel_values, |_, _| {})?;
+        self.record(&mut rec, &p, |_, _| {})?;
         Ok(rec.passes().to_vec())
     }
 
@@ -167,18 +172,50 @@ impl Cswin {
         })
     }
 
-    /// Uploads `pixel_values` [B, C, H, W] and records the whole forward into `rec`.
-    /// `on_attention` sees each stage's first block's attention output (to copy it).
-    fn record(
+    /// Checks `pixel_values` [B, C, H, W], leases the plan for its shape and uploads them.
+    fn prepare(
         &self,
-        rec: &mut Recorder<'_>,
+        ctx: &Context,
         pixel_values: &HostTensor,
-        mut on_attention: impl FnMut(&mut Recorder<'_>, &Tensor),
     ) -> Result<PlanLease<'_, Vec<usize>, Plan>> {
-        let ctx = rec.context();
         check_input(&self.config, pixel_values)?;
         let p = self.plan(ctx, &pixel_values.shape)?;
         p.pixels.write(ctx, &pixel_values.data)?;
+        Ok(p)
+    }
+
+    /// The plan's forward as a program, recorded on first use and kept with the plan
+    /// (`attention`: with a copy of each stage's first block's attention output).
+    async fn recorded(
+        &self,
+        ctx: &Context,
+        p: &Plan,
+        attention: bool,
+    ) -> Result<std::sync::Arc<Recorded>> {
+        if let Some(r) = p.programs.get(attention as u32) {
+            return Ok(r);
+        }
+        let mut rec = Recorder::new(ctx);
+        let mut copies = Vec::new();
+        self.record(&mut rec, p, |rec, t| {
+            if attention {
+                copies.push(rec.copy_of(t, "attention_copy"));
+            }
+        })?;
+        let copies = copies.into_iter().collect::<Result<Vec<_>>>()?;
+        let program = rec.finish().await?;
+        Ok(p.programs
+            .insert(attention as u32, Recorded { program, copies }))
+    }
+
+    /// Records the whole forward of plan `p` into `rec`. `on_attention` sees each stage's
+    /// first block's attention output (to copy it).
+    fn record(
+        &self,
+        rec: &mut Recorder<'_>,
+        p: &Plan,
+        mut on_attention: impl FnMut(&mut Recorder<'_>, &Tensor),
+    ) -> Result<()> {
         let (cfg, w) = (&self.config, &self.weights);
         let eps = cfg.layer_norm_eps as f32;
         let g = &p.geometry;
@@ -263,10 +300,12 @@ impl Cswin {
         for ((x, n), out) in p.x.iter().zip(&w.stage_norms).zip(&p.features) {
             kernels::layer_norm(rec, x, None, &n.weight, &n.bias, eps, out)?;
         }
-        Ok(p)
+        Ok(())
     }
 
-    /// Runs the model on the GPU (one submission). Every stage must have at least one block.
+    /// Runs the model on the GPU: the plan's recorded program (made on the first forward of
+    /// this shape), one submission, one combined readback. Every stage must have at least one
+    /// block.
     pub async fn forward(
         &self,
         ctx: &Context,
@@ -274,42 +313,44 @@ impl Cswin {
         block0_attention: bool,
     ) -> Result<CswinOutput> {
         self.check_depths()?;
-        let mut rec = Recorder::new(ctx);
-        let mut copies = Vec::new();
-        let p = self.record(&mut rec, pixel_values, |rec, t| {
-            if block0_attention {
-                copies.push(rec.copy_of(t, "attention_copy"));
-            }
-        })?;
-        let copies = copies.into_iter().collect::<Result<Vec<_>>>()?;
-        rec.submit().await?;
-        let mut attention = Vec::new();
-        for c in &copies {
-            attention.push(c.read_host(ctx).await?);
-        }
-        let mut stages = Vec::new();
-        for x in &p.x {
-            stages.push(x.read_host(ctx).await?);
-        }
+        let p = self.prepare(ctx, pixel_values)?;
+        let recorded = self.recorded(ctx, &p, block0_attention).await?;
+        let mut outputs = vec![&p.stem];
+        outputs.extend(&p.x);
+        outputs.extend(&p.features);
+        outputs.extend(p.pooled.as_ref());
+        outputs.extend(p.logits.as_ref());
+        outputs.extend(&recorded.copies);
+        let mut values = recorded
+            .program
+            .run_and_read(ctx, &outputs)
+            .await?
+            .into_iter();
+        let mut next = || {
+            values.next().ok_or_else(|| crate::error::Error::Readback {
+                what: "cswin outputs".into(),
+                message: "fewer outputs than asked for".into(),
+            })
+        };
+        let stem = next()?;
+        let stages = p.x.iter().map(|_| next()).collect::<Result<Vec<_>>>()?;
         let mut features = Vec::new();
-        for (s, f) in p.features.iter().enumerate() {
+        for s in 0..p.features.len() {
             let (h, w) = p.geometry.stages[s];
-            features.push(super::to_nchw(&f.read_host(ctx).await?, h, w)?);
+            features.push(super::to_nchw(&next()?, h, w)?);
         }
         Ok(CswinOutput {
             geometry: p.geometry.clone(),
-            stem: p.stem.read_host(ctx).await?,
+            stem,
             stages,
-            pooled: match &p.pooled {
-                Some(t) => Some(t.read_host(ctx).await?),
-                None => None,
-            },
-            logits: match &p.logits {
-                Some(t) => Some(t.read_host(ctx).await?),
-                None => None,
-            },
+            pooled: p.pooled.as_ref().map(|_| next()).transpose()?,
+            logits: p.logits.as_ref().map(|_| next()).transpose()?,
             features,
-            block0_attention: attention,
+            block0_attention: recorded
+                .copies
+                .iter()
+                .map(|_| next())
+                .collect::<Result<_>>()?,
         })
     }
 
@@ -323,18 +364,29 @@ impl Cswin {
         pollster::block_on(self.forward(ctx, pixel_values, block0_attention))
     }
 
-    /// Records and submits one forward with a timestamp around every pass (benchmarks).
+    /// Runs one forward timed by `timing` (see [`crate::Bert::forward_timed`]) and waits for
+    /// it (benchmarks).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn forward_timed(
         &self,
         ctx: &Context,
         pixel_values: &HostTensor,
+        timing: Timing,
     ) -> Result<Vec<crate::pipeline::PassTime>> {
         self.check_depths()?;
-        let blocks: usize = self.config.depth.iter().sum();
-        let mut rec = Recorder::with_timing(ctx, (8 * blocks + 12) as u32);
-        self.record(&mut rec, pixel_values, |_, _| {})?;
-        rec.submit_blocking()
+        let p = self.prepare(ctx, pixel_values)?;
+        let recorded = pollster::block_on(self.recorded(ctx, &p, false))?;
+        recorded.program.run_timed(ctx, timing)
+    }
+
+    /// Uploads `pixel_values` and submits the plan's recorded forward without waiting for the
+    /// GPU or reading anything back: the host's share of a forward (benchmarks). Native only.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn forward_enqueue(&self, ctx: &Context, pixel_values: &HostTensor) -> Result<()> {
+        self.check_depths()?;
+        let p = self.prepare(ctx, pixel_values)?;
+        let recorded = pollster::block_on(self.recorded(ctx, &p, false))?;
+        recorded.program.encode_and_submit(ctx)
     }
 
     fn check_depths(&self) -> Result<()> {
