@@ -33,10 +33,11 @@ pub enum Kernel {
     MatmulSubgroup,
     Rotary,
     Geglu,
+    MatmulLayerNorm,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 18] = [
+    pub const ALL: [Kernel; 19] = [
         Kernel::Matmul,
         Kernel::LayerNorm,
         Kernel::Softmax,
@@ -55,6 +56,7 @@ impl Kernel {
         Kernel::MatmulSubgroup,
         Kernel::Rotary,
         Kernel::Geglu,
+        Kernel::MatmulLayerNorm,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -77,6 +79,7 @@ impl Kernel {
             Kernel::MatmulSubgroup => "matmul_subgroup",
             Kernel::Rotary => "rotary",
             Kernel::Geglu => "geglu",
+            Kernel::MatmulLayerNorm => "matmul_layer_norm",
         }
     }
 
@@ -101,6 +104,7 @@ impl Kernel {
             Kernel::MatmulSubgroup => include_str!("../shaders/matmul_subgroup.wgsl"),
             Kernel::Rotary => include_str!("../shaders/rotary.wgsl"),
             Kernel::Geglu => include_str!("../shaders/geglu.wgsl"),
+            Kernel::MatmulLayerNorm => include_str!("../shaders/matmul_layer_norm.wgsl"),
         }
     }
 
@@ -114,6 +118,8 @@ impl Kernel {
             }
             // params, x, residual, gamma, beta, y
             Kernel::LayerNorm => &[Uniform, Read, Read, Read, Read, Write],
+            // params, x, w, bias, residual, gamma, beta, y
+            Kernel::MatmulLayerNorm => &[Uniform, Read, Read, Read, Read, Read, Read, Write],
             // params, x, y
             Kernel::Softmax | Kernel::Gelu | Kernel::L2Normalize => &[Uniform, Read, Write],
             // params, a, b, y

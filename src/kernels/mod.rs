@@ -15,6 +15,7 @@ mod l2_normalize;
 mod layer_norm;
 pub mod matmul;
 pub mod matmul_coop;
+mod matmul_layer_norm;
 mod matmul_tile;
 mod pool;
 mod rotary;
@@ -36,6 +37,7 @@ pub use layer_norm::layer_norm;
 pub use matmul::{
     Activation, Epilogue, MatmulTile, MatrixView, StridedMatmul, WLayout, matmul, matmul_strided,
 };
+pub use matmul_layer_norm::matmul_layer_norm;
 pub use pool::{PoolMode, mean_pool, pool, pool_dims};
 pub use rotary::{geglu, geglu_dims, rotary, rotary_dims};
 pub use softmax::softmax;
@@ -90,6 +92,15 @@ pub fn shader_variants() -> Vec<(Kernel, Spec)> {
             Kernel::LayerNorm => {
                 for f16 in [(false, false), (true, true), (false, true), (true, false)] {
                     out.extend([false, true].map(|r| (kernel, layer_norm::spec(r, f16))));
+                }
+            }
+            Kernel::MatmulLayerNorm => {
+                for f16 in [
+                    (false, false, false),
+                    (true, true, true),
+                    (false, true, true),
+                ] {
+                    out.extend([false, true].map(|b| (kernel, matmul_layer_norm::spec(b, f16))));
                 }
             }
             Kernel::Rotary | Kernel::Geglu => {

@@ -12,7 +12,9 @@ use crate::kernels::{AttentionBias, PoolMode};
 
 pub use crate::host::HostTensor;
 
+mod fused;
 mod text;
+pub use fused::matmul_layer_norm;
 pub use text::{geglu, rotary, rotary_table};
 
 fn same_shape<T, U>(

@@ -441,7 +441,8 @@ impl Bert {
     }
 
     /// One post-norm layer (BERT and most families): `h = norm(h + attn(h))`,
-    /// `h = norm(h + mlp(h))`.
+    /// `h = norm(h + mlp(h))`, in 5 dispatches (QKV, attention, O-proj + add & norm, FFN up,
+    /// FFN down + add & norm).
     fn post_norm_layer(
         &self,
         rec: &mut Recorder<'_>,
@@ -461,27 +462,20 @@ impl Bert {
             window: cfg.attention_window(l),
         };
         kernels::attention_biased(rec, &p.qkv, &p.mask, extra, heads, &p.context)?;
-        let out = Epilogue::none()
-            .bias(&layer.attention_output.bias)
-            .residual(&p.hidden);
-        kernels::matmul(
+        // Output projection + bias + residual and its norm in one dispatch.
+        let (o, n) = (&layer.attention_output, &layer.attention_norm);
+        kernels::matmul_layer_norm(
             rec,
             &p.context,
-            &layer.attention_output.weight,
-            &p.attention_sum,
-            out,
-        )?;
-        let n = &layer.attention_norm;
-        kernels::layer_norm(
-            rec,
-            &p.attention_sum,
-            None,
+            &o.weight,
+            Some(&o.bias),
+            &p.hidden,
             &n.weight,
             &n.bias,
             eps,
             &p.attention_out,
         )?;
-        // Feed-forward: up + activation, down + residual, norm.
+        // Feed-forward: up + activation, then down + bias + residual and the norm.
         let up = Epilogue::none().bias(&layer.intermediate.bias).act(act);
         kernels::matmul(
             rec,
@@ -490,19 +484,18 @@ impl Bert {
             &p.intermediate,
             up,
         )?;
-        let down = Epilogue::none()
-            .bias(&layer.output.bias)
-            .residual(&p.attention_out);
-        kernels::matmul(
+        let (d, n) = (&layer.output, &layer.output_norm);
+        kernels::matmul_layer_norm(
             rec,
             &p.intermediate,
-            &layer.output.weight,
-            &p.output_sum,
-            down,
-        )?;
-        let n = &layer.output_norm;
-        kernels::layer_norm(rec, &p.output_sum, None, &n.weight, &n.bias, eps, &p.hidden)?;
-        Ok(())
+            &d.weight,
+            Some(&d.bias),
+            &p.attention_out,
+            &n.weight,
+            &n.bias,
+            eps,
+            &p.hidden,
+        )
     }
 
     /// One pre-norm layer (ModernBERT): `h = h + attn(norm(h))` with rotary positions and
