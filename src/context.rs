@@ -122,11 +122,14 @@ fn parse_backend(value: &str) -> Result<wgpu::Backend> {
         "dx12" | "d3d12" => wgpu::Backend::Dx12,
         "gl" | "gles" | "opengl" => wgpu::Backend::Gl,
         "webgpu" | "browser" => wgpu::Backend::BrowserWebGpu,
+        // wgpu's do-nothing backend (also needs WGPU_NOOP_BACKEND=1): kernels do not run, so
+        // it serves only to measure what recording costs the host without a driver.
+        "noop" => wgpu::Backend::Noop,
         _ => {
             return Err(Error::InvalidOption {
                 name: "BACKBONE_BACKEND",
                 value: value.to_string(),
-                expected: "one of vulkan, metal, dx12, gl, webgpu",
+                expected: "one of vulkan, metal, dx12, gl, webgpu, noop",
             });
         }
     })
