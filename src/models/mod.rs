@@ -34,6 +34,7 @@ use std::sync::{Arc, Mutex};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::models::weights::{Weights, upload, upload_as};
+use crate::pipeline::Recorder;
 use crate::reference::HostTensor;
 use crate::tensor::{DType, Tensor};
 
@@ -201,12 +202,68 @@ impl Programs {
             .map(|(_, r)| r.clone())
     }
 
-    pub(crate) fn insert(&self, variant: u32, recorded: Recorded) -> Arc<Recorded> {
+    fn insert(&self, variant: u32, recorded: Recorded) -> Arc<Recorded> {
         let recorded = Arc::new(recorded);
         let mut programs = self.0.lock().unwrap_or_else(|e| e.into_inner());
         programs.retain(|(v, _)| *v != variant);
         programs.push((variant, recorded.clone()));
         recorded
+    }
+
+    /// The forward recorded for `variant`, recorded by `record` on first use; `record` pushes
+    /// the tensors its copies fill (kept with the program).
+    pub(crate) async fn get_or_record(
+        &self,
+        ctx: &Context,
+        variant: u32,
+        record: impl FnOnce(&mut Recorder<'_>, &mut Vec<Result<Tensor>>) -> Result<()>,
+    ) -> Result<Arc<Recorded>> {
+        if let Some(r) = self.get(variant) {
+            return Ok(r);
+        }
+        let mut rec = Recorder::new(ctx);
+        let mut copies = Vec::new();
+        record(&mut rec, &mut copies)?;
+        let copies = copies.into_iter().collect::<Result<Vec<_>>>()?;
+        let program = rec.finish().await?;
+        Ok(self.insert(variant, Recorded { program, copies }))
+    }
+}
+
+impl Recorded {
+    /// Runs the program and reads `outputs`, then the copies, back in one readback.
+    pub(crate) async fn run_and_read(
+        &self,
+        ctx: &Context,
+        mut outputs: Vec<&Tensor>,
+        what: &'static str,
+    ) -> Result<Outputs> {
+        outputs.extend(&self.copies);
+        let values = self.program.run_and_read(ctx, &outputs).await?;
+        Ok(Outputs {
+            values: values.into_iter(),
+            what,
+        })
+    }
+}
+
+/// Values read back by [`Recorded::run_and_read`], taken in the order they were asked for.
+pub(crate) struct Outputs {
+    values: std::vec::IntoIter<HostTensor>,
+    what: &'static str,
+}
+
+impl Outputs {
+    pub(crate) fn next(&mut self) -> Result<HostTensor> {
+        self.values.next().ok_or_else(|| Error::Readback {
+            what: self.what.into(),
+            message: "fewer outputs than asked for".into(),
+        })
+    }
+
+    /// The next `n` values.
+    pub(crate) fn take(&mut self, n: usize) -> Result<Vec<HostTensor>> {
+        (0..n).map(|_| self.next()).collect()
     }
 }
 

@@ -310,20 +310,16 @@ impl Bert {
         p: &Plan,
         hidden_states: bool,
     ) -> Result<std::sync::Arc<Recorded>> {
-        if let Some(r) = p.programs.get(hidden_states as u32) {
-            return Ok(r);
-        }
-        let mut rec = Recorder::new(ctx);
-        let mut copies = Vec::new();
-        self.record_plan(&mut rec, p, |rec, _, h| {
-            if hidden_states {
-                copies.push(rec.copy_of(h, "hidden_state"));
-            }
-        })?;
-        let copies = copies.into_iter().collect::<Result<Vec<_>>>()?;
-        let program = rec.finish().await?;
-        Ok(p.programs
-            .insert(hidden_states as u32, Recorded { program, copies }))
+        let variant = hidden_states as u32;
+        p.programs
+            .get_or_record(ctx, variant, |rec, copies| {
+                self.record_plan(rec, p, |rec, _, h| {
+                    if hidden_states {
+                        copies.push(rec.copy_of(h, "hidden_state"));
+                    }
+                })
+            })
+            .await
     }
 
     /// Records the whole forward of plan `p` into `rec`.
@@ -617,34 +613,19 @@ impl Bert {
         outputs.extend(pooler);
         outputs.extend(p.logits.as_ref());
         outputs.extend(unnormalized);
-        outputs.extend(&recorded.copies);
-        let mut values = recorded
-            .program
-            .run_and_read(ctx, &outputs)
-            .await?
-            .into_iter();
-        let mut next = || {
-            values.next().ok_or_else(|| crate::error::Error::Readback {
-                what: "bert outputs".into(),
-                message: "fewer outputs than asked for".into(),
-            })
-        };
-        let sentence_embedding = next()?;
+        let mut values = recorded.run_and_read(ctx, outputs, "bert outputs").await?;
+        let sentence_embedding = values.next()?;
         let last_hidden_state = match readback.last_hidden_state {
-            true => next()?,
+            true => values.next()?,
             false => HostTensor::zeros(&[0]),
         };
         Ok(BertOutput {
             last_hidden_state,
             sentence_embedding,
-            pooler_output: pooler.map(|_| next()).transpose()?,
-            logits: p.logits.as_ref().map(|_| next()).transpose()?,
-            unnormalized_embedding: unnormalized.map(|_| next()).transpose()?,
-            hidden_states: recorded
-                .copies
-                .iter()
-                .map(|_| next())
-                .collect::<Result<_>>()?,
+            pooler_output: pooler.map(|_| values.next()).transpose()?,
+            logits: p.logits.as_ref().map(|_| values.next()).transpose()?,
+            unnormalized_embedding: unnormalized.map(|_| values.next()).transpose()?,
+            hidden_states: values.take(recorded.copies.len())?,
         })
     }
 

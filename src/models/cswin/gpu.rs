@@ -192,20 +192,15 @@ impl Cswin {
         p: &Plan,
         attention: bool,
     ) -> Result<std::sync::Arc<Recorded>> {
-        if let Some(r) = p.programs.get(attention as u32) {
-            return Ok(r);
-        }
-        let mut rec = Recorder::new(ctx);
-        let mut copies = Vec::new();
-        self.record(&mut rec, p, |rec, t| {
-            if attention {
-                copies.push(rec.copy_of(t, "attention_copy"));
-            }
-        })?;
-        let copies = copies.into_iter().collect::<Result<Vec<_>>>()?;
-        let program = rec.finish().await?;
-        Ok(p.programs
-            .insert(attention as u32, Recorded { program, copies }))
+        p.programs
+            .get_or_record(ctx, attention as u32, |rec, copies| {
+                self.record(rec, p, |rec, t| {
+                    if attention {
+                        copies.push(rec.copy_of(t, "attention_copy"));
+                    }
+                })
+            })
+            .await
     }
 
     /// Records the whole forward of plan `p` into `rec`. `on_attention` sees each stage's
@@ -320,37 +315,22 @@ impl Cswin {
         outputs.extend(&p.features);
         outputs.extend(p.pooled.as_ref());
         outputs.extend(p.logits.as_ref());
-        outputs.extend(&recorded.copies);
-        let mut values = recorded
-            .program
-            .run_and_read(ctx, &outputs)
-            .await?
-            .into_iter();
-        let mut next = || {
-            values.next().ok_or_else(|| crate::error::Error::Readback {
-                what: "cswin outputs".into(),
-                message: "fewer outputs than asked for".into(),
-            })
-        };
-        let stem = next()?;
-        let stages = p.x.iter().map(|_| next()).collect::<Result<Vec<_>>>()?;
+        let mut values = recorded.run_and_read(ctx, outputs, "cswin outputs").await?;
+        let stem = values.next()?;
+        let stages = values.take(p.x.len())?;
         let mut features = Vec::new();
         for s in 0..p.features.len() {
             let (h, w) = p.geometry.stages[s];
-            features.push(super::to_nchw(&next()?, h, w)?);
+            features.push(super::to_nchw(&values.next()?, h, w)?);
         }
         Ok(CswinOutput {
             geometry: p.geometry.clone(),
             stem,
             stages,
-            pooled: p.pooled.as_ref().map(|_| next()).transpose()?,
-            logits: p.logits.as_ref().map(|_| next()).transpose()?,
+            pooled: p.pooled.as_ref().map(|_| values.next()).transpose()?,
+            logits: p.logits.as_ref().map(|_| values.next()).transpose()?,
             features,
-            block0_attention: recorded
-                .copies
-                .iter()
-                .map(|_| next())
-                .collect::<Result<_>>()?,
+            block0_attention: values.take(recorded.copies.len())?,
         })
     }
 
