@@ -159,11 +159,16 @@ impl Tensor {
     /// Copies the tensor back to the host as f32 (f16 is widened). Works on the web: it only
     /// awaits the map callback.
     pub async fn read_f32(&self, ctx: &Context) -> Result<Vec<f32>> {
-        let bytes = self.read_bytes(ctx).await?;
+        self.f32_from_bytes(&self.read_bytes(ctx).await?)
+    }
+
+    /// This tensor's values, read back as `bytes` (its elements, no padding), as f32 (f16 is
+    /// widened; u32 is refused).
+    pub(crate) fn f32_from_bytes(&self, bytes: &[u8]) -> Result<Vec<f32>> {
         Ok(match self.dtype {
-            DType::F32 => bytemuck::pod_collect_to_vec(&bytes),
+            DType::F32 => bytemuck::pod_collect_to_vec(bytes),
             DType::F16 => {
-                let halves: Vec<half::f16> = bytemuck::pod_collect_to_vec(&bytes);
+                let halves: Vec<half::f16> = bytemuck::pod_collect_to_vec(bytes);
                 halves.iter().map(|h| h.to_f32()).collect()
             }
             DType::U32 => {

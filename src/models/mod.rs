@@ -185,7 +185,7 @@ impl<K: Eq + Clone, P> Drop for PlanLease<'_, K, P> {
 /// A forward recorded once for a plan and kept with it: the program (parameters and bind
 /// groups made once) and the tensors its copies fill (kept intermediate states).
 pub(crate) struct Recorded {
-    pub program: crate::recorder::Program,
+    pub program: crate::program::Program,
     pub copies: Vec<crate::tensor::Tensor>,
 }
 
