@@ -1,5 +1,5 @@
 //! The README's text-embedding example: `cargo run --release --example embed -- MODEL_DIR TEXT...`
-use backbone::models::{bert::Bert, tokenizer::TextTokenizer};
+use backbone::encoder::{EncoderOptions, TextEncoder};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -11,10 +11,14 @@ fn main() -> anyhow::Result<()> {
         texts.iter().map(String::as_str).collect()
     };
 
-    let ctx = backbone::Context::from_env_blocking()?;
-    let model = Bert::from_dir(&ctx, &dir)?; // weights checked and uploaded once
-    let tokens = TextTokenizer::from_dir(&dir, 256)?.encode(&texts)?;
-    let out = model.forward_blocking(&ctx, &tokens, false)?; // one submission per forward
-    println!("{:?}", &out.sentence_embedding.data[..4]);
+    // Config, sentence-transformers modules, tokenizer and weights read once; the best GPU.
+    let model = TextEncoder::open(&dir, &EncoderOptions::default())?;
+    let embeddings = model.encode_blocking(&texts, None, None)?; // [texts, D], one batch
+    let info = model.info();
+    println!(
+        "{} on {} ({} tokens max)",
+        info.model_id, info.device, info.max_length
+    );
+    println!("{:?}", &embeddings.data[..4]);
     Ok(())
 }

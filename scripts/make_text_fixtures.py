@@ -15,6 +15,9 @@ models are tiny (hidden 32), every output is computed in float32 on the CPU:
   electra-micro       ElectraForPreTraining (discriminator, `electra.` prefix and its head),
                       embedding_size 16 != hidden 32 (embeddings_project)
   bert-cross-micro    BertForSequenceClassification, 1 label (pooler + classifier)
+  bert-cross-long-micro  the same with 514 positions, model_max_length 384 and no
+                      sentence_bert_config.json; CrossEncoder.predict scores on a ~450-token
+                      document (cut at 384) and a short one
   modernbert-micro    ModernBertModel: pre-norm without biases, rotary positions (global and
                       local theta), GeGLU, a local window (8) shorter than the longer texts on
                       every layer but each second, final norm
@@ -294,6 +297,33 @@ def bert_cross(root):
     write_io(out, tensors, {"query": PAIRS_QUERY, "documents": PAIRS_DOCS})
 
 
+def bert_cross_long(root):
+    """A cross-encoder with 514 positions whose tokenizer truncates at 384 (model_max_length)
+    and no sentence_bert_config.json, as most cross-encoders are released: a document of ~450
+    tokens is cut at 384 by CrossEncoder.predict, which `backbone rerank` and `/rerank` must
+    match (they once cut at 512 and 256)."""
+    from sentence_transformers import CrossEncoder
+
+    out = os.path.join(root, "bert-cross-long-micro")
+    tok, vocab = make_tokenizer("bert")
+    tok.model_max_length = 384
+    cfg = small(BertConfig, vocab, type_vocab_size=2, num_labels=1, max_position_embeddings=514)
+    model = randomize(BertForSequenceClassification(cfg), 16)
+    save_folder(out, model, tok)
+    words = " ".join(PAIRS_DOCS).split()
+    long_doc = " ".join(words[(i + i // len(words)) % len(words)] for i in range(450))
+    docs = [long_doc, PAIRS_DOCS[0]]
+    pairs = [(PAIRS_QUERY, d) for d in docs]
+    full = tok([PAIRS_QUERY], [long_doc], truncation=False)["input_ids"][0]
+    assert len(full) > 400, len(full)
+    encoder = CrossEncoder(out, device="cpu")
+    scores = encoder.predict(pairs, convert_to_tensor=True)
+    tensors = {"pair_scores": scores.reshape(-1).to(torch.float32)}
+    write_io(out, tensors, {"query": PAIRS_QUERY, "documents": docs,
+                            "untruncated_pair_tokens": len(full),
+                            "cross_encoder_max_length": encoder.max_length})
+
+
 def modernbert_config(vocab, **kw):
     """The micro ModernBERT: 3 layers, a local window (8) on each layer but every second."""
     cfg = ModernBertConfig(
@@ -418,6 +448,7 @@ def main():
         "distilbert-micro": lambda: distilbert(root),
         "electra-micro": lambda: electra(root),
         "bert-cross-micro": lambda: bert_cross(root),
+        "bert-cross-long-micro": lambda: bert_cross_long(root),
         "mpnet-micro": lambda: mpnet(root),
         "modernbert-micro": lambda: modernbert(root),
         "modernbert-cross-mean-micro": lambda: modernbert_cross(root, "mean", True, 18),

@@ -21,6 +21,7 @@
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
 pub mod context;
+pub mod encoder;
 pub mod error;
 pub mod host;
 #[cfg(not(target_arch = "wasm32"))]

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
-use crate::error::{Error, Result};
+#[cfg(not(target_arch = "wasm32"))]
+use crate::error::Error;
+use crate::error::Result;
 
 /// Helpers shared by every kernel (prepended to each kernel's source).
 const COMMON: &str = include_str!("../shaders/common.wgsl");

@@ -166,3 +166,51 @@ fn run_writes_logits_for_a_cross_encoder() {
     assert_close("run logits", &got.data, &want.data, LOGIT_ATOL, 0.0);
     std::fs::remove_dir_all(&tmp).ok();
 }
+
+/// BERT's classifier reads the pooler output. A cross-encoder folder whose checkpoint lacks
+/// `pooler.dense` is refused the same way by every door (the CLI on GPU and CPU, the library's
+/// TextEncoder), and weights built by hand without the pooler are refused by both forwards
+/// instead of the GPU reading a pooler output nobody computed.
+#[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
+fn a_classifier_without_pooler_is_refused_on_gpu_and_cpu() {
+    use backbone::encoder::{Device, EncoderOptions, TextEncoder};
+    let src = fixture("text/bert-cross-micro");
+    let tmp = std::env::temp_dir().join(format!("backbone-no-pooler-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).expect("tmp");
+    for name in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(name), tmp.join(name)).expect("copy");
+    }
+    let mut tensors = checkpoint_tensors("text/bert-cross-micro");
+    tensors.retain(|(k, _)| !k.contains("pooler"));
+    std::fs::write(tmp.join("model.safetensors"), checkpoint_bytes(&tensors)).expect("write");
+    let mut messages = Vec::new();
+    for device in [Device::Gpu, Device::Cpu] {
+        let err = TextEncoder::open(&tmp, &EncoderOptions::default().device(device.clone()))
+            .expect_err("no pooler");
+        messages.push(err.to_string());
+    }
+    for device in ["gpu", "cpu"] {
+        let out = rerank(&tmp, &["--device", device]);
+        assert!(!out.status.success(), "{device}: refused");
+        messages.push(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    for m in &messages {
+        assert!(
+            m.contains("pooler.dense.weight") && m.contains("reads the pooler output"),
+            "{m}"
+        );
+    }
+
+    // Weights built by hand: the same refusal from both forwards.
+    let (config, mut weights) = bert::load_dir(&src).expect("load");
+    weights.pooler = None;
+    let golden = Golden::open(&src.join("io.safetensors"));
+    let input = pair_input(&golden);
+    let cpu = bert::forward_cpu(&config, &weights, &input, false).expect_err("cpu refuses");
+    let gpu = Bert::new(ctx(), config, &weights)
+        .map(|_| ())
+        .expect_err("gpu refuses");
+    assert_eq!(cpu.to_string(), gpu.to_string());
+    std::fs::remove_dir_all(&tmp).ok();
+}

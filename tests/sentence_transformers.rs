@@ -8,9 +8,9 @@ mod common;
 
 use std::collections::BTreeMap;
 
+use backbone::encoder::{Device, EncoderOptions, TextEncoder};
 use backbone::kernels::{Activation, PoolMode};
 use backbone::models::bert::{self, Bert, BertOutput, load_sentence};
-use backbone::models::tokenizer::SentenceTokenizer;
 use common::*;
 
 /// The bound for sentence embeddings.
@@ -24,10 +24,13 @@ fn texts(dir: &std::path::Path) -> Vec<String> {
 fn embed(name: &str, prompt_name: Option<&str>) -> (Vec<f32>, Vec<f32>) {
     let dir = fixture(&format!("text/{name}"));
     let (config, weights) = bert::load_dir(&dir).expect("load");
-    let tok = SentenceTokenizer::from_dir(&dir, &config, None).expect("tokenizer");
+    let options = EncoderOptions::default().device(Device::Cpu);
+    let encoder = TextEncoder::open(&dir, &options).expect("open");
     let texts = texts(&dir);
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let input = tok.encode(&texts, None, prompt_name).expect("encode");
+    let input = encoder
+        .tokenize(&texts, None, prompt_name, true)
+        .expect("encode");
     let cpu: BertOutput = bert::forward_cpu(&config, &weights, &input, false).expect("cpu");
     let model = Bert::new(ctx(), config, &weights).expect("upload");
     let gpu = model.forward_blocking(ctx(), &input, false).expect("gpu");

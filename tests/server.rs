@@ -232,6 +232,87 @@ fn rerank_matches_the_cli() {
     assert!(server.stop());
 }
 
+/// A cross-encoder released without sentence_bert_config.json (positions 514, tokenizer
+/// model_max_length 384) scores a ~520-token document the same through `backbone rerank`,
+/// `/rerank`, the library's `TextEncoder` and `CrossEncoder.predict` (the fixture): all truncate
+/// at 384. Cut at 256 or 512 (what `/rerank` and `rerank` once did) the score differs, so the
+/// check bites.
+#[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
+fn rerank_length_is_the_same_through_every_front_door() {
+    use backbone::encoder::{Device, EncoderOptions, MaxLengthSource, TextEncoder};
+    const ATOL: f32 = 1e-5;
+    let dir = fixture("text/bert-cross-long-micro");
+    let about = sentences(&dir);
+    assert!(
+        about["untruncated_pair_tokens"].as_u64() > Some(384),
+        "{about}"
+    );
+    let query = about["query"].as_str().expect("query").to_string();
+    let docs = sentence_list(&dir, "documents");
+    let want = Golden::open(&dir.join("io.safetensors"))
+        .f32("pair_scores")
+        .data;
+    let model = dir.to_str().expect("utf-8");
+    let rerank_cli = |extra: &[&str]| -> Vec<f32> {
+        let mut args = vec!["rerank", "--model", model, "--query", query.as_str()];
+        args.extend(extra);
+        args.extend(docs.iter().map(String::as_str));
+        serde_json::from_value(cli(&args)).expect("scores")
+    };
+    assert_close("rerank (GPU)", &rerank_cli(&[]), &want, ATOL, 0.0);
+    assert_close(
+        "rerank (CPU)",
+        &rerank_cli(&["--device", "cpu"]),
+        &want,
+        ATOL,
+        0.0,
+    );
+    for other in ["256", "512"] {
+        let got = rerank_cli(&["--max-length", other]);
+        assert!(
+            (got[0] - want[0]).abs() > 100.0 * ATOL,
+            "cut at {other} tokens the long document scores {} vs {} at 384: the test would \
+             not see a length drift",
+            got[0],
+            want[0]
+        );
+    }
+
+    let encoder =
+        TextEncoder::open(&dir, &EncoderOptions::default().device(Device::Cpu)).expect("open");
+    assert_eq!(encoder.info().max_length, 384);
+    assert_eq!(
+        encoder.info().max_length_source,
+        MaxLengthSource::TokenizerConfig
+    );
+    let refs: Vec<&str> = docs.iter().map(String::as_str).collect();
+    let logits = encoder.encode_pairs_blocking(&query, &refs).expect("pairs");
+    let scores: Vec<f32> = logits
+        .data
+        .iter()
+        .map(|&l| backbone::models::bert::cross_encoder_score(l))
+        .collect();
+    assert_close("TextEncoder", &scores, &want, ATOL, 0.0);
+
+    // TEI refuses an input over the length unless truncation is asked for (or the server
+    // runs with --auto-truncate); asked, it cuts where the others cut.
+    let server = Server::start(&dir, &[]);
+    let body = json!({ "query": query, "texts": docs, "truncate": true });
+    let (status, info) = server.json("/rerank", body);
+    assert_eq!(status, 200, "{info}");
+    let mut served = vec![f32::NAN; docs.len()];
+    for r in info.as_array().expect("array") {
+        served[r["index"].as_u64().expect("index") as usize] =
+            r["score"].as_f64().expect("score") as f32;
+    }
+    assert_close("/rerank", &served, &want, ATOL, 0.0);
+    let (_, info) = server.request("GET", "/info", "");
+    let info: Value = serde_json::from_str(&info).expect("info json");
+    assert_eq!(info["max_input_length"], 384, "{info}");
+    assert!(server.stop());
+}
+
 /// Past --max-concurrent-requests a request gets 429 while another is in flight (a slow one:
 /// 32 texts of 256 tokens on the CPU path).
 #[test]

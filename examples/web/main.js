@@ -115,7 +115,7 @@ async function loadFixtures() {
     const about = await loadText(await fetchFolder(bert));
     $("bert-status").textContent = `loaded bert-micro-12l-random (test fixture, random weights): ${about}`;
   }
-  engine.load_cswin(await fetchText(`${cswin}/config.json`), await fetchBytes(`${cswin}/model.safetensors`));
+  await engine.load_cswin(await fetchText(`${cswin}/config.json`), await fetchBytes(`${cswin}/model.safetensors`));
   $("cswin-status").textContent = "loaded cswin-micro-s3full (test fixture, random weights)";
 }
 
@@ -151,7 +151,7 @@ async function main() {
   $("cswin-dir").onchange = async () => {
     try {
       const f = folder($("cswin-dir"));
-      engine.load_cswin(new TextDecoder().decode(await need(f, "config.json")), await need(f, "model.safetensors"));
+      await engine.load_cswin(new TextDecoder().decode(await need(f, "config.json")), await need(f, "model.safetensors"));
       $("cswin-status").textContent = "loaded";
     } catch (e) { fail(e); }
   };

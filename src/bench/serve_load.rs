@@ -16,9 +16,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::encoder::{Device, EncoderOptions, TextEncoder};
 use crate::error::{Error, Result};
-use crate::models::bert;
-use crate::models::tokenizer::SentenceTokenizer;
 use crate::tensor::DType;
 
 /// A `backbone serve` child process on 127.0.0.1; killed when dropped.
@@ -305,13 +304,10 @@ fn text_pool(n: usize) -> Vec<String> {
 /// Embeddings of `texts` from the CPU reference path in `dtype` (compared by cosine: their
 /// scale does not matter).
 fn reference(model: &Path, texts: &[String], dtype: DType) -> Result<Vec<Vec<f32>>> {
-    let config = bert::load_config(model)?;
-    let weights = bert::load_weights(model, &config)?;
-    let tokenizer = SentenceTokenizer::from_dir(model, &config, None)?;
+    let options = EncoderOptions::default().device(Device::Cpu).dtype(dtype);
+    let encoder = TextEncoder::open(model, &options)?;
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let input = tokenizer.encode(&refs, None, None)?;
-    let out = bert::forward_cpu_as(&config, &weights, &input, false, dtype)?;
-    let t = &out.sentence_embedding;
+    let t = encoder.encode_blocking(&refs, None, None)?;
     Ok(t.data.chunks(t.shape[1]).map(<[f32]>::to_vec).collect())
 }
 

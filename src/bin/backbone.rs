@@ -12,12 +12,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
-use backbone::models::bert::{self, Bert, BertConfig, BertInput, BertOutput};
-use backbone::models::cswin::{self, Cswin, CswinConfig, CswinOutput};
+use backbone::encoder::{EncoderOptions, ImageEncoder, TextEncoder};
+use backbone::models::bert::{self, BertInput};
+use backbone::models::cswin::{self, CswinConfig};
 use backbone::models::image;
-use backbone::models::tokenizer::{SentenceTokenizer, TextTokenizer};
 use backbone::reference::HostTensor;
-use backbone::{Context, ContextOptions, DType, io, limits};
+use backbone::{DType, io, limits};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
@@ -109,7 +109,8 @@ enum Command {
         #[arg(long)]
         model: PathBuf,
         /// Longer texts are truncated to this many tokens (special tokens included); default:
-        /// the folder's max_seq_length, else 256.
+        /// the folder's max_seq_length (sentence_bert_config.json), else the tokenizer's
+        /// model_max_length, else the model's positions.
         #[arg(long)]
         max_length: Option<usize>,
         /// A prompt of the folder's config_sentence_transformers.json to prepend (e.g. query).
@@ -138,8 +139,9 @@ enum Command {
         /// Print logits instead of sigmoid scores.
         #[arg(long)]
         raw: bool,
-        /// Pairs longer than this are truncated, longest first (default: the model's
-        /// positions, at most 512).
+        /// Pairs longer than this are truncated, longest first; default as `embed` (and as
+        /// `/rerank` and CrossEncoder.predict): the tokenizer's model_max_length for most
+        /// cross-encoders.
         #[arg(long)]
         max_length: Option<usize>,
         #[arg(long, value_enum, default_value = "gpu")]
@@ -320,8 +322,24 @@ struct Prompt {
     text: Option<String>,
 }
 
-/// `embed`: texts in batches of at most [`limits::MAX_BATCH_TOKENS`] tokens (each padded to
-/// its longest text), through one model loaded once; one JSON array of embeddings out.
+impl Device {
+    fn device(self) -> backbone::encoder::Device {
+        match self {
+            Device::Gpu => backbone::encoder::Device::Gpu,
+            Device::Cpu => backbone::encoder::Device::Cpu,
+        }
+    }
+}
+
+fn options(device: Device, dtype: DType, max_length: Option<usize>) -> EncoderOptions {
+    EncoderOptions::default()
+        .device(device.device())
+        .dtype(dtype)
+        .max_length(max_length)
+}
+
+/// `embed`: the texts through the folder's [`TextEncoder`] (its length, prompts, pooling);
+/// one JSON array of embeddings out.
 fn embed(
     model: &Path,
     max_length: Option<usize>,
@@ -330,72 +348,18 @@ fn embed(
     dtype: DType,
     texts: &[String],
 ) -> Result<()> {
-    let config = bert::load_config(model)?;
-    let tokenizer = SentenceTokenizer::from_dir(model, &config, max_length)?;
-    let per_batch = (limits::MAX_BATCH_TOKENS / tokenizer.max_length.max(1)).clamp(1, 256);
-    let inputs = texts
-        .chunks(per_batch)
-        .map(|chunk| {
-            let chunk: Vec<&str> = chunk.iter().map(String::as_str).collect();
-            let input = tokenizer.encode(&chunk, prompt.text.as_deref(), prompt.name.as_deref())?;
-            input.validate(&config)?;
-            Ok(input)
-        })
-        .collect::<backbone::Result<Vec<_>>>()?;
-    let text_model = TextModel::load(model, &config, device, dtype)?;
-    let mut rows: Vec<Vec<f32>> = Vec::with_capacity(texts.len());
-    for input in &inputs {
-        let out = text_model.forward(input)?;
-        let embeddings = &out.sentence_embedding;
-        check_finite("sentence_embedding", embeddings)?;
-        rows.extend(
-            embeddings
-                .data
-                .chunks(embeddings.shape[1])
-                .map(<[f32]>::to_vec),
-        );
-    }
+    let encoder = TextEncoder::open(model, &options(device, dtype, max_length))?;
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let embeddings =
+        encoder.encode_blocking(&texts, prompt.text.as_deref(), prompt.name.as_deref())?;
+    check_finite("sentence_embedding", &embeddings)?;
+    let rows: Vec<&[f32]> = embeddings.data.chunks(embeddings.shape[1]).collect();
     println!("{}", serde_json::to_string(&rows)?);
     Ok(())
 }
 
-/// A text model loaded once, on the GPU or the CPU path.
-struct TextModel {
-    config: BertConfig,
-    weights: backbone::models::bert::BertWeights<HostTensor>,
-    dtype: DType,
-    gpu: Option<(Context, Bert)>,
-}
-
-impl TextModel {
-    fn load(dir: &Path, config: &BertConfig, device: Device, dtype: DType) -> Result<Self> {
-        let weights = bert::load_weights(dir, config)?;
-        let gpu = match device {
-            Device::Gpu => {
-                let ctx = pollster::block_on(Context::new(ContextOptions::from_env()?))?;
-                let bert = Bert::with_dtype(&ctx, config.clone(), &weights, dtype)?;
-                Some((ctx, bert))
-            }
-            Device::Cpu => None,
-        };
-        Ok(Self {
-            config: config.clone(),
-            weights,
-            dtype,
-            gpu,
-        })
-    }
-
-    fn forward(&self, input: &BertInput) -> Result<BertOutput> {
-        Ok(match &self.gpu {
-            Some((ctx, bert)) => bert.forward_blocking(ctx, input, false)?,
-            None => bert::forward_cpu_as(&self.config, &self.weights, input, false, self.dtype)?,
-        })
-    }
-}
-
-/// `rerank`: (query, document) pairs in the tokenizer's pair template, in batches, through a
-/// cross-encoder loaded once.
+/// `rerank`: (query, document) pairs through a cross-encoder's [`TextEncoder`], truncated
+/// at the length it decided (as `/rerank` and `CrossEncoder.predict` truncate).
 fn rerank(
     model: &Path,
     query: &str,
@@ -405,41 +369,20 @@ fn rerank(
     device: Device,
     dtype: DType,
 ) -> Result<()> {
-    let config = bert::load_config(model)?;
-    let max_length = max_length.unwrap_or(512).min(config.max_sequence());
-    let tokenizer = TextTokenizer::from_dir(model, max_length)?;
-    let per_batch = (limits::MAX_BATCH_TOKENS / max_length.max(1)).clamp(1, 256);
-    let inputs = documents
-        .chunks(per_batch)
-        .map(|chunk| {
-            let pairs: Vec<(&str, &str)> = chunk.iter().map(|d| (query, d.as_str())).collect();
-            let input = tokenizer.encode_pairs(&pairs)?;
-            input.validate(&config)?;
-            Ok(input)
+    let encoder = TextEncoder::open(model, &options(device, dtype, max_length))?;
+    let docs: Vec<&str> = documents.iter().map(String::as_str).collect();
+    let logits = encoder.encode_pairs_blocking(query, &docs)?;
+    check_finite("logits", &logits)?;
+    let labels = logits.shape[1];
+    let scores: Vec<serde_json::Value> = logits
+        .data
+        .chunks(labels)
+        .map(|row| match (labels, raw) {
+            (1, false) => serde_json::json!(bert::cross_encoder_score(row[0])),
+            (1, true) => serde_json::json!(row[0]),
+            _ => serde_json::json!(row),
         })
-        .collect::<backbone::Result<Vec<_>>>()?;
-    let text_model = TextModel::load(model, &config, device, dtype)?;
-    if text_model.weights.classifier.is_none() {
-        bail!(
-            "{}: not a cross-encoder (the checkpoint has no sequence-classification head, \
-             e.g. classifier.* weights)",
-            model.display()
-        );
-    }
-    let mut scores = Vec::with_capacity(documents.len());
-    for input in &inputs {
-        let out = text_model.forward(input)?;
-        let logits = out.logits.context("the cross-encoder returned no logits")?;
-        check_finite("logits", &logits)?;
-        let labels = logits.shape[1];
-        for row in logits.data.chunks(labels) {
-            scores.push(match (labels, raw) {
-                (1, false) => serde_json::json!(bert::cross_encoder_score(row[0])),
-                (1, true) => serde_json::json!(row[0]),
-                _ => serde_json::json!(row),
-            });
-        }
-    }
+        .collect();
     println!("{}", serde_json::to_string(&scores)?);
     Ok(())
 }
@@ -479,7 +422,13 @@ fn run(
             let input = BertInput::from_safetensors(&bytes).with_context(reading)?;
             let config = bert::load_config(model)?;
             input.validate(&config).with_context(reading)?;
-            let out = TextModel::load(model, &config, device, dtype)?.forward(&input)?;
+            let mut options = options(device, dtype, None);
+            options.require_tokenizer = false;
+            let want = backbone::encoder::Want {
+                last_hidden_state: true,
+                hidden_states: false,
+            };
+            let out = TextEncoder::open(model, &options)?.forward_blocking(&input, want)?;
             check_finite("last_hidden_state", &out.last_hidden_state)?;
             out.to_safetensors()?
         }
@@ -490,7 +439,9 @@ fn run(
                 None => cswin::load_config(model)?,
             };
             cswin::check_input(&config, &pixels).with_context(reading)?;
-            let out = run_cswin(model, config, &pixels, device, dtype)?;
+            let mut options = options(device, dtype, None);
+            options.variant = choice.variant.clone();
+            let out = ImageEncoder::open(model, &options)?.forward_blocking(&pixels, false)?;
             if choice.features {
                 out.features()?;
             }
@@ -553,6 +504,8 @@ fn ignore_file_size_signal() {
     }
 }
 
+/// `classify`: every image checked and preprocessed, then the top 5 of each from the
+/// folder's [`ImageEncoder`].
 fn classify(dir: &Path, device: Device, dtype: DType, paths: &[PathBuf]) -> Result<()> {
     let config = cswin::load_config(dir)?;
     let size = config.img_size;
@@ -566,59 +519,20 @@ fn classify(dir: &Path, device: Device, dtype: DType, paths: &[PathBuf]) -> Resu
         .collect::<backbone::Result<Vec<_>>>()?;
     let pixels = image::stack(&pixels)?;
     cswin::check_input(&config, &pixels)?;
-    let labels = labels(dir)?;
-    let out = run_cswin(dir, config, &pixels, device, dtype)?;
-    let logits = out.logits()?;
-    check_finite("logits", logits)?;
-    let classes = logits.shape[1];
-    for (path, logits) in paths.iter().zip(logits.data.chunks(classes)) {
+    let encoder = ImageEncoder::open(dir, &options(device, dtype, None))?;
+    let ranked = encoder.classify_blocking(&pixels, 5)?;
+    for (path, top) in paths.iter().zip(ranked) {
         println!("{}:", path.display());
-        for (k, p) in cswin::top_k(logits, 5) {
-            let label = labels.get(k).map_or("", String::as_str);
+        for (k, p, label) in top {
             println!("  {:>6.2}%  {k:>5}  {label}", 100.0 * p);
         }
     }
     Ok(())
 }
 
-/// Class names from config.json's `id2label`, else `labels.txt` (one per line), else none.
-fn labels(dir: &Path) -> Result<Vec<String>> {
-    let labels = cswin::id2label(&read_json(&dir.join("config.json"))?);
-    if !labels.is_empty() {
-        return Ok(labels);
-    }
-    let path = dir.join("labels.txt");
-    if !path.exists() {
-        return Ok(Vec::new());
-    }
-    let text = io::read_bounded(&path, limits::MAX_CONFIG_BYTES)?;
-    Ok(String::from_utf8_lossy(&text)
-        .lines()
-        .map(str::to_string)
-        .collect())
-}
-
 fn read_json(path: &Path) -> Result<serde_json::Value> {
     serde_json::from_slice(&io::read_bounded(path, limits::MAX_CONFIG_BYTES)?)
         .with_context(|| format!("parsing {}", path.display()))
-}
-
-fn run_cswin(
-    dir: &Path,
-    config: CswinConfig,
-    pixels: &HostTensor,
-    device: Device,
-    dtype: DType,
-) -> Result<CswinOutput> {
-    let weights = cswin::load_weights(dir, &config)?;
-    Ok(match device {
-        Device::Cpu => cswin::forward_cpu_as(&config, &weights, pixels, false, dtype)?,
-        Device::Gpu => {
-            let ctx = pollster::block_on(Context::new(ContextOptions::from_env()?))?;
-            Cswin::with_dtype(&ctx, config, &weights, dtype)?
-                .forward_blocking(&ctx, pixels, false)?
-        }
-    })
 }
 
 /// `model_type` from a model folder's config.json.

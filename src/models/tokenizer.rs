@@ -8,9 +8,6 @@ use tokenizers::{
 use crate::error::{Error, Result};
 use crate::models::bert::BertInput;
 
-/// sentence-transformers' `max_seq_length` for all-MiniLM-L6-v2 and most BERT-family embedders.
-pub const DEFAULT_MAX_LENGTH: usize = 256;
-
 /// One token of a text: its id, its text, whether it is a special token, and its byte offsets
 /// in the text.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -82,6 +79,16 @@ impl TextTokenizer {
             other => other,
         }?;
         Self::from_bytes(&json, max_length).map_err(|e| e.in_file(&path))
+    }
+
+    /// The id batches are padded with.
+    pub fn pad_id(&self) -> u32 {
+        self.inner.get_padding().map_or(0, |p| p.pad_id)
+    }
+
+    /// The truncation length.
+    pub fn max_length(&self) -> usize {
+        self.inner.get_truncation().map_or(0, |t| t.max_length)
     }
 
     /// Tokenizes single texts.
@@ -173,9 +180,9 @@ impl TextTokenizer {
     }
 }
 
-/// Texts as a sentence-transformers folder prepares them: its `max_seq_length` (or the one
-/// asked for), `do_lower_case`, and a prompt prepended, with the prompt's length recorded for
-/// pooling.
+/// Texts as a sentence-transformers folder prepares them: truncated at the length
+/// [`crate::encoder::TextEncoder`] decided, `do_lower_case`, and a prompt prepended, with the
+/// prompt's length recorded for pooling.
 pub struct SentenceTokenizer {
     pub tokenizer: TextTokenizer,
     pub settings: crate::models::bert::SentenceSettings,
@@ -184,26 +191,6 @@ pub struct SentenceTokenizer {
 }
 
 impl SentenceTokenizer {
-    /// `max_length`: the caller's, else the folder's `max_seq_length`, else
-    /// [`DEFAULT_MAX_LENGTH`]; never past the model's positions.
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn from_dir(
-        dir: &std::path::Path,
-        config: &crate::models::bert::BertConfig,
-        max_length: Option<usize>,
-    ) -> Result<Self> {
-        let (_, settings) = crate::models::bert::load_sentence_dir(dir, config.hidden_size)?;
-        let max_length = max_length
-            .or(settings.max_seq_length)
-            .unwrap_or(DEFAULT_MAX_LENGTH)
-            .min(config.max_sequence());
-        Ok(Self {
-            tokenizer: TextTokenizer::from_dir(dir, max_length)?,
-            settings,
-            max_length,
-        })
-    }
-
     /// Tokenizes `texts` with `prompt` (its text) or the folder's prompt `prompt_name` (or its
     /// default prompt) prepended.
     pub fn encode(

@@ -10,15 +10,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::metrics::Metrics;
+pub use crate::encoder::Row;
+use crate::encoder::TextEncoder;
 use crate::error::{Error, Result};
 use crate::models::bert::{BertInput, BertOutput};
-
-/// One tokenized sequence: ids and token types.
-#[derive(Debug, Clone)]
-pub struct Row {
-    pub ids: Vec<u32>,
-    pub types: Vec<u32>,
-}
 
 /// What a row gives back.
 #[derive(Debug, Clone, Default)]
@@ -44,6 +39,7 @@ pub type Forward = Box<dyn Fn(&BertInput) -> Result<BertOutput> + Send>;
 /// shutdown finishes queued requests).
 pub fn run(
     queue: Receiver<Job>,
+    model: &TextEncoder,
     forward: Forward,
     max_batch_tokens: usize,
     metrics: Arc<Metrics>,
@@ -73,7 +69,7 @@ pub fn run(
             longest = l;
             batch.push(job);
         }
-        process(batch, rows, longest, &forward, &metrics, &healthy);
+        process(batch, rows, longest, model, &forward, &metrics, &healthy);
     }
 }
 
@@ -90,6 +86,7 @@ fn process(
     batch: Vec<Job>,
     rows: usize,
     seq: usize,
+    model: &TextEncoder,
     forward: &Forward,
     metrics: &Metrics,
     healthy: &AtomicBool,
@@ -98,16 +95,9 @@ fn process(
     for job in &batch {
         metrics.queue_time(start.duration_since(job.queued));
     }
-    let mut ids = Vec::with_capacity(rows * seq);
-    let (mut mask, mut types) = (ids.clone(), ids.clone());
-    for row in batch.iter().flat_map(|j| &j.rows) {
-        let pad = seq - row.ids.len();
-        ids.extend(row.ids.iter().copied().chain(std::iter::repeat_n(0, pad)));
-        types.extend(row.types.iter().copied().chain(std::iter::repeat_n(0, pad)));
-        mask.extend(std::iter::repeat_n(1, row.ids.len()).chain(std::iter::repeat_n(0, pad)));
-    }
-    let result = BertInput::new(rows, seq, ids, Some(mask), Some(types)).and_then(|mut input| {
-        input.prompt_length = batch[0].prompt_length;
+    // Padded once, with the model's pad id.
+    let all: Vec<&Row> = batch.iter().flat_map(|j| &j.rows).collect();
+    let result = model.batch(&all, batch[0].prompt_length).and_then(|input| {
         // A panic in a forward (a bug) fails this batch, not the server: the batcher thread
         // lives on and the next batch runs.
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| forward(&input))).unwrap_or_else(

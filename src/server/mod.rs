@@ -31,9 +31,8 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
+use crate::encoder::{Device, EncoderOptions, TextEncoder, TextKind, Want};
 use crate::error::{Error, Result};
-use crate::models::bert::{self, Bert, BertConfig};
-use crate::models::tokenizer::SentenceTokenizer;
 use crate::tensor::DType;
 use batcher::Job;
 use metrics::Metrics;
@@ -95,16 +94,14 @@ async fn authorize(State(s): State<Shared>, req: Request, next: Next) -> Respons
 
 struct AppState {
     queue: Mutex<Option<mpsc::Sender<Job>>>,
-    tokenizer: SentenceTokenizer,
-    config: BertConfig,
+    /// The model: tokenizing here, forwards on the batcher's thread.
+    model: Arc<TextEncoder>,
     options: ServeOptions,
     permits: Semaphore,
     metrics: Arc<Metrics>,
     /// False once the device is lost (`/health` answers 503).
     healthy: Arc<AtomicBool>,
     info: Value,
-    reranker: bool,
-    model_id: String,
 }
 
 type Shared = Arc<AppState>;
@@ -153,46 +150,32 @@ fn rejection(r: JsonRejection) -> Response {
     validation(r.body_text())
 }
 
-/// The model as the server runs it.
+/// The model as the server runs it: the encoder (tokenizing, padding, `/info`) and the
+/// forward the batcher calls (the encoder's, reading back no hidden states; tests put a
+/// failing one in its place).
 pub(crate) struct Loaded {
-    config: BertConfig,
-    tokenizer: SentenceTokenizer,
-    reranker: bool,
+    model: Arc<TextEncoder>,
     forward: batcher::Forward,
-    adapter: String,
 }
 
-/// Loads the model folder onto the GPU (or for the CPU reference path).
+/// Opens the model folder through [`TextEncoder`], on the GPU or the CPU reference path.
 pub(crate) fn load(options: &ServeOptions) -> Result<Loaded> {
-    let config = bert::load_config(&options.model)?;
-    let weights = bert::load_weights(&options.model, &config)?;
-    let tokenizer = SentenceTokenizer::from_dir(&options.model, &config, None)?;
-    let reranker = weights.classifier.is_some();
-    let (forward, adapter): (batcher::Forward, String) = if options.gpu {
-        let ctx = pollster::block_on(crate::Context::new(crate::ContextOptions::from_env()?))?;
-        let adapter = ctx.capabilities().to_string();
-        let model = Bert::with_dtype(&ctx, config.clone(), &weights, options.dtype)?;
-        (
-            // Routes return embeddings and scores: the [B, T, C] hidden states stay on the GPU.
-            Box::new(move |input| {
-                model.forward_with_blocking(&ctx, input, bert::Readback::default())
-            }),
-            adapter,
-        )
+    let device = if options.gpu {
+        Device::Gpu
     } else {
-        let (config, dtype) = (config.clone(), options.dtype);
-        (
-            Box::new(move |input| bert::forward_cpu_as(&config, &weights, input, false, dtype)),
-            "CPU reference path".into(),
-        )
+        Device::Cpu
     };
-    Ok(Loaded {
-        config,
-        tokenizer,
-        reranker,
-        forward,
-        adapter,
-    })
+    let model = Arc::new(TextEncoder::open(
+        &options.model,
+        &EncoderOptions::default()
+            .device(device)
+            .dtype(options.dtype),
+    )?);
+    let runs = model.clone();
+    // Routes return embeddings and scores: the [B, T, C] hidden states stay on the device.
+    let forward: batcher::Forward =
+        Box::new(move |input| runs.forward_blocking(input, Want::default()));
+    Ok(Loaded { model, forward })
 }
 
 /// Loads the model and serves until SIGINT/SIGTERM; `on_listen` gets the bound address.
@@ -208,29 +191,20 @@ pub(crate) fn serve_with(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     on_listen: impl FnOnce(SocketAddr),
 ) -> Result<()> {
-    let Loaded {
-        config,
-        tokenizer,
-        reranker,
-        forward,
-        adapter,
-    } = loaded;
-    let model_id = options
-        .model
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| options.model.display().to_string());
+    let Loaded { model, forward } = loaded;
+    let about = model.info();
+    let kind = match about.kind {
+        TextKind::Embedding => "embedding",
+        TextKind::Reranker => "reranker",
+        TextKind::Classifier => "classifier",
+    };
     let info = json!({
-        "model_id": model_id,
-        "model_type": if reranker {
-            json!({ "reranker": { "model_type": config.model_type } })
-        } else {
-            json!({ "embedding": { "model_type": config.model_type } })
-        },
-        "model_dtype": options.dtype.name().0,
-        "adapter": adapter,
+        "model_id": about.model_id,
+        "model_type": { kind: { "model_type": about.model_type } },
+        "model_dtype": about.dtype,
+        "adapter": about.device,
         "max_concurrent_requests": options.max_concurrent_requests,
-        "max_input_length": tokenizer.max_length,
+        "max_input_length": about.max_length,
         "max_batch_tokens": options.max_batch_tokens,
         "max_client_batch_size": options.max_client_batch_size,
         "payload_limit": options.payload_limit,
@@ -243,11 +217,13 @@ pub(crate) fn serve_with(
     let batcher_metrics = metrics.clone();
     let healthy = Arc::new(AtomicBool::new(true));
     let batcher_healthy = healthy.clone();
+    let batcher_model = model.clone();
     let worker = std::thread::Builder::new()
         .name("backbone-batcher".into())
         .spawn(move || {
             batcher::run(
                 queue,
+                &batcher_model,
                 forward,
                 batch_tokens,
                 batcher_metrics,
@@ -260,14 +236,11 @@ pub(crate) fn serve_with(
         })?;
     let state: Shared = Arc::new(AppState {
         queue: Mutex::new(Some(sender)),
-        tokenizer,
-        config,
+        model,
         permits: Semaphore::new(options.max_concurrent_requests.max(1)),
         metrics,
         healthy,
         info,
-        reranker,
-        model_id,
         options: options.clone(),
     });
     let app = Router::new()

@@ -120,27 +120,15 @@ impl AppState {
     ) -> std::result::Result<(Vec<Row>, usize), Response> {
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let input = self
-            .tokenizer
-            .encode_with(&refs, None, prompt_name, truncate)
+            .model
+            .tokenize(&refs, None, prompt_name, truncate)
             .map_err(input_error)?;
         Ok((split_rows(&input), input.prompt_length))
     }
 }
 
 fn split_rows(input: &crate::models::bert::BertInput) -> Vec<Row> {
-    (0..input.batch)
-        .map(|b| {
-            let at = b * input.seq;
-            let len = input.attention_mask[at..at + input.seq]
-                .iter()
-                .filter(|&&m| m != 0)
-                .count();
-            Row {
-                ids: input.input_ids[at..at + len].to_vec(),
-                types: input.token_type_ids[at..at + len].to_vec(),
-            }
-        })
-        .collect()
+    crate::encoder::TextEncoder::rows(input)
 }
 
 /// `v` L2-normalised, by the twin the CPU path uses (one row).
@@ -276,7 +264,7 @@ pub(super) async fn openai_embeddings(State(s): State<Shared>, Body(body): Body)
     let model = body
         .get("model")
         .and_then(Value::as_str)
-        .unwrap_or(&s.model_id)
+        .unwrap_or(&s.model.info().model_id)
         .to_string();
     Ok(Json(OpenAiList {
         object: "list",
@@ -325,21 +313,22 @@ fn token_row(ids: Option<Vec<u32>>, s: &AppState) -> std::result::Result<Row, Re
     if ids.is_empty() {
         return Err(validation("`input` holds an empty token array"));
     }
-    if ids.len() > s.tokenizer.max_length {
+    let (max_length, vocab_size) = (s.model.info().max_length, s.model.info().vocab_size);
+    if ids.len() > max_length {
         return Err(error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "Validation",
             format!(
                 "a token array holds {} tokens, more than the {} this model takes",
                 ids.len(),
-                s.tokenizer.max_length
+                max_length
             ),
         ));
     }
-    if let Some(bad) = ids.iter().find(|&&i| i as usize >= s.config.vocab_size) {
+    if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab_size) {
         return Err(validation(format!(
             "token id {bad} is outside the vocabulary of {}",
-            s.config.vocab_size
+            vocab_size
         )));
     }
     Ok(Row {
@@ -350,7 +339,7 @@ fn token_row(ids: Option<Vec<u32>>, s: &AppState) -> std::result::Result<Row, Re
 
 pub(super) async fn rerank(State(s): State<Shared>, Body(body): Body) -> Reply {
     let arrived = Instant::now();
-    if !s.reranker {
+    if s.model.info().num_labels.is_none() {
         return Err(error(
             StatusCode::FAILED_DEPENDENCY,
             "Validation",
@@ -366,11 +355,10 @@ pub(super) async fn rerank(State(s): State<Shared>, Body(body): Body) -> Reply {
     let return_text = bool_of(&body, "return_text", false)?;
     let truncate = bool_of(&body, "truncate", s.options.auto_truncate)?;
     let _permit = s.admit(texts.len())?;
-    let pairs: Vec<(&str, &str)> = texts.iter().map(|t| (query, t.as_str())).collect();
+    let docs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let input = s
-        .tokenizer
-        .tokenizer
-        .encode_pairs_with(&pairs, truncate)
+        .model
+        .tokenize_pairs(query, &docs, truncate)
         .map_err(input_error)?;
     let out = s.run(split_rows(&input), 0, arrived).await?;
     let mut ranked: Vec<Value> = out
@@ -410,9 +398,9 @@ pub(super) async fn tokenize(State(s): State<Shared>, Body(body): Body) -> Reply
     let out: Vec<Value> = texts
         .iter()
         .map(|t| {
-            s.tokenizer
-                .tokenizer
-                .tokens(t)
+            s.model
+                .tokenizer()
+                .and_then(|tok| tok.tokenizer.tokens(t))
                 .map(|toks| json!(toks))
                 .map_err(|e| validation(e.to_string()))
         })

@@ -2,14 +2,14 @@
 //! test's fixture checks. Everything is async: the web has no blocking waits.
 
 use std::cell::RefCell;
-use std::rc::Rc;
-
 use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
 
-use backbone::models::bert::{Bert, BertConfig, BertInput, BertWeights, load_sentence};
-use backbone::models::cswin::{self, Cswin, CswinConfig, CswinWeights};
-use backbone::models::image;
-use backbone::models::tokenizer::{DEFAULT_MAX_LENGTH, SentenceTokenizer, TextTokenizer};
+use backbone::encoder::{
+    Device, EncoderOptions, ImageEncoder, ModelFiles, TextEncoder, TextInfo, Want,
+};
+use backbone::models::bert::BertInput;
 use backbone::models::weights::Weights;
 use backbone::reference::HostTensor;
 use backbone::{Context, ContextOptions, DType};
@@ -19,14 +19,14 @@ use wasm_bindgen_futures::future_to_promise;
 
 #[derive(Default)]
 struct Models {
-    bert: Option<Rc<(Bert, SentenceTokenizer)>>,
-    cswin: Option<Rc<(Cswin, Vec<String>)>>,
+    text: Option<Rc<TextEncoder>>,
+    image: Option<Rc<ImageEncoder>>,
 }
 
 /// The engine the page talks to: one WebGPU context and the models loaded into it.
 #[wasm_bindgen]
 pub struct Engine {
-    ctx: Rc<Context>,
+    ctx: Arc<Context>,
     models: Rc<RefCell<Models>>,
 }
 
@@ -42,7 +42,7 @@ impl Engine {
             .await
             .map_err(js_err)?;
         Ok(Engine {
-            ctx: Rc::new(ctx),
+            ctx: Arc::new(ctx),
             models: Rc::default(),
         })
     }
@@ -69,96 +69,68 @@ impl Engine {
         }
     }
 
+    /// How the page's models open: on this context, in [`Self::dtype`].
+    fn options(&self, dtype: DType) -> EncoderOptions {
+        EncoderOptions::default()
+            .device(Device::Context(self.ctx.clone()))
+            .dtype(dtype)
+    }
+
     /// Loads a text model folder as picked: `paths` relative to the folder (as
-    /// `webkitRelativePath` gives them, the top folder stripped) and their bytes. A Hugging Face
-    /// folder (config.json, model.safetensors, tokenizer.json) or a sentence-transformers one,
-    /// whose modules (`1_Pooling/config.json`, `2_Dense/`, Normalize), max_seq_length and
-    /// prompts are followed as `backbone embed` follows them. Returns a one-line description.
-    pub fn load_text(
-        &self,
-        paths: Vec<String>,
-        files: Vec<js_sys::Uint8Array>,
-    ) -> Result<String, JsValue> {
+    /// `webkitRelativePath` gives them, the top folder stripped) and their bytes, through the
+    /// library's [`TextEncoder`] (the same code `backbone embed` opens a folder with: its
+    /// modules, max_seq_length, prompts). Resolves to a one-line description.
+    pub fn load_text(&self, paths: Vec<String>, files: Vec<js_sys::Uint8Array>) -> Promise {
         let map: BTreeMap<String, Vec<u8>> = paths
             .into_iter()
             .zip(files)
             .map(|(p, f)| (p, f.to_vec()))
             .collect();
-        let need = |name: &str| {
-            map.get(name)
-                .ok_or_else(|| js_err(format!("the folder has no {name} at its top level")))
-        };
-        let config_text = String::from_utf8_lossy(need("config.json")?).into_owned();
-        let config = BertConfig::from_json(&config_text).map_err(js_err)?;
-        let read = |p: &str| Ok(map.get(p).cloned());
-        let (head, settings) = load_sentence(&read, config.hidden_size).map_err(js_err)?;
-        let mut host =
-            BertWeights::from_safetensors(&config, need("model.safetensors")?).map_err(js_err)?;
-        let pooling: Vec<&str> = head.modes.iter().map(|m| m.name()).collect();
-        let about = format!(
-            "{} ({} layers, hidden {}): {} pooling{}{}",
-            config.model_type,
-            config.num_hidden_layers,
-            config.hidden_size,
-            pooling.join(" + "),
-            if head.dense.is_empty() { "" } else { ", Dense" },
-            if head.normalize { ", normalized" } else { "" }
-        );
-        host.sentence = head;
-        let max_length = settings
-            .max_seq_length
-            .unwrap_or(DEFAULT_MAX_LENGTH)
-            .min(config.max_sequence());
-        let tokenizer =
-            TextTokenizer::from_bytes(need("tokenizer.json")?, max_length).map_err(js_err)?;
-        let model = Bert::with_dtype(&self.ctx, config, &host, self.dtype()).map_err(js_err)?;
-        let tokenizer = SentenceTokenizer {
-            tokenizer,
-            settings,
-            max_length,
-        };
-        self.models.borrow_mut().bert = Some(Rc::new((model, tokenizer)));
-        Ok(about)
-    }
-
-    /// Embeds texts; resolves to a Float32Array of `texts.length x C` unit vectors.
-    pub fn embed(&self, texts: Vec<String>) -> Promise {
-        let (ctx, bert) = (self.ctx.clone(), self.models.borrow().bert.clone());
+        let (options, models) = (self.options(self.dtype()), self.models.clone());
         future_to_promise(async move {
-            let bert = bert.ok_or_else(|| js_err("no BERT model loaded"))?;
-            let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-            let input = bert.1.encode(&texts, None, None).map_err(js_err)?;
-            let out = bert.0.forward(&ctx, &input, false).await.map_err(js_err)?;
-            Ok(js_sys::Float32Array::from(&out.sentence_embedding.data[..]).into())
+            let files = ModelFiles::map("model", map);
+            let model = TextEncoder::open_files(&files, &options)
+                .await
+                .map_err(js_err)?;
+            let about = describe(model.info());
+            models.borrow_mut().text = Some(Rc::new(model));
+            Ok(about.into())
         })
     }
 
-    /// Loads a CSWin folder's config.json text and model.safetensors bytes.
-    pub fn load_cswin(&self, config: &str, weights: &[u8]) -> Result<(), JsValue> {
-        let json: serde_json::Value = serde_json::from_str(config).map_err(js_err)?;
-        let labels = cswin::id2label(&json);
-        let config = CswinConfig::from_json(config).map_err(js_err)?;
-        let host = CswinWeights::from_safetensors(&config, weights).map_err(js_err)?;
-        let model = Cswin::with_dtype(&self.ctx, config, &host, self.dtype()).map_err(js_err)?;
-        self.models.borrow_mut().cswin = Some(Rc::new((model, labels)));
-        Ok(())
+    /// Embeds texts; resolves to a Float32Array of `texts.length x C` embeddings.
+    pub fn embed(&self, texts: Vec<String>) -> Promise {
+        let text = self.models.borrow().text.clone();
+        future_to_promise(async move {
+            let model = text.ok_or_else(|| js_err("no text model loaded"))?;
+            let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let out = model.encode(&texts, None, None).await.map_err(js_err)?;
+            Ok(js_sys::Float32Array::from(&out.data[..]).into())
+        })
+    }
+
+    /// Loads a CSWin folder's config.json text and model.safetensors bytes through the
+    /// library's [`ImageEncoder`]; resolves when the model is on the GPU.
+    pub fn load_cswin(&self, config: String, weights: Vec<u8>) -> Promise {
+        let (options, models) = (self.options(self.dtype()), self.models.clone());
+        future_to_promise(async move {
+            let model = open_cswin(config, weights, &options)
+                .await
+                .map_err(js_err)?;
+            models.borrow_mut().image = Some(Rc::new(model));
+            Ok(JsValue::UNDEFINED)
+        })
     }
 
     /// Classifies an encoded image (JPEG, PNG, WebP, BMP); resolves to a JSON string of the
     /// top 5 `[{"class": k, "label": ..., "prob": p}]`.
     pub fn classify(&self, image_bytes: Vec<u8>) -> Promise {
-        let (ctx, cswin) = (self.ctx.clone(), self.models.borrow().cswin.clone());
+        let image = self.models.borrow().image.clone();
         future_to_promise(async move {
-            let cswin = cswin.ok_or_else(|| js_err("no CSWin model loaded"))?;
-            let img = image::decode(&image_bytes, "image").map_err(js_err)?;
-            let pixels =
-                image::imagenet_preprocess(&img, cswin.0.config.img_size).map_err(js_err)?;
-            let out = cswin
-                .0
-                .forward(&ctx, &pixels, false)
-                .await
-                .map_err(js_err)?;
-            Ok(top5(&out.logits().map_err(js_err)?.data, &cswin.1).into())
+            let model = image.ok_or_else(|| js_err("no CSWin model loaded"))?;
+            let pixels = model.preprocess(&image_bytes, "image").map_err(js_err)?;
+            let ranked = model.classify(&pixels, 5).await.map_err(js_err)?;
+            Ok(top5(ranked.into_iter().next().unwrap_or_default()).into())
         })
     }
 
@@ -175,16 +147,16 @@ impl Engine {
         cswin_weights: Vec<u8>,
         cswin_golden: Vec<u8>,
     ) -> Promise {
-        let ctx = self.ctx.clone();
+        let options = self.options(DType::F32);
         future_to_promise(async move {
             let mut checks = Vec::new();
-            check_bert(&ctx, &bert_config, &bert_weights, &bert_golden, &mut checks)
+            check_bert(&options, bert_config, bert_weights, &bert_golden, &mut checks)
                 .await
                 .map_err(js_err)?;
             check_cswin(
-                &ctx,
-                &cswin_config,
-                &cswin_weights,
+                &options,
+                cswin_config,
+                cswin_weights,
                 &cswin_golden,
                 &mut checks,
             )
@@ -210,17 +182,16 @@ impl Engine {
         rows: Vec<u32>,
         golden: Vec<u8>,
     ) -> Promise {
-        let (ctx, bert) = (self.ctx.clone(), self.models.borrow().bert.clone());
+        let text = self.models.borrow().text.clone();
         future_to_promise(async move {
-            let bert = bert.ok_or_else(|| js_err("no text model loaded"))?;
+            let model = text.ok_or_else(|| js_err("no text model loaded"))?;
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            let input = bert.1.encode(&refs, None, None).map_err(js_err)?;
-            let out = bert.0.forward(&ctx, &input, false).await.map_err(js_err)?;
+            let embeddings = model.encode(&refs, None, None).await.map_err(js_err)?;
             let g = Weights::from_bytes(&golden).map_err(js_err)?;
             let shape = g.shape("sentence_embedding").unwrap_or_default();
             let mut g = g;
             let want = g.get("sentence_embedding", &shape).map_err(js_err)?;
-            let c = out.sentence_embedding.shape[1];
+            let c = embeddings.shape[1];
             let mut checks = Vec::new();
             for (i, &row) in rows.iter().enumerate() {
                 let want_row = want
@@ -229,7 +200,7 @@ impl Engine {
                     .ok_or_else(|| js_err(format!("golden row {row} is missing")))?;
                 compare(
                     &format!("{name} sentence_embedding {:?}", texts[i]),
-                    &out.sentence_embedding.data[i * c..(i + 1) * c],
+                    &embeddings.data[i * c..(i + 1) * c],
                     want_row,
                     1e-5,
                     |_| true,
@@ -245,15 +216,39 @@ impl Engine {
 }
 
 /// The top 5 as JSON: `[{"class": k, "label": ..., "prob": p}]`.
-fn top5(logits: &[f32], labels: &[String]) -> String {
-    let top: Vec<_> = cswin::top_k(logits, 5)
+fn top5(ranked: Vec<(usize, f32, String)>) -> String {
+    let top: Vec<_> = ranked
         .into_iter()
-        .map(|(k, prob)| {
-            let label = labels.get(k).cloned().unwrap_or_default();
-            serde_json::json!({ "class": k, "label": label, "prob": prob })
-        })
+        .map(|(k, prob, label)| serde_json::json!({ "class": k, "label": label, "prob": prob }))
         .collect();
     serde_json::Value::Array(top).to_string()
+}
+
+/// The page's line about a loaded text model.
+fn describe(info: &TextInfo) -> String {
+    format!(
+        "{} ({} layers, hidden {}): {} pooling{}{}, {} tokens",
+        info.model_type,
+        info.layers,
+        info.hidden_size,
+        info.pooling.join(" + "),
+        if info.dense_modules == 0 { "" } else { ", Dense" },
+        if info.normalize { ", normalized" } else { "" },
+        info.max_length
+    )
+}
+
+/// A CSWin model from its config.json text and model.safetensors bytes.
+async fn open_cswin(
+    config: String,
+    weights: Vec<u8>,
+    options: &EncoderOptions,
+) -> backbone::Result<ImageEncoder> {
+    let map = BTreeMap::from([
+        ("config.json".to_string(), config.into_bytes()),
+        ("model.safetensors".to_string(), weights),
+    ]);
+    ImageEncoder::open_files(&ModelFiles::map("cswin", map), options).await
 }
 
 /// Max |got - want| over the entries `keep` selects; records a check against `limit`.
@@ -280,15 +275,19 @@ fn compare(
 }
 
 async fn check_bert(
-    ctx: &Context,
-    config: &str,
-    weights: &[u8],
+    options: &EncoderOptions,
+    config: String,
+    weights: Vec<u8>,
     golden: &[u8],
     checks: &mut Vec<serde_json::Value>,
 ) -> backbone::Result<()> {
-    let config = BertConfig::from_json(config)?;
-    let host = BertWeights::from_safetensors(&config, weights)?;
-    let model = Bert::new(ctx, config.clone(), &host)?;
+    let map = BTreeMap::from([
+        ("config.json".to_string(), config.into_bytes()),
+        ("model.safetensors".to_string(), weights),
+    ]);
+    let mut options = options.clone();
+    options.require_tokenizer = false;
+    let model = TextEncoder::open_files(&ModelFiles::map("bert-micro", map), &options).await?;
     let mut g = Weights::from_bytes(golden)?;
     let missing = |name: &str| backbone::Error::Input {
         arg: name.into(),
@@ -302,8 +301,12 @@ async fn check_bert(
         .ids("token_type_ids")?
         .ok_or_else(|| missing("token_type_ids"))?;
     let input = BertInput::new(shape[0], shape[1], ids, Some(mask.clone()), Some(types))?;
-    let out = model.forward(ctx, &input, false).await?;
-    let c = config.hidden_size;
+    let want_all = Want {
+        last_hidden_state: true,
+        hidden_states: false,
+    };
+    let out = model.forward(&input, want_all).await?;
+    let c = model.info().hidden_size;
     let hidden = g.get("last_hidden_state", &[shape[0], shape[1], c])?;
     compare(
         "bert-micro last_hidden_state (real tokens)",
@@ -337,19 +340,17 @@ async fn check_bert(
 }
 
 async fn check_cswin(
-    ctx: &Context,
-    config: &str,
-    weights: &[u8],
+    options: &EncoderOptions,
+    config: String,
+    weights: Vec<u8>,
     golden: &[u8],
     checks: &mut Vec<serde_json::Value>,
 ) -> backbone::Result<()> {
-    let config = CswinConfig::from_json(config)?;
-    let host = CswinWeights::from_safetensors(&config, weights)?;
-    let model = Cswin::new(ctx, config, &host)?;
+    let model = open_cswin(config, weights, options).await?;
     let mut g = Weights::from_bytes(golden)?;
     let shape = g.shape("pixel_values").unwrap_or_default();
     let pixels: HostTensor = g.get("pixel_values", &shape)?;
-    let out = model.forward(ctx, &pixels, false).await?;
+    let out = model.forward(&pixels, false).await?;
     let mut tensors = vec![("stem", &out.stem, 5e-5)];
     let names = ["stage1", "stage2", "stage3", "stage4"];
     tensors.extend(names.iter().zip(&out.stages).map(|(n, t)| (*n, t, 5e-5)));

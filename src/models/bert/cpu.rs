@@ -28,6 +28,7 @@ pub fn forward_cpu_as(
     dtype: DType,
 ) -> Result<BertOutput> {
     input.validate(config)?;
+    super::check_classifier_pooler(weights)?;
     let rounded;
     let w = if dtype == DType::F32 {
         weights
@@ -278,7 +279,7 @@ pub fn forward_cpu_as(
     })
 }
 
-/// BERT's classifier without a pooler is refused at load; a hand-built weight set gets this.
+/// Refused up front by `check_classifier_pooler`; kept so this match has no panic.
 fn unreachable_pooler() -> Result<HostTensor> {
     Err(crate::error::Error::Weights {
         key: "pooler.dense.weight".into(),

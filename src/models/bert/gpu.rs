@@ -9,6 +9,7 @@ use crate::error::Result;
 use crate::kernels::{self, Activation, AttentionBias, Epilogue, PoolMode};
 use crate::models::{PlanLease, Plans, Programs, Recorded};
 use crate::pipeline::{PassStat, Recorder};
+#[cfg(not(target_arch = "wasm32"))]
 use crate::recorder::Timing;
 use crate::reference::HostTensor;
 use crate::tensor::{DType, Tensor};
@@ -191,6 +192,7 @@ impl Bert {
         dtype: DType,
     ) -> Result<Self> {
         crate::models::check_model_dtype(ctx, dtype)?;
+        super::check_classifier_pooler(weights)?;
         Ok(Self {
             weights: weights.upload(ctx, dtype)?,
             head: weights.sentence.clone(),

@@ -25,7 +25,9 @@ pub use input::BertInput;
 #[cfg(not(target_arch = "wasm32"))]
 pub use sentence::load_sentence_dir;
 pub use sentence::{Dense, ReadFile, SentenceHead, SentenceSettings, load_sentence};
-pub use weights::{BertEmbeddings, BertLayer, BertWeights, ClassifierHead};
+pub use weights::{
+    BertEmbeddings, BertLayer, BertWeights, ClassifierHead, check_classifier_pooler,
+};
 #[cfg(not(target_arch = "wasm32"))]
 pub use weights::{load_config, load_dir, load_weights};
 

@@ -90,8 +90,10 @@ impl SentenceHead<HostTensor> {
 /// What a sentence-transformers folder says about its input side.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SentenceSettings {
-    /// `max_seq_length` (sentence_bert_config.json, or the tokenizer's `model_max_length` in
-    /// a folder saved by sentence-transformers 5+); `None` for a plain Hugging Face folder.
+    /// A sentence-transformers folder's `max_seq_length`: sentence_bert_config.json's, or the
+    /// tokenizer's `model_max_length` in a folder saved by sentence-transformers 5+ (which
+    /// keeps it there); `None` for a plain Hugging Face folder
+    /// ([`crate::encoder::TextEncoder`] decides what applies then).
     pub max_seq_length: Option<usize>,
     /// Lowercase texts before tokenizing.
     pub do_lower_case: bool,
@@ -371,16 +373,7 @@ pub fn load_sentence_dir(
     dir: &std::path::Path,
     hidden: usize,
 ) -> Result<(SentenceHead<HostTensor>, SentenceSettings)> {
-    let read = |rel: &str| -> Result<Option<Vec<u8>>> {
-        let path = dir.join(rel);
-        if !path.exists() {
-            return Ok(None);
-        }
-        if rel.ends_with(".safetensors") {
-            crate::io::read_safetensors(&path).map(Some)
-        } else {
-            crate::io::read_bounded(&path, limits::MAX_CONFIG_BYTES).map(Some)
-        }
-    };
+    let files = crate::encoder::ModelFiles::dir(dir);
+    let read = |rel: &str| files.read(rel);
     load_sentence(&read, hidden).map_err(|e| e.in_file(dir))
 }

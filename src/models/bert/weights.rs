@@ -210,6 +210,19 @@ fn num_labels(w: &Weights, key: &str, c: usize) -> Result<Option<usize>> {
     }
 }
 
+/// BERT's classifier reads the pooler output: weights with such a head and no pooler are
+/// refused (at load, and by both forwards for weights built by hand), never run on a pooler
+/// output nobody computed.
+pub fn check_classifier_pooler<T>(w: &BertWeights<T>) -> Result<()> {
+    match &w.classifier {
+        Some(head) if head.from_pooler() && w.pooler.is_none() => Err(Error::Weights {
+            key: "pooler.dense.weight".into(),
+            reason: "missing: BERT's classifier reads the pooler output".into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// The classifier of `family` if the checkpoint holds it; `labels` from its output weight.
 fn load_classifier(
     w: &mut Weights,

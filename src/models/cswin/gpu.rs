@@ -7,6 +7,7 @@ use crate::error::Result;
 use crate::kernels::{self, ConvInput, Epilogue};
 use crate::models::{PlanLease, Plans, Programs, Recorded};
 use crate::pipeline::{PassStat, Recorder};
+#[cfg(not(target_arch = "wasm32"))]
 use crate::recorder::Timing;
 use crate::reference::HostTensor;
 use crate::tensor::{DType, Tensor};
