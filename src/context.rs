@@ -209,6 +209,9 @@ impl fmt::Display for Capabilities {
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
+pub use crate::adapter::list_adapters;
+
 /// One opened GPU device, with the pipelines compiled for it. Cheap to share by reference;
 /// all methods take `&self`.
 pub struct Context {
@@ -225,43 +228,6 @@ pub struct Context {
     created: Created,
     /// Kernel families turned off because their known-answer check failed, with why.
     disabled: std::sync::Mutex<Vec<(crate::selftest::Family, String)>>,
-}
-
-/// Adapters this build can reach, in the order `BACKBONE_ADAPTER=<index>` refers to.
-#[cfg(not(target_arch = "wasm32"))]
-pub fn list_adapters() -> Vec<wgpu::AdapterInfo> {
-    let instance = new_instance(None);
-    let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
-    adapters.iter().map(|a| a.get_info()).collect()
-}
-
-fn new_instance(backend: Option<wgpu::Backend>) -> wgpu::Instance {
-    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
-    desc.backends = match backend {
-        Some(b) => wgpu::Backends::from(b),
-        None => wgpu::Backends::all(),
-    };
-    wgpu::Instance::new(desc)
-}
-
-#[cfg(not(target_arch = "wasm32"))]
-/// Lower is better: native APIs before GL (slow cold shader compiles on Mesa), real GPUs
-/// before software ones.
-fn adapter_rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
-    let backend = match info.backend {
-        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
-        wgpu::Backend::BrowserWebGpu => 0,
-        wgpu::Backend::Gl => 1,
-        _ => 2,
-    };
-    let device = match info.device_type {
-        wgpu::DeviceType::DiscreteGpu => 0,
-        wgpu::DeviceType::IntegratedGpu => 1,
-        wgpu::DeviceType::VirtualGpu => 2,
-        wgpu::DeviceType::Cpu => 3,
-        wgpu::DeviceType::Other => 4,
-    };
-    (device, backend)
 }
 
 /// Live GPU objects of a device, and how many this crate has created so far
@@ -289,8 +255,8 @@ struct Created {
 impl Context {
     /// Opens the best adapter allowed by `options`.
     pub async fn new(options: ContextOptions) -> Result<Self> {
-        let instance = new_instance(options.backend);
-        let adapter = select_adapter(&instance, &options).await?;
+        let instance = crate::adapter::new_instance(options.backend);
+        let adapter = crate::adapter::select_adapter(&instance, &options).await?;
         Self::from_adapter(adapter, &options).await
     }
 
@@ -316,7 +282,7 @@ impl Context {
         let features = available & wanted;
         let mut limits = adapter.limits();
         if let Some(cap) = &options.limit_cap {
-            limits = cap_limits(limits, cap);
+            limits = crate::adapter::cap_limits(limits, cap);
         }
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
@@ -328,18 +294,60 @@ impl Context {
                 trace: wgpu::Trace::Off,
             })
             .await?;
-        // Errors outside our error scopes (from code that uses the device directly) are
-        // logged rather than panicking, wgpu's default.
-        device.on_uncaptured_error(std::sync::Arc::new(|e| log::error!("wgpu: {e}")));
-        // A lost device (driver reset, unplugged GPU, `destroy`) turns every later call into
-        // an `Error::DeviceLost` instead of work on dead objects.
+        Self::assemble(&adapter, device, queue, options, true).await
+    }
+
+    /// A context on a device the caller already has (an application's renderer, say), opened
+    /// from `adapter` with the features and limits the caller chose: `SHADER_F16`, `SUBGROUP`
+    /// and `TIMESTAMP_QUERY` are used where that device has them. The known-answer checks run
+    /// on it as on a device this crate opens. The device's error and device-lost callbacks stay
+    /// the caller's (this crate sets none on a device it did not open), so a lost device shows
+    /// as wgpu errors rather than [`Error::DeviceLost`]. wgpu devices and queues are handles:
+    /// pass clones and keep using them.
+    pub async fn from_device(
+        adapter: &wgpu::Adapter,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        options: &ContextOptions,
+    ) -> Result<Self> {
+        Self::assemble(adapter, device, queue, options, false).await
+    }
+
+    /// [`Context::from_device`], blocking (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn from_device_blocking(
+        adapter: &wgpu::Adapter,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        options: &ContextOptions,
+    ) -> Result<Self> {
+        pollster::block_on(Self::from_device(adapter, device, queue, options))
+    }
+
+    /// The context around an opened device; `own`: this crate opened it and may set its
+    /// callbacks.
+    async fn assemble(
+        adapter: &wgpu::Adapter,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        options: &ContextOptions,
+        own: bool,
+    ) -> Result<Self> {
+        let features = device.features();
         let lost = std::sync::Arc::new(std::sync::Mutex::new(None));
-        let flag = lost.clone();
-        device.set_device_lost_callback(move |reason, message| {
-            log::error!("wgpu: device lost ({reason:?}): {message}");
-            *flag.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some(format!("{reason:?}: {message}"));
-        });
+        if own {
+            // Errors outside our error scopes (from code that uses the device directly) are
+            // logged rather than panicking, wgpu's default.
+            device.on_uncaptured_error(std::sync::Arc::new(|e| log::error!("wgpu: {e}")));
+            // A lost device (driver reset, unplugged GPU, `destroy`) turns every later call into
+            // an `Error::DeviceLost` instead of work on dead objects.
+            let flag = lost.clone();
+            device.set_device_lost_callback(move |reason, message| {
+                log::error!("wgpu: device lost ({reason:?}): {message}");
+                *flag.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(format!("{reason:?}: {message}"));
+            });
+        }
         let info = adapter.get_info();
         let cooperative_matrix =
             if features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
@@ -518,84 +526,4 @@ impl Context {
                 message: e.to_string(),
             })
     }
-}
-
-async fn select_adapter(
-    instance: &wgpu::Instance,
-    options: &ContextOptions,
-) -> Result<wgpu::Adapter> {
-    #[cfg(target_arch = "wasm32")]
-    {
-        let _ = options;
-        return instance
-            .request_adapter(&wgpu::RequestAdapterOptions {
-                power_preference: wgpu::PowerPreference::HighPerformance,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| Error::NoAdapter {
-                detail: format!(" ({e})"),
-            });
-    }
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        let backends = match options.backend {
-            Some(b) => wgpu::Backends::from(b),
-            None => wgpu::Backends::all(),
-        };
-        let adapters = instance.enumerate_adapters(backends).await;
-        let names = || {
-            adapters
-                .iter()
-                .map(|a| a.get_info().name)
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        if let Some(pick) = &options.adapter {
-            let chosen = match pick.parse::<usize>() {
-                Ok(index) => adapters.get(index),
-                Err(_) => {
-                    let needle = pick.to_lowercase();
-                    adapters
-                        .iter()
-                        .find(|a| a.get_info().name.to_lowercase().contains(&needle))
-                }
-            };
-            return chosen.cloned().ok_or_else(|| Error::NoAdapter {
-                detail: format!(
-                    " matching BACKBONE_ADAPTER={pick:?} (adapters: [{}])",
-                    names()
-                ),
-            });
-        }
-        let best = adapters.iter().min_by_key(|a| adapter_rank(&a.get_info()));
-        best.cloned().ok_or_else(|| Error::NoAdapter {
-            detail: match options.backend {
-                Some(b) => format!(" for backend {b:?}"),
-                None => String::new(),
-            },
-        })
-    }
-}
-
-/// Each limit of `limits` lowered to `cap` (for "max" limits) or raised to it (for alignment
-/// limits, where bigger is stricter).
-fn cap_limits(limits: wgpu::Limits, cap: &wgpu::Limits) -> wgpu::Limits {
-    let mut out = limits.clone();
-    macro_rules! lower {
-        ($($f:ident),*) => { $( out.$f = limits.$f.min(cap.$f); )* };
-    }
-    lower!(
-        max_storage_buffer_binding_size,
-        max_buffer_size,
-        max_compute_workgroup_storage_size,
-        max_compute_invocations_per_workgroup,
-        max_compute_workgroup_size_x,
-        max_compute_workgroup_size_y,
-        max_compute_workgroup_size_z,
-        max_compute_workgroups_per_dimension,
-        max_storage_buffers_per_shader_stage,
-        max_uniform_buffer_binding_size
-    );
-    out
 }

@@ -18,7 +18,8 @@
 //! # Ok(()) }
 //! ```
 
-#[cfg(not(target_arch = "wasm32"))]
+mod adapter;
+#[cfg(all(feature = "bench", not(target_arch = "wasm32")))]
 pub mod bench;
 pub mod context;
 pub mod encoder;
@@ -34,7 +35,7 @@ pub mod program;
 pub mod recorder;
 pub mod reference;
 pub mod selftest;
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(all(feature = "server", not(target_arch = "wasm32")))]
 pub mod server;
 pub mod tensor;
 pub mod tune;

@@ -8,7 +8,7 @@ use std::process::Command;
 use common::*;
 
 fn backbone() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_backbone"))
+    Command::new(common::bin("backbone"))
 }
 
 /// The golden file's `pixel_values` as a `run` input file in the temp folder.
@@ -227,7 +227,7 @@ fn classify_prints_the_top5_of_each_image() {
 fn bench_json_has_the_documented_fields() {
     ctx();
     let path = std::env::temp_dir().join("backbone-bench-test.json");
-    let output = Command::new(env!("CARGO_BIN_EXE_backbone-bench"))
+    let output = Command::new(common::bin("backbone-bench"))
         .args([
             "matmul",
             "attention",
@@ -301,7 +301,7 @@ fn bench_failure_is_a_record_and_the_run_goes_on() {
     ctx();
     let path = std::env::temp_dir().join("backbone-bench-fail.jsonl");
     // 100000³: X alone is 40 GB, over any binding limit.
-    let output = Command::new(env!("CARGO_BIN_EXE_backbone-bench"))
+    let output = Command::new(common::bin("backbone-bench"))
         .args([
             "matmul", "--sizes", "100000,8", "--iters", "1", "--warmup", "0",
         ])
@@ -342,7 +342,7 @@ fn bench_killed_half_way_keeps_its_records() {
     let path = std::env::temp_dir().join("backbone-bench-killed.jsonl");
     let _ = std::fs::remove_file(&path);
     let sizes = vec!["96"; 40].join(",");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_backbone-bench"))
+    let mut child = Command::new(common::bin("backbone-bench"))
         .args(["matmul", "--sizes", &sizes, "--iters", "3", "--warmup", "0"])
         .arg("--json")
         .arg(&path)

@@ -75,3 +75,71 @@ fn timed_recorder_reports_each_pass() {
         assert!(times.is_empty());
     }
 }
+
+/// An application's own device handed to the library (`Context::from_device`): a model opened
+/// on it through `Device::Context` gives the CPU path's embeddings, and the application's
+/// device and queue go on working (the library set none of its callbacks).
+#[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
+fn a_context_on_the_applications_own_device() {
+    use backbone::encoder::{Device, EncoderOptions, TextEncoder};
+    use backbone::{Context, ContextOptions};
+    use std::sync::Arc;
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+        power_preference: wgpu::PowerPreference::HighPerformance,
+        ..Default::default()
+    }))
+    .expect("an adapter");
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        label: Some("the app's device"),
+        required_limits: adapter.limits(),
+        ..Default::default()
+    }))
+    .expect("the app's device");
+    let ctx = Context::from_device_blocking(
+        &adapter,
+        device.clone(),
+        queue.clone(),
+        &ContextOptions::default(),
+    )
+    .expect("from_device");
+    assert_eq!(ctx.capabilities().adapter.name, adapter.get_info().name);
+    assert!(
+        !ctx.capabilities().shader_f16(),
+        "the app did not enable f16"
+    );
+    let dir = fixture("text/st-mean-dense");
+    let texts = sentence_list(&dir, "texts");
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let gpu = TextEncoder::open(
+        &dir,
+        &EncoderOptions::default().device(Device::Context(Arc::new(ctx))),
+    )
+    .expect("open on the app's device")
+    .encode_blocking(&texts, None, None)
+    .expect("encode");
+    let cpu = TextEncoder::open(&dir, &EncoderOptions::default().device(Device::Cpu))
+        .expect("open on the CPU path")
+        .encode_blocking(&texts, None, None)
+        .expect("encode");
+    assert_close(
+        "embeddings on the app's device",
+        &gpu.data,
+        &cpu.data,
+        1e-5,
+        0.0,
+    );
+    let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("the app's buffer"),
+        size: 64,
+        usage: wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    queue.write_buffer(&buffer, 0, &[1u8; 64]);
+    queue.submit([]);
+    device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .expect("the app's device still works");
+}

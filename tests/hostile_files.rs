@@ -49,7 +49,7 @@ fn a_failed_write_leaves_the_old_output_intact() {
     let out = Command::new("bash")
         .arg("-c")
         .arg("ulimit -f 4 && exec \"$0\" \"$@\"")
-        .arg(env!("CARGO_BIN_EXE_backbone"))
+        .arg(common::bin("backbone"))
         .args([
             "run",
             "--device",
@@ -187,7 +187,7 @@ fn streamed_inputs_are_bounded_and_checked() {
     let out = dir.join("out.safetensors");
     let run_with_stdin = |bytes: Vec<u8>| {
         let start = Instant::now();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_backbone"))
+        let mut child = Command::new(common::bin("backbone"))
             .args([
                 "run",
                 "--device",

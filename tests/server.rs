@@ -22,7 +22,7 @@ struct Server {
 impl Server {
     fn start(model: &Path, extra: &[&str]) -> Self {
         let args: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
-        let process = ServerProcess::start(Path::new(env!("CARGO_BIN_EXE_backbone")), model, &args)
+        let process = ServerProcess::start(&common::bin("backbone"), model, &args)
             .expect("start backbone serve");
         let http = process.http();
         Self { process, http }
@@ -356,7 +356,7 @@ fn auto_truncate_truncates() {
 fn load_test_answers_every_request_with_flat_memory() {
     for (device, requests, clients, warmup) in [("cpu", 10_000, 8, 1000), ("gpu", 2_000, 16, 500)] {
         let options = LoadOptions {
-            server: env!("CARGO_BIN_EXE_backbone").into(),
+            server: common::bin("backbone"),
             model: fixture("bert-micro-12l-random"),
             server_args: vec!["--device".into(), device.into()],
             dtype: backbone::DType::F32,

@@ -114,7 +114,7 @@ fn the_matmul_uses_a_table_of_this_adapter_only() {
 fn bench_tune_writes_a_table_the_cli_loads() {
     ctx();
     let path = std::env::temp_dir().join(format!("backbone-tune-{}.json", std::process::id()));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_backbone-bench"))
+    let out = std::process::Command::new(common::bin("backbone-bench"))
         .args([
             "tune",
             "--bert",
@@ -145,7 +145,7 @@ fn bench_tune_writes_a_table_the_cli_loads() {
         .find(|c| (c.batch, c.m, c.n, c.k) == (2, 4, 1152, 384));
     assert!(qkv.is_some(), "{t:?}");
     assert!(t.matmul.iter().all(|c| !c.measured.is_empty()));
-    let embed = std::process::Command::new(env!("CARGO_BIN_EXE_backbone"))
+    let embed = std::process::Command::new(common::bin("backbone"))
         .args(["embed", "--model"])
         .arg(fixture("bert-micro-12l-random"))
         .arg("hello")

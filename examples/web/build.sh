@@ -43,6 +43,7 @@ if [ "$(wasm-bindgen --version 2>/dev/null)" != "wasm-bindgen $WASM_BINDGEN_VERS
     cargo install --quiet wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION"
 fi
 
-$cargo build --release --target wasm32-unknown-unknown --target-dir "$target_dir"
+# --locked: the committed Cargo.lock pins the wasm build; a stale one fails here
+$cargo build --release --locked --target wasm32-unknown-unknown --target-dir "$target_dir"
 wasm-bindgen --target web --out-dir pkg "$target_dir/wasm32-unknown-unknown/release/backbone_web.wasm"
 echo "built examples/web/pkg; serve the repository root and open /examples/web/index.html"

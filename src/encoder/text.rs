@@ -6,10 +6,14 @@ use std::sync::Arc;
 
 use super::{EncoderOptions, ModelFiles, Runner};
 use crate::error::{Error, Result};
+#[cfg(feature = "tokenizers")]
 use crate::limits;
+#[cfg(feature = "tokenizers")]
+use crate::models::bert::SentenceSettings;
 use crate::models::bert::{
     self, Bert, BertConfig, BertInput, BertOutput, BertWeights, Readback, load_sentence,
 };
+#[cfg(feature = "tokenizers")]
 use crate::models::tokenizer::{SentenceTokenizer, TextTokenizer};
 use crate::reference::HostTensor;
 
@@ -87,6 +91,7 @@ pub struct Row {
 /// and [`TextEncoder::forward`] run it on the GPU or the CPU path.
 pub struct TextEncoder {
     config: BertConfig,
+    #[cfg(feature = "tokenizers")]
     tokenizer: Option<SentenceTokenizer>,
     runner: Runner<Bert, BertWeights<HostTensor>>,
     info: TextInfo,
@@ -158,21 +163,8 @@ impl TextEncoder {
             tokenizer_max_length(files)?,
             config.max_sequence(),
         )?;
-        let tokenizer = match files.read("tokenizer.json")? {
-            Some(json) => Some(SentenceTokenizer {
-                tokenizer: TextTokenizer::from_bytes(&json, max_length)
-                    .map_err(|e| e.in_file(&files.describe("tokenizer.json")))?,
-                settings,
-                max_length,
-            }),
-            None if options.require_tokenizer => {
-                return Err(files.missing(
-                    "tokenizer.json",
-                    "the model folder needs its tokenizer.json",
-                ));
-            }
-            None => None,
-        };
+        #[cfg(feature = "tokenizers")]
+        let tokenizer = open_tokenizer(files, options, &settings, max_length)?;
         let weights_path = files.describe("model.safetensors");
         let bytes = files.need(
             "model.safetensors",
@@ -184,9 +176,12 @@ impl TextEncoder {
         weights.sentence = head;
         let head = &weights.sentence;
         let num_labels = weights.classifier.as_ref().map(|c| c.out.weight.shape[0]);
+        #[cfg(feature = "tokenizers")]
         let pad_id = tokenizer
             .as_ref()
             .map_or(config.pad_id(), |t| t.tokenizer.pad_id());
+        #[cfg(not(feature = "tokenizers"))]
+        let pad_id = config.pad_id();
         let has_pooler = weights.pooler.is_some();
         let ctx = super::context_for(&options.device).await?;
         let info = TextInfo {
@@ -208,13 +203,8 @@ impl TextEncoder {
             pooling: head.modes.iter().map(|m| m.name()).collect(),
             dense_modules: head.dense.len(),
             normalize: head.normalize,
-            prompts: tokenizer
-                .as_ref()
-                .map(|t| t.settings.prompts.clone())
-                .unwrap_or_default(),
-            default_prompt_name: tokenizer
-                .as_ref()
-                .and_then(|t| t.settings.default_prompt_name.clone()),
+            prompts: settings.prompts.clone(),
+            default_prompt_name: settings.default_prompt_name.clone(),
             num_labels,
             pad_id,
             has_pooler,
@@ -234,6 +224,7 @@ impl TextEncoder {
         };
         Ok(Self {
             config,
+            #[cfg(feature = "tokenizers")]
             tokenizer,
             runner,
             info,
@@ -248,6 +239,7 @@ impl TextEncoder {
         &self.config
     }
 
+    #[cfg(feature = "tokenizers")]
     /// The tokenizer; an error naming the missing file for a folder opened without one.
     pub fn tokenizer(&self) -> Result<&SentenceTokenizer> {
         self.tokenizer.as_ref().ok_or_else(|| Error::Io {
@@ -267,6 +259,7 @@ impl TextEncoder {
         }
     }
 
+    #[cfg(feature = "tokenizers")]
     /// Texts tokenized as the folder prepares them (lowercasing, the prompt `prompt` or the
     /// folder's prompt `prompt_name`, else its default prompt), right-padded to the longest;
     /// without `truncate` a text over `max_length` tokens is [`Error::TooLong`].
@@ -284,6 +277,7 @@ impl TextEncoder {
         Ok(input)
     }
 
+    #[cfg(feature = "tokenizers")]
     /// (query, document) pairs in the tokenizer's pair template, truncated longest first.
     pub fn tokenize_pairs(&self, query: &str, docs: &[&str], truncate: bool) -> Result<BertInput> {
         let pairs: Vec<(&str, &str)> = docs.iter().map(|&d| (query, d)).collect();
@@ -366,11 +360,13 @@ impl TextEncoder {
         pollster::block_on(self.forward(input, want))
     }
 
+    #[cfg(feature = "tokenizers")]
     /// Texts per forward so a batch stays under [`limits::MAX_BATCH_TOKENS`].
     fn per_batch(&self) -> usize {
         (limits::MAX_BATCH_TOKENS / self.info.max_length.max(1)).clamp(1, 256)
     }
 
+    #[cfg(feature = "tokenizers")]
     /// Sentence embeddings [N, D] of `texts` (truncated at `max_length`), in batches, with the
     /// prompt `prompt` or the folder's prompt `prompt_name` (else its default prompt).
     pub async fn encode(
@@ -391,6 +387,7 @@ impl TextEncoder {
         concat_rows(rows, "texts")
     }
 
+    #[cfg(feature = "tokenizers")]
     /// [`Self::encode`], blocking (native only).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn encode_blocking(
@@ -402,6 +399,7 @@ impl TextEncoder {
         pollster::block_on(self.encode(texts, prompt, prompt_name))
     }
 
+    #[cfg(feature = "tokenizers")]
     /// A cross-encoder's logits [N, labels] for (query, document) pairs (truncated at
     /// `max_length`, longest first), in batches; an error for a model without a
     /// sequence-classification head. Scores as `CrossEncoder.predict` gives them:
@@ -433,6 +431,7 @@ impl TextEncoder {
         concat_rows(rows, "documents")
     }
 
+    #[cfg(feature = "tokenizers")]
     /// [`Self::encode_pairs`], blocking (native only).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn encode_pairs_blocking(&self, query: &str, docs: &[&str]) -> Result<HostTensor> {
@@ -440,7 +439,32 @@ impl TextEncoder {
     }
 }
 
+/// The folder's `tokenizer.json`, truncating at `max_length`; `None` when absent and not
+/// required.
+#[cfg(feature = "tokenizers")]
+fn open_tokenizer(
+    files: &ModelFiles,
+    options: &EncoderOptions,
+    settings: &SentenceSettings,
+    max_length: usize,
+) -> Result<Option<SentenceTokenizer>> {
+    match files.read("tokenizer.json")? {
+        Some(json) => Ok(Some(SentenceTokenizer {
+            tokenizer: TextTokenizer::from_bytes(&json, max_length)
+                .map_err(|e| e.in_file(&files.describe("tokenizer.json")))?,
+            settings: settings.clone(),
+            max_length,
+        })),
+        None if options.require_tokenizer => Err(files.missing(
+            "tokenizer.json",
+            "the model folder needs its tokenizer.json",
+        )),
+        None => Ok(None),
+    }
+}
+
 /// [N_i, D] blocks stacked into [sum N_i, D].
+#[cfg(feature = "tokenizers")]
 fn concat_rows(blocks: Vec<HostTensor>, what: &str) -> Result<HostTensor> {
     let Some(width) = blocks.first().map(|b| b.shape.get(1).copied().unwrap_or(0)) else {
         return Err(Error::Input {

@@ -5,6 +5,7 @@ pub mod bert;
 pub mod cswin;
 pub mod image;
 pub mod pth;
+#[cfg(feature = "tokenizers")]
 pub mod tokenizer;
 pub mod weights;
 

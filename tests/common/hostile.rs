@@ -42,7 +42,7 @@ pub fn set_config(dir: &Path, key: &str, value: serde_json::Value) {
 /// Runs the binary (bounded to 60 s) and returns its output and wall time.
 pub fn backbone(args: &[&str]) -> (Output, Duration) {
     let start = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_backbone"))
+    let out = Command::new(super::bin("backbone"))
         .args(args)
         .env("RUST_LOG", "off")
         .output()

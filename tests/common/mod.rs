@@ -110,11 +110,31 @@ pub fn assert_close(what: &str, gpu: &[f32], cpu: &[f32], atol: f32, rtol: f32) 
     }
 }
 
+/// A binary of the CLI package (`cli/`: `backbone`, `backbone-bench`), which `cargo test`
+/// builds beside the test executables (the CLI package's own integration test makes cargo
+/// build its binaries whenever the workspace's tests run).
+pub fn bin(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test executable");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the target folder");
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.is_file(),
+        "{} is missing: run the workspace's tests (cargo test --release) or build the CLI \
+         first (cargo build --release -p backbone-cli)",
+        path.display()
+    );
+    path
+}
+
 /// The `backbone` binary run with `args`: its output, whatever its exit status.
 pub fn backbone_output<S: AsRef<std::ffi::OsStr>>(
     args: impl IntoIterator<Item = S>,
 ) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_backbone"))
+    std::process::Command::new(bin("backbone"))
         .args(args)
         .output()
         .expect("run backbone")

@@ -49,7 +49,11 @@ enum Suite {
 }
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Benchmark backbone's kernels on a GPU adapter")]
+#[command(
+    name = "backbone-bench",
+    version,
+    about = "Benchmark backbone's kernels on a GPU adapter"
+)]
 struct Args {
     /// Suites to run (default: all).
     suites: Vec<Suite>,

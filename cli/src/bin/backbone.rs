@@ -21,7 +21,11 @@ use backbone::{DType, io, limits};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Transformer backbones on any GPU through wgpu")]
+#[command(
+    name = "backbone",
+    version,
+    about = "Transformer backbones on any GPU through wgpu"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
