@@ -172,6 +172,12 @@ impl Capabilities {
     }
 }
 
+impl AsRef<wgpu::AdapterInfo> for Capabilities {
+    fn as_ref(&self) -> &wgpu::AdapterInfo {
+        &self.adapter
+    }
+}
+
 impl fmt::Display for Capabilities {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let a = &self.adapter;

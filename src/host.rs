@@ -79,3 +79,40 @@ impl HostTensor {
         }
     }
 }
+
+/// Exact-erf GELU in f64.
+pub fn gelu_scalar(x: f64) -> f64 {
+    0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))
+}
+
+/// The rotary table [2, t, d/2] (cos, then sin) for base `theta`, computed in f32 as
+/// transformers' `ModernBertRotaryEmbedding` does: inv_freq = 1 / theta^(2i/d), angle =
+/// position * inv_freq.
+pub fn rotary_table(theta: f64, t: usize, d: usize) -> HostTensor {
+    let half = d / 2;
+    let mut out = HostTensor::zeros(&[2, t, half]);
+    for i in 0..half {
+        let inv_freq = 1.0f32 / (theta as f32).powf((2 * i) as f32 / d as f32);
+        for pos in 0..t {
+            let angle = pos as f32 * inv_freq;
+            out.data[pos * half + i] = angle.cos();
+            out.data[(t + pos) * half + i] = angle.sin();
+        }
+    }
+    out
+}
+
+/// `row / max(|row|, 1e-12)` with the norm in f64, into `out` (same length): the L2
+/// normalisation of sentence-transformers' `Normalize`, for host code (the server's
+/// `normalize`) and the l2_normalize kernel's twin alike.
+pub fn l2_normalize_row(row: &[f32], out: &mut [f32]) {
+    let norm = row
+        .iter()
+        .map(|&v| v as f64 * v as f64)
+        .sum::<f64>()
+        .sqrt()
+        .max(1e-12);
+    for (o, &v) in out.iter_mut().zip(row) {
+        *o = (v as f64 / norm) as f32;
+    }
+}

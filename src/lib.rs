@@ -42,8 +42,9 @@ pub mod tune;
 
 pub use context::{Capabilities, Context, ContextOptions, ResourceCounts, ShaderChecks};
 pub use error::{Error, Result};
-pub use pipeline::{Kernel, PassStat, PassTime, Recorder, Spec, Traffic, shader_source};
+pub use pipeline::{Kernel, Spec, shader_source};
 pub use program::Program;
 pub use recorder::Timing;
+pub use recorder::{PassStat, PassTime, Recorder, Traffic};
 pub use selftest::Family;
 pub use tensor::{DType, Tensor};

@@ -335,4 +335,3 @@ fn build(device: &wgpu::Device, kernel: Kernel, spec: &Spec, checks: bool) -> Pi
 }
 
 pub(crate) use crate::recorder::{Dispatch, grid_1d};
-pub use crate::recorder::{PassStat, PassTime, Recorder, Traffic};

@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::host::HostTensor;
 use crate::pipeline::Pipeline;
 use crate::recorder::{PassStat, PassTime, RawStep, Timing, first_error, lock, scoped};
-use crate::reference::HostTensor;
 use crate::tensor::Tensor;
 
 pub(crate) enum ProgramStep {

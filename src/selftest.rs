@@ -8,7 +8,7 @@
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::kernels::{self, CswinBranch, Epilogue, MatmulTile, StridedMatmul};
-use crate::pipeline::Recorder;
+use crate::recorder::Recorder;
 use crate::reference::{self, HostTensor};
 use crate::tensor::{DType, Tensor};
 

@@ -183,8 +183,8 @@ impl Tensor {
     }
 
     /// Copies the tensor back as a host tensor of the same shape (f32).
-    pub async fn read_host(&self, ctx: &Context) -> Result<crate::reference::HostTensor> {
-        crate::reference::HostTensor::new(&self.shape, self.read_f32(ctx).await?)
+    pub async fn read_host(&self, ctx: &Context) -> Result<crate::host::HostTensor> {
+        crate::host::HostTensor::new(&self.shape, self.read_f32(ctx).await?)
     }
 
     /// Copies a u32 tensor back to the host.

@@ -7,7 +7,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::context::Capabilities;
 use crate::error::{Error, Result};
 use crate::kernels::MatmulTile;
 
@@ -36,9 +35,10 @@ pub struct MatmulChoice {
     pub measured: Vec<(MatmulTile, f64)>,
 }
 
-/// The adapter identity a table is keyed by: (name, backend, driver).
-pub fn adapter_key(caps: &Capabilities) -> (String, String, String) {
-    let info = &caps.adapter;
+/// The adapter identity a table is keyed by: (name, backend, driver); from a context's
+/// capabilities or a `wgpu::AdapterInfo`.
+pub fn adapter_key(adapter: impl AsRef<wgpu::AdapterInfo>) -> (String, String, String) {
+    let info = adapter.as_ref();
     (
         info.name.clone(),
         format!("{:?}", info.backend),
@@ -63,8 +63,8 @@ impl TuneTable {
     }
 
     /// Whether this table was measured on this adapter, backend and driver.
-    pub fn matches(&self, caps: &Capabilities) -> bool {
-        let (adapter, backend, driver) = adapter_key(caps);
+    pub fn matches(&self, adapter: impl AsRef<wgpu::AdapterInfo>) -> bool {
+        let (adapter, backend, driver) = adapter_key(adapter);
         self.adapter == adapter && self.backend == backend && self.driver == driver
     }
 

@@ -13,8 +13,8 @@ use serde::Serialize;
 
 use crate::context::Context;
 use crate::error::Result;
-use crate::pipeline::{PassTime, Recorder};
 use crate::recorder::Timing;
+use crate::recorder::{PassTime, Recorder};
 
 mod kernels;
 mod models;

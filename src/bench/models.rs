@@ -7,12 +7,12 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use super::{BenchOptions, ForwardTraffic, Record, Sink, compare, measure, record, time_forwards};
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::host::HostTensor;
 use crate::models::Conv2d;
 use crate::models::bert::{
     self, Bert, BertConfig, BertEmbeddings, BertInput, BertLayer, BertWeights, LayerNorm, Linear,
 };
 use crate::models::cswin::{self, Cswin, CswinBlock, CswinConfig, CswinWeights, Geometry, Merge};
-use crate::reference::HostTensor;
 use crate::tensor::DType;
 
 /// A BERT-family shape for the `bert` suite (random weights of the real sizes).

@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::host::HostTensor;
 use crate::models::bert::{self, Bert, BertConfig, BertInput, BertWeights};
-use crate::reference::HostTensor;
 
 /// Where the forwards run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,10 +6,10 @@ use rand::{SeedableRng, rngs::StdRng};
 use super::{BenchOptions, BertShape, CswinShape, kernel_run, random, time_kernel};
 use crate::context::Context;
 use crate::error::Result;
+use crate::host::HostTensor;
 use crate::kernels::{Epilogue, MatmulTile, StridedMatmul, matmul::matmul_with_tile};
 use crate::models::cswin::{CswinConfig, Geometry};
 use crate::models::weights::upload_as;
-use crate::reference::HostTensor;
 use crate::tensor::{DType, Tensor};
 use crate::tune::{MatmulChoice, TuneTable, adapter_key};
 

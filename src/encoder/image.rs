@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use super::{EncoderOptions, ModelFiles, Runner};
 use crate::error::{Error, Result};
+use crate::host::HostTensor;
 use crate::models::cswin::{self, Cswin, CswinConfig, CswinOutput, CswinWeights};
-use crate::reference::HostTensor;
 
 /// What the front doors print about a loaded image model.
 #[derive(Debug, Clone, serde::Serialize)]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::{EncoderOptions, ModelFiles, Runner};
 use crate::error::{Error, Result};
+use crate::host::HostTensor;
 #[cfg(feature = "tokenizers")]
 use crate::limits;
 #[cfg(feature = "tokenizers")]
@@ -15,7 +16,6 @@ use crate::models::bert::{
 };
 #[cfg(feature = "tokenizers")]
 use crate::models::tokenizer::{SentenceTokenizer, TextTokenizer};
-use crate::reference::HostTensor;
 
 /// What a forward reads back besides the sentence embedding, the pooler output and the
 /// logits (always read when the model has them).

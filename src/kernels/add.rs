@@ -1,6 +1,7 @@
 use super::elementwise::{Sizes, rows_of};
 use crate::error::Result;
-use crate::pipeline::{Dispatch, Kernel, Recorder, Spec, Traffic, grid_1d};
+use crate::pipeline::{Dispatch, Kernel, Spec, grid_1d};
+use crate::recorder::{Recorder, Traffic};
 use crate::tensor::{Tensor, check_shape};
 
 /// y = a + b elementwise. All three are f32 of the same shape.

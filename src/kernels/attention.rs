@@ -1,7 +1,8 @@
 use super::attention_coop::CoopAttention;
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::pipeline::{Dispatch, Kernel, Recorder, Spec, Traffic};
+use crate::pipeline::{Dispatch, Kernel, Spec};
+use crate::recorder::{Recorder, Traffic};
 use crate::tensor::{DType, Tensor, check_dtype, check_float};
 
 /// Largest head size the fused kernels take (their tiles fit 16 KiB of workgroup memory up to it).

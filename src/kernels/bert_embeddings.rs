@@ -1,7 +1,8 @@
 //! BERT's embedding block fused: three gathers, their sum and LayerNorm in one pass.
 
 use crate::error::{Error, Result};
-use crate::pipeline::{Dispatch, Kernel, Recorder, Spec, Traffic, grid_1d};
+use crate::pipeline::{Dispatch, Kernel, Spec, grid_1d};
+use crate::recorder::{Recorder, Traffic};
 use crate::tensor::{DType, Tensor, check_dtype, check_float};
 
 /// The tables of BERT's embedding block, on the GPU (`T = Tensor`) or the host.

@@ -1,5 +1,6 @@
 use crate::error::{Error, Result};
-use crate::pipeline::{Dispatch, Kernel, Recorder, Spec, Traffic};
+use crate::pipeline::{Dispatch, Kernel, Spec};
+use crate::recorder::{Recorder, Traffic};
 use crate::tensor::{DType, Tensor, check_dtype, check_float, check_shape};
 
 /// How the input of [`conv2d`] is laid out.

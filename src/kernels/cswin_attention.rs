@@ -1,5 +1,6 @@
 use crate::error::{Error, Result};
-use crate::pipeline::{Dispatch, Kernel, Recorder, Spec, Traffic};
+use crate::pipeline::{Dispatch, Kernel, Spec};
+use crate::recorder::{Recorder, Traffic};
 use crate::tensor::{DType, Tensor, check_dtype, check_float};
 
 /// One branch of a CSWin block's attention over an `h x w` map of `c` channels: the branch

@@ -1,6 +1,7 @@
 use super::elementwise::Sizes;
 use crate::error::{Error, Result};
-use crate::pipeline::{Dispatch, Kernel, Recorder, Spec, Traffic, grid_1d};
+use crate::pipeline::{Dispatch, Kernel, Spec, grid_1d};
+use crate::recorder::{Recorder, Traffic};
 use crate::tensor::{DType, Tensor, check_dtype, check_shape};
 
 /// Row gather: `y[i, :] = table[ids[i], :]`. `ids` is u32 of any shape, `table` is f32

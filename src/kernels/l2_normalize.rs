@@ -1,6 +1,7 @@
 use super::elementwise::{Sizes, rows_of};
 use crate::error::Result;
-use crate::pipeline::{Dispatch, Kernel, Recorder, Spec, Traffic, grid_1d};
+use crate::pipeline::{Dispatch, Kernel, Spec, grid_1d};
+use crate::recorder::{Recorder, Traffic};
 use crate::tensor::Tensor;
 
 /// Each row (last dimension) divided by max(its L2 norm, 1e-12), as torch's `F.normalize`.

@@ -2,7 +2,8 @@
 
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::pipeline::{Dispatch, Kernel, Recorder, Traffic};
+use crate::pipeline::{Dispatch, Kernel};
+use crate::recorder::{Recorder, Traffic};
 use crate::tensor::{DType, Tensor, check_dtype, check_float, check_shape};
 
 pub use super::matmul_tile::MatmulTile;
@@ -33,7 +34,7 @@ impl Activation {
     pub fn apply(self, x: f64) -> f64 {
         match self {
             Activation::None => x,
-            Activation::Gelu => crate::reference::gelu_scalar(x),
+            Activation::Gelu => crate::host::gelu_scalar(x),
             Activation::Tanh => x.tanh(),
             Activation::Relu => x.max(0.0),
         }

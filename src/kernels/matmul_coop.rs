@@ -9,7 +9,8 @@ use super::matmul::{
 };
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::pipeline::{Dispatch, Kernel, Recorder, Spec};
+use crate::pipeline::{Dispatch, Kernel, Spec};
+use crate::recorder::Recorder;
 use crate::tensor::Tensor;
 
 /// The fragment size and subgroup size the cooperative kernel runs with on this adapter:

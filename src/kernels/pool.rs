@@ -2,7 +2,8 @@
 //! the output so that several modes concatenate.
 
 use crate::error::{Error, Result};
-use crate::pipeline::{Dispatch, Kernel, Recorder, Spec, Traffic, grid_1d};
+use crate::pipeline::{Dispatch, Kernel, Spec, grid_1d};
+use crate::recorder::{Recorder, Traffic};
 use crate::tensor::{DType, Tensor, check_dtype, check_float, check_shape};
 
 /// A pooling mode, named as sentence-transformers' `pooling_mode` names it.

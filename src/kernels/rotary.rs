@@ -2,7 +2,8 @@
 //! gate (`shaders/geglu.wgsl`): ModernBERT's two elementwise steps.
 
 use crate::error::{Error, Result};
-use crate::pipeline::{Dispatch, Kernel, Recorder, Spec, Traffic, grid_1d};
+use crate::pipeline::{Dispatch, Kernel, Spec, grid_1d};
+use crate::recorder::{Recorder, Traffic};
 use crate::tensor::{DType, Tensor, check_dtype, check_float};
 
 #[repr(C)]

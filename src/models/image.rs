@@ -5,8 +5,8 @@
 use image::{DynamicImage, imageops::FilterType};
 
 use crate::error::{Error, Result};
+use crate::host::HostTensor;
 use crate::limits;
-use crate::reference::HostTensor;
 
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];

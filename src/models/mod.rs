@@ -34,9 +34,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::host::HostTensor;
 use crate::models::weights::{Weights, upload, upload_as};
-use crate::pipeline::Recorder;
-use crate::reference::HostTensor;
+use crate::recorder::Recorder;
 use crate::tensor::{DType, Tensor};
 
 impl Linear<HostTensor> {

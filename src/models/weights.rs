@@ -7,7 +7,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::reference::HostTensor;
+use crate::host::HostTensor;
 use crate::tensor::{DType, Tensor};
 
 /// A parsed safetensors file with an optional key prefix (e.g. `bert.`) that is tried when

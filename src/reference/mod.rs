@@ -14,8 +14,9 @@ pub use crate::host::HostTensor;
 
 mod fused;
 mod text;
+pub use crate::host::{gelu_scalar, rotary_table};
 pub use fused::matmul_layer_norm;
-pub use text::{geglu, rotary, rotary_table};
+pub use text::{geglu, rotary};
 
 fn same_shape<T, U>(
     op: &'static str,
@@ -75,11 +76,6 @@ fn par_rows<T: Send>(out: &mut [T], row_len: usize, f: impl Fn(usize, &mut [T]) 
             });
         }
     });
-}
-
-/// Exact-erf GELU in f64.
-pub fn gelu_scalar(x: f64) -> f64 {
-    0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))
 }
 
 /// Twin of [`crate::kernels::matmul`].
@@ -373,16 +369,8 @@ pub fn l2_normalize(x: &HostTensor, y: &mut HostTensor) -> Result<()> {
     let (rows, c) = last_dim("l2_normalize", x)?;
     same_shape("l2_normalize", "y", y, x)?;
     for r in 0..rows {
-        let row = &x.data[r * c..(r + 1) * c];
-        let norm = row
-            .iter()
-            .map(|&v| v as f64 * v as f64)
-            .sum::<f64>()
-            .sqrt()
-            .max(1e-12);
-        for i in 0..c {
-            y.data[r * c + i] = (row[i] as f64 / norm) as f32;
-        }
+        let row = r * c..(r + 1) * c;
+        crate::host::l2_normalize_row(&x.data[row.clone()], &mut y.data[row]);
     }
     Ok(())
 }

@@ -45,20 +45,3 @@ pub fn geglu(x: &HostTensor, y: &mut HostTensor) -> Result<()> {
     }
     Ok(())
 }
-
-/// The rotary table [2, t, d/2] (cos, then sin) for base `theta`, computed in f32 as
-/// transformers' `ModernBertRotaryEmbedding` does: inv_freq = 1 / theta^(2i/d), angle =
-/// position * inv_freq.
-pub fn rotary_table(theta: f64, t: usize, d: usize) -> HostTensor {
-    let half = d / 2;
-    let mut out = HostTensor::zeros(&[2, t, half]);
-    for i in 0..half {
-        let inv_freq = 1.0f32 / (theta as f32).powf((2 * i) as f32 / d as f32);
-        for pos in 0..t {
-            let angle = pos as f32 * inv_freq;
-            out.data[pos * half + i] = angle.cos();
-            out.data[(t + pos) * half + i] = angle.sin();
-        }
-    }
-    out
-}

@@ -137,7 +137,7 @@ fn process(
 }
 
 fn row_of(out: &BertOutput, r: usize) -> RowOutput {
-    let slice = |t: &crate::reference::HostTensor| {
+    let slice = |t: &crate::host::HostTensor| {
         let w = t.shape[1];
         t.data[r * w..(r + 1) * w].to_vec()
     };

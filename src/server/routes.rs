@@ -133,15 +133,9 @@ fn split_rows(input: &crate::models::bert::BertInput) -> Vec<Row> {
 
 /// `v` L2-normalised, by the twin the CPU path uses (one row).
 fn l2(v: Vec<f32>) -> Vec<f32> {
-    let n = v.len();
-    let Ok(x) = crate::reference::HostTensor::new(&[1, n], v) else {
-        return Vec::new();
-    };
-    let mut y = crate::reference::HostTensor::zeros(&[1, n]);
-    match crate::reference::l2_normalize(&x, &mut y) {
-        Ok(()) => y.data,
-        Err(_) => x.data,
-    }
+    let mut out = vec![0.0; v.len()];
+    crate::host::l2_normalize_row(&v, &mut out);
+    out
 }
 /// The embedding a request asked for: L2-normalised or as the model's head left it before
 /// its Normalize; with `dimensions`, its first that many values (Matryoshka truncation), then

@@ -255,12 +255,12 @@ pub fn relative_position_bucket(d: i64, num_buckets: usize, max_distance: usize)
 /// value for head h at the bucket of distance d (`table`: `relative_attention_bias.weight`,
 /// [buckets, heads]).
 pub fn relative_position_bias(
-    table: &crate::reference::HostTensor,
+    table: &crate::host::HostTensor,
     t: usize,
-) -> crate::reference::HostTensor {
+) -> crate::host::HostTensor {
     let (buckets, heads) = (table.shape[0], table.shape[1]);
     let span = 2 * t - 1;
-    let mut out = crate::reference::HostTensor::zeros(&[heads, span]);
+    let mut out = crate::host::HostTensor::zeros(&[heads, span]);
     for i in 0..span {
         let bucket = relative_position_bucket(i as i64 - (t as i64 - 1), buckets, 128);
         for h in 0..heads {

@@ -1,17 +1,18 @@
 //! The GPU forward: weights uploaded once, buffers leased per (batch, seq), one submission.
 
+pub use super::plan::Plan;
 use super::{
-    BertConfig, BertInput, BertLayer, BertOutput, BertWeights, ClassifierHead, Family,
-    SentenceHead, pooler_problem, relative_position_bias,
+    BertConfig, BertInput, BertLayer, BertOutput, BertWeights, ClassifierHead, SentenceHead,
+    pooler_problem, relative_position_bias,
 };
 use crate::context::Context;
 use crate::error::Result;
+use crate::host::HostTensor;
 use crate::kernels::{self, Activation, AttentionBias, Epilogue, PoolMode};
-use crate::models::{PlanLease, Plans, Programs, Recorded};
-use crate::pipeline::{PassStat, Recorder};
+use crate::models::{PlanLease, Plans, Recorded};
 #[cfg(not(target_arch = "wasm32"))]
 use crate::recorder::Timing;
-use crate::reference::HostTensor;
+use crate::recorder::{PassStat, Recorder};
 use crate::tensor::{DType, Tensor};
 
 /// A BERT encoder on the GPU: weights uploaded once, pipelines cached by the context, and
@@ -35,141 +36,6 @@ pub struct Readback {
     pub last_hidden_state: bool,
     /// Each layer's hidden state (`hidden_states`).
     pub hidden_states: bool,
-}
-
-/// Buffers for one (batch, seq).
-pub struct Plan {
-    batch: usize,
-    seq: usize,
-    /// Token, position and token-type ids, [3, batch x seq].
-    ids: Tensor,
-    mask: Tensor,
-    /// ELECTRA's embeddings before `embeddings_project`, [batch, seq, embedding_size].
-    embedded: Option<Tensor>,
-    /// MPNet's relative position bias for this length, [heads, 2 seq - 1] f32.
-    rel_bias: Option<Tensor>,
-    /// ModernBERT: the rotary tables of global and local layers ([2, seq, D/2] f32), the
-    /// rotated QKV and the GeGLU output.
-    rope_global: Option<Tensor>,
-    rope_local: Option<Tensor>,
-    qkv_rot: Option<Tensor>,
-    gated: Option<Tensor>,
-    hidden: Tensor,
-    qkv: Tensor,
-    context: Tensor,
-    attention_sum: Tensor,
-    attention_out: Tensor,
-    intermediate: Tensor,
-    output_sum: Tensor,
-    /// The pooling mask when the prompt is left out of pooling.
-    keep: Option<Tensor>,
-    /// Pooling modes concatenated, [batch, modes x C] f32.
-    pooled: Tensor,
-    /// Each Dense module's output, f32.
-    dense: Vec<Tensor>,
-    sentence_embedding: Tensor,
-    pooler_output: Tensor,
-    /// The classifier's dense output on the first token (or the mean), [batch, C] f32.
-    classifier_hidden: Option<Tensor>,
-    /// ModernBERT's classifier: the masked mean it reads, and `head.norm`'s output, [batch, C].
-    classifier_pooled: Option<Tensor>,
-    classifier_normed: Option<Tensor>,
-    /// [batch, num_labels] f32.
-    logits: Option<Tensor>,
-    /// The forward recorded once for this plan (with and without kept hidden states).
-    programs: Programs,
-}
-
-impl Plan {
-    /// Buffers for one shape; activations (hidden states, QKV, attention, MLP) stored as
-    /// `dtype`, the pooled outputs as f32.
-    fn new(
-        ctx: &Context,
-        config: &BertConfig,
-        head: &SentenceHead<HostTensor>,
-        classifier: Option<&ClassifierHead<HostTensor>>,
-        dtype: DType,
-        batch: usize,
-        seq: usize,
-    ) -> Result<Self> {
-        let (c, i) = (config.hidden_size, config.intermediate_size);
-        let f32s = |shape: &[usize], label: &str| Tensor::empty(ctx, shape, DType::F32, label);
-        let acts = |shape: &[usize], label: &str| Tensor::empty(ctx, shape, dtype, label);
-        let btc = [batch, seq, c];
-        let pre_norm = config.family().pre_norm();
-        Ok(Self {
-            batch,
-            seq,
-            ids: Tensor::empty(ctx, &[3, batch * seq], DType::U32, "embedding_ids")?,
-            mask: Tensor::empty(ctx, &[batch, seq], DType::U32, "attention_mask")?,
-            rope_global: pre_norm
-                .then(|| f32s(&[2, seq, config.head_dim() / 2], "rope_global"))
-                .transpose()?,
-            rope_local: pre_norm
-                .then(|| f32s(&[2, seq, config.head_dim() / 2], "rope_local"))
-                .transpose()?,
-            qkv_rot: pre_norm
-                .then(|| acts(&[batch, seq, 3 * c], "qkv_rot"))
-                .transpose()?,
-            gated: pre_norm
-                .then(|| acts(&[batch, seq, i], "gated"))
-                .transpose()?,
-            rel_bias: match config.family() == Family::Mpnet {
-                true => Some(f32s(
-                    &[config.num_attention_heads, 2 * seq - 1],
-                    "rel_bias",
-                )?),
-                false => None,
-            },
-            embedded: match config.embedding_dim() != c {
-                true => Some(acts(&[batch, seq, config.embedding_dim()], "embedded")?),
-                false => None,
-            },
-            hidden: acts(&btc, "hidden")?,
-            qkv: acts(&[batch, seq, 3 * c], "qkv")?,
-            context: acts(&btc, "context")?,
-            attention_sum: acts(&btc, "attention_sum")?,
-            attention_out: acts(&btc, "attention_out")?,
-            intermediate: acts(
-                &[batch, seq, if pre_norm { 2 * i } else { i }],
-                "intermediate",
-            )?,
-            output_sum: acts(&btc, "output_sum")?,
-            keep: match head.include_prompt {
-                true => None,
-                false => Some(Tensor::empty(
-                    ctx,
-                    &[batch, seq],
-                    DType::U32,
-                    "pooling_mask",
-                )?),
-            },
-            pooled: f32s(&[batch, head.pooled_dim(c)], "pooled")?,
-            dense: head
-                .dense
-                .iter()
-                .map(|d| f32s(&[batch, d.linear.weight.shape[0]], "dense"))
-                .collect::<Result<_>>()?,
-            sentence_embedding: f32s(&[batch, head.output_dim(c)], "sentence_embedding")?,
-            pooler_output: f32s(&[batch, c], "pooler_output")?,
-            classifier_hidden: match classifier.is_some_and(|h| !h.from_pooler()) {
-                true => Some(f32s(&[batch, c], "classifier_hidden")?),
-                false => None,
-            },
-            classifier_pooled: match classifier.is_some_and(|h| h.mean_pooling) {
-                true => Some(f32s(&[batch, c], "classifier_pooled")?),
-                false => None,
-            },
-            classifier_normed: match classifier.is_some_and(|h| h.norm.is_some()) {
-                true => Some(f32s(&[batch, c], "classifier_normed")?),
-                false => None,
-            },
-            logits: classifier
-                .map(|h| f32s(&[batch, h.out.weight.shape[0]], "logits"))
-                .transpose()?,
-            programs: Programs::default(),
-        })
-    }
 }
 
 impl Bert {
@@ -267,7 +133,7 @@ impl Bert {
                     .find(|&l| self.config.attention_window(l).is_some() == local)
                     .unwrap_or(0);
                 let theta = self.config.rope_theta(l);
-                let values = crate::reference::rotary_table(theta, p.seq, self.config.head_dim());
+                let values = crate::host::rotary_table(theta, p.seq, self.config.head_dim());
                 table.write(ctx, &values.data)?;
             }
         }
@@ -662,7 +528,7 @@ impl Bert {
         ctx: &Context,
         input: &BertInput,
         timing: Timing,
-    ) -> Result<Vec<crate::pipeline::PassTime>> {
+    ) -> Result<Vec<crate::recorder::PassTime>> {
         let p = self.prepare(ctx, input)?;
         let recorded = pollster::block_on(self.recorded(ctx, &p, false))?;
         recorded.program.run_timed(ctx, timing)

@@ -13,6 +13,7 @@ mod cpu;
 mod family;
 mod gpu;
 mod input;
+mod plan;
 mod sentence;
 mod weights;
 
@@ -32,8 +33,8 @@ pub use weights::{
 pub use weights::{load_config, load_dir, load_weights};
 
 use crate::error::Result;
+use crate::host::HostTensor;
 use crate::kernels::{MatrixView, StridedMatmul, WLayout};
-use crate::reference::HostTensor;
 
 /// What a forward returns (host tensors).
 #[derive(Debug, Clone)]

@@ -14,11 +14,11 @@ use serde::Deserialize;
 
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::host::HostTensor;
 use crate::kernels::{Activation, PoolMode};
 use crate::limits;
 use crate::models::Linear;
 use crate::models::weights::Weights;
-use crate::reference::HostTensor;
 use crate::tensor::Tensor;
 
 /// A `Dense` module: `act(x·Wᵀ + b)`.

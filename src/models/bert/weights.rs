@@ -4,10 +4,10 @@
 use super::{BertConfig, Family, SentenceHead};
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::host::HostTensor;
 use crate::kernels::{Activation, EmbeddingTables};
 use crate::models::weights::{Weights, upload_as};
 use crate::models::{LayerNorm, Linear};
-use crate::reference::HostTensor;
 use crate::tensor::{DType, Tensor};
 
 /// `BertEmbeddings` (tables of width `embedding_dim`), and ELECTRA's projection to the hidden

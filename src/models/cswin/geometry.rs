@@ -2,10 +2,10 @@
 
 use super::CswinConfig;
 use crate::error::{Error, Result};
+use crate::host::HostTensor;
 use crate::kernels::CswinBranch;
 use crate::limits;
 use crate::models::weights::Weights;
-use crate::reference::HostTensor;
 
 /// The spatial plan of a forward: each stage's map size and each branch's window.
 #[derive(Debug, Clone, PartialEq, Eq)]

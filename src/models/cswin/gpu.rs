@@ -4,12 +4,12 @@ use super::config::check_depths;
 use super::{CswinConfig, CswinOutput, CswinWeights, Geometry, check_input};
 use crate::context::Context;
 use crate::error::Result;
+use crate::host::HostTensor;
 use crate::kernels::{self, ConvInput, Epilogue};
 use crate::models::{PlanLease, Plans, Programs, Recorded};
-use crate::pipeline::{PassStat, Recorder};
 #[cfg(not(target_arch = "wasm32"))]
 use crate::recorder::Timing;
-use crate::reference::HostTensor;
+use crate::recorder::{PassStat, Recorder};
 use crate::tensor::{DType, Tensor};
 
 /// Buffers for one input shape.
@@ -353,7 +353,7 @@ impl Cswin {
         ctx: &Context,
         pixel_values: &HostTensor,
         timing: Timing,
-    ) -> Result<Vec<crate::pipeline::PassTime>> {
+    ) -> Result<Vec<crate::recorder::PassTime>> {
         self.check_depths()?;
         let p = self.prepare(ctx, pixel_values)?;
         let recorded = pollster::block_on(self.recorded(ctx, &p, false))?;

@@ -23,7 +23,7 @@ pub use weights::{CswinBlock, CswinWeights, Merge};
 pub use weights::{load_config, load_dir, load_weights};
 
 use crate::error::Result;
-use crate::reference::HostTensor;
+use crate::host::HostTensor;
 
 /// What a forward returns. Features are token-major [B, H_s*W_s, C_s] (token = y*W_s + x).
 #[derive(Debug, Clone)]

@@ -3,9 +3,9 @@
 use super::CswinConfig;
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::host::HostTensor;
 use crate::models::weights::Weights;
 use crate::models::{Conv2d, LayerNorm, Linear};
-use crate::reference::HostTensor;
 use crate::tensor::{DType, Tensor};
 
 /// One CSWinBlock's parameters. `lepe` holds each branch's `attns.{i}.get_v` as [Cb, 3, 3].

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::io::Read;
 
 use crate::error::{Error, Result};
-use crate::reference::HostTensor;
+use crate::host::HostTensor;
 use pickle::{StorageKind, TensorRef, Unpickler, Value, bad};
 
 /// The state dict inside a checkpoint's root object.
