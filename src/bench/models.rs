@@ -8,11 +8,9 @@ use super::{BenchOptions, ForwardTraffic, Record, Sink, compare, measure, record
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::host::HostTensor;
-use crate::models::Conv2d;
-use crate::models::bert::{
-    self, Bert, BertConfig, BertEmbeddings, BertInput, BertLayer, BertWeights, LayerNorm, Linear,
-};
-use crate::models::cswin::{self, Cswin, CswinBlock, CswinConfig, CswinWeights, Geometry, Merge};
+use crate::models::bert::{self, Bert, BertConfig, BertInput, BertWeights};
+use crate::models::cswin::{self, Cswin, CswinConfig, CswinWeights, Geometry};
+use crate::models::weights::Weights;
 use crate::tensor::DType;
 
 /// A BERT-family shape for the `bert` suite (random weights of the real sizes).
@@ -115,70 +113,10 @@ impl BertShape {
     }
 }
 
-/// Seeded random weights of a config's real sizes (LayerNorm weights near 1).
+/// Seeded random weights of a config's real sizes, through the family's own loader
+/// ([`BertWeights::from_weights`] on [`Weights::random`]): with a pooler, no classifier.
 pub fn random_bert_weights(config: &BertConfig, seed: u64) -> Result<BertWeights<HostTensor>> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut t = |shape: &[usize], scale: f32, center: f32| -> Result<HostTensor> {
-        let n = shape.iter().product();
-        HostTensor::new(
-            shape,
-            (0..n)
-                .map(|_| center + scale * rng.random_range(-1.0f32..1.0))
-                .collect(),
-        )
-    };
-    let (c, i) = (config.hidden_size, config.intermediate_size);
-    let mut linear = |out: usize, inp: usize| -> Result<Linear<HostTensor>> {
-        let scale = 1.0 / (inp as f32).sqrt();
-        Ok(Linear {
-            weight: t(&[out, inp], scale, 0.0)?,
-            bias: t(&[out], 0.1, 0.0)?,
-        })
-    };
-    let mut layers = Vec::new();
-    for _ in 0..config.num_hidden_layers {
-        layers.push(BertLayer {
-            qkv: linear(3 * c, c)?,
-            attention_output: linear(c, c)?,
-            attention_norm: LayerNorm {
-                weight: HostTensor::new(&[c], vec![1.0; c])?,
-                bias: HostTensor::zeros(&[c]),
-            },
-            intermediate: linear(i, c)?,
-            output: linear(c, i)?,
-            output_norm: LayerNorm {
-                weight: HostTensor::new(&[c], vec![1.0; c])?,
-                bias: HostTensor::zeros(&[c]),
-            },
-        });
-    }
-    let pooler = Some(linear(c, c)?);
-    let mut t = |shape: &[usize]| -> Result<HostTensor> {
-        let n = shape.iter().product();
-        HostTensor::new(
-            shape,
-            (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect(),
-        )
-    };
-    let embeddings = BertEmbeddings {
-        project: None,
-        word_embeddings: t(&[config.vocab_size, c])?,
-        position_embeddings: t(&[config.max_position_embeddings, c])?,
-        token_type_embeddings: t(&[config.type_vocab_size, c])?,
-        layer_norm: LayerNorm {
-            weight: HostTensor::new(&[c], vec![1.0; c])?,
-            bias: HostTensor::zeros(&[c]),
-        },
-    };
-    Ok(BertWeights {
-        embeddings,
-        layers,
-        pooler,
-        sentence: Default::default(),
-        classifier: None,
-        relative_attention_bias: None,
-        final_norm: None,
-    })
+    BertWeights::from_weights(config, Weights::random(seed, |k| k.starts_with("pooler.")))
 }
 
 /// Measures whole BERT forwards (one submission each). The check runs the CPU forward on
@@ -358,86 +296,21 @@ impl CswinShape {
     }
 }
 
-/// Seeded random CSWin weights of a config's real sizes.
+/// Seeded random weights of a classification CSWin of `config`'s sizes, through its own
+/// loader ([`CswinWeights::from_weights`] on [`Weights::random`]): a second attention branch
+/// where the config's stage has one, no segmentation norms.
 pub fn random_cswin_weights(config: &CswinConfig, seed: u64) -> Result<CswinWeights<HostTensor>> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut t = |shape: &[usize], scale: f32| -> Result<HostTensor> {
-        let n = shape.iter().product();
-        HostTensor::new(
-            shape,
-            (0..n)
-                .map(|_| scale * rng.random_range(-1.0f32..1.0))
-                .collect(),
-        )
+    let config_for_keys = config.clone();
+    let present = move |key: &str| -> bool {
+        // `stage{s}.{i}.attns.1.get_v.weight`: the second branch of a two-branch stage.
+        let Some(rest) = key.strip_prefix("stage") else {
+            return false;
+        };
+        let stage = rest.split('.').next().and_then(|s| s.parse::<usize>().ok());
+        key.ends_with(".attns.1.get_v.weight")
+            && stage.is_some_and(|s| (1..=4).contains(&s) && config_for_keys.branches(s - 1) == 2)
     };
-    let ones = |c: usize| HostTensor::new(&[c], vec![1.0; c]);
-    let norm = |c: usize| -> Result<LayerNorm<HostTensor>> {
-        Ok(LayerNorm {
-            weight: ones(c)?,
-            bias: HostTensor::zeros(&[c]),
-        })
-    };
-    let linear = |out: usize,
-                  inp: usize,
-                  t: &mut dyn FnMut(&[usize], f32) -> Result<HostTensor>|
-     -> Result<Linear<HostTensor>> {
-        Ok(Linear {
-            weight: t(&[out, inp], 1.0 / (inp as f32).sqrt())?,
-            bias: t(&[out], 0.1)?,
-        })
-    };
-    let c = config.embed_dim;
-    let stem = Conv2d {
-        weight: t(&[c, config.in_chans, 7, 7], 0.1)?,
-        bias: t(&[c], 0.1)?,
-    };
-    let mut stages = Vec::new();
-    for s in 0..4 {
-        let (d, hidden, branches) = (config.dim(s), config.hidden(s), config.branches(s));
-        let mut blocks = Vec::new();
-        for _ in 0..config.depth[s] {
-            let lepe = (0..branches)
-                .map(|_| {
-                    Ok(Linear {
-                        weight: t(&[d / branches, 3, 3], 0.3)?,
-                        bias: t(&[d / branches], 0.1)?,
-                    })
-                })
-                .collect::<Result<_>>()?;
-            blocks.push(CswinBlock {
-                qkv: linear(3 * d, d, &mut t)?,
-                norm1: norm(d)?,
-                proj: linear(d, d, &mut t)?,
-                lepe,
-                fc1: linear(hidden, d, &mut t)?,
-                fc2: linear(d, hidden, &mut t)?,
-                norm2: norm(d)?,
-            });
-        }
-        stages.push(blocks);
-    }
-    let merges = (0..3)
-        .map(|m| {
-            let d = config.dim(m);
-            Ok(Merge {
-                conv: Conv2d {
-                    weight: t(&[2 * d, d, 3, 3], 1.0 / (9.0 * d as f32).sqrt())?,
-                    bias: t(&[2 * d], 0.1)?,
-                },
-                norm: norm(2 * d)?,
-            })
-        })
-        .collect::<Result<_>>()?;
-    let head = linear(config.num_classes, config.dim(3), &mut t)?;
-    Ok(CswinWeights {
-        stem,
-        stem_norm: norm(c)?,
-        stages,
-        merges,
-        norm: Some(norm(config.dim(3))?),
-        head: Some(head),
-        stage_norms: Vec::new(),
-    })
+    CswinWeights::from_weights(config, Weights::random(seed, present))
 }
 
 /// Measures whole CSWin forwards. The check runs the CPU forward on the batch's first image

@@ -100,6 +100,148 @@ impl Conv2d<HostTensor> {
     }
 }
 
+/// How a run stores one tensor of a weight tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    /// In the run's dtype (f16 for an f16 run): matmul and convolution weights, embedding
+    /// tables.
+    Run,
+    /// In f32 whatever the run: biases, norms, CSWin's LePE, sentence-transformers' Dense.
+    F32,
+}
+
+/// A tree of weights whose every tensor can be turned, with its key and [`Storage`], into
+/// another kind of tensor. Uploading (`HostTensor` to GPU `Tensor`) and the CPU twin's f16
+/// rounding both walk a model through this, so each tree's shape is written once (its keys
+/// and shapes are written once too, in the family's loader, whatever the source).
+pub trait MapTensors<T> {
+    type Out<U>;
+    fn map_tensors<U, E>(
+        &self,
+        key: &str,
+        f: &mut impl FnMut(&str, Storage, &T) -> std::result::Result<U, E>,
+    ) -> std::result::Result<Self::Out<U>, E>;
+}
+
+/// `key.name`, or `name` at the root.
+pub(crate) fn join(key: &str, name: &str) -> String {
+    if key.is_empty() {
+        name.to_string()
+    } else {
+        format!("{key}.{name}")
+    }
+}
+
+impl<T> MapTensors<T> for Linear<T> {
+    type Out<U> = Linear<U>;
+    fn map_tensors<U, E>(
+        &self,
+        key: &str,
+        f: &mut impl FnMut(&str, Storage, &T) -> std::result::Result<U, E>,
+    ) -> std::result::Result<Linear<U>, E> {
+        Ok(Linear {
+            weight: f(&join(key, "weight"), Storage::Run, &self.weight)?,
+            bias: f(&join(key, "bias"), Storage::F32, &self.bias)?,
+        })
+    }
+}
+
+impl<T> Linear<T> {
+    /// [`MapTensors::map_tensors`] with the weight kept in f32 too (small heads, LePE).
+    pub fn map_f32<U, E>(
+        &self,
+        key: &str,
+        f: &mut impl FnMut(&str, Storage, &T) -> std::result::Result<U, E>,
+    ) -> std::result::Result<Linear<U>, E> {
+        Ok(Linear {
+            weight: f(&join(key, "weight"), Storage::F32, &self.weight)?,
+            bias: f(&join(key, "bias"), Storage::F32, &self.bias)?,
+        })
+    }
+}
+
+impl<T> MapTensors<T> for LayerNorm<T> {
+    type Out<U> = LayerNorm<U>;
+    fn map_tensors<U, E>(
+        &self,
+        key: &str,
+        f: &mut impl FnMut(&str, Storage, &T) -> std::result::Result<U, E>,
+    ) -> std::result::Result<LayerNorm<U>, E> {
+        Ok(LayerNorm {
+            weight: f(&join(key, "weight"), Storage::F32, &self.weight)?,
+            bias: f(&join(key, "bias"), Storage::F32, &self.bias)?,
+        })
+    }
+}
+
+impl<T> MapTensors<T> for Conv2d<T> {
+    type Out<U> = Conv2d<U>;
+    fn map_tensors<U, E>(
+        &self,
+        key: &str,
+        f: &mut impl FnMut(&str, Storage, &T) -> std::result::Result<U, E>,
+    ) -> std::result::Result<Conv2d<U>, E> {
+        Ok(Conv2d {
+            weight: f(&join(key, "weight"), Storage::Run, &self.weight)?,
+            bias: f(&join(key, "bias"), Storage::F32, &self.bias)?,
+        })
+    }
+}
+
+impl<T, X: MapTensors<T>> MapTensors<T> for Option<X> {
+    type Out<U> = Option<X::Out<U>>;
+    fn map_tensors<U, E>(
+        &self,
+        key: &str,
+        f: &mut impl FnMut(&str, Storage, &T) -> std::result::Result<U, E>,
+    ) -> std::result::Result<Self::Out<U>, E> {
+        self.as_ref().map(|x| x.map_tensors(key, f)).transpose()
+    }
+}
+
+impl<T, X: MapTensors<T>> MapTensors<T> for Vec<X> {
+    type Out<U> = Vec<X::Out<U>>;
+    /// Element `i` at `key.i`.
+    fn map_tensors<U, E>(
+        &self,
+        key: &str,
+        f: &mut impl FnMut(&str, Storage, &T) -> std::result::Result<U, E>,
+    ) -> std::result::Result<Self::Out<U>, E> {
+        (self.iter().enumerate())
+            .map(|(i, x)| x.map_tensors(&join(key, &i.to_string()), f))
+            .collect()
+    }
+}
+
+/// The tree in GPU buffers: [`Storage::Run`] tensors as `dtype` (f16 converted once here),
+/// the rest as f32.
+pub(crate) fn upload_tree<X: MapTensors<HostTensor>>(
+    tree: &X,
+    ctx: &Context,
+    dtype: DType,
+) -> Result<X::Out<Tensor>> {
+    tree.map_tensors("", &mut |key, storage, t| match storage {
+        Storage::Run => upload_as(ctx, key, t, dtype),
+        Storage::F32 => upload(ctx, key, t),
+    })
+}
+
+/// The tree as a `dtype` run holds it: [`Storage::Run`] tensors rounded to `dtype`, the rest
+/// unchanged (the CPU twin's side of an f16 run).
+pub(crate) fn rounded_tree<X: MapTensors<HostTensor>>(
+    tree: &X,
+    dtype: DType,
+) -> X::Out<HostTensor> {
+    let rounded = tree.map_tensors::<_, std::convert::Infallible>("", &mut |_, storage, t| {
+        Ok(match storage {
+            Storage::Run => t.clone().round_to(dtype),
+            Storage::F32 => t.clone(),
+        })
+    });
+    let Ok(tree) = rounded;
+    tree
+}
+
 /// Idle plans kept for reuse, over all shapes; the least recently used go first.
 pub const MAX_IDLE_PLANS: usize = 4;
 

@@ -1,5 +1,7 @@
 //! Checkpoint loading from safetensors bytes (the same path natively and on the web):
-//! tensors by name, converted to f32 on the host, every shape checked on the way in.
+//! tensors by name, converted to f32 on the host, every shape checked on the way in. The
+//! same reader also serves seeded random weights ([`Weights::random`], the bench's models), so
+//! each family's loader is the one description of its tree whatever the source.
 
 use std::collections::HashSet;
 
@@ -11,11 +13,21 @@ use crate::host::HostTensor;
 use crate::tensor::{DType, Tensor};
 
 /// A parsed safetensors file with an optional key prefix (e.g. `bert.`) that is tried when
-/// a key is not found as given. Records which keys were taken.
+/// a key is not found as given, or seeded random weights. Records which keys were taken.
 pub struct Weights<'a> {
-    file: SafeTensors<'a>,
+    source: Source<'a>,
     prefix: String,
     taken: HashSet<String>,
+}
+
+enum Source<'a> {
+    File(SafeTensors<'a>),
+    /// Every tensor asked for, filled from a seeded generator by what its key and shape say
+    /// it is; `present` answers `contains` for the optional parts (a pooler, a second branch).
+    Random {
+        state: u64,
+        present: Box<dyn Fn(&str) -> bool + 'a>,
+    },
 }
 
 impl<'a> Weights<'a> {
@@ -26,10 +38,25 @@ impl<'a> Weights<'a> {
             reason: format!("not a valid safetensors file: {e}"),
         })?;
         Ok(Self {
-            file,
+            source: Source::File(file),
             prefix: String::new(),
             taken: HashSet::new(),
         })
+    }
+
+    /// Seeded random weights of any model, through that model's own loader: a tensor's key
+    /// and shape decide its values (biases uniform in ±0.1, one-dimensional weights (norms)
+    /// ones, embedding tables uniform in ±1, other weights uniform in ±1/sqrt(fan-in));
+    /// `present` says which optional tensors exist. Benchmarks and soak tests run on these.
+    pub fn random(seed: u64, present: impl Fn(&str) -> bool + 'a) -> Self {
+        Self {
+            source: Source::Random {
+                state: seed ^ 0x9e37_79b9_7f4a_7c15,
+                present: Box::new(present),
+            },
+            prefix: String::new(),
+            taken: HashSet::new(),
+        }
     }
 
     /// Also look keys up under `prefix` (tried second), e.g. `bert.` for BertFor* checkpoints.
@@ -39,7 +66,11 @@ impl<'a> Weights<'a> {
     }
 
     fn resolve(&self, key: &str) -> Option<String> {
-        let names = self.file.names();
+        let file = match &self.source {
+            Source::File(file) => file,
+            Source::Random { present, .. } => return present(key).then(|| key.to_string()),
+        };
+        let names = file.names();
         let prefixed = format!("{}{key}", self.prefix);
         if names.contains(&key) {
             Some(key.to_string())
@@ -53,7 +84,10 @@ impl<'a> Weights<'a> {
     /// The shape of tensor `key`, if present.
     pub fn shape(&self, key: &str) -> Option<Vec<usize>> {
         let name = self.resolve(key)?;
-        self.file.tensor(&name).ok().map(|v| v.shape().to_vec())
+        match &self.source {
+            Source::File(file) => file.tensor(&name).ok().map(|v| v.shape().to_vec()),
+            Source::Random { .. } => None,
+        }
     }
 
     pub fn contains(&self, key: &str) -> bool {
@@ -76,6 +110,10 @@ impl<'a> Weights<'a> {
     /// The tensor `key` as f32 (from f32, f16 or bf16), which must have exactly `shape`;
     /// values are not checked.
     pub fn get_f32(&mut self, key: &str, shape: &[usize]) -> Result<HostTensor> {
+        if let Source::Random { state, .. } = &mut self.source {
+            crate::limits::check_elements(key, shape)?;
+            return HostTensor::new(shape, random_values(state, key, shape));
+        }
         let name = self.resolve(key).ok_or_else(|| Error::Weights {
             key: key.to_string(),
             reason: if self.prefix.is_empty() {
@@ -87,7 +125,13 @@ impl<'a> Weights<'a> {
                 )
             },
         })?;
-        let view = self.file.tensor(&name).map_err(|e| Error::Weights {
+        let Source::File(file) = &self.source else {
+            return Err(Error::Weights {
+                key: name,
+                reason: "random weights are filled above".into(),
+            });
+        };
+        let view = file.tensor(&name).map_err(|e| Error::Weights {
             key: name.clone(),
             reason: e.to_string(),
         })?;
@@ -125,7 +169,10 @@ impl<'a> Weights<'a> {
         let Some(name) = self.resolve(key) else {
             return Ok(None);
         };
-        let view = self.file.tensor(&name).map_err(|e| Error::Weights {
+        let Source::File(file) = &self.source else {
+            return Ok(None);
+        };
+        let view = file.tensor(&name).map_err(|e| Error::Weights {
             key: name.clone(),
             reason: e.to_string(),
         })?;
@@ -157,8 +204,10 @@ impl<'a> Weights<'a> {
 
     /// Keys in the file that were never taken, except those `ignore` accepts.
     pub fn unused(&self, ignore: impl Fn(&str) -> bool) -> Vec<String> {
-        let mut keys: Vec<String> = self
-            .file
+        let Source::File(file) = &self.source else {
+            return Vec::new();
+        };
+        let mut keys: Vec<String> = file
             .names()
             .into_iter()
             .filter(|n| !self.taken.contains(*n) && !ignore(n))
@@ -167,6 +216,33 @@ impl<'a> Weights<'a> {
         keys.sort();
         keys
     }
+}
+
+/// Values for a random tensor `key` of `shape` (see [`Weights::random`]), from SplitMix64.
+fn random_values(state: &mut u64, key: &str, shape: &[usize]) -> Vec<f32> {
+    let n: usize = shape.iter().product();
+    let (center, scale) = if key.ends_with("bias") {
+        (0.0, 0.1)
+    } else if shape.len() == 1 {
+        (1.0, 0.0)
+    } else if key.contains("embeddings") && !key.contains("project") {
+        (0.0, 1.0)
+    } else {
+        let fan_in: usize = shape[1..].iter().product();
+        (0.0, 1.0 / (fan_in.max(1) as f32).sqrt())
+    };
+    (0..n)
+        .map(|_| {
+            *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = *state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            // 24 random bits -> uniform in [-1, 1)
+            let u = (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
+            center + scale * u
+        })
+        .collect()
 }
 
 /// Uploads a host tensor, labelled with its checkpoint name.

@@ -17,8 +17,8 @@ use crate::error::{Error, Result};
 use crate::host::HostTensor;
 use crate::kernels::{Activation, PoolMode};
 use crate::limits;
-use crate::models::Linear;
 use crate::models::weights::Weights;
+use crate::models::{Linear, MapTensors, Storage, join};
 use crate::tensor::Tensor;
 
 /// A `Dense` module: `act(x·Wᵀ + b)`.
@@ -68,20 +68,31 @@ impl SentenceHead<HostTensor> {
 
     /// The Dense weights in GPU buffers (f32: the head is small and runs on f32 pooled values).
     pub fn upload(&self, ctx: &Context) -> Result<SentenceHead<Tensor>> {
+        crate::models::upload_tree(self, ctx, crate::tensor::DType::F32)
+    }
+}
+
+impl<T> MapTensors<T> for SentenceHead<T> {
+    type Out<U> = SentenceHead<U>;
+    /// The Dense modules (kept in f32) at `key.dense{i}.linear`.
+    fn map_tensors<U, E>(
+        &self,
+        key: &str,
+        f: &mut impl FnMut(&str, Storage, &T) -> std::result::Result<U, E>,
+    ) -> std::result::Result<SentenceHead<U>, E> {
         Ok(SentenceHead {
             modes: self.modes.clone(),
             include_prompt: self.include_prompt,
-            dense: self
-                .dense
-                .iter()
-                .enumerate()
+            dense: (self.dense.iter().enumerate())
                 .map(|(i, d)| {
                     Ok(Dense {
-                        linear: d.linear.upload(ctx, &format!("dense{i}.linear"))?,
+                        linear: d
+                            .linear
+                            .map_f32(&join(key, &format!("dense{i}.linear")), f)?,
                         act: d.act,
                     })
                 })
-                .collect::<Result<_>>()?,
+                .collect::<std::result::Result<_, E>>()?,
             normalize: self.normalize,
         })
     }

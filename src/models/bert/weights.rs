@@ -6,8 +6,8 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::host::HostTensor;
 use crate::kernels::{Activation, EmbeddingTables};
-use crate::models::weights::{Weights, upload_as};
-use crate::models::{LayerNorm, Linear};
+use crate::models::weights::Weights;
+use crate::models::{LayerNorm, Linear, MapTensors, Storage, join, rounded_tree, upload_tree};
 use crate::tensor::{DType, Tensor};
 
 /// `BertEmbeddings` (tables of width `embedding_dim`), and ELECTRA's projection to the hidden
@@ -273,9 +273,17 @@ impl BertWeights<HostTensor> {
     /// tensors are an error unless they belong to a task head (`cls.*`, `classifier.*`, ...)
     /// or are a `position_ids` buffer.
     pub fn from_safetensors(config: &BertConfig, bytes: &[u8]) -> Result<Self> {
+        Self::from_weights(config, Weights::from_bytes(bytes)?)
+    }
+
+    /// The family's tree read from any source of weights: a checkpoint, or seeded random
+    /// weights ([`Weights::random`], the bench's models). This is the one description of
+    /// which tensors a family has, under which keys and shapes; uploading and f16 rounding
+    /// walk the result ([`crate::models::MapTensors`]).
+    pub fn from_weights(config: &BertConfig, w: Weights<'_>) -> Result<Self> {
         let family = config.family();
         let keys = family.keys();
-        let mut w = Weights::from_bytes(bytes)?.with_fallback_prefix(keys.prefix);
+        let mut w = w.with_fallback_prefix(keys.prefix);
         if family == Family::ModernBert {
             return modernbert(config, &mut w);
         }
@@ -366,139 +374,109 @@ impl BertWeights<HostTensor> {
     }
 
     /// The same weights in GPU buffers: matmul weights and embedding tables stored as `dtype`
-    /// (f32, or f16 converted once here), biases and LayerNorm parameters as f32.
+    /// (f32, or f16 converted once here), biases, LayerNorm parameters and the sentence
+    /// head's Dense modules as f32.
     pub fn upload(&self, ctx: &Context, dtype: DType) -> Result<BertWeights<Tensor>> {
-        let lin = |name: &str, l: &Linear<HostTensor>| l.upload_as(ctx, name, dtype);
-        let norm = |name: &str, n: &LayerNorm<HostTensor>| n.upload(ctx, name);
-        let e = &self.embeddings;
-        let embeddings = BertEmbeddings {
-            word_embeddings: upload_as(
-                ctx,
-                "embeddings.word_embeddings.weight",
-                &e.word_embeddings,
-                dtype,
+        upload_tree(self, ctx, dtype)
+    }
+
+    /// The weights as a `dtype` run holds them (matmul weights and embedding tables rounded
+    /// to f16 for F16; biases and norms unchanged): the CPU twin's side of an f16 run.
+    pub fn rounded(&self, dtype: DType) -> Self {
+        rounded_tree(self, dtype)
+    }
+}
+
+/// Every tensor of the tree with its key and storage (the one walk of the tree's shape that
+/// uploading and rounding share; keys and shapes are in the loader above).
+impl<T> MapTensors<T> for BertEmbeddings<T> {
+    type Out<U> = BertEmbeddings<U>;
+    fn map_tensors<U, E>(
+        &self,
+        key: &str,
+        f: &mut impl FnMut(&str, Storage, &T) -> std::result::Result<U, E>,
+    ) -> std::result::Result<BertEmbeddings<U>, E> {
+        let table = |name: &str| join(key, &format!("{name}.weight"));
+        Ok(BertEmbeddings {
+            word_embeddings: f(
+                &table("word_embeddings"),
+                Storage::Run,
+                &self.word_embeddings,
             )?,
-            position_embeddings: upload_as(
-                ctx,
-                "embeddings.position_embeddings.weight",
-                &e.position_embeddings,
-                dtype,
+            position_embeddings: f(
+                &table("position_embeddings"),
+                Storage::Run,
+                &self.position_embeddings,
             )?,
-            token_type_embeddings: upload_as(
-                ctx,
-                "embeddings.token_type_embeddings.weight",
-                &e.token_type_embeddings,
-                dtype,
+            token_type_embeddings: f(
+                &table("token_type_embeddings"),
+                Storage::Run,
+                &self.token_type_embeddings,
             )?,
-            layer_norm: norm("embeddings.LayerNorm", &e.layer_norm)?,
-            project: e
-                .project
-                .as_ref()
-                .map(|p| lin("embeddings_project", p))
-                .transpose()?,
-        };
-        let layers = self
-            .layers
-            .iter()
-            .enumerate()
-            .map(|(i, l)| {
-                let p = format!("encoder.layer.{i}");
-                Ok(BertLayer {
-                    qkv: lin(&format!("{p}.attention.self.qkv"), &l.qkv)?,
-                    attention_output: lin(
-                        &format!("{p}.attention.output.dense"),
-                        &l.attention_output,
-                    )?,
-                    attention_norm: norm(
-                        &format!("{p}.attention.output.LayerNorm"),
-                        &l.attention_norm,
-                    )?,
-                    intermediate: lin(&format!("{p}.intermediate.dense"), &l.intermediate)?,
-                    output: lin(&format!("{p}.output.dense"), &l.output)?,
-                    output_norm: norm(&format!("{p}.output.LayerNorm"), &l.output_norm)?,
-                })
-            })
-            .collect::<Result<_>>()?;
-        let pooler = self
-            .pooler
-            .as_ref()
-            .map(|p| lin("pooler.dense", p))
-            .transpose()?;
-        Ok(BertWeights {
-            embeddings,
-            layers,
-            pooler,
-            sentence: self.sentence.upload(ctx)?,
-            classifier: self
-                .classifier
-                .as_ref()
-                .map(|h| {
-                    Ok::<_, Error>(ClassifierHead {
-                        dense: h
-                            .dense
-                            .as_ref()
-                            .map(|(l, act)| Ok::<_, Error>((lin("classifier.dense", l)?, *act)))
-                            .transpose()?,
-                        norm: h
-                            .norm
-                            .as_ref()
-                            .map(|n| norm("classifier.norm", n))
-                            .transpose()?,
-                        mean_pooling: h.mean_pooling,
-                        out: lin("classifier.out", &h.out)?,
-                    })
-                })
-                .transpose()?,
-            relative_attention_bias: self.relative_attention_bias.clone(),
-            final_norm: self
-                .final_norm
-                .as_ref()
-                .map(|n| norm("final_norm", n))
-                .transpose()?,
+            layer_norm: self.layer_norm.map_tensors(&join(key, "LayerNorm"), f)?,
+            project: self.project.map_tensors(&join(key, "project"), f)?,
         })
     }
 }
 
-impl BertWeights<HostTensor> {
-    /// The weights as a `dtype` run holds them (matmul weights and embedding tables rounded
-    /// to f16 for F16; biases and norms unchanged): the CPU twin's side of an f16 run.
-    pub fn rounded(&self, dtype: DType) -> Self {
-        let lin = |l: &Linear<HostTensor>| Linear {
-            weight: l.weight.clone().round_to(dtype),
-            bias: l.bias.clone(),
-        };
-        let e = &self.embeddings;
-        BertWeights {
-            embeddings: BertEmbeddings {
-                word_embeddings: e.word_embeddings.clone().round_to(dtype),
-                position_embeddings: e.position_embeddings.clone().round_to(dtype),
-                token_type_embeddings: e.token_type_embeddings.clone().round_to(dtype),
-                layer_norm: e.layer_norm.clone(),
-                project: e.project.as_ref().map(lin),
+impl<T> MapTensors<T> for BertLayer<T> {
+    type Out<U> = BertLayer<U>;
+    fn map_tensors<U, E>(
+        &self,
+        key: &str,
+        f: &mut impl FnMut(&str, Storage, &T) -> std::result::Result<U, E>,
+    ) -> std::result::Result<BertLayer<U>, E> {
+        let at = |name: &str| join(key, name);
+        Ok(BertLayer {
+            qkv: self.qkv.map_tensors(&at("attention.self.qkv"), f)?,
+            attention_output: (self.attention_output)
+                .map_tensors(&at("attention.output.dense"), f)?,
+            attention_norm: (self.attention_norm)
+                .map_tensors(&at("attention.output.LayerNorm"), f)?,
+            intermediate: self
+                .intermediate
+                .map_tensors(&at("intermediate.dense"), f)?,
+            output: self.output.map_tensors(&at("output.dense"), f)?,
+            output_norm: self.output_norm.map_tensors(&at("output.LayerNorm"), f)?,
+        })
+    }
+}
+
+impl<T> MapTensors<T> for ClassifierHead<T> {
+    type Out<U> = ClassifierHead<U>;
+    fn map_tensors<U, E>(
+        &self,
+        key: &str,
+        f: &mut impl FnMut(&str, Storage, &T) -> std::result::Result<U, E>,
+    ) -> std::result::Result<ClassifierHead<U>, E> {
+        Ok(ClassifierHead {
+            dense: match &self.dense {
+                Some((l, act)) => Some((l.map_tensors(&join(key, "dense"), f)?, *act)),
+                None => None,
             },
-            layers: self
-                .layers
-                .iter()
-                .map(|l| BertLayer {
-                    qkv: lin(&l.qkv),
-                    attention_output: lin(&l.attention_output),
-                    attention_norm: l.attention_norm.clone(),
-                    intermediate: lin(&l.intermediate),
-                    output: lin(&l.output),
-                    output_norm: l.output_norm.clone(),
-                })
-                .collect(),
-            pooler: self.pooler.as_ref().map(lin),
-            sentence: self.sentence.clone(),
-            classifier: self.classifier.as_ref().map(|h| ClassifierHead {
-                dense: h.dense.as_ref().map(|(l, act)| (lin(l), *act)),
-                norm: h.norm.clone(),
-                mean_pooling: h.mean_pooling,
-                out: lin(&h.out),
-            }),
+            norm: self.norm.map_tensors(&join(key, "norm"), f)?,
+            mean_pooling: self.mean_pooling,
+            out: self.out.map_tensors(&join(key, "out"), f)?,
+        })
+    }
+}
+
+impl<T> MapTensors<T> for BertWeights<T> {
+    type Out<U> = BertWeights<U>;
+    fn map_tensors<U, E>(
+        &self,
+        key: &str,
+        f: &mut impl FnMut(&str, Storage, &T) -> std::result::Result<U, E>,
+    ) -> std::result::Result<BertWeights<U>, E> {
+        Ok(BertWeights {
+            embeddings: self.embeddings.map_tensors(&join(key, "embeddings"), f)?,
+            layers: self.layers.map_tensors(&join(key, "encoder.layer"), f)?,
+            pooler: self.pooler.map_tensors(&join(key, "pooler.dense"), f)?,
+            sentence: self.sentence.map_tensors(&join(key, "sentence"), f)?,
+            classifier: self.classifier.map_tensors(&join(key, "classifier"), f)?,
             relative_attention_bias: self.relative_attention_bias.clone(),
-            final_norm: self.final_norm.clone(),
-        }
+            final_norm: self.final_norm.map_tensors(&join(key, "final_norm"), f)?,
+        })
     }
 }
 

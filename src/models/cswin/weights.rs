@@ -5,7 +5,9 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::host::HostTensor;
 use crate::models::weights::Weights;
-use crate::models::{Conv2d, LayerNorm, Linear};
+use crate::models::{
+    Conv2d, LayerNorm, Linear, MapTensors, Storage, join, rounded_tree, upload_tree,
+};
 use crate::tensor::{DType, Tensor};
 
 /// One CSWinBlock's parameters. `lepe` holds each branch's `attns.{i}.get_v` as [Cb, 3, 3].
@@ -58,7 +60,15 @@ impl CswinWeights<HostTensor> {
     /// keys under `backbone.`, `norm1..norm4`, every stage but the last with two branches,
     /// decode and auxiliary heads ignored).
     pub fn from_safetensors(config: &CswinConfig, bytes: &[u8]) -> Result<Self> {
-        let mut w = Weights::from_bytes(bytes)?.with_fallback_prefix("backbone.");
+        Self::from_weights(config, Weights::from_bytes(bytes)?)
+    }
+
+    /// The tree read from any source of weights: a checkpoint (safetensors, or a `.pth`
+    /// converted to it), or seeded random weights ([`Weights::random`], the bench's models).
+    /// The one description of CSWin's tensors, keys and shapes; uploading and f16 rounding
+    /// walk the result ([`crate::models::MapTensors`]).
+    pub fn from_weights(config: &CswinConfig, w: Weights<'_>) -> Result<Self> {
+        let mut w = w.with_fallback_prefix("backbone.");
         let segmentation = w.contains("norm1.weight");
         let c = config.embed_dim;
         let stem = Conv2d::load(&mut w, "stage1_conv_embed.0", [c, config.in_chans, 7, 7])?;
@@ -171,99 +181,83 @@ impl CswinWeights<HostTensor> {
     /// The same weights in GPU buffers: projection, MLP, head and convolution weights stored
     /// as `dtype`; biases, norms and LePE as f32.
     pub fn upload(&self, ctx: &Context, dtype: DType) -> Result<CswinWeights<Tensor>> {
-        let stages = self
-            .stages
-            .iter()
-            .enumerate()
-            .map(|(s, blocks)| {
-                blocks
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| {
-                        let p = format!("stage{}.{i}", s + 1);
-                        Ok(CswinBlock {
-                            qkv: b.qkv.upload_as(ctx, &format!("{p}.qkv"), dtype)?,
-                            norm1: b.norm1.upload(ctx, &format!("{p}.norm1"))?,
-                            proj: b.proj.upload_as(ctx, &format!("{p}.proj"), dtype)?,
-                            lepe: (b.lepe.iter().enumerate())
-                                .map(|(j, l)| l.upload(ctx, &format!("{p}.attns.{j}.get_v")))
-                                .collect::<Result<_>>()?,
-                            fc1: b.fc1.upload_as(ctx, &format!("{p}.mlp.fc1"), dtype)?,
-                            fc2: b.fc2.upload_as(ctx, &format!("{p}.mlp.fc2"), dtype)?,
-                            norm2: b.norm2.upload(ctx, &format!("{p}.norm2"))?,
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()
-            })
-            .collect::<Result<_>>()?;
-        let merges = (self.merges.iter().enumerate())
-            .map(|(m, g)| {
-                Ok(Merge {
-                    conv: g
-                        .conv
-                        .upload_as(ctx, &format!("merge{}.conv", m + 1), dtype)?,
-                    norm: g.norm.upload(ctx, &format!("merge{}.norm", m + 1))?,
-                })
-            })
-            .collect::<Result<_>>()?;
-        Ok(CswinWeights {
-            stem: self.stem.upload_as(ctx, "stage1_conv_embed.0", dtype)?,
-            stem_norm: self.stem_norm.upload(ctx, "stage1_conv_embed.2")?,
-            stages,
-            merges,
-            norm: self
-                .norm
-                .as_ref()
-                .map(|n| n.upload(ctx, "norm"))
-                .transpose()?,
-            head: (self.head.as_ref())
-                .map(|h| h.upload_as(ctx, "head", dtype))
-                .transpose()?,
-            stage_norms: (self.stage_norms.iter().enumerate())
-                .map(|(s, n)| n.upload(ctx, &format!("norm{}", s + 1)))
-                .collect::<Result<_>>()?,
-        })
+        upload_tree(self, ctx, dtype)
     }
 
     /// The weights as a `dtype` run holds them (the weights [`Self::upload`] stores as
     /// `dtype` rounded to it): the CPU twin's side of an f16 run.
     pub fn rounded(&self, dtype: DType) -> Self {
-        let lin = |l: &Linear<HostTensor>| Linear {
-            weight: l.weight.clone().round_to(dtype),
-            bias: l.bias.clone(),
-        };
-        let conv = |c: &Conv2d<HostTensor>| Conv2d {
-            weight: c.weight.clone().round_to(dtype),
-            bias: c.bias.clone(),
-        };
-        CswinWeights {
-            stem: conv(&self.stem),
-            stem_norm: self.stem_norm.clone(),
-            stages: (self.stages.iter())
-                .map(|blocks| {
-                    (blocks.iter())
-                        .map(|b| CswinBlock {
-                            qkv: lin(&b.qkv),
-                            norm1: b.norm1.clone(),
-                            proj: lin(&b.proj),
-                            lepe: b.lepe.clone(),
-                            fc1: lin(&b.fc1),
-                            fc2: lin(&b.fc2),
-                            norm2: b.norm2.clone(),
-                        })
-                        .collect()
-                })
-                .collect(),
-            merges: (self.merges.iter())
-                .map(|m| Merge {
-                    conv: conv(&m.conv),
-                    norm: m.norm.clone(),
-                })
-                .collect(),
-            norm: self.norm.clone(),
-            head: self.head.as_ref().map(lin),
-            stage_norms: self.stage_norms.clone(),
-        }
+        rounded_tree(self, dtype)
+    }
+}
+
+/// Every tensor with its official key and storage: the one walk of the tree's shape that
+/// uploading and rounding share (keys and shapes are in the loader above).
+impl<T> MapTensors<T> for CswinBlock<T> {
+    type Out<U> = CswinBlock<U>;
+    fn map_tensors<U, E>(
+        &self,
+        key: &str,
+        f: &mut impl FnMut(&str, Storage, &T) -> std::result::Result<U, E>,
+    ) -> std::result::Result<CswinBlock<U>, E> {
+        let at = |name: &str| join(key, name);
+        Ok(CswinBlock {
+            qkv: self.qkv.map_tensors(&at("qkv"), f)?,
+            norm1: self.norm1.map_tensors(&at("norm1"), f)?,
+            proj: self.proj.map_tensors(&at("proj"), f)?,
+            lepe: (self.lepe.iter().enumerate())
+                .map(|(j, l)| l.map_f32(&at(&format!("attns.{j}.get_v")), f))
+                .collect::<std::result::Result<_, E>>()?,
+            fc1: self.fc1.map_tensors(&at("mlp.fc1"), f)?,
+            fc2: self.fc2.map_tensors(&at("mlp.fc2"), f)?,
+            norm2: self.norm2.map_tensors(&at("norm2"), f)?,
+        })
+    }
+}
+
+impl<T> MapTensors<T> for Merge<T> {
+    type Out<U> = Merge<U>;
+    fn map_tensors<U, E>(
+        &self,
+        key: &str,
+        f: &mut impl FnMut(&str, Storage, &T) -> std::result::Result<U, E>,
+    ) -> std::result::Result<Merge<U>, E> {
+        Ok(Merge {
+            conv: self.conv.map_tensors(&join(key, "conv"), f)?,
+            norm: self.norm.map_tensors(&join(key, "norm"), f)?,
+        })
+    }
+}
+
+impl<T> MapTensors<T> for CswinWeights<T> {
+    type Out<U> = CswinWeights<U>;
+    /// Stages at `stage{s}.{i}`, merges at `merge{m}`, the segmentation norms at `norm{s}`
+    /// (official keys, numbered from 1).
+    fn map_tensors<U, E>(
+        &self,
+        key: &str,
+        f: &mut impl FnMut(&str, Storage, &T) -> std::result::Result<U, E>,
+    ) -> std::result::Result<CswinWeights<U>, E> {
+        let numbered = |name: &str, i: usize| join(key, &format!("{name}{}", i + 1));
+        Ok(CswinWeights {
+            stem: self
+                .stem
+                .map_tensors(&join(key, "stage1_conv_embed.0"), f)?,
+            stem_norm: self
+                .stem_norm
+                .map_tensors(&join(key, "stage1_conv_embed.2"), f)?,
+            stages: (self.stages.iter().enumerate())
+                .map(|(s, blocks)| blocks.map_tensors(&numbered("stage", s), f))
+                .collect::<std::result::Result<_, E>>()?,
+            merges: (self.merges.iter().enumerate())
+                .map(|(m, g)| g.map_tensors(&numbered("merge", m), f))
+                .collect::<std::result::Result<_, E>>()?,
+            norm: self.norm.map_tensors(&join(key, "norm"), f)?,
+            head: self.head.map_tensors(&join(key, "head"), f)?,
+            stage_norms: (self.stage_norms.iter().enumerate())
+                .map(|(s, n)| n.map_tensors(&numbered("norm", s), f))
+                .collect::<std::result::Result<_, E>>()?,
+        })
     }
 }
 
