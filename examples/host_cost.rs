@@ -12,8 +12,8 @@
 use std::time::Instant;
 
 use backbone::bench::{BertShape, CswinShape, random_bert_weights, random_cswin_weights};
-use backbone::models::bert::{Bert, BertInput};
 use backbone::models::cswin::{Cswin, CswinConfig};
+use backbone::models::text::{Encoder, TextInput};
 use backbone::reference::HostTensor;
 use backbone::{Context, DType};
 
@@ -57,7 +57,7 @@ fn main() -> anyhow::Result<()> {
     } else {
         let shape = BertShape::parse(&shape)?;
         let config = shape.model.config();
-        let model = Bert::with_dtype(
+        let model = Encoder::with_dtype(
             &ctx,
             config.clone(),
             &random_bert_weights(&config, 7)?,
@@ -66,7 +66,7 @@ fn main() -> anyhow::Result<()> {
         let ids = (0..shape.batch * shape.seq)
             .map(|i| 1000 + i as u32)
             .collect();
-        let input = BertInput::new(shape.batch, shape.seq, ids, None, None)?;
+        let input = TextInput::new(shape.batch, shape.seq, ids, None, None)?;
         dispatches = model.forward_passes(&ctx, &input)?.len();
         model.forward_enqueue(&ctx, &input)?;
         wait()?;

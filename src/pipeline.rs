@@ -28,7 +28,7 @@ pub enum Kernel {
     Attention,
     Conv2d,
     CswinAttention,
-    BertEmbeddings,
+    Embeddings,
     MatmulCoop,
     AttentionCoop,
     CswinAttentionCoop,
@@ -51,7 +51,7 @@ impl Kernel {
         Kernel::Attention,
         Kernel::Conv2d,
         Kernel::CswinAttention,
-        Kernel::BertEmbeddings,
+        Kernel::Embeddings,
         Kernel::MatmulCoop,
         Kernel::AttentionCoop,
         Kernel::CswinAttentionCoop,
@@ -74,7 +74,7 @@ impl Kernel {
             Kernel::Attention => "attention",
             Kernel::Conv2d => "conv2d",
             Kernel::CswinAttention => "cswin_attention",
-            Kernel::BertEmbeddings => "bert_embeddings",
+            Kernel::Embeddings => "bert_embeddings",
             Kernel::MatmulCoop => "matmul_coop",
             Kernel::AttentionCoop => "attention_coop",
             Kernel::CswinAttentionCoop => "cswin_attention_coop",
@@ -99,7 +99,7 @@ impl Kernel {
             Kernel::Attention => include_str!("../shaders/attention.wgsl"),
             Kernel::Conv2d => include_str!("../shaders/conv2d.wgsl"),
             Kernel::CswinAttention => include_str!("../shaders/cswin_attention.wgsl"),
-            Kernel::BertEmbeddings => include_str!("../shaders/bert_embeddings.wgsl"),
+            Kernel::Embeddings => include_str!("../shaders/bert_embeddings.wgsl"),
             Kernel::MatmulCoop => include_str!("../shaders/matmul_coop.wgsl"),
             Kernel::AttentionCoop => include_str!("../shaders/attention_coop.wgsl"),
             Kernel::CswinAttentionCoop => include_str!("../shaders/cswin_attention_coop.wgsl"),
@@ -129,7 +129,7 @@ impl Kernel {
             // params, ids, table, y
             Kernel::Embedding => &[Uniform, Read, Read, Write],
             // params, ids, word, position, token_type, gamma, beta, y
-            Kernel::BertEmbeddings => &[Uniform, Read, Read, Read, Read, Read, Read, Write],
+            Kernel::Embeddings => &[Uniform, Read, Read, Read, Read, Read, Read, Write],
             // params, x, mask, keep, y
             Kernel::Pool => &[Uniform, Read, Read, Read, Write],
             // params, qkv, table, out

@@ -7,7 +7,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use backbone::models::bert::{self, Bert, BertConfig, BertInput, BertOutput, BertWeights};
+use backbone::models::text::{self, Encoder, TextConfig, TextInput, TextOutput, TextWeights};
 use backbone::models::tokenizer::TextTokenizer;
 use backbone::reference::HostTensor;
 use common::*;
@@ -15,11 +15,11 @@ use common::*;
 /// The pass criterion on the sentence embeddings' direction (fixture README).
 const MIN_COSINE: f64 = 0.99999;
 
-fn input_from_golden(golden: &Golden) -> BertInput {
+fn input_from_golden(golden: &Golden) -> TextInput {
     let (shape, ids) = golden.ids("input_ids");
     let (_, mask) = golden.ids("attention_mask");
     let (_, types) = golden.ids("token_type_ids");
-    BertInput::new(shape[0], shape[1], ids, Some(mask), Some(types)).expect("input")
+    TextInput::new(shape[0], shape[1], ids, Some(mask), Some(types)).expect("input")
 }
 
 /// Checks every output the fixture has against its golden tensor, each within `budget` times
@@ -28,7 +28,7 @@ fn input_from_golden(golden: &Golden) -> BertInput {
 #[allow(clippy::too_many_arguments)]
 fn check_outputs(
     what: &str,
-    out: &BertOutput,
+    out: &TextOutput,
     golden: &Golden,
     tolerances: &Tolerances,
     budget: Budget,
@@ -87,9 +87,9 @@ fn check_outputs(
     worst
 }
 
-fn micro() -> (PathBuf, BertConfig, BertWeights<HostTensor>, Golden) {
+fn micro() -> (PathBuf, TextConfig, TextWeights<HostTensor>, Golden) {
     let dir = fixture("bert-micro-12l-random");
-    let (config, weights) = bert::load_dir(&dir).expect("load bert-micro");
+    let (config, weights) = text::load_dir(&dir).expect("load bert-micro");
     let golden = Golden::open(&dir.join("io.safetensors"));
     (dir, config, weights, golden)
 }
@@ -100,7 +100,7 @@ fn bert_micro_matches_transformers_on_gpu() {
     let ctx = ctx();
     let (_, config, weights, golden) = micro();
     let input = input_from_golden(&golden);
-    let model = Bert::new(ctx, config, &weights).expect("upload");
+    let model = Encoder::new(ctx, config, &weights).expect("upload");
     let out = model.forward_blocking(ctx, &input, true).expect("forward");
     assert_eq!(out.hidden_states.len(), 13, "embeddings + 12 layers");
     check_outputs(
@@ -123,7 +123,7 @@ fn bert_micro_matches_transformers_on_gpu() {
 fn bert_micro_matches_transformers_on_cpu() {
     let (_, config, weights, golden) = micro();
     let input = input_from_golden(&golden);
-    let out = bert::forward_cpu(&config, &weights, &input, true).expect("cpu forward");
+    let out = text::forward_cpu(&config, &weights, &input, true).expect("cpu forward");
     check_outputs(
         "bert-micro CPU",
         &out,
@@ -163,8 +163,8 @@ fn bert_micro_tokenizes_sentence_pairs_like_transformers() {
 )]
 fn all_minilm_l6_v2_matches_sentence_transformers_on_cpu() {
     let (model_dir, input, golden) = minilm();
-    let (config, weights) = bert::load_dir(&model_dir).expect("load MiniLM");
-    let out = bert::forward_cpu(&config, &weights, &input, true).expect("cpu forward");
+    let (config, weights) = text::load_dir(&model_dir).expect("load MiniLM");
+    let out = text::forward_cpu(&config, &weights, &input, true).expect("cpu forward");
     let tolerances = Tolerances::load("all-minilm-l6-v2");
     let mask = &input.attention_mask;
     check_outputs(
@@ -188,8 +188,8 @@ fn all_minilm_l6_v2_matches_sentence_transformers_on_cpu() {
 fn all_minilm_l6_v2_matches_sentence_transformers_on_gpu() {
     let (model_dir, input, golden) = minilm();
     let ctx = ctx();
-    let (config, weights) = bert::load_dir(&model_dir).expect("load MiniLM");
-    let model = Bert::new(ctx, config, &weights).expect("upload");
+    let (config, weights) = text::load_dir(&model_dir).expect("load MiniLM");
+    let model = Encoder::new(ctx, config, &weights).expect("upload");
     let out = model.forward_blocking(ctx, &input, true).expect("forward");
     let tolerances = Tolerances::load("all-minilm-l6-v2");
     let mask = &input.attention_mask;

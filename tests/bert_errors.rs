@@ -3,7 +3,7 @@
 mod common;
 
 use backbone::Error;
-use backbone::models::bert::{self, Bert, BertConfig, BertInput, BertWeights};
+use backbone::models::text::{self, Encoder, TextConfig, TextInput, TextWeights};
 use backbone::models::tokenizer::TextTokenizer;
 use backbone::reference::HostTensor;
 use common::*;
@@ -12,8 +12,8 @@ fn micro_config_json() -> String {
     std::fs::read_to_string(fixture("bert-micro-12l-random").join("config.json")).expect("config")
 }
 
-fn micro() -> (BertConfig, BertWeights<HostTensor>) {
-    bert::load_dir(&fixture("bert-micro-12l-random")).expect("load")
+fn micro() -> (TextConfig, TextWeights<HostTensor>) {
+    text::load_dir(&fixture("bert-micro-12l-random")).expect("load")
 }
 
 /// The micro checkpoint's tensors, to rewrite with a defect.
@@ -25,8 +25,8 @@ fn write(tensors: &[(String, HostTensor)]) -> Vec<u8> {
     checkpoint_bytes(tensors)
 }
 
-fn input(batch: usize, seq: usize, ids: Vec<u32>) -> BertInput {
-    BertInput::new(batch, seq, ids, None, None).expect("input")
+fn input(batch: usize, seq: usize, ids: Vec<u32>) -> TextInput {
+    TextInput::new(batch, seq, ids, None, None).expect("input")
 }
 
 fn expect_input_error(result: backbone::Result<impl std::fmt::Debug>, arg: &str, words: &str) {
@@ -47,7 +47,7 @@ fn token_id_past_the_vocabulary_on_cpu() {
     let (config, weights) = micro();
     let bad = input(1, 3, vec![101, 30522, 102]);
     expect_input_error(
-        bert::forward_cpu(&config, &weights, &bad, false),
+        text::forward_cpu(&config, &weights, &bad, false),
         "input_ids",
         "30522",
     );
@@ -59,7 +59,7 @@ fn token_id_past_the_vocabulary_on_gpu() {
     let ctx = ctx();
     let (config, weights) = micro();
     let bad = input(1, 3, vec![101, 30522, 102]);
-    let model = Bert::new(ctx, config, &weights).expect("upload");
+    let model = Encoder::new(ctx, config, &weights).expect("upload");
     expect_input_error(
         model.forward_blocking(ctx, &bad, false),
         "input_ids",
@@ -72,7 +72,7 @@ fn sequence_longer_than_the_position_table_on_cpu() {
     let (config, weights) = micro();
     let bad = input(1, 513, vec![100; 513]);
     expect_input_error(
-        bert::forward_cpu(&config, &weights, &bad, false),
+        text::forward_cpu(&config, &weights, &bad, false),
         "input_ids",
         "max_position_embeddings",
     );
@@ -84,7 +84,7 @@ fn sequence_longer_than_the_position_table_on_gpu() {
     let ctx = ctx();
     let (config, weights) = micro();
     let bad = input(1, 513, vec![100; 513]);
-    let model = Bert::new(ctx, config, &weights).expect("upload");
+    let model = Encoder::new(ctx, config, &weights).expect("upload");
     expect_input_error(
         model.forward_blocking(ctx, &bad, false),
         "input_ids",
@@ -96,17 +96,17 @@ fn sequence_longer_than_the_position_table_on_gpu() {
 fn empty_batch_and_mismatched_shapes() {
     let (config, weights) = micro();
     expect_input_error(
-        bert::forward_cpu(&config, &weights, &input(0, 4, vec![]), false),
+        text::forward_cpu(&config, &weights, &input(0, 4, vec![]), false),
         "input_ids",
         "empty",
     );
     expect_input_error(
-        BertInput::new(2, 3, vec![1; 6], Some(vec![1; 5]), None),
+        TextInput::new(2, 3, vec![1; 6], Some(vec![1; 5]), None),
         "attention_mask",
         "[2, 3]",
     );
     expect_input_error(
-        BertInput::new(2, 3, vec![1; 6], None, Some(vec![0; 7])),
+        TextInput::new(2, 3, vec![1; 6], None, Some(vec![0; 7])),
         "token_type_ids",
         "[2, 3]",
     );
@@ -115,26 +115,26 @@ fn empty_batch_and_mismatched_shapes() {
     let mask = host(&[3, 2], vec![1.0; 6]);
     let file = to_i64_file(&[("input_ids", &ids), ("attention_mask", &mask)]);
     expect_input_error(
-        BertInput::from_safetensors(&file),
+        TextInput::from_safetensors(&file),
         "attention_mask",
         "differs",
     );
     let bad_type = input(1, 2, vec![101, 102]);
-    let bad_type = BertInput {
+    let bad_type = TextInput {
         token_type_ids: vec![0, 2],
         ..bad_type
     };
     expect_input_error(
-        bert::forward_cpu(&config, &weights, &bad_type, false),
+        text::forward_cpu(&config, &weights, &bad_type, false),
         "token_type_ids",
         "2",
     );
-    let bad_mask = BertInput {
+    let bad_mask = TextInput {
         attention_mask: vec![1, 7],
         ..input(1, 2, vec![101, 102])
     };
     expect_input_error(
-        bert::forward_cpu(&config, &weights, &bad_mask, false),
+        text::forward_cpu(&config, &weights, &bad_mask, false),
         "attention_mask",
         "7",
     );
@@ -176,18 +176,18 @@ fn missing_tokenizer_json() {
 #[test]
 fn unsupported_config() {
     let json = micro_config_json().replace("\"absolute\"", "\"relative_key\"");
-    let err = BertConfig::from_json(&json).unwrap_err();
+    let err = TextConfig::from_json(&json).unwrap_err();
     assert!(err.to_string().contains("relative_key"), "{err}");
     let json =
         micro_config_json().replace("\"hidden_act\": \"gelu\"", "\"hidden_act\": \"gelu_new\"");
-    let err = BertConfig::from_json(&json).unwrap_err();
+    let err = TextConfig::from_json(&json).unwrap_err();
     assert!(err.to_string().contains("gelu_new"), "{err}");
     let json =
         micro_config_json().replace("\"num_attention_heads\": 4", "\"num_attention_heads\": 5");
-    let err = BertConfig::from_json(&json).unwrap_err();
+    let err = TextConfig::from_json(&json).unwrap_err();
     assert!(err.to_string().contains("num_attention_heads"), "{err}");
     assert!(matches!(
-        BertConfig::from_json("{").unwrap_err(),
+        TextConfig::from_json("{").unwrap_err(),
         Error::Config(_)
     ));
 }
@@ -200,7 +200,7 @@ fn missing_and_misshapen_weights_name_the_key() {
         .into_iter()
         .filter(|(n, _)| n != key)
         .collect();
-    let err = BertWeights::from_safetensors(&config, &write(&without)).unwrap_err();
+    let err = TextWeights::from_safetensors(&config, &write(&without)).unwrap_err();
     assert!(
         matches!(&err, Error::Weights { key: k, .. } if k == key),
         "{err}"
@@ -217,7 +217,7 @@ fn missing_and_misshapen_weights_name_the_key() {
             }
         })
         .collect();
-    let err = BertWeights::from_safetensors(&config, &write(&reshaped)).unwrap_err();
+    let err = TextWeights::from_safetensors(&config, &write(&reshaped)).unwrap_err();
     let msg = err.to_string();
     assert!(
         msg.contains(key) && msg.contains("[32, 32]") && msg.contains("[16, 64]"),
@@ -229,13 +229,13 @@ fn missing_and_misshapen_weights_name_the_key() {
         .into_iter()
         .map(|(n, t)| (format!("bert.{n}"), t))
         .collect();
-    BertWeights::from_safetensors(&config, &write(&prefixed)).expect("bert.-prefixed keys");
+    TextWeights::from_safetensors(&config, &write(&prefixed)).expect("bert.-prefixed keys");
 
     // Fewer layers in the config than in the file: the extra tensors are named.
     let json =
         micro_config_json().replace("\"num_hidden_layers\": 12", "\"num_hidden_layers\": 11");
-    let fewer = BertConfig::from_json(&json).expect("config");
-    let err = BertWeights::from_safetensors(&fewer, &write(&micro_tensors())).unwrap_err();
+    let fewer = TextConfig::from_json(&json).expect("config");
+    let err = TextWeights::from_safetensors(&fewer, &write(&micro_tensors())).unwrap_err();
     assert!(err.to_string().contains("encoder.layer.11"), "{err}");
 }
 
@@ -269,7 +269,7 @@ fn f16_and_bf16_checkpoints_load() {
             )
         });
         let file = safetensors::tensor::serialize(views, None).expect("serialize");
-        let loaded = BertWeights::from_safetensors(&config, &file).expect("half checkpoint");
+        let loaded = TextWeights::from_safetensors(&config, &file).expect("half checkpoint");
         let tol = if dtype == safetensors::Dtype::F16 {
             1e-2
         } else {

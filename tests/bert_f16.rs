@@ -9,22 +9,22 @@
 mod common;
 
 use backbone::DType;
-use backbone::models::bert::{self, Bert, BertInput, BertOutput};
+use backbone::models::text::{self, Encoder, TextInput, TextOutput};
 use backbone::reference::HostTensor;
 use common::*;
 
 const HIDDEN_OF_MAX: f32 = 1e-2;
 const MIN_COSINE: f64 = 0.999;
 
-fn input_from_golden(golden: &Golden) -> BertInput {
+fn input_from_golden(golden: &Golden) -> TextInput {
     let (shape, ids) = golden.ids("input_ids");
     let (_, mask) = golden.ids("attention_mask");
     let (_, types) = golden.ids("token_type_ids");
-    BertInput::new(shape[0], shape[1], ids, Some(mask), Some(types)).expect("input")
+    TextInput::new(shape[0], shape[1], ids, Some(mask), Some(types)).expect("input")
 }
 
 /// Checks an f16 run against the official f32 outputs; returns the worst fraction of max.
-fn check_against_official(what: &str, out: &BertOutput, golden: &Golden, mask: &[u32]) -> f32 {
+fn check_against_official(what: &str, out: &TextOutput, golden: &Golden, mask: &[u32]) -> f32 {
     let mut worst = 0f32;
     let states = [
         ("embedding_output", &out.hidden_states[0]),
@@ -56,9 +56,9 @@ fn check_against_official(what: &str, out: &BertOutput, golden: &Golden, mask: &
     worst.max(f)
 }
 
-fn micro() -> (bert::BertConfig, bert::BertWeights<HostTensor>, Golden) {
+fn micro() -> (text::TextConfig, text::TextWeights<HostTensor>, Golden) {
     let dir = fixture("bert-micro-12l-random");
-    let (config, weights) = bert::load_dir(&dir).expect("load bert-micro");
+    let (config, weights) = text::load_dir(&dir).expect("load bert-micro");
     (config, weights, Golden::open(&dir.join("io.safetensors")))
 }
 
@@ -66,7 +66,7 @@ fn micro() -> (bert::BertConfig, bert::BertWeights<HostTensor>, Golden) {
 fn bert_micro_f16_twin_within_f16_bounds() {
     let (config, weights, golden) = micro();
     let input = input_from_golden(&golden);
-    let out = bert::forward_cpu_as(&config, &weights, &input, true, DType::F16).expect("cpu f16");
+    let out = text::forward_cpu_as(&config, &weights, &input, true, DType::F16).expect("cpu f16");
     check_against_official("bert-micro CPU f16", &out, &golden, &input.attention_mask);
 }
 
@@ -76,7 +76,7 @@ fn bert_micro_f16_gpu_within_f16_bounds_and_close_to_its_twin() {
     let ctx = ctx();
     if !ctx.capabilities().has(wgpu::Features::SHADER_F16) {
         let (config, weights, _) = micro();
-        let err = Bert::with_dtype(ctx, config, &weights, DType::F16).err();
+        let err = Encoder::with_dtype(ctx, config, &weights, DType::F16).err();
         let err = err
             .expect("f16 without SHADER_F16 must be refused")
             .to_string();
@@ -86,14 +86,14 @@ fn bert_micro_f16_gpu_within_f16_bounds_and_close_to_its_twin() {
     }
     let (config, weights, golden) = micro();
     let input = input_from_golden(&golden);
-    let model = Bert::with_dtype(ctx, config.clone(), &weights, DType::F16).expect("upload f16");
+    let model = Encoder::with_dtype(ctx, config.clone(), &weights, DType::F16).expect("upload f16");
     assert_eq!(model.dtype(), DType::F16);
     let gpu = model.forward_blocking(ctx, &input, true).expect("gpu f16");
     check_against_official("bert-micro GPU f16", &gpu, &golden, &input.attention_mask);
 
     // Against the twin of the same f16 run: both sides store the same f16 values, so only
     // f32-vs-f64 accumulation (and the odd f16 rounding it tips) separates them.
-    let cpu = bert::forward_cpu_as(&config, &weights, &input, true, DType::F16).expect("twin");
+    let cpu = text::forward_cpu_as(&config, &weights, &input, true, DType::F16).expect("twin");
     let mask = &input.attention_mask;
     for (name, g, c) in [
         (
@@ -130,8 +130,8 @@ fn bert_micro_f16_gpu_within_f16_bounds_and_close_to_its_twin() {
 fn all_minilm_l6_v2_f16_within_f16_bounds() {
     let ctx = ctx();
     let (dir, input, golden) = minilm();
-    let (config, weights) = bert::load_dir(&dir).expect("load MiniLM");
-    let model = match Bert::with_dtype(ctx, config, &weights, DType::F16) {
+    let (config, weights) = text::load_dir(&dir).expect("load MiniLM");
+    let model = match Encoder::with_dtype(ctx, config, &weights, DType::F16) {
         Err(e) if !ctx.capabilities().has(wgpu::Features::SHADER_F16) => {
             // No f16 here: what is checked is the refusal, naming the feature.
             assert!(e.to_string().contains("SHADER_F16"), "{e}");

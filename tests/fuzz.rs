@@ -9,8 +9,8 @@ mod common;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use backbone::models::bert::{self, BertConfig, BertInput, BertWeights};
 use backbone::models::cswin::{self, CswinConfig, CswinWeights};
+use backbone::models::text::{self, TextConfig, TextInput, TextWeights};
 use backbone::reference::HostTensor;
 use common::fixture;
 use rand::rngs::StdRng;
@@ -213,11 +213,11 @@ fn through_file(name: &str, bytes: &[u8]) -> backbone::Result<Vec<u8>> {
 #[test]
 fn bert_weights_loader_survives_mutations() {
     let dir = fixture("bert-micro-12l-random");
-    let config = bert::load_config(&dir).expect("config");
+    let config = text::load_config(&dir).expect("config");
     let valid = std::fs::read(dir.join("model.safetensors")).expect("weights");
     fuzz("bert-weights", &valid, mutate_safetensors, |bytes| {
         through_file("bert-weights", bytes)
-            .and_then(|b| BertWeights::from_safetensors(&config, &b).map(|_| ()))
+            .and_then(|b| TextWeights::from_safetensors(&config, &b).map(|_| ()))
             .is_ok()
     });
 }
@@ -252,10 +252,10 @@ fn input_file_loaders_survive_mutations() {
         })
         .collect::<Vec<_>>();
     let valid = safetensors::tensor::serialize(views, None).expect("serialize");
-    let config = bert::load_config(&fixture("bert-micro-12l-random")).expect("config");
+    let config = text::load_config(&fixture("bert-micro-12l-random")).expect("config");
     fuzz("bert-input", &valid, mutate_safetensors, |bytes| {
         through_file("bert-input", bytes)
-            .and_then(|b| BertInput::from_safetensors(&b))
+            .and_then(|b| TextInput::from_safetensors(&b))
             .and_then(|x| x.validate(&config))
             .is_ok()
     });
@@ -283,7 +283,7 @@ fn config_loaders_survive_mutations() {
     let bert_json =
         std::fs::read(fixture("bert-micro-12l-random").join("config.json")).expect("bert");
     fuzz("bert-config", &bert_json, mutate_json, |bytes| {
-        match BertConfig::from_json(&String::from_utf8_lossy(bytes)) {
+        match TextConfig::from_json(&String::from_utf8_lossy(bytes)) {
             // A config that loads has sizes whose products are representable: the derived
             // sizes are computed here to prove it.
             Ok(c) => {

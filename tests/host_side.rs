@@ -5,19 +5,19 @@
 mod common;
 
 use backbone::kernels::{self, Epilogue};
-use backbone::models::bert::{self, Bert, BertInput};
 use backbone::models::cswin::{self, Cswin};
+use backbone::models::text::{self, Encoder, TextInput};
 use backbone::reference::HostTensor;
 use backbone::{Context, ContextOptions, Family, Recorder, Timing};
 use common::*;
 
-fn ids(batch: usize, seq: usize, seed: u64, vocab: usize) -> BertInput {
+fn ids(batch: usize, seq: usize, seed: u64, vocab: usize) -> TextInput {
     use rand::Rng;
     let mut r = rng(seed);
     let ids = (0..batch * seq)
         .map(|_| r.random_range(3..vocab as u32))
         .collect();
-    BertInput::new(batch, seq, ids, None, None).expect("input")
+    TextInput::new(batch, seq, ids, None, None).expect("input")
 }
 
 /// A steady-state BERT forward creates no buffer and no bind group (its program, parameters,
@@ -29,8 +29,8 @@ fn steady_state_bert_forward_creates_nothing() {
     // A context of its own: the counts are per context, and other tests run beside this one.
     let ctx = &Context::from_env_blocking().expect("context");
     let dir = fixture("bert-micro-12l-random");
-    let (config, weights) = bert::load_dir(&dir).expect("load");
-    let model = Bert::new(ctx, config.clone(), &weights).expect("upload");
+    let (config, weights) = text::load_dir(&dir).expect("load");
+    let model = Encoder::new(ctx, config.clone(), &weights).expect("upload");
     let vocab = config.vocab_size;
     model
         .forward_blocking(ctx, &ids(2, 9, 1, vocab), false)
@@ -39,7 +39,7 @@ fn steady_state_bert_forward_creates_nothing() {
     for seed in 2..6 {
         let input = ids(2, 9, seed, vocab);
         let gpu = model.forward_blocking(ctx, &input, false).expect("forward");
-        let cpu = bert::forward_cpu(&config, &weights, &input, false).expect("cpu");
+        let cpu = text::forward_cpu(&config, &weights, &input, false).expect("cpu");
         assert_close(
             &format!("last_hidden_state (input {seed})"),
             &gpu.last_hidden_state.data,

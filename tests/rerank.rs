@@ -7,7 +7,7 @@
 
 mod common;
 
-use backbone::models::bert::{self, Bert, BertInput};
+use backbone::models::text::{self, Encoder, TextInput};
 use common::*;
 
 const LOGIT_ATOL: f32 = 5e-5;
@@ -19,13 +19,13 @@ const CROSS_ENCODERS: [&str; 4] = [
     "modernbert-cross-cls-micro",
 ];
 
-fn pair_input(golden: &Golden) -> BertInput {
+fn pair_input(golden: &Golden) -> TextInput {
     let (shape, ids) = golden.ids("pair_input_ids");
     let (_, mask) = golden.ids("pair_attention_mask");
     let types = golden
         .has("pair_token_type_ids")
         .then(|| golden.ids("pair_token_type_ids").1);
-    BertInput::new(shape[0], shape[1], ids, Some(mask), types).expect("input")
+    TextInput::new(shape[0], shape[1], ids, Some(mask), types).expect("input")
 }
 
 fn documents(dir: &std::path::Path) -> (String, Vec<String>) {
@@ -39,11 +39,11 @@ fn cross_encoder_logits_match_transformers() {
     for name in CROSS_ENCODERS {
         let dir = fixture(&format!("text/{name}"));
         let golden = Golden::open(&dir.join("io.safetensors"));
-        let (config, weights) = bert::load_dir(&dir).expect("load");
+        let (config, weights) = text::load_dir(&dir).expect("load");
         assert!(weights.classifier.is_some(), "{name}: classifier loaded");
         let input = pair_input(&golden);
         let want = golden.f32("pair_logits");
-        let cpu = bert::forward_cpu(&config, &weights, &input, false).expect("cpu");
+        let cpu = text::forward_cpu(&config, &weights, &input, false).expect("cpu");
         let cpu = cpu.logits.expect("cpu logits");
         assert_eq!(cpu.shape, want.shape, "{name}");
         assert_close(
@@ -53,7 +53,7 @@ fn cross_encoder_logits_match_transformers() {
             LOGIT_ATOL,
             0.0,
         );
-        let model = Bert::new(ctx(), config, &weights).expect("upload");
+        let model = Encoder::new(ctx(), config, &weights).expect("upload");
         let gpu = model.forward_blocking(ctx(), &input, false).expect("gpu");
         let gpu = gpu.logits.expect("gpu logits");
         assert_close(
@@ -203,12 +203,12 @@ fn a_classifier_without_pooler_is_refused_on_gpu_and_cpu() {
     }
 
     // Weights built by hand: the same refusal from both forwards.
-    let (config, mut weights) = bert::load_dir(&src).expect("load");
+    let (config, mut weights) = text::load_dir(&src).expect("load");
     weights.pooler = None;
     let golden = Golden::open(&src.join("io.safetensors"));
     let input = pair_input(&golden);
-    let cpu = bert::forward_cpu(&config, &weights, &input, false).expect_err("cpu refuses");
-    let gpu = Bert::new(ctx(), config, &weights)
+    let cpu = text::forward_cpu(&config, &weights, &input, false).expect_err("cpu refuses");
+    let gpu = Encoder::new(ctx(), config, &weights)
         .map(|_| ())
         .expect_err("gpu refuses");
     assert_eq!(cpu.to_string(), gpu.to_string());

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use backbone::encoder::{Device, EncoderOptions, TextEncoder};
 use backbone::kernels::{Activation, PoolMode};
-use backbone::models::bert::{self, Bert, BertOutput, load_sentence};
+use backbone::models::text::{self, Encoder, TextOutput, load_sentence};
 use common::*;
 
 /// The bound for sentence embeddings.
@@ -23,7 +23,7 @@ fn texts(dir: &std::path::Path) -> Vec<String> {
 /// Embeds the fixture's texts (with the folder's prompt `prompt_name`) on both paths.
 fn embed(name: &str, prompt_name: Option<&str>) -> (Vec<f32>, Vec<f32>) {
     let dir = fixture(&format!("text/{name}"));
-    let (config, weights) = bert::load_dir(&dir).expect("load");
+    let (config, weights) = text::load_dir(&dir).expect("load");
     let options = EncoderOptions::default().device(Device::Cpu);
     let encoder = TextEncoder::open(&dir, &options).expect("open");
     let texts = texts(&dir);
@@ -31,8 +31,8 @@ fn embed(name: &str, prompt_name: Option<&str>) -> (Vec<f32>, Vec<f32>) {
     let input = encoder
         .tokenize(&texts, None, prompt_name, true)
         .expect("encode");
-    let cpu: BertOutput = bert::forward_cpu(&config, &weights, &input, false).expect("cpu");
-    let model = Bert::new(ctx(), config, &weights).expect("upload");
+    let cpu: TextOutput = text::forward_cpu(&config, &weights, &input, false).expect("cpu");
+    let model = Encoder::new(ctx(), config, &weights).expect("upload");
     let gpu = model.forward_blocking(ctx(), &input, false).expect("gpu");
     (gpu.sentence_embedding.data, cpu.sentence_embedding.data)
 }
@@ -92,7 +92,7 @@ fn prompt_left_out_of_pooling_matches_sentence_transformers() {
 #[test]
 fn folder_modules_are_read() {
     let dir = fixture("text/st-mean-dense");
-    let (head, settings) = bert::load_sentence_dir(&dir, 32).expect("modules");
+    let (head, settings) = text::load_sentence_dir(&dir, 32).expect("modules");
     assert_eq!(head.modes, vec![PoolMode::Mean]);
     assert_eq!(head.dense.len(), 1);
     assert_eq!(head.dense[0].act, Activation::Tanh);
@@ -111,7 +111,7 @@ fn folder_modules_are_read() {
         "{err}"
     );
     // A plain Hugging Face folder: mean + L2.
-    let (head, settings) = bert::load_sentence_dir(&fixture("text/xlmr-micro"), 32).expect("plain");
+    let (head, settings) = text::load_sentence_dir(&fixture("text/xlmr-micro"), 32).expect("plain");
     assert_eq!(head.modes, vec![PoolMode::Mean]);
     assert!(head.normalize && head.dense.is_empty());
     assert_eq!(settings.max_seq_length, None);

@@ -291,7 +291,7 @@ fn rerank_length_is_the_same_through_every_front_door() {
     let scores: Vec<f32> = logits
         .data
         .iter()
-        .map(|&l| backbone::models::bert::cross_encoder_score(l))
+        .map(|&l| backbone::models::text::cross_encoder_score(l))
         .collect();
     assert_close("TextEncoder", &scores, &want, ATOL, 0.0);
 

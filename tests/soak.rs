@@ -5,8 +5,8 @@
 mod common;
 
 use backbone::bench::soak::{self, SoakDevice, SoakReport};
-use backbone::models::bert::{self, Bert, BertInput};
 use backbone::models::cswin::{self, Cswin};
+use backbone::models::text::{self, Encoder, TextInput};
 use backbone::reference::HostTensor;
 use backbone::{Context, Tensor};
 use common::{ctx, fixture};
@@ -48,14 +48,14 @@ fn library_types_are_send_and_sync() {
     fn shared<T: Send + Sync>() {}
     shared::<Context>();
     shared::<Tensor>();
-    shared::<Bert>();
+    shared::<Encoder>();
     shared::<Cswin>();
     shared::<HostTensor>();
     shared::<backbone::models::tokenizer::TextTokenizer>();
     shared::<backbone::Error>();
 }
 
-fn micro_inputs() -> Vec<BertInput> {
+fn micro_inputs() -> Vec<TextInput> {
     [(1, 7), (2, 7), (3, 20), (2, 7)]
         .iter()
         .enumerate()
@@ -65,7 +65,7 @@ fn micro_inputs() -> Vec<BertInput> {
                 .map(|i| ((i * 31 + k * 7 + 101) % 1000) as u32)
                 .collect();
             let mask = (0..n).map(|i| u32::from(i % seq <= seq - 1 - k)).collect();
-            BertInput::new(batch, seq, ids, Some(mask), None).expect("input")
+            TextInput::new(batch, seq, ids, Some(mask), None).expect("input")
         })
         .collect()
 }
@@ -74,8 +74,8 @@ fn micro_inputs() -> Vec<BertInput> {
 #[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
 fn concurrent_bert_forwards_match_serial_ones() {
     let ctx = ctx();
-    let (config, weights) = bert::load_dir(&fixture("bert-micro-12l-random")).expect("load");
-    let model = Bert::new(ctx, config, &weights).expect("upload");
+    let (config, weights) = text::load_dir(&fixture("bert-micro-12l-random")).expect("load");
+    let model = Encoder::new(ctx, config, &weights).expect("upload");
     let inputs = micro_inputs();
     let serial: Vec<HostTensor> = inputs
         .iter()
@@ -158,8 +158,8 @@ fn concurrent_cswin_forwards_match_serial_ones() {
 fn a_lost_device_is_an_error_not_a_panic() {
     // A context of its own: destroying the device loses it for good.
     let ctx = Context::from_env_blocking().expect("context");
-    let (config, weights) = bert::load_dir(&fixture("bert-micro-12l-random")).expect("load");
-    let model = Bert::new(&ctx, config, &weights).expect("upload");
+    let (config, weights) = text::load_dir(&fixture("bert-micro-12l-random")).expect("load");
+    let model = Encoder::new(&ctx, config, &weights).expect("upload");
     let input = &micro_inputs()[0];
     model
         .forward_blocking(&ctx, input, false)

@@ -8,7 +8,7 @@
 
 mod common;
 
-use backbone::models::bert::{self, Bert, BertInput, BertOutput, Family};
+use backbone::models::text::{self, Encoder, Family, TextInput, TextOutput};
 use backbone::models::tokenizer::TextTokenizer;
 use common::*;
 
@@ -19,16 +19,16 @@ fn text_fixture(name: &str) -> std::path::PathBuf {
     fixture(&format!("text/{name}"))
 }
 
-fn input_of(golden: &Golden, prefix: &str) -> BertInput {
+fn input_of(golden: &Golden, prefix: &str) -> TextInput {
     let (shape, ids) = golden.ids(&format!("{prefix}input_ids"));
     let (_, mask) = golden.ids(&format!("{prefix}attention_mask"));
     let types = golden
         .has(&format!("{prefix}token_type_ids"))
         .then(|| golden.ids(&format!("{prefix}token_type_ids")).1);
-    BertInput::new(shape[0], shape[1], ids, Some(mask), types).expect("input")
+    TextInput::new(shape[0], shape[1], ids, Some(mask), types).expect("input")
 }
 
-fn check(what: &str, out: &BertOutput, golden: &Golden, mask: &[u32]) {
+fn check(what: &str, out: &TextOutput, golden: &Golden, mask: &[u32]) {
     let want = real_rows(&golden.f32("last_hidden_state"), mask);
     let got = real_rows(&out.last_hidden_state, mask);
     assert_close(
@@ -56,7 +56,7 @@ fn check(what: &str, out: &BertOutput, golden: &Golden, mask: &[u32]) {
 
 fn run_fixture(name: &str, family: Family) {
     let dir = text_fixture(name);
-    let (config, weights) = bert::load_dir(&dir).expect("load");
+    let (config, weights) = text::load_dir(&dir).expect("load");
     assert_eq!(config.family(), family, "{name}");
     let golden = Golden::open(&dir.join("io.safetensors"));
     let input = input_of(&golden, "");
@@ -64,9 +64,9 @@ fn run_fixture(name: &str, family: Family) {
         input.attention_mask.contains(&0),
         "{name}: the fixture batch is padded"
     );
-    let cpu = bert::forward_cpu(&config, &weights, &input, false).expect("cpu forward");
+    let cpu = text::forward_cpu(&config, &weights, &input, false).expect("cpu forward");
     check(&format!("{name} CPU"), &cpu, &golden, &input.attention_mask);
-    let model = Bert::new(ctx(), config, &weights).expect("upload");
+    let model = Encoder::new(ctx(), config, &weights).expect("upload");
     let gpu = model
         .forward_blocking(ctx(), &input, false)
         .expect("gpu forward");
@@ -105,10 +105,10 @@ fn mpnet_sentence_transformer_matches() {
     run_fixture("mpnet-micro", Family::Mpnet);
     let dir = text_fixture("mpnet-micro");
     let golden = Golden::open(&dir.join("io.safetensors"));
-    let (config, weights) = bert::load_dir(&dir).expect("load");
+    let (config, weights) = text::load_dir(&dir).expect("load");
     let input = input_of(&golden, "");
     let want = golden.f32("embeddings");
-    let cpu = bert::forward_cpu(&config, &weights, &input, false).expect("cpu");
+    let cpu = text::forward_cpu(&config, &weights, &input, false).expect("cpu");
     assert_close(
         "mpnet CPU embeddings",
         &cpu.sentence_embedding.data,
@@ -116,7 +116,7 @@ fn mpnet_sentence_transformer_matches() {
         1e-5,
         0.0,
     );
-    let model = Bert::new(ctx(), config, &weights).expect("upload");
+    let model = Encoder::new(ctx(), config, &weights).expect("upload");
     let gpu = model.forward_blocking(ctx(), &input, false).expect("gpu");
     assert_close(
         "mpnet GPU embeddings",
@@ -177,7 +177,7 @@ fn mpnet_relative_position_buckets() {
     ];
     for (d, bucket) in want {
         assert_eq!(
-            bert::relative_position_bucket(d, 32, 128),
+            text::relative_position_bucket(d, 32, 128),
             bucket,
             "distance {d}"
         );
@@ -224,13 +224,13 @@ fn roberta_positions_skip_padding() {
 #[test]
 fn distilbert_sinusoidal_table_generated_when_absent() {
     let dir = text_fixture("distilbert-micro");
-    let (config, weights) = bert::load_dir(&dir).expect("load");
+    let (config, weights) = text::load_dir(&dir).expect("load");
     let tensors: Vec<_> = checkpoint_tensors("text/distilbert-micro")
         .into_iter()
         .filter(|(name, _)| !name.contains("position_embeddings"))
         .collect();
     let bytes = checkpoint_bytes(&tensors);
-    let generated = bert::BertWeights::from_safetensors(&config, &bytes).expect("without table");
+    let generated = text::TextWeights::from_safetensors(&config, &bytes).expect("without table");
     let (got, want) = (
         &generated.embeddings.position_embeddings,
         &weights.embeddings.position_embeddings,
@@ -246,6 +246,6 @@ fn distilbert_sinusoidal_table_generated_when_absent() {
     // Without sinusoidal_pos_embds the table is required.
     let mut learned = config.clone();
     learned.sinusoidal_pos_embds = false;
-    let err = bert::BertWeights::from_safetensors(&learned, &bytes).expect_err("missing table");
+    let err = text::TextWeights::from_safetensors(&learned, &bytes).expect_err("missing table");
     assert!(err.to_string().contains("position_embeddings"), "{err}");
 }

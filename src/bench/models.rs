@@ -8,8 +8,8 @@ use super::{BenchOptions, ForwardTraffic, Record, Sink, compare, measure, record
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::host::HostTensor;
-use crate::models::bert::{self, Bert, BertConfig, BertInput, BertWeights};
 use crate::models::cswin::{self, Cswin, CswinConfig, CswinWeights, Geometry};
+use crate::models::text::{self, Encoder, TextConfig, TextInput, TextWeights};
 use crate::models::weights::Weights;
 use crate::tensor::DType;
 
@@ -37,12 +37,12 @@ impl BertSize {
         }
     }
 
-    pub fn config(self) -> BertConfig {
+    pub fn config(self) -> TextConfig {
         let (layers, hidden, intermediate) = match self {
             BertSize::Base => (12, 768, 3072),
             BertSize::MiniLm => (6, 384, 1536),
         };
-        BertConfig {
+        TextConfig {
             model_type: "bert".into(),
             vocab_size: 30522,
             hidden_size: hidden,
@@ -101,7 +101,7 @@ impl BertShape {
     }
 
     /// Multiply-adds x 2 of one forward: projections, FFN, attention's two products, pooler.
-    pub fn flops(&self, config: &BertConfig) -> f64 {
+    pub fn flops(&self, config: &TextConfig) -> f64 {
         let (b, t) = (self.batch as f64, self.seq as f64);
         let (c, i, l) = (
             config.hidden_size as f64,
@@ -114,9 +114,9 @@ impl BertShape {
 }
 
 /// Seeded random weights of a config's real sizes, through the family's own loader
-/// ([`BertWeights::from_weights`] on [`Weights::random`]): with a pooler, no classifier.
-pub fn random_bert_weights(config: &BertConfig, seed: u64) -> Result<BertWeights<HostTensor>> {
-    BertWeights::from_weights(config, Weights::random(seed, |k| k.starts_with("pooler.")))
+/// ([`TextWeights::from_weights`] on [`Weights::random`]): with a pooler, no classifier.
+pub fn random_bert_weights(config: &TextConfig, seed: u64) -> Result<TextWeights<HostTensor>> {
+    TextWeights::from_weights(config, Weights::random(seed, |k| k.starts_with("pooler.")))
 }
 
 /// Measures whole BERT forwards (one submission each). The check runs the CPU forward on
@@ -127,7 +127,7 @@ pub fn bert_suite(
     options: &BenchOptions,
     sink: &mut dyn Sink,
 ) {
-    let mut loaded: Option<(BertSize, BertConfig, BertWeights<HostTensor>, Bert)> = None;
+    let mut loaded: Option<(BertSize, TextConfig, TextWeights<HostTensor>, Encoder)> = None;
     for (n, &shape) in shapes.iter().enumerate() {
         for &dtype in &options.dtypes {
             let label = format!("{} {}x{}", shape.model.name(), shape.batch, shape.seq);
@@ -140,7 +140,7 @@ pub fn bert_suite(
                         drop(previous); // free the previous model's GPU memory first
                         let config = shape.model.config();
                         let weights = random_bert_weights(&config, 7)?;
-                        let model = Bert::with_dtype(ctx, config.clone(), &weights, dtype)?;
+                        let model = Encoder::with_dtype(ctx, config.clone(), &weights, dtype)?;
                         loaded.insert((shape.model, config, weights, model))
                     }
                 };
@@ -152,16 +152,16 @@ pub fn bert_suite(
 
 fn bert_one(
     ctx: &Context,
-    config: &BertConfig,
-    weights: &BertWeights<HostTensor>,
-    model: &Bert,
+    config: &TextConfig,
+    weights: &TextWeights<HostTensor>,
+    model: &Encoder,
     shape: BertShape,
     options: &BenchOptions,
 ) -> Result<Record> {
     let mut rng = StdRng::seed_from_u64(shape.batch as u64 * 1000 + shape.seq as u64);
     let n = shape.batch * shape.seq;
     let ids: Vec<u32> = (0..n).map(|_| rng.random_range(1000..30000)).collect();
-    let input = BertInput::new(shape.batch, shape.seq, ids, None, None)?;
+    let input = TextInput::new(shape.batch, shape.seq, ids, None, None)?;
 
     let start = Instant::now();
     let first = model.forward_blocking(ctx, &input, false)?;
@@ -174,7 +174,7 @@ fn bert_one(
     )?;
 
     // Check: the first sequence alone through the CPU twins (sequences are independent).
-    let one = BertInput::new(
+    let one = TextInput::new(
         1,
         shape.seq,
         input.input_ids[..shape.seq].to_vec(),
@@ -182,7 +182,7 @@ fn bert_one(
         None,
     )?;
     let dtype = model.dtype();
-    let cpu = bert::forward_cpu_as(config, weights, &one, false, dtype)?;
+    let cpu = text::forward_cpu_as(config, weights, &one, false, dtype)?;
     let c = config.hidden_size;
     let pairs = [
         (

@@ -9,7 +9,7 @@ use std::time::Instant;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::host::HostTensor;
-use crate::models::bert::{self, Bert, BertConfig, BertInput, BertWeights};
+use crate::models::text::{self, Encoder, TextConfig, TextInput, TextWeights};
 
 /// Where the forwards run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,8 +89,8 @@ pub(crate) fn statm_resident_kib(path: &str) -> u64 {
 
 /// A small BERT (4 layers, 64 wide) and six inputs of different shapes: more shapes than
 /// [`crate::models::MAX_IDLE_PLANS`], so the plan cache evicts while the soak runs.
-pub fn soak_model() -> Result<(BertConfig, BertWeights<HostTensor>, Vec<BertInput>)> {
-    let config = BertConfig::from_json(
+pub fn soak_model() -> Result<(TextConfig, TextWeights<HostTensor>, Vec<TextInput>)> {
+    let config = TextConfig::from_json(
         r#"{"vocab_size": 1000, "hidden_size": 64, "num_hidden_layers": 4,
             "num_attention_heads": 4, "intermediate_size": 256, "max_position_embeddings": 64}"#,
     )?;
@@ -103,7 +103,7 @@ pub fn soak_model() -> Result<(BertConfig, BertWeights<HostTensor>, Vec<BertInpu
             let mask = (0..n)
                 .map(|i| u32::from(i % seq < seq - i / seq % 3))
                 .collect();
-            BertInput::new(batch, seq, ids, Some(mask), None)
+            TextInput::new(batch, seq, ids, Some(mask), None)
         })
         .collect::<Result<Vec<_>>>()?;
     Ok((config, weights, inputs))
@@ -124,7 +124,7 @@ pub fn soak(
                 arg: "ctx",
                 reason: "a GPU soak needs a context".into(),
             })?;
-            Some((ctx, Bert::new(ctx, config.clone(), &weights)?))
+            Some((ctx, Encoder::new(ctx, config.clone(), &weights)?))
         }
         SoakDevice::Cpu => None,
     };
@@ -142,7 +142,7 @@ pub fn soak(
         let k = i % inputs.len();
         let hidden = match &model {
             Some((ctx, bert)) => bert.forward_blocking(ctx, &inputs[k], false),
-            None => bert::forward_cpu(&config, &weights, &inputs[k], false),
+            None => text::forward_cpu(&config, &weights, &inputs[k], false),
         }?
         .last_hidden_state;
         match &first[k] {

@@ -10,9 +10,9 @@ use crate::host::HostTensor;
 #[cfg(feature = "tokenizers")]
 use crate::limits;
 #[cfg(feature = "tokenizers")]
-use crate::models::bert::SentenceSettings;
-use crate::models::bert::{
-    self, Bert, BertConfig, BertInput, BertOutput, BertWeights, Readback, load_sentence,
+use crate::models::text::SentenceSettings;
+use crate::models::text::{
+    self, Encoder, Readback, TextConfig, TextInput, TextOutput, TextWeights, load_sentence,
 };
 #[cfg(feature = "tokenizers")]
 use crate::models::tokenizer::{SentenceTokenizer, TextTokenizer};
@@ -90,10 +90,10 @@ pub struct Row {
 /// decides every default in one place; [`TextEncoder::encode`], [`TextEncoder::encode_pairs`]
 /// and [`TextEncoder::forward`] run it on the GPU or the CPU path.
 pub struct TextEncoder {
-    config: BertConfig,
+    config: TextConfig,
     #[cfg(feature = "tokenizers")]
     tokenizer: Option<SentenceTokenizer>,
-    runner: Runner<Bert, BertWeights<HostTensor>>,
+    runner: Runner<Encoder, TextWeights<HostTensor>>,
     info: TextInfo,
 }
 
@@ -152,7 +152,7 @@ impl TextEncoder {
     /// sentence-transformers modules, the tokenizer, the weights, then the device.
     pub async fn open_files(files: &ModelFiles, options: &EncoderOptions) -> Result<Self> {
         let config_bytes = files.need("config.json", "a model folder needs its config.json")?;
-        let config = BertConfig::from_json(&String::from_utf8_lossy(&config_bytes))
+        let config = TextConfig::from_json(&String::from_utf8_lossy(&config_bytes))
             .map_err(|e| e.in_file(&files.describe("config.json")))?;
         let read = |rel: &str| files.read(rel);
         let (head, settings) =
@@ -171,7 +171,7 @@ impl TextEncoder {
             "the model folder needs its model.safetensors",
         )?;
         let mut weights =
-            BertWeights::from_safetensors(&config, &bytes).map_err(|e| e.in_file(&weights_path))?;
+            TextWeights::from_safetensors(&config, &bytes).map_err(|e| e.in_file(&weights_path))?;
         drop(bytes);
         weights.sentence = head;
         let head = &weights.sentence;
@@ -211,11 +211,11 @@ impl TextEncoder {
         };
         let runner = match ctx {
             Some(ctx) => Runner::Gpu {
-                model: Bert::with_dtype(&ctx, config.clone(), &weights, options.dtype)?,
+                model: Encoder::with_dtype(&ctx, config.clone(), &weights, options.dtype)?,
                 ctx,
             },
             None => {
-                bert::check_classifier_pooler(&weights)?;
+                text::check_classifier_pooler(&weights)?;
                 Runner::Cpu {
                     model: weights,
                     dtype: options.dtype,
@@ -235,7 +235,7 @@ impl TextEncoder {
         &self.info
     }
 
-    pub fn config(&self) -> &BertConfig {
+    pub fn config(&self) -> &TextConfig {
         &self.config
     }
 
@@ -269,7 +269,7 @@ impl TextEncoder {
         prompt: Option<&str>,
         prompt_name: Option<&str>,
         truncate: bool,
-    ) -> Result<BertInput> {
+    ) -> Result<TextInput> {
         let input = self
             .tokenizer()?
             .encode_with(texts, prompt, prompt_name, truncate)?;
@@ -279,7 +279,7 @@ impl TextEncoder {
 
     #[cfg(feature = "tokenizers")]
     /// (query, document) pairs in the tokenizer's pair template, truncated longest first.
-    pub fn tokenize_pairs(&self, query: &str, docs: &[&str], truncate: bool) -> Result<BertInput> {
+    pub fn tokenize_pairs(&self, query: &str, docs: &[&str], truncate: bool) -> Result<TextInput> {
         let pairs: Vec<(&str, &str)> = docs.iter().map(|&d| (query, d)).collect();
         let input = self
             .tokenizer()?
@@ -290,7 +290,7 @@ impl TextEncoder {
     }
 
     /// A padded batch as unpadded rows (what a batcher queues).
-    pub fn rows(input: &BertInput) -> Vec<Row> {
+    pub fn rows(input: &TextInput) -> Vec<Row> {
         (0..input.batch)
             .map(|b| {
                 let at = b * input.seq;
@@ -308,7 +308,7 @@ impl TextEncoder {
 
     /// Rows padded once to the longest with the model's pad id (mask 0, type 0 on padding),
     /// checked against the model.
-    pub fn batch(&self, rows: &[&Row], prompt_length: usize) -> Result<BertInput> {
+    pub fn batch(&self, rows: &[&Row], prompt_length: usize) -> Result<TextInput> {
         let seq = rows.iter().map(|r| r.ids.len()).max().unwrap_or(0);
         let n = rows.len().checked_mul(seq).ok_or_else(|| Error::Input {
             arg: "rows".into(),
@@ -336,7 +336,7 @@ impl TextEncoder {
             );
             mask.extend(std::iter::repeat_n(1, row.ids.len()).chain(std::iter::repeat_n(0, fill)));
         }
-        let mut input = BertInput::new(rows.len(), seq, ids, Some(mask), Some(types))?;
+        let mut input = TextInput::new(rows.len(), seq, ids, Some(mask), Some(types))?;
         input.prompt_length = prompt_length;
         input.validate(&self.config)?;
         Ok(input)
@@ -344,19 +344,19 @@ impl TextEncoder {
 
     /// Runs the model on `input`, reading back what `want` asks for besides the sentence
     /// embedding, the pooler output and the logits.
-    pub async fn forward(&self, input: &BertInput, want: Want) -> Result<BertOutput> {
+    pub async fn forward(&self, input: &TextInput, want: Want) -> Result<TextOutput> {
         input.validate(&self.config)?;
         match &self.runner {
             Runner::Gpu { ctx, model } => model.forward_with(ctx, input, want).await,
             Runner::Cpu { model, dtype } => {
-                bert::forward_cpu_as(&self.config, model, input, want.hidden_states, *dtype)
+                text::forward_cpu_as(&self.config, model, input, want.hidden_states, *dtype)
             }
         }
     }
 
     /// [`Self::forward`], blocking (native only).
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn forward_blocking(&self, input: &BertInput, want: Want) -> Result<BertOutput> {
+    pub fn forward_blocking(&self, input: &TextInput, want: Want) -> Result<TextOutput> {
         pollster::block_on(self.forward(input, want))
     }
 
@@ -403,7 +403,7 @@ impl TextEncoder {
     /// A cross-encoder's logits [N, labels] for (query, document) pairs (truncated at
     /// `max_length`, longest first), in batches; an error for a model without a
     /// sequence-classification head. Scores as `CrossEncoder.predict` gives them:
-    /// [`bert::cross_encoder_score`] of a one-label logit.
+    /// [`text::cross_encoder_score`] of a one-label logit.
     pub async fn encode_pairs(&self, query: &str, docs: &[&str]) -> Result<HostTensor> {
         if self.info.num_labels.is_none() {
             return Err(Error::Argument {

@@ -130,7 +130,7 @@ pub fn bert_embeddings(
         _pad: [0; 2],
     };
     rec.dispatch(Dispatch {
-        kernel: Kernel::BertEmbeddings,
+        kernel: Kernel::Embeddings,
         spec: spec(f16),
         params: bytemuck::bytes_of(&params),
         buffers: &[

@@ -113,7 +113,7 @@ pub fn shader_variants() -> Vec<(Kernel, Spec)> {
                     out.extend([false, true].map(|f16| (kernel, pool::spec(f16, mode))));
                 }
             }
-            Kernel::BertEmbeddings => {
+            Kernel::Embeddings => {
                 for f16 in [(false, false), (true, true), (true, false), (false, true)] {
                     out.push((kernel, bert_embeddings::spec(f16)));
                 }

@@ -1,10 +1,10 @@
 //! Models built from the kernels: each with a GPU forward (one submission) and a CPU forward
 //! built only from the CPU twins.
 
-pub mod bert;
 pub mod cswin;
 pub mod image;
 pub mod pth;
+pub mod text;
 #[cfg(feature = "tokenizers")]
 pub mod tokenizer;
 pub mod weights;

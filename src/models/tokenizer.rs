@@ -6,7 +6,7 @@ use tokenizers::{
 };
 
 use crate::error::{Error, Result};
-use crate::models::bert::BertInput;
+use crate::models::text::TextInput;
 
 /// One token of a text: its id, its text, whether it is a special token, and its byte offsets
 /// in the text.
@@ -19,7 +19,7 @@ pub struct Token {
     pub stop: usize,
 }
 
-/// A tokenizer that produces [`BertInput`] batches.
+/// A tokenizer that produces [`TextInput`] batches.
 pub struct TextTokenizer {
     inner: Tokenizer,
 }
@@ -92,13 +92,13 @@ impl TextTokenizer {
     }
 
     /// Tokenizes single texts.
-    pub fn encode(&self, texts: &[&str]) -> Result<BertInput> {
+    pub fn encode(&self, texts: &[&str]) -> Result<TextInput> {
         self.encode_with(texts, true)
     }
 
     /// Tokenizes single texts; without `truncate`, a text longer than `max_length` tokens is
     /// [`Error::TooLong`] instead of being cut.
-    pub fn encode_with(&self, texts: &[&str], truncate: bool) -> Result<BertInput> {
+    pub fn encode_with(&self, texts: &[&str], truncate: bool) -> Result<TextInput> {
         let inputs = texts.iter().map(|&t| EncodeInput::from(t)).collect();
         self.encode_inputs(inputs, truncate)
     }
@@ -132,13 +132,13 @@ impl TextTokenizer {
     }
 
     /// Tokenizes sentence pairs: `[CLS] a [SEP] b [SEP]`, segment 1 for `b [SEP]`.
-    pub fn encode_pairs(&self, pairs: &[(&str, &str)]) -> Result<BertInput> {
+    pub fn encode_pairs(&self, pairs: &[(&str, &str)]) -> Result<TextInput> {
         self.encode_pairs_with(pairs, true)
     }
 
     /// Tokenizes pairs; without `truncate`, a pair longer than `max_length` tokens is
     /// [`Error::TooLong`].
-    pub fn encode_pairs_with(&self, pairs: &[(&str, &str)], truncate: bool) -> Result<BertInput> {
+    pub fn encode_pairs_with(&self, pairs: &[(&str, &str)], truncate: bool) -> Result<TextInput> {
         let inputs = pairs
             .iter()
             .map(|&(a, b)| EncodeInput::from((a, b)))
@@ -146,7 +146,7 @@ impl TextTokenizer {
         self.encode_inputs(inputs, truncate)
     }
 
-    fn encode_inputs(&self, inputs: Vec<EncodeInput<'_>>, truncate: bool) -> Result<BertInput> {
+    fn encode_inputs(&self, inputs: Vec<EncodeInput<'_>>, truncate: bool) -> Result<TextInput> {
         if inputs.is_empty() {
             return Err(Error::Input {
                 arg: "texts".into(),
@@ -176,7 +176,7 @@ impl TextTokenizer {
             mask.extend_from_slice(e.get_attention_mask());
             types.extend_from_slice(e.get_type_ids());
         }
-        BertInput::new(batch, seq, ids, Some(mask), Some(types))
+        TextInput::new(batch, seq, ids, Some(mask), Some(types))
     }
 }
 
@@ -185,7 +185,7 @@ impl TextTokenizer {
 /// prompt's length recorded for pooling.
 pub struct SentenceTokenizer {
     pub tokenizer: TextTokenizer,
-    pub settings: crate::models::bert::SentenceSettings,
+    pub settings: crate::models::text::SentenceSettings,
     /// The truncation length in use.
     pub max_length: usize,
 }
@@ -198,7 +198,7 @@ impl SentenceTokenizer {
         texts: &[&str],
         prompt: Option<&str>,
         prompt_name: Option<&str>,
-    ) -> Result<BertInput> {
+    ) -> Result<TextInput> {
         self.encode_with(texts, prompt, prompt_name, true)
     }
 
@@ -210,7 +210,7 @@ impl SentenceTokenizer {
         prompt: Option<&str>,
         prompt_name: Option<&str>,
         truncate: bool,
-    ) -> Result<BertInput> {
+    ) -> Result<TextInput> {
         let prompt = match prompt {
             Some(p) => Some(p),
             None => self.settings.prompt(prompt_name)?,

@@ -13,7 +13,7 @@ use super::metrics::Metrics;
 pub use crate::encoder::Row;
 use crate::encoder::TextEncoder;
 use crate::error::{Error, Result};
-use crate::models::bert::{BertInput, BertOutput};
+use crate::models::text::{TextInput, TextOutput};
 
 /// What a row gives back.
 #[derive(Debug, Clone, Default)]
@@ -33,7 +33,7 @@ pub struct Job {
 }
 
 /// Runs forwards (GPU or CPU path) for the batcher.
-pub type Forward = Box<dyn Fn(&BertInput) -> Result<BertOutput> + Send>;
+pub type Forward = Box<dyn Fn(&TextInput) -> Result<TextOutput> + Send>;
 
 /// The batcher loop: returns when every sender is gone and the queue is empty (graceful
 /// shutdown finishes queued requests).
@@ -136,7 +136,7 @@ fn process(
     }
 }
 
-fn row_of(out: &BertOutput, r: usize) -> RowOutput {
+fn row_of(out: &TextOutput, r: usize) -> RowOutput {
     let slice = |t: &crate::host::HostTensor| {
         let w = t.shape[1];
         t.data[r * w..(r + 1) * w].to_vec()

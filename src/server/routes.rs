@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use super::batcher::{Job, Row, RowOutput};
 use super::{AppState, Body, Reply, Shared, error, input_error, validation};
-use crate::models::bert;
+use crate::models::text;
 
 /// `inputs` as texts: a string or a list of strings.
 fn texts_of(v: Option<&Value>, key: &str) -> std::result::Result<Vec<String>, Response> {
@@ -127,7 +127,7 @@ impl AppState {
     }
 }
 
-fn split_rows(input: &crate::models::bert::BertInput) -> Vec<Row> {
+fn split_rows(input: &crate::models::text::TextInput) -> Vec<Row> {
     crate::encoder::TextEncoder::rows(input)
 }
 
@@ -367,7 +367,7 @@ pub(super) async fn rerank(State(s): State<Shared>, Body(body): Body) -> Reply {
             let score = if raw {
                 logit
             } else {
-                bert::cross_encoder_score(logit)
+                text::cross_encoder_score(logit)
             };
             let mut v = json!({ "index": index, "score": score });
             if return_text {

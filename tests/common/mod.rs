@@ -399,7 +399,7 @@ impl Tolerances {
 /// did (checked against the golden ids), and the golden outputs.
 pub fn minilm() -> (
     std::path::PathBuf,
-    backbone::models::bert::BertInput,
+    backbone::models::text::TextInput,
     Golden,
 ) {
     let model_dir = std::env::var("BACKBONE_MINILM_DIR")
@@ -421,7 +421,7 @@ pub fn minilm() -> (
     let (_, mask) = golden.ids("attention_mask");
     let (_, types) = golden.ids("token_type_ids");
     let expected =
-        backbone::models::bert::BertInput::new(shape[0], shape[1], ids, Some(mask), Some(types))
+        backbone::models::text::TextInput::new(shape[0], shape[1], ids, Some(mask), Some(types))
             .expect("golden input");
     assert_eq!(
         input, expected,

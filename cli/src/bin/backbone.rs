@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use backbone::encoder::{EncoderOptions, ImageEncoder, TextEncoder};
-use backbone::models::bert::{self, BertInput};
 use backbone::models::cswin::{self, CswinConfig};
 use backbone::models::image;
+use backbone::models::text::{self, TextInput};
 use backbone::reference::HostTensor;
 use backbone::{DType, io, limits};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -382,7 +382,7 @@ fn rerank(
         .data
         .chunks(labels)
         .map(|row| match (labels, raw) {
-            (1, false) => serde_json::json!(bert::cross_encoder_score(row[0])),
+            (1, false) => serde_json::json!(text::cross_encoder_score(row[0])),
             (1, true) => serde_json::json!(row[0]),
             _ => serde_json::json!(row),
         })
@@ -420,11 +420,11 @@ fn run(
     };
     let bytes = io::read_safetensors(input)?;
     let reading = || format!("reading {}", input.display());
-    let text = bert::MODEL_TYPES.iter().any(|(t, _)| *t == model_type);
+    let text = text::MODEL_TYPES.iter().any(|(t, _)| *t == model_type);
     let result = match model_type.as_str() {
         _ if text => {
-            let input = BertInput::from_safetensors(&bytes).with_context(reading)?;
-            let config = bert::load_config(model)?;
+            let input = TextInput::from_safetensors(&bytes).with_context(reading)?;
+            let config = text::load_config(model)?;
             input.validate(&config).with_context(reading)?;
             let mut options = options(device, dtype, None);
             options.require_tokenizer = false;
@@ -458,7 +458,7 @@ fn run(
             out.to_safetensors()?
         }
         other => {
-            let mut known: Vec<&str> = bert::MODEL_TYPES.iter().map(|(t, _)| *t).collect();
+            let mut known: Vec<&str> = text::MODEL_TYPES.iter().map(|(t, _)| *t).collect();
             known.push("cswin");
             bail!(
                 "{}: model_type {other:?} is not supported ({})",

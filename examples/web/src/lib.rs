@@ -9,7 +9,7 @@ use std::sync::Arc;
 use backbone::encoder::{
     Device, EncoderOptions, ImageEncoder, ModelFiles, TextEncoder, TextInfo, Want,
 };
-use backbone::models::bert::BertInput;
+use backbone::models::text::TextInput;
 use backbone::models::weights::Weights;
 use backbone::reference::HostTensor;
 use backbone::{Context, ContextOptions, DType};
@@ -300,7 +300,7 @@ async fn check_bert(
     let (_, types) = g
         .ids("token_type_ids")?
         .ok_or_else(|| missing("token_type_ids"))?;
-    let input = BertInput::new(shape[0], shape[1], ids, Some(mask.clone()), Some(types))?;
+    let input = TextInput::new(shape[0], shape[1], ids, Some(mask.clone()), Some(types))?;
     let want_all = Want {
         last_hidden_state: true,
         hidden_states: false,

@@ -345,7 +345,7 @@ impl Cswin {
         pollster::block_on(self.forward(ctx, pixel_values, block0_attention))
     }
 
-    /// Runs one forward timed by `timing` (see [`crate::Bert::forward_timed`]) and waits for
+    /// Runs one forward timed by `timing` (see [`crate::models::text::Encoder::forward_timed`]) and waits for
     /// it (benchmarks).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn forward_timed(

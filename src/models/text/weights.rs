@@ -1,7 +1,7 @@
 //! A BERT-family encoder's parameters under each family's checkpoint keys (see `family.rs`;
 //! Q, K, V fused at load), uploaded once.
 
-use super::{BertConfig, Family, SentenceHead};
+use super::{Family, SentenceHead, TextConfig};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::host::HostTensor;
@@ -10,10 +10,10 @@ use crate::models::weights::Weights;
 use crate::models::{LayerNorm, Linear, MapTensors, Storage, join, rounded_tree, upload_tree};
 use crate::tensor::{DType, Tensor};
 
-/// `BertEmbeddings` (tables of width `embedding_dim`), and ELECTRA's projection to the hidden
+/// `Embeddings` (tables of width `embedding_dim`), and ELECTRA's projection to the hidden
 /// size.
 #[derive(Debug, Clone)]
-pub struct BertEmbeddings<T> {
+pub struct Embeddings<T> {
     pub word_embeddings: T,
     pub position_embeddings: T,
     /// One zero row for DistilBERT, which has no token types.
@@ -23,7 +23,7 @@ pub struct BertEmbeddings<T> {
     pub project: Option<Linear<T>>,
 }
 
-impl<T> BertEmbeddings<T> {
+impl<T> Embeddings<T> {
     /// The tables as the fused embedding kernel (and its twin) take them.
     pub fn tables(&self) -> EmbeddingTables<'_, T> {
         EmbeddingTables {
@@ -36,10 +36,10 @@ impl<T> BertEmbeddings<T> {
     }
 }
 
-/// `BertLayer`: `attention.self.{query,key,value}` (fused as `qkv`), `attention.output`,
+/// `EncoderLayer`: `attention.self.{query,key,value}` (fused as `qkv`), `attention.output`,
 /// `intermediate`, `output`.
 #[derive(Debug, Clone)]
-pub struct BertLayer<T> {
+pub struct EncoderLayer<T> {
     pub qkv: Linear<T>,
     pub attention_output: Linear<T>,
     pub attention_norm: LayerNorm<T>,
@@ -50,9 +50,9 @@ pub struct BertLayer<T> {
 
 /// `BertModel`'s parameters, on the host (`T = HostTensor`) or the GPU (`T = Tensor`).
 #[derive(Debug, Clone)]
-pub struct BertWeights<T> {
-    pub embeddings: BertEmbeddings<T>,
-    pub layers: Vec<BertLayer<T>>,
+pub struct TextWeights<T> {
+    pub embeddings: Embeddings<T>,
+    pub layers: Vec<EncoderLayer<T>>,
     /// `pooler.dense`, when the checkpoint has one.
     pub pooler: Option<Linear<T>>,
     /// How the sentence embedding is made (a sentence-transformers folder's modules; mean +
@@ -97,7 +97,7 @@ impl<T> ClassifierHead<T> {
 /// (zeros), LayerNorms without bias (zero beta), no position or token-type table (one zero
 /// row each), layer 0 without `attn_norm` (a unit norm kept in its place and skipped by the
 /// forward), `Wqkv` already fused, `Wi` [2I, C] for GeGLU, `final_norm`.
-fn modernbert(config: &BertConfig, w: &mut Weights) -> Result<BertWeights<HostTensor>> {
+fn modernbert(config: &TextConfig, w: &mut Weights) -> Result<TextWeights<HostTensor>> {
     let (c, i) = (config.hidden_size, config.intermediate_size);
     let norm = |w: &mut Weights, key: &str| -> Result<LayerNorm<HostTensor>> {
         Ok(LayerNorm {
@@ -112,7 +112,7 @@ fn modernbert(config: &BertConfig, w: &mut Weights) -> Result<BertWeights<HostTe
                 bias: HostTensor::zeros(&[out]),
             })
         };
-    let embeddings = BertEmbeddings {
+    let embeddings = Embeddings {
         word_embeddings: w.get("embeddings.tok_embeddings.weight", &[config.vocab_size, c])?,
         position_embeddings: HostTensor::zeros(&[1, c]),
         token_type_embeddings: HostTensor::zeros(&[1, c]),
@@ -130,7 +130,7 @@ fn modernbert(config: &BertConfig, w: &mut Weights) -> Result<BertWeights<HostTe
         } else {
             norm(w, &format!("{p}.attn_norm"))?
         };
-        layers.push(BertLayer {
+        layers.push(EncoderLayer {
             qkv: linear(w, &format!("{p}.attn.Wqkv"), 3 * c, c)?,
             attention_output: linear(w, &format!("{p}.attn.Wo"), c, c)?,
             attention_norm,
@@ -152,7 +152,7 @@ fn modernbert(config: &BertConfig, w: &mut Weights) -> Result<BertWeights<HostTe
             ),
         });
     }
-    Ok(BertWeights {
+    Ok(TextWeights {
         embeddings,
         layers,
         pooler: None,
@@ -167,7 +167,7 @@ fn modernbert(config: &BertConfig, w: &mut Weights) -> Result<BertWeights<HostTe
 /// (bias only with `classifier_bias`), `classifier_activation`, `head.norm` (bias only with
 /// `norm_bias`), `classifier`.
 fn modernbert_classifier(
-    config: &BertConfig,
+    config: &TextConfig,
     w: &mut Weights,
 ) -> Result<Option<ClassifierHead<HostTensor>>> {
     let c = config.hidden_size;
@@ -213,7 +213,7 @@ fn num_labels(w: &Weights, key: &str, c: usize) -> Result<Option<usize>> {
 /// BERT's classifier reads the pooler output: weights with such a head and no pooler are
 /// refused (at load, and by both forwards for weights built by hand), never run on a pooler
 /// output nobody computed.
-pub fn check_classifier_pooler<T>(w: &BertWeights<T>) -> Result<()> {
+pub fn check_classifier_pooler<T>(w: &TextWeights<T>) -> Result<()> {
     match &w.classifier {
         Some(head) if head.from_pooler() && w.pooler.is_none() => Err(Error::Weights {
             key: "pooler.dense.weight".into(),
@@ -267,12 +267,12 @@ fn load_classifier(
     }))
 }
 
-impl BertWeights<HostTensor> {
+impl TextWeights<HostTensor> {
     /// Loads and checks every tensor from safetensors bytes (keys with or without the
     /// family's task prefix such as `bert.` or `roberta.`; f32, f16 or bf16). Unknown extra
     /// tensors are an error unless they belong to a task head (`cls.*`, `classifier.*`, ...)
     /// or are a `position_ids` buffer.
-    pub fn from_safetensors(config: &BertConfig, bytes: &[u8]) -> Result<Self> {
+    pub fn from_safetensors(config: &TextConfig, bytes: &[u8]) -> Result<Self> {
         Self::from_weights(config, Weights::from_bytes(bytes)?)
     }
 
@@ -280,7 +280,7 @@ impl BertWeights<HostTensor> {
     /// weights ([`Weights::random`], the bench's models). This is the one description of
     /// which tensors a family has, under which keys and shapes; uploading and f16 rounding
     /// walk the result ([`crate::models::MapTensors`]).
-    pub fn from_weights(config: &BertConfig, w: Weights<'_>) -> Result<Self> {
+    pub fn from_weights(config: &TextConfig, w: Weights<'_>) -> Result<Self> {
         let family = config.family();
         let keys = family.keys();
         let mut w = w.with_fallback_prefix(keys.prefix);
@@ -303,7 +303,7 @@ impl BertWeights<HostTensor> {
             Some(key) => w.get(key, &[config.type_vocab_size, e])?,
             None => HostTensor::zeros(&[1, e]),
         };
-        let embeddings = BertEmbeddings {
+        let embeddings = Embeddings {
             word_embeddings: w.get(keys.word, &[config.vocab_size, e])?,
             position_embeddings,
             token_type_embeddings,
@@ -326,7 +326,7 @@ impl BertWeights<HostTensor> {
                 weight: concat_rows(&[&q.weight, &k.weight, &v.weight], &[3 * c, c])?,
                 bias: concat_rows(&[&q.bias, &k.bias, &v.bias], &[3 * c])?,
             };
-            layers.push(BertLayer {
+            layers.push(EncoderLayer {
                 qkv,
                 attention_output: linear(&mut w, &key(keys.attention_output), c, c)?,
                 attention_norm: LayerNorm::load(&mut w, &key(keys.attention_norm), c)?,
@@ -376,7 +376,7 @@ impl BertWeights<HostTensor> {
     /// The same weights in GPU buffers: matmul weights and embedding tables stored as `dtype`
     /// (f32, or f16 converted once here), biases, LayerNorm parameters and the sentence
     /// head's Dense modules as f32.
-    pub fn upload(&self, ctx: &Context, dtype: DType) -> Result<BertWeights<Tensor>> {
+    pub fn upload(&self, ctx: &Context, dtype: DType) -> Result<TextWeights<Tensor>> {
         upload_tree(self, ctx, dtype)
     }
 
@@ -389,15 +389,15 @@ impl BertWeights<HostTensor> {
 
 /// Every tensor of the tree with its key and storage (the one walk of the tree's shape that
 /// uploading and rounding share; keys and shapes are in the loader above).
-impl<T> MapTensors<T> for BertEmbeddings<T> {
-    type Out<U> = BertEmbeddings<U>;
+impl<T> MapTensors<T> for Embeddings<T> {
+    type Out<U> = Embeddings<U>;
     fn map_tensors<U, E>(
         &self,
         key: &str,
         f: &mut impl FnMut(&str, Storage, &T) -> std::result::Result<U, E>,
-    ) -> std::result::Result<BertEmbeddings<U>, E> {
+    ) -> std::result::Result<Embeddings<U>, E> {
         let table = |name: &str| join(key, &format!("{name}.weight"));
-        Ok(BertEmbeddings {
+        Ok(Embeddings {
             word_embeddings: f(
                 &table("word_embeddings"),
                 Storage::Run,
@@ -419,15 +419,15 @@ impl<T> MapTensors<T> for BertEmbeddings<T> {
     }
 }
 
-impl<T> MapTensors<T> for BertLayer<T> {
-    type Out<U> = BertLayer<U>;
+impl<T> MapTensors<T> for EncoderLayer<T> {
+    type Out<U> = EncoderLayer<U>;
     fn map_tensors<U, E>(
         &self,
         key: &str,
         f: &mut impl FnMut(&str, Storage, &T) -> std::result::Result<U, E>,
-    ) -> std::result::Result<BertLayer<U>, E> {
+    ) -> std::result::Result<EncoderLayer<U>, E> {
         let at = |name: &str| join(key, name);
-        Ok(BertLayer {
+        Ok(EncoderLayer {
             qkv: self.qkv.map_tensors(&at("attention.self.qkv"), f)?,
             attention_output: (self.attention_output)
                 .map_tensors(&at("attention.output.dense"), f)?,
@@ -461,14 +461,14 @@ impl<T> MapTensors<T> for ClassifierHead<T> {
     }
 }
 
-impl<T> MapTensors<T> for BertWeights<T> {
-    type Out<U> = BertWeights<U>;
+impl<T> MapTensors<T> for TextWeights<T> {
+    type Out<U> = TextWeights<U>;
     fn map_tensors<U, E>(
         &self,
         key: &str,
         f: &mut impl FnMut(&str, Storage, &T) -> std::result::Result<U, E>,
-    ) -> std::result::Result<BertWeights<U>, E> {
-        Ok(BertWeights {
+    ) -> std::result::Result<TextWeights<U>, E> {
+        Ok(TextWeights {
             embeddings: self.embeddings.map_tensors(&join(key, "embeddings"), f)?,
             layers: self.layers.map_tensors(&join(key, "encoder.layer"), f)?,
             pooler: self.pooler.map_tensors(&join(key, "pooler.dense"), f)?,
@@ -505,7 +505,7 @@ fn concat_rows(parts: &[&HostTensor], shape: &[usize]) -> Result<HostTensor> {
 
 /// Reads `config.json` and `model.safetensors` from a model folder.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn load_dir(dir: &std::path::Path) -> Result<(BertConfig, BertWeights<HostTensor>)> {
+pub fn load_dir(dir: &std::path::Path) -> Result<(TextConfig, TextWeights<HostTensor>)> {
     let config = load_config(dir)?;
     let weights = load_weights(dir, &config)?;
     Ok((config, weights))
@@ -513,19 +513,19 @@ pub fn load_dir(dir: &std::path::Path) -> Result<(BertConfig, BertWeights<HostTe
 
 /// Reads and checks a model folder's `config.json`; errors name the file.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn load_config(dir: &std::path::Path) -> Result<BertConfig> {
+pub fn load_config(dir: &std::path::Path) -> Result<TextConfig> {
     let path = dir.join("config.json");
     let json = crate::io::read_bounded(&path, crate::limits::MAX_CONFIG_BYTES)?;
-    BertConfig::from_json(&String::from_utf8_lossy(&json)).map_err(|e| e.in_file(&path))
+    TextConfig::from_json(&String::from_utf8_lossy(&json)).map_err(|e| e.in_file(&path))
 }
 
 /// Reads a model folder's `model.safetensors` for `config`, and its sentence-transformers
 /// modules when it has them; errors name the file.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn load_weights(dir: &std::path::Path, config: &BertConfig) -> Result<BertWeights<HostTensor>> {
+pub fn load_weights(dir: &std::path::Path, config: &TextConfig) -> Result<TextWeights<HostTensor>> {
     let (sentence, _) = super::load_sentence_dir(dir, config.hidden_size)?;
     let path = dir.join("model.safetensors");
-    let mut weights = BertWeights::from_safetensors(config, &crate::io::read_safetensors(&path)?)
+    let mut weights = TextWeights::from_safetensors(config, &crate::io::read_safetensors(&path)?)
         .map_err(|e| e.in_file(&path))?;
     weights.sentence = sentence;
     Ok(weights)

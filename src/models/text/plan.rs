@@ -1,7 +1,7 @@
 //! The buffers of one (batch, seq): every activation a BERT-family forward writes, planned
 //! once and leased to one forward at a time (see [`crate::models::Plans`]).
 
-use super::{BertConfig, ClassifierHead, Family, SentenceHead};
+use super::{ClassifierHead, Family, SentenceHead, TextConfig};
 use crate::context::Context;
 use crate::error::Result;
 use crate::host::HostTensor;
@@ -56,7 +56,7 @@ impl Plan {
     /// `dtype`, the pooled outputs as f32.
     pub(super) fn new(
         ctx: &Context,
-        config: &BertConfig,
+        config: &TextConfig,
         head: &SentenceHead<HostTensor>,
         classifier: Option<&ClassifierHead<HostTensor>>,
         dtype: DType,

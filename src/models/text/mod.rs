@@ -1,8 +1,10 @@
-//! BERT-family encoders from Hugging Face checkpoints (`config.json` + `model.safetensors`),
-//! mirroring `transformers`' `BertModel` (modeling_bert.py): embeddings, post-norm encoder
-//! layers, pooler, plus sentence-transformers' mean pooling and L2 normalisation. RoBERTa,
-//! XLM-RoBERTa, CamemBERT, ELECTRA and DistilBERT run through the same forward with the small
-//! differences `family.rs` lists.
+//! Text encoders from Hugging Face checkpoints (`config.json` + `model.safetensors`): one
+//! encoder core ([`Encoder`] on the GPU, [`forward_cpu`] from the twins) mirroring
+//! `transformers`' `BertModel` (modeling_bert.py): embeddings, encoder layers, pooler, plus
+//! sentence-transformers' heads. BERT, RoBERTa, XLM-RoBERTa, CamemBERT, ELECTRA, DistilBERT,
+//! MPNet and ModernBERT run through it with the family adapters `family.rs` lists (keys,
+//! embeddings, norm placement, activation, positions, attention bias and window). Names say
+//! BERT only where a thing is BERT's own.
 //!
 //! The Rust tree follows the checkpoint keys; the one change is that query, key and value
 //! are fused into one [3C, C] projection at load time, so attention reads Q, K and V from a
@@ -18,17 +20,15 @@ mod sentence;
 mod weights;
 
 pub use crate::models::{LayerNorm, Linear};
-pub use config::{BertConfig, ModernBertSettings};
+pub use config::{ModernBertSettings, TextConfig};
 pub use cpu::{forward_cpu, forward_cpu_as};
 pub use family::{Family, Keys, MODEL_TYPES, relative_position_bias, relative_position_bucket};
-pub use gpu::{Bert, Plan, Readback};
-pub use input::BertInput;
+pub use gpu::{Encoder, Plan, Readback};
+pub use input::TextInput;
 #[cfg(not(target_arch = "wasm32"))]
 pub use sentence::load_sentence_dir;
 pub use sentence::{Dense, ReadFile, SentenceHead, SentenceSettings, load_sentence};
-pub use weights::{
-    BertEmbeddings, BertLayer, BertWeights, ClassifierHead, check_classifier_pooler,
-};
+pub use weights::{ClassifierHead, Embeddings, EncoderLayer, TextWeights, check_classifier_pooler};
 #[cfg(not(target_arch = "wasm32"))]
 pub use weights::{load_config, load_dir, load_weights};
 
@@ -38,7 +38,7 @@ use crate::kernels::{MatrixView, StridedMatmul, WLayout};
 
 /// What a forward returns (host tensors).
 #[derive(Debug, Clone)]
-pub struct BertOutput {
+pub struct TextOutput {
     /// [B, T, C]: the last layer's output.
     pub last_hidden_state: HostTensor,
     /// [B, C]: tanh(dense(h[:, 0])), when the checkpoint has a pooler.
@@ -54,7 +54,7 @@ pub struct BertOutput {
     pub unnormalized_embedding: Option<HostTensor>,
 }
 
-impl BertOutput {
+impl TextOutput {
     /// `last_hidden_state`, `pooler_output` (when present) and `sentence_embedding` as an F32
     /// safetensors file.
     pub fn to_safetensors(&self) -> Result<Vec<u8>> {

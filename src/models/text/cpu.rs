@@ -1,6 +1,6 @@
 //! The CPU forward, built only from the kernels' CPU twins.
 
-use super::{BertConfig, BertInput, BertOutput, BertWeights, pooler_problem};
+use super::{TextConfig, TextInput, TextOutput, TextWeights, pooler_problem};
 use crate::error::Result;
 use crate::kernels::{Activation, AttentionBias, Epilogue, PoolMode};
 use crate::reference::{self, HostTensor};
@@ -8,11 +8,11 @@ use crate::tensor::DType;
 
 /// The CPU forward, built only from the kernels' CPU twins.
 pub fn forward_cpu(
-    config: &BertConfig,
-    w: &BertWeights<HostTensor>,
-    input: &BertInput,
+    config: &TextConfig,
+    w: &TextWeights<HostTensor>,
+    input: &TextInput,
     hidden_states: bool,
-) -> Result<BertOutput> {
+) -> Result<TextOutput> {
     forward_cpu_as(config, w, input, hidden_states, DType::F32)
 }
 
@@ -21,12 +21,12 @@ pub fn forward_cpu(
 /// that produces it (the twins themselves still compute in f64), so the two paths see the same
 /// values.
 pub fn forward_cpu_as(
-    config: &BertConfig,
-    weights: &BertWeights<HostTensor>,
-    input: &BertInput,
+    config: &TextConfig,
+    weights: &TextWeights<HostTensor>,
+    input: &TextInput,
     hidden_states: bool,
     dtype: DType,
-) -> Result<BertOutput> {
+) -> Result<TextOutput> {
     input.validate(config)?;
     super::check_classifier_pooler(weights)?;
     let rounded;
@@ -81,7 +81,7 @@ pub fn forward_cpu_as(
     let rope = |l: usize| reference::rotary_table(config.rope_theta(l), t, config.head_dim());
     for (l, layer) in w.layers.iter().enumerate() {
         if pre_norm {
-            // ModernBERT, as `Bert::pre_norm_layer`.
+            // ModernBERT, as `Encoder::pre_norm_layer`.
             let input = if l == 0 {
                 hidden.clone()
             } else {
@@ -269,7 +269,7 @@ pub fn forward_cpu_as(
     } else {
         (pooled, None)
     };
-    Ok(BertOutput {
+    Ok(TextOutput {
         last_hidden_state: hidden,
         pooler_output,
         sentence_embedding,

@@ -1,6 +1,6 @@
 //! Tokenized text as the model takes it, and its checks against a config.
 
-use super::BertConfig;
+use super::TextConfig;
 use crate::error::{Error, Result};
 use crate::kernels::{self};
 use crate::limits;
@@ -9,7 +9,7 @@ use crate::models::weights::Weights;
 /// A batch of tokenized text: row-major [batch, seq] ids, mask (1 real, 0 padding) and
 /// segment ids.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BertInput {
+pub struct TextInput {
     pub batch: usize,
     pub seq: usize,
     pub input_ids: Vec<u32>,
@@ -20,7 +20,7 @@ pub struct BertInput {
     pub prompt_length: usize,
 }
 
-impl BertInput {
+impl TextInput {
     /// Checks that the three arrays are [batch, seq]; `token_type_ids` defaults to zeros and
     /// `attention_mask` to all ones.
     pub fn new(
@@ -60,7 +60,7 @@ impl BertInput {
 
     /// Checks the input against a model: non-empty, no longer than the position table, every
     /// id inside its table, mask values 0 or 1.
-    pub fn validate(&self, config: &BertConfig) -> Result<()> {
+    pub fn validate(&self, config: &TextConfig) -> Result<()> {
         let bad = |arg: &str, reason: String| {
             Err(Error::Input {
                 arg: arg.into(),
@@ -158,7 +158,7 @@ impl BertInput {
     /// Token, position and token-type ids one after the other: the [3, batch x seq] `ids` of
     /// [`crate::kernels::bert_embeddings`], with the family's position rule (RoBERTa's from
     /// the input ids) and zero token types for a family without them.
-    pub fn embedding_ids(&self, config: &BertConfig) -> Vec<u32> {
+    pub fn embedding_ids(&self, config: &TextConfig) -> Vec<u32> {
         let mut ids = Vec::with_capacity(3 * self.input_ids.len());
         ids.extend_from_slice(&self.input_ids);
         ids.extend(self.position_ids(config));
@@ -189,7 +189,7 @@ impl BertInput {
     }
 
     /// Position ids, [batch x seq]: see [`super::Family::position_ids`].
-    pub fn position_ids(&self, config: &BertConfig) -> Vec<u32> {
+    pub fn position_ids(&self, config: &TextConfig) -> Vec<u32> {
         let family = config.family();
         self.input_ids
             .chunks(self.seq.max(1))

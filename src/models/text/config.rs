@@ -10,7 +10,7 @@ use crate::limits;
 
 /// `config.json` of a Hugging Face BERT-family model (the keys this engine reads).
 #[derive(Debug, Clone, Deserialize)]
-pub struct BertConfig {
+pub struct TextConfig {
     #[serde(default = "default_model_type")]
     pub model_type: String,
     pub vocab_size: usize,
@@ -95,7 +95,7 @@ fn default_position_type() -> String {
     "absolute".into()
 }
 
-impl BertConfig {
+impl TextConfig {
     /// Parses and checks `config.json`.
     pub fn from_json(json: &str) -> Result<Self> {
         let config: Self =

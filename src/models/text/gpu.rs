@@ -2,7 +2,7 @@
 
 pub use super::plan::Plan;
 use super::{
-    BertConfig, BertInput, BertLayer, BertOutput, BertWeights, ClassifierHead, SentenceHead,
+    ClassifierHead, EncoderLayer, SentenceHead, TextConfig, TextInput, TextOutput, TextWeights,
     pooler_problem, relative_position_bias,
 };
 use crate::context::Context;
@@ -15,16 +15,16 @@ use crate::recorder::Timing;
 use crate::recorder::{PassStat, Recorder};
 use crate::tensor::{DType, Tensor};
 
-/// A BERT encoder on the GPU: weights uploaded once, pipelines cached by the context, and
+/// A text encoder (any family of [`super::MODEL_TYPES`]) on the GPU: weights uploaded once, pipelines cached by the context, and
 /// intermediate buffers planned once per (batch, seq) and reused.
-pub struct Bert {
-    pub config: BertConfig,
+pub struct Encoder {
+    pub config: TextConfig,
     /// The sentence and classification heads as loaded (their shapes size the plans).
     head: SentenceHead<HostTensor>,
     classifier: Option<ClassifierHead<HostTensor>>,
     /// Storage type of weights and activations (f32, or f16 with f32 accumulation).
     dtype: DType,
-    weights: BertWeights<Tensor>,
+    weights: TextWeights<Tensor>,
     plans: Plans<(usize, usize), Plan>,
 }
 
@@ -38,12 +38,12 @@ pub struct Readback {
     pub hidden_states: bool,
 }
 
-impl Bert {
+impl Encoder {
     /// Uploads host weights (f32 storage).
     pub fn new(
         ctx: &Context,
-        config: BertConfig,
-        weights: &BertWeights<HostTensor>,
+        config: TextConfig,
+        weights: &TextWeights<HostTensor>,
     ) -> Result<Self> {
         Self::with_dtype(ctx, config, weights, DType::F32)
     }
@@ -53,8 +53,8 @@ impl Bert {
     /// in f32, and outputs come back as f32). f16 needs the adapter's `SHADER_F16`.
     pub fn with_dtype(
         ctx: &Context,
-        config: BertConfig,
-        weights: &BertWeights<HostTensor>,
+        config: TextConfig,
+        weights: &TextWeights<HostTensor>,
         dtype: DType,
     ) -> Result<Self> {
         crate::models::check_model_dtype(ctx, dtype)?;
@@ -87,7 +87,7 @@ impl Bert {
 
     /// The dispatches of one forward on this input, with their compulsory traffic (recorded,
     /// not run): how many passes and bytes a forward costs, on any adapter.
-    pub fn forward_passes(&self, ctx: &Context, input: &BertInput) -> Result<Vec<PassStat>> {
+    pub fn forward_passes(&self, ctx: &Context, input: &TextInput) -> Result<Vec<PassStat>> {
         let mut rec = Recorder::new(ctx);
         self.record(&mut rec, input, |_, _, _| {})?;
         Ok(rec.passes().to_vec())
@@ -146,7 +146,7 @@ impl Bert {
     pub fn record(
         &self,
         rec: &mut Recorder<'_>,
-        input: &BertInput,
+        input: &TextInput,
         after_layer: impl FnMut(&mut Recorder<'_>, usize, &Tensor),
     ) -> Result<PlanLease<'_, (usize, usize), Plan>> {
         let p = self.prepare(rec.context(), input)?;
@@ -158,7 +158,7 @@ impl Bert {
     fn prepare(
         &self,
         ctx: &Context,
-        input: &BertInput,
+        input: &TextInput,
     ) -> Result<PlanLease<'_, (usize, usize), Plan>> {
         input.validate(&self.config)?;
         let p = self.plan(ctx, input.batch, input.seq)?;
@@ -312,7 +312,7 @@ impl Bert {
         rec: &mut Recorder<'_>,
         p: &Plan,
         l: usize,
-        layer: &BertLayer<Tensor>,
+        layer: &EncoderLayer<Tensor>,
         act: Activation,
     ) -> Result<()> {
         let cfg = &self.config;
@@ -369,7 +369,7 @@ impl Bert {
         rec: &mut Recorder<'_>,
         p: &Plan,
         l: usize,
-        layer: &BertLayer<Tensor>,
+        layer: &EncoderLayer<Tensor>,
     ) -> Result<()> {
         let cfg = &self.config;
         let eps = cfg.layer_norm_eps as f32;
@@ -448,9 +448,9 @@ impl Bert {
     pub async fn forward(
         &self,
         ctx: &Context,
-        input: &BertInput,
+        input: &TextInput,
         hidden_states: bool,
-    ) -> Result<BertOutput> {
+    ) -> Result<TextOutput> {
         let readback = Readback {
             last_hidden_state: true,
             hidden_states,
@@ -458,15 +458,15 @@ impl Bert {
         self.forward_with(ctx, input, readback).await
     }
 
-    /// [`Bert::forward`] reading back only what `readback` asks for besides the sentence
+    /// [`Encoder::forward`] reading back only what `readback` asks for besides the sentence
     /// embedding and the heads' outputs (a server that returns embeddings or scores leaves the
     /// [B, T, C] hidden states on the GPU).
     pub async fn forward_with(
         &self,
         ctx: &Context,
-        input: &BertInput,
+        input: &TextInput,
         readback: Readback,
-    ) -> Result<BertOutput> {
+    ) -> Result<TextOutput> {
         let p = self.prepare(ctx, input)?;
         let recorded = self.recorded(ctx, &p, readback.hidden_states).await?;
         let unnormalized = self
@@ -487,7 +487,7 @@ impl Bert {
             true => values.next()?,
             false => HostTensor::zeros(&[0]),
         };
-        Ok(BertOutput {
+        Ok(TextOutput {
             last_hidden_state,
             sentence_embedding,
             pooler_output: pooler.map(|_| values.next()).transpose()?,
@@ -497,25 +497,25 @@ impl Bert {
         })
     }
 
-    /// [`Bert::forward_with`], blocking (native only).
+    /// [`Encoder::forward_with`], blocking (native only).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn forward_with_blocking(
         &self,
         ctx: &Context,
-        input: &BertInput,
+        input: &TextInput,
         readback: Readback,
-    ) -> Result<BertOutput> {
+    ) -> Result<TextOutput> {
         pollster::block_on(self.forward_with(ctx, input, readback))
     }
 
-    /// [`Bert::forward`], blocking (native only).
+    /// [`Encoder::forward`], blocking (native only).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn forward_blocking(
         &self,
         ctx: &Context,
-        input: &BertInput,
+        input: &TextInput,
         hidden_states: bool,
-    ) -> Result<BertOutput> {
+    ) -> Result<TextOutput> {
         pollster::block_on(self.forward(ctx, input, hidden_states))
     }
 
@@ -526,7 +526,7 @@ impl Bert {
     pub fn forward_timed(
         &self,
         ctx: &Context,
-        input: &BertInput,
+        input: &TextInput,
         timing: Timing,
     ) -> Result<Vec<crate::recorder::PassTime>> {
         let p = self.prepare(ctx, input)?;
@@ -537,7 +537,7 @@ impl Bert {
     /// Writes `input` and submits the plan's recorded forward without waiting for the GPU or
     /// reading anything back: the host's share of a forward (benchmarks time it). Native only.
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn forward_enqueue(&self, ctx: &Context, input: &BertInput) -> Result<()> {
+    pub fn forward_enqueue(&self, ctx: &Context, input: &TextInput) -> Result<()> {
         let p = self.prepare(ctx, input)?;
         let recorded = pollster::block_on(self.recorded(ctx, &p, false))?;
         recorded.program.encode_and_submit(ctx)
