@@ -207,3 +207,64 @@ fn embed_cli_follows_the_folder() {
         );
     }
 }
+
+/// A model folder never makes the program read outside it: a `modules.json` whose module
+/// path leaves the folder (`../outside_pool`, `/etc`, `../../etc`) is refused by every door
+/// (the library's encoder, `embed`), even where the outside folder holds a valid module.
+#[test]
+fn module_paths_outside_the_folder_are_refused() {
+    use backbone::encoder::{Device, EncoderOptions, TextEncoder};
+    let src = fixture("text/st-cls");
+    let root = std::env::temp_dir().join(format!("backbone-outside-{}", std::process::id()));
+    let model = root.join("model");
+    std::fs::create_dir_all(model.join("1_Pooling")).expect("tmp");
+    std::fs::create_dir_all(root.join("outside_pool")).expect("tmp");
+    for name in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "sentence_bert_config.json",
+        "1_Pooling/config.json",
+    ] {
+        std::fs::copy(src.join(name), model.join(name)).expect("copy");
+    }
+    std::fs::copy(
+        src.join("1_Pooling/config.json"),
+        root.join("outside_pool/config.json"),
+    )
+    .expect("copy");
+    for path in [
+        "../outside_pool",
+        "/etc",
+        "../../etc",
+        "1_Pooling/../../outside_pool",
+    ] {
+        let modules = serde_json::json!([
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": path, "type": "sentence_transformers.models.Pooling"}
+        ]);
+        std::fs::write(model.join("modules.json"), modules.to_string()).expect("write");
+        let err = TextEncoder::open(&model, &EncoderOptions::default().device(Device::Cpu))
+            .expect_err(path);
+        assert!(
+            err.to_string().contains("inside the model folder"),
+            "{path}: {err}"
+        );
+        let out = backbone_output([
+            "embed",
+            "--device",
+            "cpu",
+            "--model",
+            model.to_str().expect("utf-8"),
+            "a",
+        ]);
+        assert!(!out.status.success(), "{path}: embed refused");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("inside the model folder"),
+            "{path}: {stderr}"
+        );
+    }
+    std::fs::remove_dir_all(&root).ok();
+}
