@@ -220,6 +220,44 @@ fn classify_prints_the_top5_of_each_image() {
     assert_eq!(outputs[0], outputs[1], "GPU and CPU rank the classes alike");
 }
 
+/// Many images are classified in batches of 16, each printed before the next is read: a bad
+/// 18th image fails the run after the first batch's 16 answers are out (it was decoded with
+/// all the others before any forward, so memory grew with the image count).
+#[test]
+#[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
+fn classify_streams_images_in_batches() {
+    ctx();
+    let dir = std::env::temp_dir().join(format!("backbone-classify-many-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let good = dir.join("good.png");
+    image::RgbImage::from_fn(64, 48, |x, y| {
+        image::Rgb([(x * 4) as u8, (y * 5) as u8, 90])
+    })
+    .save(&good)
+    .expect("save png");
+    let bad = dir.join("bad.png");
+    std::fs::write(&bad, b"not an image").expect("write");
+    let mut paths = vec![good.clone(); 17];
+    paths.push(bad);
+    paths.push(good);
+    let output = backbone()
+        .args(["classify", "--model"])
+        .arg(fixture("cswin-micro-s3full"))
+        .args(&paths)
+        .output()
+        .expect("run backbone");
+    assert!(!output.status.success(), "the bad image fails the run");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let answered = text.lines().filter(|l| l.ends_with("good.png:")).count();
+    assert_eq!(
+        answered, 16,
+        "the first batch answered before the bad one:\n{text}"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("bad.png"), "{stderr}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// `backbone-bench --json` writes one record per measurement with the documented fields, and
 /// PASS on a small run.
 #[test]

@@ -9,6 +9,7 @@
 //! backbone serve --model DIR [--host 127.0.0.1] [--port 8080] [--dtype f32|f16] [--max-batch-tokens N] ...
 //! ```
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
@@ -311,7 +312,6 @@ fn main() -> Result<()> {
                     .map(backbone::server::ApiKey),
             };
             backbone::server::serve(options, |addr| {
-                use std::io::Write as _;
                 println!("listening on http://{addr}");
                 std::io::stdout().flush().ok();
             })?;
@@ -508,28 +508,42 @@ fn ignore_file_size_signal() {
     }
 }
 
-/// `classify`: every image checked and preprocessed, then the top 5 of each from the
-/// folder's [`ImageEncoder`].
+/// Images decoded, classified and printed per forward: memory stays that of one batch
+/// however many images are named.
+const CLASSIFY_BATCH: usize = 16;
+
+/// `classify`: the images in batches of [`CLASSIFY_BATCH`], each decoded, checked and
+/// preprocessed, then the top 5 of each from the folder's [`ImageEncoder`], printed before the
+/// next batch is read.
 fn classify(dir: &Path, device: Device, dtype: DType, paths: &[PathBuf]) -> Result<()> {
     let config = cswin::load_config(dir)?;
     let size = config.img_size;
-    let pixels = paths
-        .iter()
-        .map(|p| {
-            let bytes = io::read_bounded(p, limits::MAX_IMAGE_FILE_BYTES)?;
-            let img = image::decode(&bytes, &p.display().to_string())?;
-            image::imagenet_preprocess(&img, size).map_err(|e| e.in_file(p))
-        })
-        .collect::<backbone::Result<Vec<_>>>()?;
-    let pixels = image::stack(&pixels)?;
-    cswin::check_input(&config, &pixels)?;
-    let encoder = ImageEncoder::open(dir, &options(device, dtype, None))?;
-    let ranked = encoder.classify_blocking(&pixels, 5)?;
-    for (path, top) in paths.iter().zip(ranked) {
-        println!("{}:", path.display());
-        for (k, p, label) in top {
-            println!("  {:>6.2}%  {k:>5}  {label}", 100.0 * p);
+    let mut encoder = None;
+    for batch in paths.chunks(CLASSIFY_BATCH) {
+        let pixels = batch
+            .iter()
+            .map(|p| {
+                let bytes = io::read_bounded(p, limits::MAX_IMAGE_FILE_BYTES)?;
+                let img = image::decode(&bytes, &p.display().to_string())?;
+                image::imagenet_preprocess(&img, size).map_err(|e| e.in_file(p))
+            })
+            .collect::<backbone::Result<Vec<_>>>()?;
+        let pixels = image::stack(&pixels)?;
+        cswin::check_input(&config, &pixels)?;
+        // Opened once the first batch has been read and checked.
+        let encoder = match &mut encoder {
+            Some(e) => e,
+            None => encoder.insert(ImageEncoder::open(dir, &options(device, dtype, None))?),
+        };
+        let ranked = encoder.classify_blocking(&pixels, 5)?;
+        let mut out = std::io::stdout().lock();
+        for (path, top) in batch.iter().zip(ranked) {
+            writeln!(out, "{}:", path.display())?;
+            for (k, p, label) in top {
+                writeln!(out, "  {:>6.2}%  {k:>5}  {label}", 100.0 * p)?;
+            }
         }
+        out.flush()?;
     }
     Ok(())
 }
