@@ -78,7 +78,10 @@ fn embeddings_match_the_cli_and_errors_are_real() {
     let (status, got) = server.json("/v1/embeddings", json!({ "input": TEXTS, "model": "m" }));
     assert_eq!(status, 200, "{got}");
     assert_eq!(got["object"], "list");
-    assert_eq!(got["model"], "m");
+    assert_eq!(
+        got["model"], "bert-micro-12l-random",
+        "the served name, not the request's"
+    );
     for (i, row) in got["data"].as_array().expect("data").iter().enumerate() {
         assert_eq!(row["object"], "embedding");
         assert_eq!(row["index"], i);
@@ -124,7 +127,10 @@ fn embeddings_match_the_cli_and_errors_are_real() {
         "{body}"
     );
     let (status, body) = server.json("/embed", json!({ "inputs": ["a", "b", "c", "d", "e"] }));
-    assert_eq!(status, 413, "{body}");
+    assert_eq!(
+        status, 422,
+        "TEI answers a batch over the limit 422 Validation: {body}"
+    );
     assert!(
         body["error"].as_str().unwrap_or("").contains("batch size"),
         "{body}"
@@ -134,13 +140,18 @@ fn embeddings_match_the_cli_and_errors_are_real() {
         "/embed",
         &format!("{{\"inputs\": \"{}\"}}", "x".repeat(5000)),
     );
-    assert_eq!(status, 413);
+    assert_eq!(status, 413, "over the payload limit");
     let (status, body) = server.json("/rerank", json!({ "query": "q", "texts": ["a"] }));
     assert_eq!(status, 424, "not a re-ranker: {body}");
     let (status, body) = server.json("/v1/embeddings", json!({ "input": [[999999999]] }));
     assert_eq!(status, 422, "{body}");
+    assert_eq!(body["code"], 422, "TEI's OpenAI error shape: {body}");
+    assert_eq!(
+        body["error"]["type"], "Validation",
+        "OpenAI's own shape: {body}"
+    );
 
-    // Inputs longer than the model takes: 413 unless truncation is asked for; truncated,
+    // Inputs longer than the model takes: 422 unless truncation is asked for; truncated,
     // the vector the CLI (which truncates, as sentence-transformers does) gives.
     let long = "word ".repeat(600);
     for body in [
@@ -150,7 +161,7 @@ fn embeddings_match_the_cli_and_errors_are_real() {
         let (status, got) = server.json("/embed", body);
         assert_eq!(
             (status, got["error_type"].as_str()),
-            (413, Some("Validation")),
+            (422, Some("Validation")),
             "{got}"
         );
         assert!(
@@ -166,7 +177,7 @@ fn embeddings_match_the_cli_and_errors_are_real() {
         "truncated as the CLI truncates"
     );
     let (status, got) = server.json("/v1/embeddings", json!({ "input": [vec![101; 5000]] }));
-    assert_eq!(status, 413, "an over-long token array: {got}");
+    assert_eq!(status, 413, "a token array over the payload limit: {got}");
 
     // health, info, tokenize, metrics.
     assert_eq!(server.request("GET", "/health", "").0, 200);
@@ -179,7 +190,18 @@ fn embeddings_match_the_cli_and_errors_are_real() {
     let (status, tokens) = server.json("/tokenize", json!({ "inputs": "Hello world" }));
     assert_eq!(status, 200);
     assert_eq!(tokens[0][0]["special"], true, "{tokens}");
-    assert_eq!(tokens[0][1]["text"], "hello", "{tokens}");
+    assert_eq!(tokens[0][0]["start"], Value::Null, "{tokens}");
+    assert_eq!(
+        tokens[0][1]["text"], "Hello",
+        "the input's own text: {tokens}"
+    );
+    assert_eq!(
+        (
+            tokens[0][1]["start"].as_u64(),
+            tokens[0][1]["stop"].as_u64()
+        ),
+        (Some(0), Some(5))
+    );
     let (status, metrics) = server.request("GET", "/metrics", "");
     assert_eq!(status, 200);
     assert!(
@@ -343,18 +365,18 @@ fn auto_truncate_truncates() {
     let (status, got) = server.json("/embed", json!({ "inputs": long }));
     assert_eq!(status, 200, "{got}");
     let (status, got) = server.json("/embed", json!({ "inputs": long, "truncate": false }));
-    assert_eq!(status, 413, "the request's own truncate: false wins: {got}");
+    assert_eq!(status, 422, "the request's own truncate: false wins: {got}");
     assert!(server.stop());
 }
 
-/// The bench's load test, CI-sized: 10,000 requests on the CPU path (the server's own memory
-/// over 10,000 requests) and 2,000 on the GPU (plans and buffers churn with every batch
+/// The bench's load test, CI-sized: 4,000 requests on the CPU path (the server's own memory
+/// over 4,000 requests) and 2,000 on the GPU (plans and buffers churn with every batch
 /// shape). Every answer must match the CPU reference, none may be lost, resident memory must
 /// stay flat after the warm-up, and concurrent clients must be batched together.
 #[test]
 #[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
 fn load_test_answers_every_request_with_flat_memory() {
-    for (device, requests, clients, warmup) in [("cpu", 10_000, 8, 1000), ("gpu", 2_000, 16, 500)] {
+    for (device, requests, clients, warmup) in [("cpu", 4_000, 8, 500), ("gpu", 2_000, 16, 500)] {
         let options = LoadOptions {
             server: common::bin("backbone"),
             model: fixture("bert-micro-12l-random"),
@@ -433,19 +455,25 @@ fn prompt_name_follows_the_folder() {
     assert!(server.stop());
 }
 
-/// With --api-key every route but /health needs the key as a bearer token (401 otherwise, in
+/// With --api-key every route but the public ones (/health, /ping, GET /, /metrics, as in TEI)
+/// needs the key as a bearer token (401 otherwise, in
 /// TEI's error shape); with it, requests are served.
 #[test]
-fn api_key_guards_every_route_but_health() {
+fn api_key_guards_every_route_but_the_public_ones() {
     let dir = fixture("bert-micro-12l-random");
     let server = Server::start(&dir, &["--device", "cpu", "--api-key", "s3cret"]);
     let body = json!({ "inputs": "a" });
-    assert_eq!(
-        server.request("GET", "/health", "").0,
-        200,
-        "health is open"
-    );
-    for (method, path) in [("POST", "/embed"), ("GET", "/info"), ("GET", "/metrics")] {
+    for path in ["/health", "/ping", "/", "/metrics"] {
+        let (status, got) = server.request("GET", path, "");
+        assert_eq!(status, 200, "{path} is public, as in TEI: {got}");
+    }
+    for (method, path) in [
+        ("POST", "/embed"),
+        ("POST", "/"),
+        ("POST", "/invocations"),
+        ("POST", "/tokenize"),
+        ("GET", "/info"),
+    ] {
         let (status, got) = server.request(method, path, &body.to_string());
         assert_eq!(status, 401, "{path} without the key: {got}");
         assert!(got.contains("Unauthorized"), "{got}");

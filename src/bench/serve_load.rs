@@ -91,6 +91,36 @@ impl ServerProcess {
     }
 }
 
+impl ServerProcess {
+    /// SIGTERM, then its exit status and how long it took to exit; a server still running
+    /// after `limit` is killed and reported as an error (a hang, never a wait forever).
+    #[cfg(unix)]
+    pub fn stop_within(mut self, limit: Duration) -> Result<(ExitStatus, Duration)> {
+        let signalled = Instant::now();
+        // SAFETY: sends a signal to our own child process, which we have not yet waited for.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let io = |e| Error::Io {
+            path: "(backbone serve)".into(),
+            source: e,
+        };
+        loop {
+            if let Some(status) = self.child.try_wait().map_err(io)? {
+                return Ok((status, signalled.elapsed()));
+            }
+            if signalled.elapsed() > limit {
+                self.child.kill().ok();
+                return Err(io(std::io::Error::other(format!(
+                    "the server was still running {} s after SIGTERM",
+                    limit.as_secs_f64()
+                ))));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl Drop for ServerProcess {
     /// A failed run does not leave its server running.
     fn drop(&mut self) {

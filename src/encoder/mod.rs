@@ -19,6 +19,8 @@ mod text;
 
 use std::sync::Arc;
 
+#[cfg(feature = "tokenizers")]
+pub use crate::models::tokenizer::{Token, Truncate};
 pub use files::ModelFiles;
 pub use image::{ImageEncoder, ImageInfo};
 pub use text::{MaxLengthSource, Row, TextEncoder, TextInfo, TextKind, Want};

@@ -15,7 +15,7 @@ use crate::models::text::{
     self, Encoder, Readback, TextConfig, TextInput, TextOutput, TextWeights, load_sentence,
 };
 #[cfg(feature = "tokenizers")]
-use crate::models::tokenizer::{SentenceTokenizer, TextTokenizer};
+use crate::models::tokenizer::{SentenceTokenizer, TextTokenizer, Truncate};
 
 /// What a forward reads back besides the sentence embedding, the pooler output and the
 /// logits (always read when the model has them).
@@ -74,9 +74,25 @@ pub struct TextInfo {
     pub default_prompt_name: Option<String>,
     /// Labels of the sequence-classification head, when the model has one.
     pub num_labels: Option<usize>,
+    /// The head's class names (config.json's `id2label`, else `LABEL_i` as transformers
+    /// names them); empty without a head.
+    pub labels: Vec<String>,
     /// The id batches are padded with (the tokenizer's, else the config's).
     pub pad_id: u32,
     pub has_pooler: bool,
+}
+
+/// `n` class names: config.json's `id2label` where it names a class, else `LABEL_i`.
+fn class_names(config_json: &[u8], n: usize) -> Vec<String> {
+    let named = serde_json::from_slice::<serde_json::Value>(config_json)
+        .map(|v| crate::models::cswin::id2label(&v))
+        .unwrap_or_default();
+    (0..n)
+        .map(|i| match named.get(i) {
+            Some(name) if !name.is_empty() => name.clone(),
+            _ => format!("LABEL_{i}"),
+        })
+        .collect()
 }
 
 /// One tokenized sequence, unpadded: what a batcher queues.
@@ -183,6 +199,7 @@ impl TextEncoder {
         #[cfg(not(feature = "tokenizers"))]
         let pad_id = config.pad_id();
         let has_pooler = weights.pooler.is_some();
+        let labels = class_names(&config_bytes, num_labels.unwrap_or(0));
         let ctx = super::context_for(&options.device).await?;
         let info = TextInfo {
             model_id: files.name(),
@@ -206,6 +223,7 @@ impl TextEncoder {
             prompts: settings.prompts.clone(),
             default_prompt_name: settings.default_prompt_name.clone(),
             num_labels,
+            labels,
             pad_id,
             has_pooler,
         };
@@ -268,7 +286,7 @@ impl TextEncoder {
         texts: &[&str],
         prompt: Option<&str>,
         prompt_name: Option<&str>,
-        truncate: bool,
+        truncate: impl Into<Truncate>,
     ) -> Result<TextInput> {
         let input = self
             .tokenizer()?
@@ -279,7 +297,12 @@ impl TextEncoder {
 
     #[cfg(feature = "tokenizers")]
     /// (query, document) pairs in the tokenizer's pair template, truncated longest first.
-    pub fn tokenize_pairs(&self, query: &str, docs: &[&str], truncate: bool) -> Result<TextInput> {
+    pub fn tokenize_pairs(
+        &self,
+        query: &str,
+        docs: &[&str],
+        truncate: impl Into<Truncate>,
+    ) -> Result<TextInput> {
         let pairs: Vec<(&str, &str)> = docs.iter().map(|&d| (query, d)).collect();
         let input = self
             .tokenizer()?

@@ -1,27 +1,58 @@
 //! Text in: the checkpoint's `tokenizer.json` through Hugging Face's `tokenizers` crate
 //! (WordPiece with BERT's normaliser and pre-tokeniser), batched, truncated and padded.
 
+use std::sync::OnceLock;
+
 use tokenizers::{
-    EncodeInput, PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationParams,
+    EncodeInput, PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationDirection,
+    TruncationParams,
 };
 
 use crate::error::{Error, Result};
 use crate::models::text::TextInput;
 
-/// One token of a text: its id, its text, whether it is a special token, and its byte offsets
-/// in the text.
+/// One token of a text: its id, the text it covers (a special token: its own text), whether it
+/// is a special token, and its byte offsets in the text (none for a special token), as
+/// text-embeddings-inference's `/tokenize` reports them.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Token {
     pub id: u32,
     pub text: String,
     pub special: bool,
-    pub start: usize,
-    pub stop: usize,
+    pub start: Option<usize>,
+    pub stop: Option<usize>,
+}
+
+/// What happens to a text longer than the model takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Truncate {
+    /// Refused: [`Error::TooLong`].
+    #[default]
+    No,
+    /// Its end is cut (what sentence-transformers does).
+    Right,
+    /// Its start is cut.
+    Left,
+}
+
+impl From<bool> for Truncate {
+    /// `true`: cut the end; `false`: refuse.
+    fn from(truncate: bool) -> Self {
+        if truncate {
+            Truncate::Right
+        } else {
+            Truncate::No
+        }
+    }
 }
 
 /// A tokenizer that produces [`TextInput`] batches.
 pub struct TextTokenizer {
     inner: Tokenizer,
+    /// `inner` truncating from the left, made on first use.
+    left: OnceLock<std::result::Result<Tokenizer, String>>,
+    /// `inner` without truncation or padding (`/tokenize`), made on first use.
+    plain: OnceLock<Tokenizer>,
 }
 
 impl TextTokenizer {
@@ -61,7 +92,32 @@ impl TextTokenizer {
             pad_type_id: 0,
             pad_to_multiple_of: None,
         }));
-        Ok(Self { inner })
+        Ok(Self {
+            inner,
+            left: OnceLock::new(),
+            plain: OnceLock::new(),
+        })
+    }
+
+    /// The tokenizer that truncates as asked.
+    fn truncating(&self, truncate: Truncate) -> Result<&Tokenizer> {
+        if truncate != Truncate::Left {
+            return Ok(&self.inner);
+        }
+        self.left
+            .get_or_init(|| {
+                let mut left = self.inner.clone();
+                let params = TruncationParams {
+                    direction: TruncationDirection::Left,
+                    max_length: self.max_length(),
+                    ..Default::default()
+                };
+                left.with_truncation(Some(params))
+                    .map_err(|e| e.to_string())?;
+                Ok(left)
+            })
+            .as_ref()
+            .map_err(|e| Error::Tokenizer(e.clone()))
     }
 
     /// Loads `tokenizer.json` from a model folder; a missing file is a clear error.
@@ -98,7 +154,7 @@ impl TextTokenizer {
 
     /// Tokenizes single texts; without `truncate`, a text longer than `max_length` tokens is
     /// [`Error::TooLong`] instead of being cut.
-    pub fn encode_with(&self, texts: &[&str], truncate: bool) -> Result<TextInput> {
+    pub fn encode_with(&self, texts: &[&str], truncate: impl Into<Truncate>) -> Result<TextInput> {
         let inputs = texts.iter().map(|&t| EncodeInput::from(t)).collect();
         self.encode_inputs(inputs, truncate)
     }
@@ -114,21 +170,50 @@ impl TextTokenizer {
         Ok(enc.len() - usize::from(trailing_special && !enc.is_empty()))
     }
 
-    /// The tokens of one text with special tokens, as `/tokenize` reports them.
-    pub fn tokens(&self, text: &str) -> Result<Vec<Token>> {
-        let enc = self
-            .inner
-            .encode(text, true)
+    /// Every token of one text (none cut), with or without the special tokens, as `/tokenize`
+    /// reports them: a token's text is the part of `text` it covers.
+    pub fn tokens(&self, text: &str, add_special_tokens: bool) -> Result<Vec<Token>> {
+        let plain = self.plain.get_or_init(|| {
+            let mut plain = self.inner.clone();
+            plain.with_padding(None);
+            // Removing truncation cannot fail (only a stride over max_length can).
+            plain.with_truncation(None).ok();
+            plain
+        });
+        let enc = plain
+            .encode(text, add_special_tokens)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok((0..enc.len())
-            .map(|i| Token {
-                id: enc.get_ids()[i],
-                text: enc.get_tokens()[i].clone(),
-                special: enc.get_special_tokens_mask()[i] == 1,
-                start: enc.get_offsets()[i].0,
-                stop: enc.get_offsets()[i].1,
+            .map(|i| {
+                let (start, stop) = enc.get_offsets()[i];
+                match enc.get_special_tokens_mask()[i] == 1 {
+                    true => Token {
+                        id: enc.get_ids()[i],
+                        text: enc.get_tokens()[i].clone(),
+                        special: true,
+                        start: None,
+                        stop: None,
+                    },
+                    false => Token {
+                        id: enc.get_ids()[i],
+                        text: String::from_utf8_lossy(
+                            text.as_bytes().get(start..stop).unwrap_or_default(),
+                        )
+                        .into_owned(),
+                        special: false,
+                        start: Some(start),
+                        stop: Some(stop),
+                    },
+                }
             })
             .collect())
+    }
+
+    /// The text of token ids, without the special tokens if asked.
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| Error::Tokenizer(e.to_string()))
     }
 
     /// Tokenizes sentence pairs: `[CLS] a [SEP] b [SEP]`, segment 1 for `b [SEP]`.
@@ -138,7 +223,11 @@ impl TextTokenizer {
 
     /// Tokenizes pairs; without `truncate`, a pair longer than `max_length` tokens is
     /// [`Error::TooLong`].
-    pub fn encode_pairs_with(&self, pairs: &[(&str, &str)], truncate: bool) -> Result<TextInput> {
+    pub fn encode_pairs_with(
+        &self,
+        pairs: &[(&str, &str)],
+        truncate: impl Into<Truncate>,
+    ) -> Result<TextInput> {
         let inputs = pairs
             .iter()
             .map(|&(a, b)| EncodeInput::from((a, b)))
@@ -146,7 +235,12 @@ impl TextTokenizer {
         self.encode_inputs(inputs, truncate)
     }
 
-    fn encode_inputs(&self, inputs: Vec<EncodeInput<'_>>, truncate: bool) -> Result<TextInput> {
+    fn encode_inputs(
+        &self,
+        inputs: Vec<EncodeInput<'_>>,
+        truncate: impl Into<Truncate>,
+    ) -> Result<TextInput> {
+        let truncate = truncate.into();
         if inputs.is_empty() {
             return Err(Error::Input {
                 arg: "texts".into(),
@@ -154,11 +248,11 @@ impl TextTokenizer {
             });
         }
         let encodings = self
-            .inner
+            .truncating(truncate)?
             .encode_batch(inputs, true)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         // Truncation leaves what it cut in the overflowing encodings.
-        if !truncate
+        if truncate == Truncate::No
             && let Some(index) = encodings
                 .iter()
                 .position(|e| !e.get_overflowing().is_empty())
@@ -209,7 +303,7 @@ impl SentenceTokenizer {
         texts: &[&str],
         prompt: Option<&str>,
         prompt_name: Option<&str>,
-        truncate: bool,
+        truncate: impl Into<Truncate>,
     ) -> Result<TextInput> {
         let prompt = match prompt {
             Some(p) => Some(p),

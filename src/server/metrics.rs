@@ -83,14 +83,18 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// A request answered (or failed) `took` after its handler started.
-    pub fn request(&self, ok: bool, tokens: usize, took: Duration) {
+    /// A request answered (or refused, or failed) `took` after it arrived.
+    pub fn request(&self, ok: bool, took: Duration) {
         self.requests.fetch_add(1, Relaxed);
         if !ok {
             self.request_errors.fetch_add(1, Relaxed);
         }
-        self.input_tokens.fetch_add(tokens as u64, Relaxed);
         self.request_duration.observe(took.as_secs_f64());
+    }
+
+    /// Tokens of a request that ran.
+    pub fn tokens(&self, tokens: usize) {
+        self.input_tokens.fetch_add(tokens as u64, Relaxed);
     }
 
     pub fn queue_time(&self, d: Duration) {
@@ -111,12 +115,12 @@ impl Metrics {
         let counters = [
             (
                 "te_request_count",
-                "Requests answered",
+                "Requests to the POST routes",
                 self.requests.load(Relaxed),
             ),
             (
                 "te_request_failure",
-                "Requests answered with an error",
+                "Requests answered with an error (refused by a bound, malformed, or failed)",
                 self.request_errors.load(Relaxed),
             ),
             (

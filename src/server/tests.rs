@@ -1,4 +1,4 @@
-//! A failed batch (a GPU error, or a panic in the forward) answers its requests 500 in TEI's
+//! A failed batch (a GPU error, or a panic in the forward) answers its requests 424 (TEI's Backend) in TEI's
 //! shape and the server keeps serving; a lost device also turns /health to 503. The failure
 //! is injected into the model the batcher owns; everything else (HTTP, queue, batcher) is
 //! the real server.
@@ -10,26 +10,19 @@ use serde_json::json;
 use super::{Loaded, ServeOptions, load, serve_with};
 use crate::bench::serve_load::Http;
 use crate::error::Error;
-use crate::tensor::DType;
 
 fn options() -> ServeOptions {
+    let model: std::path::PathBuf = [
+        env!("CARGO_MANIFEST_DIR"),
+        "tests/fixtures/bert-micro-12l-random",
+    ]
+    .iter()
+    .collect();
     ServeOptions {
-        model: [
-            env!("CARGO_MANIFEST_DIR"),
-            "tests/fixtures/bert-micro-12l-random",
-        ]
-        .iter()
-        .collect(),
-        host: "127.0.0.1".into(),
         port: 0,
-        dtype: DType::F32,
         gpu: false,
-        max_batch_tokens: 16384,
-        max_client_batch_size: 32,
         max_concurrent_requests: 64,
-        payload_limit: 1 << 20,
-        auto_truncate: false,
-        api_key: None,
+        ..ServeOptions::new(model)
     }
 }
 
@@ -38,14 +31,16 @@ fn failing_first_two(loaded: Loaded) -> Loaded {
     let calls = AtomicUsize::new(0);
     let inner = loaded.forward;
     Loaded {
-        forward: Box::new(move |input| match calls.fetch_add(1, Ordering::Relaxed) {
-            0 => Err(Error::Gpu {
-                during: "a queue submit".into(),
-                message: "injected: the queue submit failed".into(),
-            }),
-            1 => panic!("injected: a bug in the forward"),
-            _ => inner(input),
-        }),
+        forward: Box::new(
+            move |input, want| match calls.fetch_add(1, Ordering::Relaxed) {
+                0 => Err(Error::Gpu {
+                    during: "a queue submit".into(),
+                    message: "injected: the queue submit failed".into(),
+                }),
+                1 => panic!("injected: a bug in the forward"),
+                _ => inner(input, want),
+            },
+        ),
         ..loaded
     }
 }
@@ -74,7 +69,7 @@ fn start(
 }
 
 #[test]
-fn a_failed_batch_is_500_and_the_server_keeps_serving() {
+fn a_failed_batch_is_424_and_the_server_keeps_serving() {
     let options = options();
     let loaded = failing_first_two(load(&options).expect("load bert-micro"));
     let (http, stop, server) = start(options, loaded);
@@ -82,7 +77,7 @@ fn a_failed_batch_is_500_and_the_server_keeps_serving() {
 
     for injected in ["the queue submit failed", "the forward panicked"] {
         let (status, got) = http.json("/embed", &body).expect("answer");
-        assert_eq!(status, 500, "{got}");
+        assert_eq!(status, 424, "{got}");
         assert_eq!(got["error_type"], "Backend", "{got}");
         let message = got["error"].as_str().unwrap_or("");
         assert!(message.contains(injected), "{got}");
@@ -111,13 +106,13 @@ fn a_failed_batch_is_500_and_the_server_keeps_serving() {
         .expect("the server ends cleanly");
 }
 
-/// A lost device fails its batch with 500 and turns /health to 503, so a load balancer or
+/// A lost device fails its batch with 424 and turns /health to 503, so a load balancer or
 /// Kubernetes takes the instance out and can restart it.
 #[test]
 fn a_lost_device_makes_health_503() {
     let options = options();
     let loaded = Loaded {
-        forward: Box::new(|_| {
+        forward: Box::new(|_, _| {
             Err(Error::DeviceLost {
                 reason: "injected: the driver reset the GPU".into(),
             })
@@ -129,7 +124,7 @@ fn a_lost_device_makes_health_503() {
     let (status, got) = http
         .json("/embed", &json!({ "inputs": "a" }))
         .expect("answer");
-    assert_eq!(status, 500, "{got}");
+    assert_eq!(status, 424, "{got}");
     let (status, body) = http.get("/health").expect("health");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("Unhealthy"), "{body}");

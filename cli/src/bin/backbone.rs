@@ -156,10 +156,11 @@ enum Command {
         #[arg(required = true)]
         documents: Vec<String>,
     },
-    /// Serves a text model over HTTP: text-embeddings-inference's /embed, /rerank (for a
-    /// cross-encoder folder), /tokenize, /info, /health, /metrics and OpenAI's
-    /// /v1/embeddings, with dynamic batching. Prints `listening on http://ADDR` once ready;
-    /// SIGINT/SIGTERM finish the queued requests and exit 0.
+    /// Serves a text model over HTTP as a drop-in for text-embeddings-inference: its routes
+    /// (/embed, /embed_all, /similarity, /rerank, /predict, /tokenize, /decode, /info,
+    /// /health, /metrics, POST / and /invocations) and OpenAI's /v1/embeddings, with dynamic
+    /// batching. Prints `listening on http://ADDR` once ready; SIGINT/SIGTERM answer what is
+    /// in flight and exit 0 within --graceful-timeout.
     Serve {
         /// Model folder (Hugging Face or sentence-transformers; a cross-encoder serves /rerank).
         #[arg(long)]
@@ -173,10 +174,14 @@ enum Command {
         device: Device,
         #[arg(long, value_enum, default_value = "f32")]
         dtype: Dtype,
-        /// Most tokens (padded) in one batched forward.
+        /// The model name /info and /v1/embeddings answer with (default: the folder's name).
+        #[arg(long)]
+        served_model_name: Option<String>,
+        /// Most tokens (padded) in one batched forward; larger requests are split across
+        /// batches. Must be at least the model's input length unless --auto-truncate.
         #[arg(long, default_value_t = 16384)]
         max_batch_tokens: usize,
-        /// Most inputs in one request (413 past it).
+        /// Most inputs in one request (422 past it, as text-embeddings-inference answers).
         #[arg(long, default_value_t = 32)]
         max_client_batch_size: usize,
         /// Requests handled at once (429 past it).
@@ -185,14 +190,27 @@ enum Command {
         /// Largest request body in bytes (413 past it).
         #[arg(long, default_value_t = 2_000_000)]
         payload_limit: usize,
+        /// Threads that tokenize requests (default: one per core but one, 1 to 64).
+        #[arg(long)]
+        tokenization_workers: Option<usize>,
         /// Truncate inputs longer than the model takes when a request does not say
-        /// (`truncate`); without it they get 413, as in text-embeddings-inference.
+        /// (`truncate`); without it they get 422, as in text-embeddings-inference.
         #[arg(long)]
         auto_truncate: bool,
-        /// Require `Authorization: Bearer KEY` on every route but /health (401 otherwise);
-        /// also read from BACKBONE_API_KEY, which keeps it out of the process list.
+        /// Require `Authorization: Bearer KEY` on every route but /health, /ping, GET / and
+        /// /metrics (401 otherwise); also read from BACKBONE_API_KEY, which keeps it out of
+        /// the process list.
         #[arg(long)]
         api_key: Option<String>,
+        /// Origins CORS allows (repeat or comma-separate; default: any).
+        #[arg(long, value_delimiter = ',')]
+        cors_allow_origin: Vec<String>,
+        /// Seconds a connection may take to send a request head, and then its body.
+        #[arg(long, default_value_t = 30.0)]
+        read_timeout: f64,
+        /// Seconds in-flight requests get after SIGINT/SIGTERM before the server exits.
+        #[arg(long, default_value_t = 30.0)]
+        graceful_timeout: f64,
     },
     /// Converts a PyTorch checkpoint (.pth / .pt as torch.save writes it: the official CSWin
     /// and mmseg checkpoints) into a safetensors model folder: OUTPUT/model.safetensors with
@@ -288,12 +306,17 @@ fn main() -> Result<()> {
             port,
             device,
             dtype,
+            served_model_name,
             max_batch_tokens,
             max_client_batch_size,
             max_concurrent_requests,
             payload_limit,
+            tokenization_workers,
             auto_truncate,
             api_key,
+            cors_allow_origin,
+            read_timeout,
+            graceful_timeout,
         } => {
             let options = backbone::server::ServeOptions {
                 model,
@@ -301,15 +324,21 @@ fn main() -> Result<()> {
                 port,
                 dtype: dtype.dtype(),
                 gpu: device == Device::Gpu,
-                max_batch_tokens: max_batch_tokens.clamp(1, limits::MAX_BATCH_TOKENS),
-                max_client_batch_size: max_client_batch_size.max(1),
-                max_concurrent_requests: max_concurrent_requests.max(1),
-                payload_limit: payload_limit.max(1),
+                served_model_name,
+                max_batch_tokens,
+                max_client_batch_size,
+                max_concurrent_requests,
+                payload_limit,
+                tokenization_workers: tokenization_workers
+                    .unwrap_or_else(backbone::server::default_tokenization_workers),
                 auto_truncate,
                 api_key: api_key
                     .or_else(|| std::env::var("BACKBONE_API_KEY").ok())
                     .filter(|k| !k.is_empty())
                     .map(backbone::server::ApiKey),
+                cors_allow_origin: (!cors_allow_origin.is_empty()).then_some(cors_allow_origin),
+                read_timeout: seconds("--read-timeout", read_timeout)?,
+                graceful_timeout: seconds("--graceful-timeout", graceful_timeout)?,
             };
             backbone::server::serve(options, |addr| {
                 println!("listening on http://{addr}");
@@ -560,4 +589,12 @@ fn model_type(dir: &Path) -> Result<String> {
         Some(t) => Ok(t.to_string()),
         None => bail!("{}: no model_type", path.display()),
     }
+}
+
+/// A positive, finite number of seconds (up to a day).
+fn seconds(name: &str, value: f64) -> anyhow::Result<std::time::Duration> {
+    if !(value > 0.0 && value <= 86_400.0) {
+        anyhow::bail!("{name} must be a number of seconds above 0 and at most 86400, not {value}");
+    }
+    Ok(std::time::Duration::from_secs_f64(value))
 }
