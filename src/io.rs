@@ -39,6 +39,19 @@ fn open_file(path: &Path) -> Result<(File, std::fs::Metadata)> {
     Ok((file, meta))
 }
 
+/// Reads a checkpoint: a regular file only (a FIFO with no writer would block forever, a
+/// device never ends), of at most `max_bytes`.
+pub fn read_regular(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
+    let meta = std::fs::metadata(path).map_err(|e| io_error(path, e))?;
+    if !meta.is_file() {
+        return Err(io_error(
+            path,
+            std::io::Error::other("is not a regular file (a checkpoint must be one)"),
+        ));
+    }
+    read_bounded(path, max_bytes)
+}
+
 /// Reads a whole file of at most `max_bytes`. A regular file over the limit is refused from
 /// its metadata; a stream (a pipe, `/dev/zero`) is read until it ends or passes the limit.
 pub fn read_bounded(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
@@ -220,19 +233,82 @@ pub fn read_safetensors(path: &Path) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Checks that `path` can be written atomically: its folder exists and takes a new file, and
-/// `path` is not a folder. Run before the work whose result goes there.
-pub fn check_writable(path: &Path) -> Result<()> {
+/// How an output reaches `path`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// A regular file, or nothing yet: replaced atomically (a temporary file renamed over it).
+    Replace,
+    /// A character device or a FIFO (`/dev/stdout`, `/dev/null`, a named pipe): written in
+    /// place, never replaced by a regular file.
+    InPlace,
+}
+
+/// What `path` is, and so how it may be written; a folder, a socket or a block device is an
+/// error naming it.
+fn target(path: &Path) -> Result<Target> {
     let text = path.as_os_str().to_string_lossy();
-    if path.is_dir() || text.ends_with('/') || text.ends_with(std::path::MAIN_SEPARATOR) {
+    if text.ends_with('/') || text.ends_with(std::path::MAIN_SEPARATOR) {
         return Err(io_error(
             path,
             std::io::Error::other("is a directory; give a file name"),
         ));
     }
-    let (tmp, file) = create_temp(path)?;
-    drop(file);
-    std::fs::remove_file(&tmp).map_err(|e| io_error(&tmp, e))
+    let meta = match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Target::Replace),
+        Err(e) => return Err(io_error(path, e)),
+        Ok(meta) => meta,
+    };
+    let kind = meta.file_type();
+    if kind.is_file() {
+        return Ok(Target::Replace);
+    }
+    if kind.is_dir() {
+        return Err(io_error(
+            path,
+            std::io::Error::other("is a directory; give a file name"),
+        ));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_char_device() || kind.is_fifo() {
+            return Ok(Target::InPlace);
+        }
+    }
+    Err(io_error(
+        path,
+        std::io::Error::other(
+            "is not a regular file, a character device or a FIFO (a socket or a block device): \
+             refusing to write to it",
+        ),
+    ))
+}
+
+/// True when the temporary file beside `path` cannot be made for want of permission but
+/// `path` is an existing regular file this process may write: it is then written in place.
+fn writable_in_place(path: &Path, e: &Error) -> bool {
+    let denied = matches!(e, Error::Io { source, .. }
+        if source.kind() == std::io::ErrorKind::PermissionDenied);
+    denied
+        && std::fs::metadata(path).is_ok_and(|m| m.is_file())
+        && std::fs::OpenOptions::new().write(true).open(path).is_ok()
+}
+
+/// Checks that `path` can be written: its folder exists and takes a new file (or `path` is a
+/// regular file it may write in place, or a device or FIFO), and `path` is not a folder, a
+/// socket or a block device. Run before the work whose result goes there.
+pub fn check_writable(path: &Path) -> Result<()> {
+    if target(path)? == Target::InPlace {
+        return Ok(());
+    }
+    match create_temp(path) {
+        Ok((tmp, file)) => {
+            drop(file);
+            std::fs::remove_file(&tmp).map_err(|e| io_error(&tmp, e))
+        }
+        Err(e) if writable_in_place(path, &e) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// True when `a` and `b` name the same existing file (hard links and `./x` vs `x` included).
@@ -261,6 +337,15 @@ fn create_temp(path: &Path) -> Result<(PathBuf, File)> {
         .file_name()
         .ok_or_else(|| io_error(path, std::io::Error::other("has no file name")))?
         .to_string_lossy();
+    // The temporary name must fit the file-name limit (255 bytes) however long the name is.
+    let mut short = String::new();
+    for c in name.chars() {
+        if short.len() + c.len_utf8() > 64 {
+            break;
+        }
+        short.push(c);
+    }
+    let name = short;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
@@ -287,9 +372,32 @@ fn create_temp(path: &Path) -> Result<(PathBuf, File)> {
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, written, synced,
 /// then renamed over `path` (and the folder synced). On any failure the temporary file is
-/// removed and whatever was at `path` before is left as it was.
+/// removed and whatever was at `path` before is left as it was. A character device or a FIFO
+/// (`/dev/stdout`, a named pipe) is written in place, never replaced; a regular file in a folder
+/// that takes no new file is written in place too (not atomically; a warning says so).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let (tmp, mut file) = create_temp(path)?;
+    let in_place = |truncate: bool| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(truncate)
+            .open(path)
+            .and_then(|mut f| f.write_all(bytes).and_then(|()| f.flush()))
+            .map_err(|e| io_error(path, e))
+    };
+    if target(path)? == Target::InPlace {
+        return in_place(false);
+    }
+    let (tmp, mut file) = match create_temp(path) {
+        Ok(made) => made,
+        Err(e) if writable_in_place(path, &e) => {
+            log::warn!(
+                "{}: its folder takes no new file, so it is written in place, not atomically",
+                path.display()
+            );
+            return in_place(true);
+        }
+        Err(e) => return Err(e),
+    };
     let written = file
         .write_all(bytes)
         .and_then(|()| file.sync_all())

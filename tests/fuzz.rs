@@ -321,6 +321,31 @@ fn config_loaders_survive_mutations() {
     }
 }
 
+/// A pickle with 1 to 8 snippets spliced in: memo gets (`BINGET`, `LONG_BINGET`), puts
+/// (`BINPUT`, `MEMOIZE`), `DUP` runs, and 4-byte ints that are huge or zero (sizes and strides).
+fn mutate_ops(rng: &mut StdRng, valid: &[u8]) -> Vec<u8> {
+    let mut out = valid.to_vec();
+    for _ in 0..rng.random_range(1..=8) {
+        let key = rng.random_range(0..8u8);
+        let snippet: Vec<u8> = match rng.random_range(0..6) {
+            0 => vec![b'h', key],
+            1 => vec![b'j', key, 0, 0, 0],
+            2 => vec![b'q', key],
+            3 => vec![0x94],
+            4 => vec![b'2'; rng.random_range(1..64)],
+            _ => {
+                let v: i32 = [0, 1 << 28, i32::MAX, 1 << 30][rng.random_range(0..4)];
+                let mut j = vec![b'J'];
+                j.extend(v.to_le_bytes());
+                j
+            }
+        };
+        let at = rng.random_range(0..=out.len());
+        out.splice(at..at, snippet);
+    }
+    out
+}
+
 /// The PyTorch checkpoint reader: the raw archive mutated (mostly refused by the zip layer),
 /// and the pickle inside mutated then re-archived, so the interpreter itself meets every kind
 /// of broken opcode stream.
@@ -348,21 +373,26 @@ fn pth_reader_survives_mutations() {
         .position(|(n, _)| n.ends_with("data.pkl"))
         .expect("pkl");
     let pickle = entries[pickle_at].1.clone();
+    let rearchived = |mutated: &[u8]| {
+        let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let stored = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        for (i, (name, body)) in entries.iter().enumerate() {
+            out.start_file(name.as_str(), stored).expect("entry");
+            out.write_all(if i == pickle_at { mutated } else { body })
+                .expect("write");
+        }
+        out.finish().expect("finish").into_inner()
+    };
+    // The shapes that found memory bombs: memo gets, puts and DUPs spliced in, and sizes and
+    // strides replaced by huge numbers and zeros.
+    fuzz("pth-pickle-memo-views", &pickle, mutate_ops, |mutated| {
+        backbone::models::pth::read_pth(&rearchived(mutated), "fuzz.pth").is_ok()
+    });
     fuzz(
         "pth-pickle",
         &pickle,
         |rng, v| mutate(rng, v, v.len()),
-        |mutated| {
-            let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-            let stored = zip::write::SimpleFileOptions::default()
-                .compression_method(zip::CompressionMethod::Stored);
-            for (i, (name, body)) in entries.iter().enumerate() {
-                out.start_file(name.as_str(), stored).expect("entry");
-                out.write_all(if i == pickle_at { mutated } else { body })
-                    .expect("write");
-            }
-            let bytes = out.finish().expect("finish").into_inner();
-            backbone::models::pth::read_pth(&bytes, "fuzz.pth").is_ok()
-        },
+        |mutated| backbone::models::pth::read_pth(&rearchived(mutated), "fuzz.pth").is_ok(),
     );
 }

@@ -205,7 +205,7 @@ fn load_weights(files: &ModelFiles, config: &CswinConfig) -> Result<CswinWeights
         #[cfg(not(target_arch = "wasm32"))]
         ModelFiles::Dir(dir) => {
             let path = crate::models::pth::checkpoint_in(dir)?;
-            let bytes = crate::io::read_bounded(&path, crate::limits::MAX_STREAM_BYTES)?;
+            let bytes = crate::io::read_regular(&path, crate::limits::MAX_STREAM_BYTES)?;
             (path, bytes)
         }
         ModelFiles::Map { files: map, .. } => {

@@ -46,6 +46,46 @@ impl From<bool> for Truncate {
     }
 }
 
+thread_local! {
+    /// Set while [`contained`] runs tokenizer code on this thread: its panics are reported as
+    /// errors, so the panic hook stays quiet about them.
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Wraps the panic hook in place at first use (once) so that it says nothing about panics
+/// [`contained`] catches, on the thread that catches them; every other panic is reported by the
+/// hook as before.
+fn quiet_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// Runs `f`, turning a panic inside the tokenizers crate (a garbage `Precompiled` normaliser,
+/// a template naming a missing special token) into [`Error::Tokenizer`] saying `during` what.
+fn contained<T>(during: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    quiet_hook();
+    let was = QUIET.with(|q| q.replace(true));
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(was));
+    caught.unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        Err(Error::Tokenizer(format!(
+            "the tokenizer failed {during} (a malformed tokenizer.json?): {message}"
+        )))
+    })
+}
+
 /// A tokenizer that produces [`TextInput`] batches.
 pub struct TextTokenizer {
     inner: Tokenizer,
@@ -59,7 +99,16 @@ impl TextTokenizer {
     /// Loads `tokenizer.json` bytes; sequences are truncated to `max_length` tokens (special
     /// tokens included) and the batch is right-padded to its longest sequence.
     pub fn from_bytes(json: &[u8], max_length: usize) -> Result<Self> {
-        let mut inner = Tokenizer::from_bytes(json).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let mut inner = contained("loading", || {
+            Tokenizer::from_bytes(json).map_err(|e| Error::Tokenizer(e.to_string()))
+        })?;
+        // A template or normaliser that only fails when used fails here, at load, once.
+        contained("encoding a test text", || {
+            inner
+                .encode("a", true)
+                .map(drop)
+                .map_err(|e| Error::Tokenizer(e.to_string()))
+        })?;
         if max_length == 0 {
             return Err(Error::Argument {
                 op: "tokenizer",
@@ -162,10 +211,11 @@ impl TextTokenizer {
     /// Tokens of `prompt` as it starts a text: its encoding with special tokens, less a
     /// trailing special token (sentence-transformers' `_get_prompt_length`).
     pub fn prompt_length(&self, prompt: &str) -> Result<usize> {
-        let enc = self
-            .inner
-            .encode(prompt, true)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let enc = contained("encoding", || {
+            self.inner
+                .encode(prompt, true)
+                .map_err(|e| Error::Tokenizer(e.to_string()))
+        })?;
         let trailing_special = enc.get_special_tokens_mask().last() == Some(&1);
         Ok(enc.len() - usize::from(trailing_special && !enc.is_empty()))
     }
@@ -180,9 +230,11 @@ impl TextTokenizer {
             plain.with_truncation(None).ok();
             plain
         });
-        let enc = plain
-            .encode(text, add_special_tokens)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let enc = contained("encoding", || {
+            plain
+                .encode(text, add_special_tokens)
+                .map_err(|e| Error::Tokenizer(e.to_string()))
+        })?;
         Ok((0..enc.len())
             .map(|i| {
                 let (start, stop) = enc.get_offsets()[i];
@@ -211,9 +263,11 @@ impl TextTokenizer {
 
     /// The text of token ids, without the special tokens if asked.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-        self.inner
-            .decode(ids, skip_special_tokens)
-            .map_err(|e| Error::Tokenizer(e.to_string()))
+        contained("decoding", || {
+            self.inner
+                .decode(ids, skip_special_tokens)
+                .map_err(|e| Error::Tokenizer(e.to_string()))
+        })
     }
 
     /// Tokenizes sentence pairs: `[CLS] a [SEP] b [SEP]`, segment 1 for `b [SEP]`.
@@ -247,10 +301,12 @@ impl TextTokenizer {
                 reason: "no text given".into(),
             });
         }
-        let encodings = self
-            .truncating(truncate)?
-            .encode_batch(inputs, true)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let tokenizer = self.truncating(truncate)?;
+        let encodings = contained("encoding", || {
+            tokenizer
+                .encode_batch(inputs, true)
+                .map_err(|e| Error::Tokenizer(e.to_string()))
+        })?;
         // Truncation leaves what it cut in the overflowing encodings.
         if truncate == Truncate::No
             && let Some(index) = encodings

@@ -306,7 +306,12 @@ pub(super) async fn info(State(s): State<Shared>) -> Response {
     Json(json!({
         "model_id": about.model_id,
         "model_sha": null,
-        "model_dtype": about.dtype,
+        // TEI's names for the dtypes.
+        "model_dtype": match about.dtype {
+            "f16" => "float16",
+            "f32" => "float32",
+            other => other,
+        },
         "served_model_name": s.served_model_name,
         "model_type": model_type,
         "max_concurrent_requests": o.max_concurrent_requests,

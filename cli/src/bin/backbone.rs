@@ -239,7 +239,10 @@ enum Command {
 }
 
 fn main() -> Result<()> {
-    env_logger::init();
+    // The library's own warnings show by default (an output written in place, say); RUST_LOG
+    // sets anything else.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("backbone=warn"))
+        .init();
     ignore_file_size_signal();
     let cli = Cli::parse();
     if let Some(checks) = cli.shader_checks {
@@ -500,22 +503,49 @@ fn run(
     Ok(())
 }
 
-/// `convert`: the checkpoint's tensors as model.safetensors, written atomically, with the
-/// config beside it copied.
+/// `convert`: the checkpoint's tensors as model.safetensors, with the config (and labels)
+/// beside the checkpoint copied. A new output folder is made under a temporary name and renamed
+/// into place only once every file is written, so a failed conversion leaves no half-made
+/// folder; into an existing folder each file is written atomically.
 fn convert(checkpoint: &Path, output: &Path) -> Result<()> {
-    let bytes = io::read_bounded(checkpoint, limits::MAX_STREAM_BYTES)?;
+    let bytes = io::read_regular(checkpoint, limits::MAX_STREAM_BYTES)?;
     let safetensors =
         backbone::models::pth::pth_to_safetensors(&bytes, &checkpoint.display().to_string())?;
-    std::fs::create_dir_all(output).with_context(|| format!("creating {}", output.display()))?;
-    io::write_atomic(&output.join("model.safetensors"), &safetensors)?;
+    drop(bytes);
     let from = checkpoint.parent().unwrap_or(Path::new("."));
+    let mut files = vec![("model.safetensors", safetensors)];
     for name in ["config.json", "labels.txt"] {
-        if from.join(name).is_file() && from != output {
-            let text = io::read_bounded(&from.join(name), limits::MAX_CONFIG_BYTES)?;
-            io::write_atomic(&output.join(name), &text)?;
+        if from.join(name).is_file() && !io::same_file(from, output) {
+            files.push((
+                name,
+                io::read_bounded(&from.join(name), limits::MAX_CONFIG_BYTES)?,
+            ));
         }
     }
-    Ok(())
+    if output.is_dir() {
+        for (name, bytes) in &files {
+            io::write_atomic(&output.join(name), bytes)?;
+        }
+        return Ok(());
+    }
+    let parent = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
+    let staging = parent.join(format!(".convert.{}.tmp", std::process::id()));
+    let written = (|| -> Result<()> {
+        std::fs::create_dir(&staging).with_context(|| format!("creating {}", staging.display()))?;
+        for (name, bytes) in &files {
+            io::write_atomic(&staging.join(name), bytes)?;
+        }
+        std::fs::rename(&staging, output)
+            .with_context(|| format!("moving the converted folder to {}", output.display()))
+    })();
+    if written.is_err() {
+        std::fs::remove_dir_all(&staging).ok();
+    }
+    written
 }
 
 /// A model output with NaN or infinity is an error, not a result (finite inputs and weights

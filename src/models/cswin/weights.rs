@@ -291,7 +291,7 @@ pub fn load_weights(
             .map_err(|e| e.in_file(&path));
     }
     let path = crate::models::pth::checkpoint_in(dir)?;
-    let bytes = crate::io::read_bounded(&path, crate::limits::MAX_STREAM_BYTES)?;
+    let bytes = crate::io::read_regular(&path, crate::limits::MAX_STREAM_BYTES)?;
     let what = path.display().to_string();
     let safetensors = crate::models::pth::pth_to_safetensors(&bytes, &what)?;
     CswinWeights::from_safetensors(config, &safetensors).map_err(|e| e.in_file(&path))

@@ -53,12 +53,24 @@ fn state_dict(root: Value) -> Result<Vec<(String, TensorRef)>> {
     Ok(out)
 }
 
+/// Most dimensions of a tensor view (a state dict's are at most 5).
+const MAX_RANK: usize = 8;
+
 /// Gathers a tensor's elements from its storage bytes as f32; `None` for integer storages.
+/// A view may not hold more elements than its storage (a stride-0 view over a tiny storage
+/// would otherwise gather gigabytes from a few bytes), nor more than 8 dimensions.
 fn materialize(name: &str, t: &TensorRef, bytes: &[u8]) -> Result<Option<HostTensor>> {
     let err = |reason: String| Error::Weights {
         key: name.to_string(),
         reason,
     };
+    if t.size.len() > MAX_RANK || t.stride.len() != t.size.len() {
+        return Err(err(format!(
+            "a view of rank {} (strides {}): at most {MAX_RANK} dimensions, one stride each",
+            t.size.len(),
+            t.stride.len()
+        )));
+    }
     let size = t.storage.kind.size();
     let needed = t
         .storage
@@ -79,6 +91,13 @@ fn materialize(name: &str, t: &TensorRef, bytes: &[u8]) -> Result<Option<HostTen
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .filter(|&n| n as u64 <= crate::limits::MAX_TENSOR_ELEMENTS)
         .ok_or_else(|| err(format!("shape {:?} is too large", t.size)))?;
+    if numel > t.storage.numel {
+        return Err(err(format!(
+            "view of shape {:?} holds {numel} elements, more than its storage's {} (a view \
+             repeating its storage's elements is not a weight)",
+            t.size, t.storage.numel
+        )));
+    }
     if numel > 0 {
         // The farthest element must lie inside the storage.
         let last = t
@@ -135,8 +154,10 @@ fn materialize(name: &str, t: &TensorRef, bytes: &[u8]) -> Result<Option<HostTen
 /// module documentation says), by name, as f32. Errors name `what` (the file).
 pub fn read_pth(bytes: &[u8], what: &str) -> Result<Vec<(String, HostTensor)>> {
     let in_file = |e: Error| e.in_file(std::path::Path::new(what));
+    end_records(bytes).map_err(in_file)?;
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes))
         .map_err(|e| in_file(Error::Format(format!("not a torch.save zip archive: {e}"))))?;
+    no_overlaps(&mut archive).map_err(in_file)?;
     let pkl = (0..archive.len())
         .filter_map(|i| archive.name_for_index(i).map(str::to_string))
         .find(|n| n.ends_with("data.pkl") && n.matches('/').count() <= 1)
@@ -165,27 +186,105 @@ pub fn read_pth(bytes: &[u8], what: &str) -> Result<Vec<(String, HostTensor)>> {
         marks: Vec::new(),
         memo: HashMap::new(),
         copied: 0,
+        copied_bytes: 0,
     }
     .run()
     .map_err(in_file)?;
     let tensors = state_dict(root).map_err(in_file)?;
     let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
     let mut out = Vec::with_capacity(tensors.len());
+    // What the tensors gather, as f32, is bounded by the archive's own size: f16 and bf16
+    // double, and a storage shared by a few keys (tied weights) counts each time.
+    let budget = (bytes.len() as u64)
+        .saturating_mul(8)
+        .saturating_add(1 << 20);
+    let mut gathered = 0u64;
     for (name, t) in tensors {
         if !storages.contains_key(&t.storage.key) {
             let data = entry(&format!("{prefix}data/{}", t.storage.key)).map_err(in_file)?;
             storages.insert(t.storage.key.clone(), data);
         }
-        if let Some(host) = materialize(&name, &t, &storages[&t.storage.key]).map_err(in_file)? {
-            out.push((name, host));
+        // One tensor holds at most its storage's elements (materialize checks that before
+        // allocating); the sum over tensors is checked after each.
+        let Some(host) = materialize(&name, &t, &storages[&t.storage.key]).map_err(in_file)? else {
+            continue;
+        };
+        gathered = gathered.saturating_add(host.data.len() as u64 * 4);
+        if gathered > budget {
+            return Err(in_file(Error::Weights {
+                key: name,
+                reason: format!(
+                    "the tensors gather more than {} MiB from a {} MiB archive",
+                    budget >> 20,
+                    bytes.len() >> 20
+                ),
+            }));
         }
+        out.push((name, host));
     }
     Ok(out)
 }
 
+/// The zip end-of-central-directory record appears once in a `torch.save` archive; many of
+/// them (an archive made of repeated end records) make the archive reader's search quadratic,
+/// so they are refused after one linear scan.
+fn end_records(bytes: &[u8]) -> Result<()> {
+    const SIGNATURE: &[u8; 4] = b"PK\x05\x06";
+    const MOST: usize = 16;
+    let found = bytes
+        .windows(4)
+        .filter(|w| w == SIGNATURE)
+        .take(MOST + 1)
+        .count();
+    if found > MOST {
+        return Err(Error::Format(format!(
+            "more than {MOST} zip end records: not a torch.save archive"
+        )));
+    }
+    Ok(())
+}
+
+/// Entries whose data overlap (one storage read many times over: an archive bomb) are
+/// refused.
+fn no_overlaps<R: std::io::Read + std::io::Seek>(archive: &mut zip::ZipArchive<R>) -> Result<()> {
+    let mut spans = Vec::with_capacity(archive.len());
+    for i in 0..archive.len() {
+        let f = archive
+            .by_index_raw(i)
+            .map_err(|e| Error::Format(format!("archive entry {i}: {e}")))?;
+        let start = f.header_start();
+        let end = f.data_start().saturating_add(f.compressed_size());
+        spans.push((start, end, f.name().to_string()));
+    }
+    spans.sort();
+    for pair in spans.windows(2) {
+        if pair[1].0 < pair[0].1 {
+            return Err(Error::Format(format!(
+                "archive entries {} and {} overlap: not a torch.save archive",
+                pair[0].2, pair[1].2
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The checkpoint as safetensors bytes (f32), for the safetensors loaders and `convert`.
+/// A weight that is NaN or infinite (or an f64 past f32's range) is refused, as every loader
+/// refuses it.
 pub fn pth_to_safetensors(bytes: &[u8], what: &str) -> Result<Vec<u8>> {
     let tensors = read_pth(bytes, what)?;
+    for (name, t) in &tensors {
+        if let Some((i, v)) = t.first_non_finite() {
+            return Err(Error::Weights {
+                key: name.clone(),
+                reason: format!(
+                    "holds {v} at flat index {i} (a non-finite weight, or an f64 past f32's \
+                     range)"
+                ),
+            }
+            .in_file(std::path::Path::new(what)));
+        }
+    }
     let refs: Vec<(&str, &HostTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     crate::models::weights::to_safetensors(&refs)
 }

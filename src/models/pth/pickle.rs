@@ -14,6 +14,9 @@ pub(super) const MAX_DEPTH: u32 = 64;
 /// Most values copied out of the memo in total (a pickle can reference a container many
 /// times; each reference is a copy here).
 pub(super) const MAX_MEMO_COPIES: u64 = 1 << 24;
+/// Most bytes the interpreter may materialise by copying values (memo puts and gets, `DUP`):
+/// a memo bomb copies one large string many times, which a count of values does not see.
+pub(super) const MAX_COPIED_BYTES: u64 = 256 << 20;
 
 // Metadata values (flags, numbers, bytes) are parsed to keep the pickle's structure; only
 // strings, dicts and tensors are read.
@@ -34,18 +37,29 @@ pub(super) enum Value {
     Tensor(TensorRef),
 }
 
-/// A container's nesting depth and node count, kept so that neither has to be recomputed.
+/// A container's nesting depth, node count and bytes (its strings' and byte strings' lengths
+/// plus a value's size per node), kept so that none has to be recomputed.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Nest {
     depth: u32,
     nodes: u64,
+    bytes: u64,
 }
+
+const VALUE_BYTES: u64 = std::mem::size_of::<Value>() as u64;
 
 impl Value {
     fn nest(&self) -> Nest {
+        let leaf = |extra: usize| Nest {
+            depth: 0,
+            nodes: 1,
+            bytes: VALUE_BYTES + extra as u64,
+        };
         match self {
             Value::Tuple(_, n) | Value::List(_, n) | Value::Dict(_, n) => *n,
-            _ => Nest { depth: 0, nodes: 1 },
+            Value::Str(s) => leaf(s.len()),
+            Value::Bytes(b) => leaf(b.len()),
+            _ => leaf(0),
         }
     }
 }
@@ -55,11 +69,13 @@ pub(super) fn nest_of<'v>(base: Nest, children: impl Iterator<Item = &'v Value>)
     let mut n = Nest {
         depth: base.depth.max(1),
         nodes: base.nodes.max(1),
+        bytes: base.bytes.max(VALUE_BYTES),
     };
     for c in children {
         let cn = c.nest();
         n.depth = n.depth.max(cn.depth + 1);
         n.nodes = n.nodes.saturating_add(cn.nodes);
+        n.bytes = n.bytes.saturating_add(cn.bytes);
     }
     if n.depth > MAX_DEPTH {
         return Err(bad(format!("values nested deeper than {MAX_DEPTH}")));
@@ -151,6 +167,8 @@ pub(super) struct Unpickler<'a> {
     pub(super) marks: Vec<usize>,
     pub(super) memo: HashMap<u32, Value>,
     pub(super) copied: u64,
+    /// Bytes materialised by copies so far (bounded by [`MAX_COPIED_BYTES`]).
+    pub(super) copied_bytes: u64,
 }
 
 pub(super) fn bad(reason: impl Into<String>) -> Error {
@@ -206,12 +224,25 @@ impl<'a> Unpickler<'a> {
         Ok(self.stack.split_off(mark))
     }
 
+    /// Counts a copy of `v` against the byte budget.
+    fn copying(&mut self, v: &Value) -> Result<()> {
+        self.copied_bytes = self.copied_bytes.saturating_add(v.nest().bytes);
+        if self.copied_bytes > MAX_COPIED_BYTES {
+            return Err(bad(format!(
+                "copies of values (memo, DUP) past {} MiB: a memo bomb",
+                MAX_COPIED_BYTES >> 20
+            )));
+        }
+        Ok(())
+    }
+
     fn memo_put(&mut self, key: u32) -> Result<()> {
         let top = self
             .stack
             .last()
             .ok_or_else(|| bad("memo of an empty stack"))?
             .clone();
+        self.copying(&top)?;
         if self.memo.len() >= MAX_VALUES {
             return Err(bad("memo too large"));
         }
@@ -227,6 +258,7 @@ impl<'a> Unpickler<'a> {
             return Err(bad("too many values copied from the memo"));
         }
         let v = self.memo[&key].clone();
+        self.copying(&v)?;
         self.push(v)
     }
 
@@ -394,6 +426,7 @@ impl<'a> Unpickler<'a> {
                         .last()
                         .cloned()
                         .ok_or_else(|| bad("DUP of nothing"))?;
+                    self.copying(&top)?;
                     self.push(top)?;
                 }
                 b'c' => {
