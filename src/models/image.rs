@@ -30,8 +30,10 @@ fn input_error(what: &str, reason: String) -> Error {
 pub fn decode(bytes: &[u8], what: &str) -> Result<DynamicImage> {
     let format = image::guess_format(bytes)
         .map_err(|e| input_error(what, format!("cannot decode image: {e}")))?;
-    if format == image::ImageFormat::Jpeg {
-        check_jpeg_strictly(bytes, what)?;
+    match format {
+        image::ImageFormat::Jpeg => check_jpeg_strictly(bytes, what)?,
+        image::ImageFormat::Png => check_png_strictly(bytes, what)?,
+        _ => {}
     }
     let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
     let mut limits = image::Limits::default();
@@ -69,8 +71,43 @@ fn check_jpeg_strictly(bytes: &[u8], what: &str) -> Result<()> {
     let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
     decoder
         .decode()
-        .map(|_| ())
-        .map_err(|e| input_error(what, format!("corrupt or truncated JPEG: {e:?}")))
+        .map_err(|e| input_error(what, format!("corrupt or truncated JPEG: {e:?}")))?;
+    // Entropy-coded data never holds FF D9 (an FF there is stuffed as FF 00), so the end
+    // marker after the first scan is the file's end; without it the file was cut short.
+    let scan = bytes.windows(2).position(|w| w == [0xFF, 0xDA]);
+    let ended = scan.is_some_and(|s| bytes[s..].windows(2).any(|w| w == [0xFF, 0xD9]));
+    if !ended {
+        return Err(input_error(
+            what,
+            "JPEG without its end marker (FF D9): the file was cut short".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `image` decodes PNG without checking the zlib stream's Adler-32 checksum (a corrupt
+/// deflate stream can come out as a picture); decode it once with every checksum checked.
+fn check_png_strictly(bytes: &[u8], what: &str) -> Result<()> {
+    let corrupt =
+        |e: png::DecodingError| input_error(what, format!("cannot decode image: corrupt PNG: {e}"));
+    let limits = png::Limits {
+        bytes: limits::MAX_DECODE_BYTES as usize,
+    };
+    let mut decoder = png::Decoder::new_with_limits(std::io::Cursor::new(bytes), limits);
+    decoder.ignore_checksums(false);
+    let mut reader = decoder.read_info().map_err(corrupt)?;
+    let (w, h) = (reader.info().width, reader.info().height);
+    let size = reader.output_buffer_size();
+    match size {
+        // Over the sides or the memory: `image` refuses it with the limits' message.
+        _ if w > limits::MAX_IMAGE_SIDE || h > limits::MAX_IMAGE_SIDE => Ok(()),
+        Some(n) if n as u64 <= limits::MAX_DECODE_BYTES => {
+            let mut pixels = vec![0u8; n];
+            reader.next_frame(&mut pixels).map_err(corrupt)?;
+            reader.finish().map_err(corrupt)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The resize before the centre crop: the shorter side to `scale_size`, the other in
