@@ -2,22 +2,10 @@
 //! PNG whose zlib stream fails its Adler-32 checksum (the chunk CRC made right, so only the
 //! deflate data is corrupt), and a JPEG without its end marker. Their intact twins decode.
 
-use backbone::models::image::decode;
+mod common;
 
-fn crc32(data: &[u8]) -> u32 {
-    let mut c = 0xffff_ffffu32;
-    for &b in data {
-        c ^= u32::from(b);
-        for _ in 0..8 {
-            c = if c & 1 != 0 {
-                (c >> 1) ^ 0xedb8_8320
-            } else {
-                c >> 1
-            };
-        }
-    }
-    !c
-}
+use backbone::models::image::decode;
+use common::hostile::crc32;
 
 fn encoded(format: image::ImageFormat) -> Vec<u8> {
     let img = image::RgbImage::from_fn(48, 40, |x, y| {

@@ -147,19 +147,14 @@ fn a_failed_convert_leaves_no_half_made_folder() {
     let dir = scratch("outputs-convert");
     let output = dir.join("converted");
     let checkpoint = fixture("pth/cswin-micro-s3full/cswin_micro.pth");
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg("ulimit -f 4 && exec \"$0\" \"$@\"")
-        .arg(bin("backbone"))
-        .args([
-            "convert",
-            "--checkpoint",
-            p(&checkpoint),
-            "--output",
-            p(&output),
-        ])
-        .output()
-        .expect("convert");
+    let args = [
+        "convert",
+        "--checkpoint",
+        p(&checkpoint),
+        "--output",
+        p(&output),
+    ];
+    let (out, _) = backbone_with_file_limit(4, &args);
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -169,16 +164,7 @@ fn a_failed_convert_leaves_no_half_made_folder() {
     assert!(!output.exists(), "no half-made folder");
     let left: Vec<_> = std::fs::read_dir(&dir).expect("dir").flatten().collect();
     assert!(left.is_empty(), "no staging folder left: {left:?}");
-    let out = Command::new(bin("backbone"))
-        .args([
-            "convert",
-            "--checkpoint",
-            p(&checkpoint),
-            "--output",
-            p(&output),
-        ])
-        .output()
-        .expect("convert");
+    let (out, _) = backbone(&args);
     assert!(
         out.status.success(),
         "{}",

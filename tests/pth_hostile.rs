@@ -10,7 +10,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use backbone::models::pth;
-use common::hostile::{assert_fails, backbone, p, scratch};
+use common::hostile::{assert_fails, backbone, crc32, p, scratch};
 
 /// A stored zip of `entries`; each alias adds a central-directory entry with a new name that
 /// points at an existing entry's data (entries that overlap).
@@ -18,22 +18,8 @@ fn stored_zip(entries: &[(&str, &[u8])], aliases: &[(&str, usize)]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut central = Vec::new();
     let mut offsets = Vec::new();
-    let crc = |data: &[u8]| {
-        let mut c = 0xffff_ffffu32;
-        for &b in data {
-            c ^= u32::from(b);
-            for _ in 0..8 {
-                c = if c & 1 != 0 {
-                    (c >> 1) ^ 0xedb8_8320
-                } else {
-                    c >> 1
-                };
-            }
-        }
-        !c
-    };
     let record = |name: &str, data: &[u8], offset: u32, central: &mut Vec<u8>| {
-        let (n, len, sum) = (name.len() as u16, data.len() as u32, crc(data));
+        let (n, len, sum) = (name.len() as u16, data.len() as u32, crc32(data));
         central.extend(b"PK\x01\x02");
         central.extend([20, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         central.extend(sum.to_le_bytes());
@@ -47,7 +33,7 @@ fn stored_zip(entries: &[(&str, &[u8])], aliases: &[(&str, usize)]) -> Vec<u8> {
     for (name, data) in entries {
         let offset = out.len() as u32;
         offsets.push(offset);
-        let (n, len, sum) = (name.len() as u16, data.len() as u32, crc(data));
+        let (n, len, sum) = (name.len() as u16, data.len() as u32, crc32(data));
         out.extend(b"PK\x03\x04");
         out.extend([20, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         out.extend(sum.to_le_bytes());

@@ -72,6 +72,36 @@ pub fn run_model(
     backbone(&args)
 }
 
+/// The `backbone` binary run with `args` under a file-size limit of `kib` KiB (`ulimit -f`).
+pub fn backbone_with_file_limit(kib: u32, args: &[&str]) -> (Output, Duration) {
+    let start = Instant::now();
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!("ulimit -f {kib} && exec \"$0\" \"$@\""))
+        .arg(super::bin("backbone"))
+        .args(args)
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("bash");
+    (out, start.elapsed())
+}
+
+/// CRC-32 as zip and PNG compute it.
+pub fn crc32(data: &[u8]) -> u32 {
+    let mut c = 0xffff_ffffu32;
+    for &b in data {
+        c ^= u32::from(b);
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0xedb8_8320
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
 /// Asserts a clean failure: exit status 1 (an error returned, not a panic = 101 or an abort or
 /// a signal), within `max_s` seconds, with every one of `words` in the message.
 pub fn assert_fails(
