@@ -71,6 +71,47 @@ pub fn read_bounded(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// `dir.join(rel)`, checked to stay inside the model folder `dir` once every symlink is
+/// resolved: a model folder never makes the program read outside it. The boundary is the
+/// folder itself, except in a Hugging Face hub cache, where a snapshot
+/// (`models--org--name/snapshots/<revision>`) is a folder of symlinks into the repository's
+/// `blobs/`: there the boundary is the repository's folder (`models--org--name`). A path that
+/// does not exist is returned as is (the caller reports it missing).
+pub fn in_model(dir: &Path, rel: &str) -> Result<PathBuf> {
+    let path = dir.join(rel);
+    let Ok(real) = std::fs::canonicalize(&path) else {
+        return Ok(path);
+    };
+    let root = std::fs::canonicalize(dir).map_err(|e| io_error(dir, e))?;
+    let boundary = hub_repository(&root).unwrap_or(&root);
+    if real.starts_with(boundary) {
+        Ok(path)
+    } else {
+        Err(Error::Input {
+            arg: path.display().to_string(),
+            reason: format!(
+                "is a link to {}, outside the model folder {} (a model folder never makes this \
+                 program read outside it: copy the file into the folder)",
+                real.display(),
+                boundary.display()
+            ),
+        })
+    }
+}
+
+/// The repository folder of a Hugging Face hub snapshot (`<cache>/models--org--name` for
+/// `<cache>/models--org--name/snapshots/<revision>`), `None` for any other folder.
+fn hub_repository(folder: &Path) -> Option<&Path> {
+    let snapshots = folder.parent()?;
+    let repository = snapshots.parent()?;
+    let is_hub = snapshots.file_name()? == "snapshots"
+        && repository
+            .file_name()?
+            .to_str()
+            .is_some_and(|n| n.starts_with("models--"));
+    is_hub.then_some(repository)
+}
+
 /// What a safetensors header declares, read without building a map of its entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeaderSummary {

@@ -268,3 +268,107 @@ fn module_paths_outside_the_folder_are_refused() {
     }
     std::fs::remove_dir_all(&root).ok();
 }
+
+/// Symlinks are followed only where they stay inside the model: a folder whose files (a
+/// fixed name such as `config.json`, or a module folder `modules.json` names) are links out
+/// of it is refused by every door, naming the link and its target, while a Hugging Face hub
+/// cache snapshot (`models--org--name/snapshots/<rev>`, every file a relative link into the
+/// repository's `blobs/`) loads and embeds as the plain folder does.
+#[cfg(unix)]
+#[test]
+fn symlinks_stay_inside_the_model_and_hub_snapshots_load() {
+    use std::os::unix::fs::symlink;
+    let src = fixture("text/st-cls");
+    let names = [
+        "config.json",
+        "model.safetensors",
+        "modules.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "sentence_bert_config.json",
+        "1_Pooling/config.json",
+    ];
+    let root = std::env::temp_dir().join(format!("backbone-links-{}", std::process::id()));
+    std::fs::remove_dir_all(&root).ok();
+    let options = EncoderOptions::default().device(Device::Cpu);
+    let plain = TextEncoder::open(&src, &options)
+        .expect("plain folder")
+        .encode_blocking(&["a linked model"], None, None)
+        .expect("embed");
+
+    // The hub cache: blobs named by a hash, the snapshot all relative links into them.
+    let repo = root.join("hub/models--org--st-cls");
+    let snapshot = repo.join("snapshots/0123abcd");
+    std::fs::create_dir_all(repo.join("blobs")).expect("tmp");
+    for (i, name) in names.iter().enumerate() {
+        let blob = format!("blob{i}");
+        std::fs::copy(src.join(name), repo.join("blobs").join(&blob)).expect("copy");
+        let link = snapshot.join(name);
+        std::fs::create_dir_all(link.parent().expect("parent")).expect("tmp");
+        let up = "../".repeat(name.matches('/').count() + 2);
+        symlink(format!("{up}blobs/{blob}"), &link).expect("link");
+    }
+    let hub = TextEncoder::open(&snapshot, &options)
+        .expect("hub snapshot opens")
+        .encode_blocking(&["a linked model"], None, None)
+        .expect("embed");
+    assert_eq!(hub.data, plain.data, "the snapshot is the same model");
+
+    // Links that leave: a fixed name, a module folder, and a snapshot linking past its repo.
+    let outside = root.join("outside");
+    std::fs::create_dir_all(outside.join("1_Pooling")).expect("tmp");
+    for name in names {
+        std::fs::copy(src.join(name), outside.join(name)).expect("copy");
+    }
+    let model = root.join("model");
+    let cases: [(&str, &dyn Fn()); 3] = [
+        ("config.json", &|| {
+            std::fs::remove_file(model.join("config.json")).expect("rm");
+            symlink(outside.join("config.json"), model.join("config.json")).expect("link");
+        }),
+        ("1_Pooling", &|| {
+            std::fs::remove_dir_all(model.join("1_Pooling")).expect("rm");
+            symlink(outside.join("1_Pooling"), model.join("1_Pooling")).expect("link");
+        }),
+        ("tokenizer.json", &|| {
+            std::fs::remove_file(model.join("tokenizer.json")).expect("rm");
+            symlink("../outside/tokenizer.json", model.join("tokenizer.json")).expect("link");
+        }),
+    ];
+    for (what, spoil) in cases {
+        std::fs::remove_dir_all(&model).ok();
+        std::fs::create_dir_all(model.join("1_Pooling")).expect("tmp");
+        for name in names {
+            std::fs::copy(src.join(name), model.join(name)).expect("copy");
+        }
+        spoil();
+        let err = TextEncoder::open(&model, &options).expect_err(what);
+        assert!(
+            err.to_string().contains("outside the model folder"),
+            "{what}: {err}"
+        );
+        let out = backbone_output(["embed", "--device", "cpu", "--model", p(&model), "a"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: embed refused");
+        assert!(
+            stderr.contains("outside the model folder"),
+            "{what}: {stderr}"
+        );
+    }
+    std::fs::remove_file(snapshot.join("config.json")).expect("rm");
+    symlink(
+        "../../../../outside/config.json",
+        snapshot.join("config.json"),
+    )
+    .expect("link");
+    let err = TextEncoder::open(&snapshot, &options).expect_err("past the repository");
+    assert!(
+        err.to_string().contains("outside the model folder"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&root).ok();
+}
+
+fn p(path: &std::path::Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}

@@ -74,7 +74,7 @@ impl ModelFiles {
         match self {
             #[cfg(not(target_arch = "wasm32"))]
             Self::Dir(dir) => {
-                let path = dir.join(rel);
+                let path = crate::io::in_model(dir, rel)?;
                 if !path.exists() {
                     return Ok(None);
                 }

@@ -172,7 +172,7 @@ impl TextTokenizer {
     /// Loads `tokenizer.json` from a model folder; a missing file is a clear error.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn from_dir(dir: &std::path::Path, max_length: usize) -> Result<Self> {
-        let path = dir.join("tokenizer.json");
+        let path = crate::io::in_model(dir, "tokenizer.json")?;
         let json = match crate::io::read_bounded(&path, crate::limits::MAX_TOKENIZER_BYTES) {
             Err(Error::Io { source, .. }) => Err(Error::Io {
                 path: format!(

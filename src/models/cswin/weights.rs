@@ -272,7 +272,7 @@ pub fn load_dir(dir: &std::path::Path) -> Result<(CswinConfig, CswinWeights<Host
 /// Reads and checks a model folder's `config.json`; errors name the file.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn load_config(dir: &std::path::Path) -> Result<CswinConfig> {
-    let path = dir.join("config.json");
+    let path = crate::io::in_model(dir, "config.json")?;
     let json = crate::io::read_bounded(&path, crate::limits::MAX_CONFIG_BYTES)?;
     CswinConfig::from_json(&String::from_utf8_lossy(&json)).map_err(|e| e.in_file(&path))
 }
@@ -285,7 +285,7 @@ pub fn load_weights(
     dir: &std::path::Path,
     config: &CswinConfig,
 ) -> Result<CswinWeights<HostTensor>> {
-    let path = dir.join("model.safetensors");
+    let path = crate::io::in_model(dir, "model.safetensors")?;
     if path.exists() {
         return CswinWeights::from_safetensors(config, &crate::io::read_safetensors(&path)?)
             .map_err(|e| e.in_file(&path));

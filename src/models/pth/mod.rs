@@ -303,7 +303,11 @@ pub fn checkpoint_in(dir: &std::path::Path) -> Result<std::path::PathBuf> {
         .collect();
     found.sort();
     match found.len() {
-        1 => Ok(found.remove(0)),
+        1 => {
+            let name = found.remove(0);
+            let rel = name.file_name().map(|n| n.to_string_lossy().into_owned());
+            crate::io::in_model(dir, &rel.unwrap_or_default())
+        }
         0 => Err(Error::Io {
             path: format!(
                 "{} (no model.safetensors and no .pth / .pt checkpoint)",

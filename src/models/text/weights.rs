@@ -514,7 +514,7 @@ pub fn load_dir(dir: &std::path::Path) -> Result<(TextConfig, TextWeights<HostTe
 /// Reads and checks a model folder's `config.json`; errors name the file.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn load_config(dir: &std::path::Path) -> Result<TextConfig> {
-    let path = dir.join("config.json");
+    let path = crate::io::in_model(dir, "config.json")?;
     let json = crate::io::read_bounded(&path, crate::limits::MAX_CONFIG_BYTES)?;
     TextConfig::from_json(&String::from_utf8_lossy(&json)).map_err(|e| e.in_file(&path))
 }
@@ -524,7 +524,7 @@ pub fn load_config(dir: &std::path::Path) -> Result<TextConfig> {
 #[cfg(not(target_arch = "wasm32"))]
 pub fn load_weights(dir: &std::path::Path, config: &TextConfig) -> Result<TextWeights<HostTensor>> {
     let (sentence, _) = super::load_sentence_dir(dir, config.hidden_size)?;
-    let path = dir.join("model.safetensors");
+    let path = crate::io::in_model(dir, "model.safetensors")?;
     let mut weights = TextWeights::from_safetensors(config, &crate::io::read_safetensors(&path)?)
         .map_err(|e| e.in_file(&path))?;
     weights.sentence = sentence;
