@@ -10,7 +10,10 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use backbone::models::pth;
-use common::hostile::{assert_fails, backbone, crc32, p, scratch};
+use common::hostile::{assert_fails, backbone, backbone_capped, crc32, p, scratch};
+
+/// A hostile checkpoint: its name, its bytes, and words its refusal must contain.
+type Case = (&'static str, Vec<u8>, &'static [&'static str]);
 
 /// A stored zip of `entries`; each alias adds a central-directory entry with a new name that
 /// points at an existing entry's data (entries that overlap).
@@ -133,9 +136,8 @@ fn a_well_formed_hand_made_checkpoint_reads() {
     assert_eq!(tensors[0].1.data, vec![1.0, 2.0, 3.0, 4.0]);
 }
 
-#[test]
-fn memo_and_dup_bombs_are_refused_by_bytes() {
-    // One 1 MiB string, then 1,000 copies of it through BINGET, and through DUP.
+/// One 1 MiB string, then 1,000 copies of it through BINGET, and through DUP.
+fn memo_bombs() -> Vec<Case> {
     let big = "x".repeat(1 << 20);
     let mut memo = vec![0x80, 2, b']', b'('];
     memo.extend(unicode(&big));
@@ -144,50 +146,100 @@ fn memo_and_dup_bombs_are_refused_by_bytes() {
         memo.extend([b'h', 0]);
     }
     memo.extend(b"e.");
-    refused(&stored_zip(&[("a/data.pkl", &memo)], &[]), &["memo bomb"]);
     let mut dup = vec![0x80, 2, b']', b'('];
     dup.extend(unicode(&big));
     dup.extend(std::iter::repeat_n(b'2', 1000));
     dup.extend(b"e.");
-    refused(&stored_zip(&[("a/data.pkl", &dup)], &[]), &["memo bomb"]);
+    vec![
+        (
+            "memo",
+            stored_zip(&[("a/data.pkl", &memo)], &[]),
+            &["memo bomb"],
+        ),
+        (
+            "dup",
+            stored_zip(&[("a/data.pkl", &dup)], &[]),
+            &["memo bomb"],
+        ),
+    ]
 }
 
-#[test]
-fn views_that_repeat_their_storage_or_have_a_thousand_dimensions_are_refused() {
+/// Stride-0 views of 2^28 to 2^31 elements over a 4-element storage (also at rank 2), and a
+/// view of rank 1000.
+fn view_bombs() -> Vec<Case> {
     let storage = floats(&[1.0, 2.0, 3.0, 4.0]);
-    for (size, stride) in [
-        (vec![1 << 28], vec![0]),
-        (vec![1 << 30, 2], vec![0, 1]),
-        (vec![i32::MAX], vec![0]),
-    ] {
+    let mut cases: Vec<Case> = [
+        ("stride0-2^28", vec![1 << 28], vec![0]),
+        ("stride0-rank2", vec![1 << 30, 2], vec![0, 1]),
+        ("stride0-2^31", vec![i32::MAX], vec![0]),
+    ]
+    .into_iter()
+    .map(|(name, size, stride)| {
         let bytes = checkpoint(
             &state_dict_pickle("FloatStorage", 4, &size, &stride),
             &storage,
         );
-        refused(&bytes, &["more than its storage", "`w`"]);
-    }
-    let ones = vec![1; 1000];
-    let zeros = vec![0; 1000];
-    let bytes = checkpoint(
-        &state_dict_pickle("FloatStorage", 4, &ones, &zeros),
-        &storage,
-    );
-    refused(&bytes, &["rank 1000"]);
+        (name, bytes, &["more than its storage", "`w`"][..])
+    })
+    .collect();
+    let pickle = state_dict_pickle("FloatStorage", 4, &[1; 1000], &[0; 1000]);
+    cases.push(("rank1000", checkpoint(&pickle, &storage), &["rank 1000"]));
+    cases
 }
 
-#[test]
-fn archive_bombs_are_refused() {
+/// Archive entries whose data overlap, and 4 MiB of end records (64 s in the archive reader
+/// before).
+fn archive_bombs() -> Vec<Case> {
     let pickle = state_dict_pickle("FloatStorage", 4, &[4], &[1]);
     let storage = floats(&[1.0, 2.0, 3.0, 4.0]);
     let overlapping = stored_zip(
         &[("a/data.pkl", &pickle), ("a/data/0", &storage)],
         &[("a/data/1", 1), ("a/data/2", 1)],
     );
-    refused(&overlapping, &["overlap"]);
-    // 4 MiB of end records (64 s in the archive reader before).
     let end = b"PK\x05\x06\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
     let repeated: Vec<u8> = end.iter().copied().cycle().take(4 << 20).collect();
-    refused(&repeated, &["end records"]);
+    vec![
+        ("overlap", overlapping, &["overlap"]),
+        ("end-records", repeated, &["end records"]),
+    ]
+}
+
+#[test]
+fn memo_and_dup_bombs_are_refused_by_bytes() {
+    for (_, bytes, words) in memo_bombs() {
+        refused(&bytes, words);
+    }
+}
+
+#[test]
+fn views_that_repeat_their_storage_or_have_a_thousand_dimensions_are_refused() {
+    for (_, bytes, words) in view_bombs() {
+        refused(&bytes, words);
+    }
+}
+
+#[test]
+fn archive_bombs_are_refused() {
+    for (_, bytes, words) in archive_bombs() {
+        refused(&bytes, words);
+    }
+}
+
+/// Every memory case above through the binary, as it was found: `backbone convert` under a
+/// 4 GiB address-space cap (`ulimit -v`) refuses each with exit status 1 and a message, no
+/// signal, in bounded time, and writes nothing.
+#[test]
+fn every_bomb_is_refused_by_convert_under_a_4_gib_cap() {
+    let dir = scratch("pth-capped");
+    let cases = [memo_bombs(), view_bombs(), archive_bombs()].concat();
+    for (name, bytes, words) in cases {
+        let path = dir.join(format!("{name}.pth"));
+        std::fs::write(&path, &bytes).expect("write");
+        let output = dir.join(format!("{name}.out"));
+        let r = backbone_capped(&["convert", "--checkpoint", p(&path), "--output", p(&output)]);
+        assert_fails(name, r, words, 30);
+        assert!(!output.exists(), "{name}: nothing written");
+    }
 }
 
 #[test]

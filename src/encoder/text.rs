@@ -384,8 +384,9 @@ impl TextEncoder {
     }
 
     #[cfg(feature = "tokenizers")]
-    /// Texts per forward so a batch stays under [`limits::MAX_BATCH_TOKENS`].
-    fn per_batch(&self) -> usize {
+    /// Texts per forward so a batch stays under [`limits::MAX_BATCH_TOKENS`]: the batch a
+    /// caller streaming many texts through [`Self::encode`] should hand over at a time.
+    pub fn texts_per_batch(&self) -> usize {
         (limits::MAX_BATCH_TOKENS / self.info.max_length.max(1)).clamp(1, 256)
     }
 
@@ -398,13 +399,10 @@ impl TextEncoder {
         prompt: Option<&str>,
         prompt_name: Option<&str>,
     ) -> Result<HostTensor> {
-        let mut inputs = Vec::new();
-        for chunk in texts.chunks(self.per_batch()) {
-            inputs.push(self.tokenize(chunk, prompt, prompt_name, true)?);
-        }
         let mut rows = Vec::new();
-        for input in &inputs {
-            let out = self.forward(input, Want::default()).await?;
+        for chunk in texts.chunks(self.texts_per_batch()) {
+            let input = self.tokenize(chunk, prompt, prompt_name, true)?;
+            let out = self.forward(&input, Want::default()).await?;
             rows.push(out.sentence_embedding);
         }
         concat_rows(rows, "texts")
@@ -439,13 +437,10 @@ impl TextEncoder {
                 ),
             });
         }
-        let mut inputs = Vec::new();
-        for chunk in docs.chunks(self.per_batch()) {
-            inputs.push(self.tokenize_pairs(query, chunk, true)?);
-        }
         let mut rows = Vec::new();
-        for input in &inputs {
-            let out = self.forward(input, Want::default()).await?;
+        for chunk in docs.chunks(self.texts_per_batch()) {
+            let input = self.tokenize_pairs(query, chunk, true)?;
+            let out = self.forward(&input, Want::default()).await?;
             rows.push(out.logits.ok_or_else(|| Error::Readback {
                 what: "logits".into(),
                 message: "the cross-encoder returned no logits".into(),

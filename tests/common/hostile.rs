@@ -72,18 +72,33 @@ pub fn run_model(
     backbone(&args)
 }
 
-/// The `backbone` binary run with `args` under a file-size limit of `kib` KiB (`ulimit -f`).
-pub fn backbone_with_file_limit(kib: u32, args: &[&str]) -> (Output, Duration) {
+/// The `backbone` binary run with `args` under a shell limit (`ulimit_args`, e.g. `-f 64` for
+/// a file-size limit in KiB, `-v 4194304` for a 4 GiB address-space cap).
+pub fn backbone_limited(ulimit_args: &str, args: &[&str]) -> (Output, Duration) {
     let start = Instant::now();
     let out = Command::new("bash")
         .arg("-c")
-        .arg(format!("ulimit -f {kib} && exec \"$0\" \"$@\""))
+        .arg(format!("ulimit {ulimit_args} && exec \"$0\" \"$@\""))
         .arg(super::bin("backbone"))
         .args(args)
         .env("RUST_LOG", "off")
         .output()
         .expect("bash");
     (out, start.elapsed())
+}
+
+/// The `backbone` binary run with `args` under a file-size limit of `kib` KiB (`ulimit -f`).
+pub fn backbone_with_file_limit(kib: u32, args: &[&str]) -> (Output, Duration) {
+    backbone_limited(&format!("-f {kib}"), args)
+}
+
+/// The address-space cap for the memory cases: 4 GiB (`ulimit -v`, in KiB).
+pub const ADDRESS_SPACE_KIB: u64 = 4 << 20;
+
+/// The `backbone` binary run with `args` under [`ADDRESS_SPACE_KIB`]: an allocation past it
+/// fails (an abort, signal 6, where it is not bounded beforehand).
+pub fn backbone_capped(args: &[&str]) -> (Output, Duration) {
+    backbone_limited(&format!("-v {ADDRESS_SPACE_KIB}"), args)
 }
 
 /// CRC-32 as zip and PNG compute it.

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! backbone run --model DIR --input IN.safetensors --output OUT.safetensors [--device gpu|cpu] [--dtype f32|f16]
-//! backbone embed --model DIR [--max-length N] [--prompt-name NAME | --prompt TEXT] [--dtype f32|f16] TEXT...
+//! backbone embed --model DIR [--max-length N] [--prompt-name NAME | --prompt TEXT] [--dtype f32|f16] (TEXT... | --texts-file FILE)
 //! backbone rerank --model DIR --query Q [--raw] [--max-length N] [--dtype f32|f16] DOC...
 //! backbone classify --model DIR [--dtype f32|f16] IMAGE...
 //! backbone convert --checkpoint FILE.pth --output DIR
@@ -15,11 +15,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result, bail};
 use backbone::encoder::{EncoderOptions, ImageEncoder, TextEncoder};
 use backbone::models::cswin::{self, CswinConfig};
-use backbone::models::image;
 use backbone::models::text::{self, TextInput};
 use backbone::reference::HostTensor;
 use backbone::{DType, io, limits};
 use clap::{Parser, Subcommand, ValueEnum};
+
+mod stream;
+use stream::Texts;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -128,7 +130,11 @@ enum Command {
         device: Device,
         #[arg(long, value_enum, default_value = "f32")]
         dtype: Dtype,
-        #[arg(required = true)]
+        /// A file of texts, one per line (`-`: standard input), read and embedded a batch at
+        /// a time; instead of TEXT arguments.
+        #[arg(long, conflicts_with = "texts")]
+        texts_file: Option<PathBuf>,
+        #[arg(required_unless_present = "texts_file")]
         texts: Vec<String>,
     },
     /// Scores documents against a query with a cross-encoder folder (a
@@ -271,13 +277,18 @@ fn main() -> Result<()> {
             prompt,
             device,
             dtype,
+            texts_file,
             texts,
         } => {
             let prompt = Prompt {
                 name: prompt_name,
                 text: prompt,
             };
-            embed(&model, max_length, &prompt, device, dtype.dtype(), &texts)?
+            let texts = match texts_file {
+                Some(path) => Texts::file(&path)?,
+                None => Texts::Args(texts.into_iter()),
+            };
+            stream::embed(&model, max_length, &prompt, device, dtype.dtype(), texts)?
         }
         Command::Rerank {
             model,
@@ -301,7 +312,7 @@ fn main() -> Result<()> {
             device,
             dtype,
             images,
-        } => classify(&model, device, dtype.dtype(), &images)?,
+        } => stream::classify(&model, device, dtype.dtype(), &images)?,
         Command::Convert { checkpoint, output } => convert(&checkpoint, &output)?,
         Command::Serve {
             model,
@@ -372,26 +383,6 @@ fn options(device: Device, dtype: DType, max_length: Option<usize>) -> EncoderOp
         .device(device.device())
         .dtype(dtype)
         .max_length(max_length)
-}
-
-/// `embed`: the texts through the folder's [`TextEncoder`] (its length, prompts, pooling);
-/// one JSON array of embeddings out.
-fn embed(
-    model: &Path,
-    max_length: Option<usize>,
-    prompt: &Prompt,
-    device: Device,
-    dtype: DType,
-    texts: &[String],
-) -> Result<()> {
-    let encoder = TextEncoder::open(model, &options(device, dtype, max_length))?;
-    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let embeddings =
-        encoder.encode_blocking(&texts, prompt.text.as_deref(), prompt.name.as_deref())?;
-    check_finite("sentence_embedding", &embeddings)?;
-    let rows: Vec<&[f32]> = embeddings.data.chunks(embeddings.shape[1]).collect();
-    println!("{}", serde_json::to_string(&rows)?);
-    Ok(())
 }
 
 /// `rerank`: (query, document) pairs through a cross-encoder's [`TextEncoder`], truncated
@@ -565,46 +556,6 @@ fn ignore_file_size_signal() {
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
-}
-
-/// Images decoded, classified and printed per forward: memory stays that of one batch
-/// however many images are named.
-const CLASSIFY_BATCH: usize = 16;
-
-/// `classify`: the images in batches of [`CLASSIFY_BATCH`], each decoded, checked and
-/// preprocessed, then the top 5 of each from the folder's [`ImageEncoder`], printed before the
-/// next batch is read.
-fn classify(dir: &Path, device: Device, dtype: DType, paths: &[PathBuf]) -> Result<()> {
-    let config = cswin::load_config(dir)?;
-    let size = config.img_size;
-    let mut encoder = None;
-    for batch in paths.chunks(CLASSIFY_BATCH) {
-        let pixels = batch
-            .iter()
-            .map(|p| {
-                let bytes = io::read_bounded(p, limits::MAX_IMAGE_FILE_BYTES)?;
-                let img = image::decode(&bytes, &p.display().to_string())?;
-                image::imagenet_preprocess(&img, size).map_err(|e| e.in_file(p))
-            })
-            .collect::<backbone::Result<Vec<_>>>()?;
-        let pixels = image::stack(&pixels)?;
-        cswin::check_input(&config, &pixels)?;
-        // Opened once the first batch has been read and checked.
-        let encoder = match &mut encoder {
-            Some(e) => e,
-            None => encoder.insert(ImageEncoder::open(dir, &options(device, dtype, None))?),
-        };
-        let ranked = encoder.classify_blocking(&pixels, 5)?;
-        let mut out = std::io::stdout().lock();
-        for (path, top) in batch.iter().zip(ranked) {
-            writeln!(out, "{}:", path.display())?;
-            for (k, p, label) in top {
-                writeln!(out, "  {:>6.2}%  {k:>5}  {label}", 100.0 * p)?;
-            }
-        }
-        out.flush()?;
-    }
-    Ok(())
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
