@@ -1,6 +1,83 @@
 //! Models built from the kernels: each with a GPU forward (one submission) and a CPU forward
 //! built only from the CPU twins.
 
+/// Declares a weight tree, `pub struct Name<T> { .. }` on the host (`T = HostTensor`) or the
+/// GPU (`T = Tensor`), and derives its [`MapTensors`] walk from the same field list, so a new
+/// tensor is its field here (with its storage) and its line in the family's loader (which
+/// fills the struct, so the compiler asks for it); uploading and f16 rounding follow. Each
+/// tensor's key in the walk is its field path (`layers.3.qkv.weight`). A field is:
+/// - a nested tree (`Linear<T>`, `Option<..>`, `Vec<..>`, `(tree, Activation)`): its walk;
+/// - `@Run pub x: T` / `@F32 pub x: T`: one tensor, stored in the run's dtype or in f32;
+/// - `@in_f32 pub x: tree`: the nested tree's walk with every tensor kept in f32;
+/// - `@keep pub x: ..`: not a tensor (a flag, an activation, host-side data), cloned.
+macro_rules! weight_tree {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident<$t:ident> {
+            $(
+                $(#[$field_meta:meta])*
+                $(@$how:ident)?
+                pub $field:ident: $ty:ty,
+            )*
+        }
+    ) => {
+        $(#[$meta])*
+        pub struct $name<$t> {
+            $( $(#[$field_meta])* pub $field: $ty, )*
+        }
+
+        impl<$t> $crate::models::MapTensors<$t> for $name<$t> {
+            type Out<U> = $name<U>;
+            fn map_tensors<U, E>(
+                &self,
+                key: &str,
+                f: &mut impl FnMut(&str, $crate::models::Storage, &$t) -> std::result::Result<U, E>,
+            ) -> std::result::Result<$name<U>, E> {
+                let tree = self;
+                Ok($name {
+                    $(
+                        $field: $crate::models::weight_tree!(
+                            @field tree, key, f, $field $(, $how)?
+                        ),
+                    )*
+                })
+            }
+        }
+    };
+    (@field $tree:ident, $key:ident, $f:ident, $field:ident) => {
+        $crate::models::MapTensors::map_tensors(
+            &$tree.$field,
+            &$crate::models::join($key, stringify!($field)),
+            $f,
+        )?
+    };
+    (@field $tree:ident, $key:ident, $f:ident, $field:ident, Run) => {
+        $f(
+            &$crate::models::join($key, stringify!($field)),
+            $crate::models::Storage::Run,
+            &$tree.$field,
+        )?
+    };
+    (@field $tree:ident, $key:ident, $f:ident, $field:ident, F32) => {
+        $f(
+            &$crate::models::join($key, stringify!($field)),
+            $crate::models::Storage::F32,
+            &$tree.$field,
+        )?
+    };
+    (@field $tree:ident, $key:ident, $f:ident, $field:ident, in_f32) => {
+        $crate::models::MapTensors::map_tensors(
+            &$tree.$field,
+            &$crate::models::join($key, stringify!($field)),
+            &mut |k: &str, _: $crate::models::Storage, t| $f(k, $crate::models::Storage::F32, t),
+        )?
+    };
+    (@field $tree:ident, $key:ident, $f:ident, $field:ident, keep) => {
+        $tree.$field.clone()
+    };
+}
+pub(crate) use weight_tree;
+
 pub mod cswin;
 pub mod image;
 pub mod pth;
@@ -9,25 +86,32 @@ pub mod text;
 pub mod tokenizer;
 pub mod weights;
 
-/// `nn.Linear`: weight [out, in], bias [out]; on the host (`T = HostTensor`) or the GPU.
-#[derive(Debug, Clone)]
-pub struct Linear<T> {
-    pub weight: T,
-    pub bias: T,
+weight_tree! {
+    /// `nn.Linear`: weight [out, in] (in the run's dtype), bias [out] (f32).
+    #[derive(Debug, Clone)]
+    pub struct Linear<T> {
+        @Run pub weight: T,
+        @F32 pub bias: T,
+    }
 }
 
-/// `nn.LayerNorm`: weight and bias [C].
-#[derive(Debug, Clone)]
-pub struct LayerNorm<T> {
-    pub weight: T,
-    pub bias: T,
+weight_tree! {
+    /// `nn.LayerNorm`: weight and bias [C], f32.
+    #[derive(Debug, Clone)]
+    pub struct LayerNorm<T> {
+        @F32 pub weight: T,
+        @F32 pub bias: T,
+    }
 }
 
-/// `nn.Conv2d` with bias: weight [Cout, Cin / groups, KH, KW], bias [Cout].
-#[derive(Debug, Clone)]
-pub struct Conv2d<T> {
-    pub weight: T,
-    pub bias: T,
+weight_tree! {
+    /// `nn.Conv2d` with bias: weight [Cout, Cin / groups, KH, KW] (in the run's dtype), bias
+    /// [Cout] (f32).
+    #[derive(Debug, Clone)]
+    pub struct Conv2d<T> {
+        @Run pub weight: T,
+        @F32 pub bias: T,
+    }
 }
 
 use std::sync::{Arc, Mutex};
@@ -112,8 +196,8 @@ pub enum Storage {
 
 /// A tree of weights whose every tensor can be turned, with its key and [`Storage`], into
 /// another kind of tensor. Uploading (`HostTensor` to GPU `Tensor`) and the CPU twin's f16
-/// rounding both walk a model through this, so each tree's shape is written once (its keys
-/// and shapes are written once too, in the family's loader, whatever the source).
+/// rounding both walk a model through this. Trees derive it with [`weight_tree!`] from their
+/// field list; the containers (`Option`, `Vec`, a tree with a non-tensor) walk their parts.
 pub trait MapTensors<T> {
     type Out<U>;
     fn map_tensors<U, E>(
@@ -129,62 +213,6 @@ pub(crate) fn join(key: &str, name: &str) -> String {
         name.to_string()
     } else {
         format!("{key}.{name}")
-    }
-}
-
-impl<T> MapTensors<T> for Linear<T> {
-    type Out<U> = Linear<U>;
-    fn map_tensors<U, E>(
-        &self,
-        key: &str,
-        f: &mut impl FnMut(&str, Storage, &T) -> std::result::Result<U, E>,
-    ) -> std::result::Result<Linear<U>, E> {
-        Ok(Linear {
-            weight: f(&join(key, "weight"), Storage::Run, &self.weight)?,
-            bias: f(&join(key, "bias"), Storage::F32, &self.bias)?,
-        })
-    }
-}
-
-impl<T> Linear<T> {
-    /// [`MapTensors::map_tensors`] with the weight kept in f32 too (small heads, LePE).
-    pub fn map_f32<U, E>(
-        &self,
-        key: &str,
-        f: &mut impl FnMut(&str, Storage, &T) -> std::result::Result<U, E>,
-    ) -> std::result::Result<Linear<U>, E> {
-        Ok(Linear {
-            weight: f(&join(key, "weight"), Storage::F32, &self.weight)?,
-            bias: f(&join(key, "bias"), Storage::F32, &self.bias)?,
-        })
-    }
-}
-
-impl<T> MapTensors<T> for LayerNorm<T> {
-    type Out<U> = LayerNorm<U>;
-    fn map_tensors<U, E>(
-        &self,
-        key: &str,
-        f: &mut impl FnMut(&str, Storage, &T) -> std::result::Result<U, E>,
-    ) -> std::result::Result<LayerNorm<U>, E> {
-        Ok(LayerNorm {
-            weight: f(&join(key, "weight"), Storage::F32, &self.weight)?,
-            bias: f(&join(key, "bias"), Storage::F32, &self.bias)?,
-        })
-    }
-}
-
-impl<T> MapTensors<T> for Conv2d<T> {
-    type Out<U> = Conv2d<U>;
-    fn map_tensors<U, E>(
-        &self,
-        key: &str,
-        f: &mut impl FnMut(&str, Storage, &T) -> std::result::Result<U, E>,
-    ) -> std::result::Result<Conv2d<U>, E> {
-        Ok(Conv2d {
-            weight: f(&join(key, "weight"), Storage::Run, &self.weight)?,
-            bias: f(&join(key, "bias"), Storage::F32, &self.bias)?,
-        })
     }
 }
 
@@ -210,6 +238,19 @@ impl<T, X: MapTensors<T>> MapTensors<T> for Vec<X> {
         (self.iter().enumerate())
             .map(|(i, x)| x.map_tensors(&join(key, &i.to_string()), f))
             .collect()
+    }
+}
+
+impl<T, X: MapTensors<T>, A: Clone> MapTensors<T> for (X, A) {
+    type Out<U> = (X::Out<U>, A);
+    /// A tree with something that is not a tensor (a layer and its activation): the tree
+    /// walked at `key`, the rest cloned.
+    fn map_tensors<U, E>(
+        &self,
+        key: &str,
+        f: &mut impl FnMut(&str, Storage, &T) -> std::result::Result<U, E>,
+    ) -> std::result::Result<Self::Out<U>, E> {
+        Ok((self.0.map_tensors(key, f)?, self.1.clone()))
     }
 }
 
@@ -428,5 +469,76 @@ pub(crate) fn check_model_dtype(ctx: &Context, dtype: DType) -> Result<()> {
             arg: "dtype",
             reason: "a model computes in f32 or f16, not u32".into(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::Activation;
+
+    weight_tree! {
+        /// Every kind of field `weight_tree!` knows.
+        #[derive(Debug, Clone)]
+        pub struct Tree<T> {
+            @Run pub table: T,
+            pub norm: LayerNorm<T>,
+            pub layers: Vec<Linear<T>>,
+            pub head: Option<(Linear<T>, Activation)>,
+            pub absent: Option<Linear<T>>,
+            @in_f32 pub small: Linear<T>,
+            @keep pub flag: bool,
+        }
+    }
+
+    /// The derived walk visits every tensor once, in field order, with its field path as key
+    /// and the storage its field says; what is not a tensor is carried over.
+    #[test]
+    fn the_derived_walk_names_and_stores_every_tensor() {
+        let linear = |w: &str| Linear {
+            weight: format!("{w}.w"),
+            bias: format!("{w}.b"),
+        };
+        let tree = Tree {
+            table: "table".to_string(),
+            norm: LayerNorm {
+                weight: "norm.w".into(),
+                bias: "norm.b".into(),
+            },
+            layers: vec![linear("l0"), linear("l1")],
+            head: Some((linear("head"), Activation::Tanh)),
+            absent: None,
+            small: linear("small"),
+            flag: true,
+        };
+        let mut seen = Vec::new();
+        let walked =
+            tree.map_tensors::<_, std::convert::Infallible>("root", &mut |key, storage, t| {
+                seen.push(format!("{key} {storage:?} {t}"));
+                Ok(t.len())
+            });
+        let Ok(walked) = walked;
+        assert_eq!(
+            seen,
+            [
+                "root.table Run table",
+                "root.norm.weight F32 norm.w",
+                "root.norm.bias F32 norm.b",
+                "root.layers.0.weight Run l0.w",
+                "root.layers.0.bias F32 l0.b",
+                "root.layers.1.weight Run l1.w",
+                "root.layers.1.bias F32 l1.b",
+                "root.head.weight Run head.w",
+                "root.head.bias F32 head.b",
+                "root.small.weight F32 small.w",
+                "root.small.bias F32 small.b",
+            ]
+        );
+        assert_eq!(walked.table, 5);
+        assert_eq!(
+            walked.head.map(|(l, a)| (l.weight, a)),
+            Some((6, Activation::Tanh))
+        );
+        assert!(walked.absent.is_none() && walked.flag);
     }
 }

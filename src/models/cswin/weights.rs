@@ -5,46 +5,51 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::host::HostTensor;
 use crate::models::weights::Weights;
-use crate::models::{
-    Conv2d, LayerNorm, Linear, MapTensors, Storage, join, rounded_tree, upload_tree,
-};
+use crate::models::{Conv2d, LayerNorm, Linear, rounded_tree, upload_tree};
 use crate::tensor::{DType, Tensor};
 
-/// One CSWinBlock's parameters. `lepe` holds each branch's `attns.{i}.get_v` as [Cb, 3, 3].
-#[derive(Debug, Clone)]
-pub struct CswinBlock<T> {
-    pub qkv: Linear<T>,
-    pub norm1: LayerNorm<T>,
-    pub proj: Linear<T>,
-    pub lepe: Vec<Linear<T>>,
-    pub fc1: Linear<T>,
-    pub fc2: Linear<T>,
-    pub norm2: LayerNorm<T>,
+weight_tree! {
+    /// One CSWinBlock's parameters. `lepe` holds each branch's `attns.{i}.get_v` as
+    /// [Cb, 3, 3], kept in f32.
+    #[derive(Debug, Clone)]
+    pub struct CswinBlock<T> {
+        pub qkv: Linear<T>,
+        pub norm1: LayerNorm<T>,
+        pub proj: Linear<T>,
+        @in_f32 pub lepe: Vec<Linear<T>>,
+        pub fc1: Linear<T>,
+        pub fc2: Linear<T>,
+        pub norm2: LayerNorm<T>,
+    }
 }
 
-/// `Merge_Block`: conv 3x3 / 2 then LayerNorm.
-#[derive(Debug, Clone)]
-pub struct Merge<T> {
-    pub conv: Conv2d<T>,
-    pub norm: LayerNorm<T>,
+weight_tree! {
+    /// `Merge_Block`: conv 3x3 / 2 then LayerNorm.
+    #[derive(Debug, Clone)]
+    pub struct Merge<T> {
+        pub conv: Conv2d<T>,
+        pub norm: LayerNorm<T>,
+    }
 }
 
-/// All parameters of a CSWinTransformer.
-#[derive(Debug, Clone)]
-pub struct CswinWeights<T> {
-    /// `stage1_conv_embed.0`
-    pub stem: Conv2d<T>,
-    /// `stage1_conv_embed.2`
-    pub stem_norm: LayerNorm<T>,
-    /// `stage1`..`stage4`
-    pub stages: Vec<Vec<CswinBlock<T>>>,
-    /// `merge1`..`merge3`
-    pub merges: Vec<Merge<T>>,
-    /// The classifier's final `norm` and `head` (absent in a segmentation backbone).
-    pub norm: Option<LayerNorm<T>>,
-    pub head: Option<Linear<T>>,
-    /// The segmentation backbone's per-stage `norm1`..`norm4` (empty for a classifier).
-    pub stage_norms: Vec<LayerNorm<T>>,
+weight_tree! {
+    /// All parameters of a CSWinTransformer.
+    #[derive(Debug, Clone)]
+    pub struct CswinWeights<T> {
+        /// `stage1_conv_embed.0`
+        pub stem: Conv2d<T>,
+        /// `stage1_conv_embed.2`
+        pub stem_norm: LayerNorm<T>,
+        /// `stage1`..`stage4`
+        pub stages: Vec<Vec<CswinBlock<T>>>,
+        /// `merge1`..`merge3`
+        pub merges: Vec<Merge<T>>,
+        /// The classifier's final `norm` and `head` (absent in a segmentation backbone).
+        pub norm: Option<LayerNorm<T>>,
+        pub head: Option<Linear<T>>,
+        /// The segmentation backbone's per-stage `norm1`..`norm4` (empty for a classifier).
+        pub stage_norms: Vec<LayerNorm<T>>,
+    }
 }
 
 impl<T> CswinWeights<T> {
@@ -66,7 +71,7 @@ impl CswinWeights<HostTensor> {
     /// The tree read from any source of weights: a checkpoint (safetensors, or a `.pth`
     /// converted to it), or seeded random weights ([`Weights::random`], the bench's models).
     /// The one description of CSWin's tensors, keys and shapes; uploading and f16 rounding
-    /// walk the result ([`crate::models::MapTensors`]).
+    /// walk the result (the walk `weight_tree!` derives from the structs above).
     pub fn from_weights(config: &CswinConfig, w: Weights<'_>) -> Result<Self> {
         let mut w = w.with_fallback_prefix("backbone.");
         let segmentation = w.contains("norm1.weight");
@@ -188,76 +193,6 @@ impl CswinWeights<HostTensor> {
     /// `dtype` rounded to it): the CPU twin's side of an f16 run.
     pub fn rounded(&self, dtype: DType) -> Self {
         rounded_tree(self, dtype)
-    }
-}
-
-/// Every tensor with its official key and storage: the one walk of the tree's shape that
-/// uploading and rounding share (keys and shapes are in the loader above).
-impl<T> MapTensors<T> for CswinBlock<T> {
-    type Out<U> = CswinBlock<U>;
-    fn map_tensors<U, E>(
-        &self,
-        key: &str,
-        f: &mut impl FnMut(&str, Storage, &T) -> std::result::Result<U, E>,
-    ) -> std::result::Result<CswinBlock<U>, E> {
-        let at = |name: &str| join(key, name);
-        Ok(CswinBlock {
-            qkv: self.qkv.map_tensors(&at("qkv"), f)?,
-            norm1: self.norm1.map_tensors(&at("norm1"), f)?,
-            proj: self.proj.map_tensors(&at("proj"), f)?,
-            lepe: (self.lepe.iter().enumerate())
-                .map(|(j, l)| l.map_f32(&at(&format!("attns.{j}.get_v")), f))
-                .collect::<std::result::Result<_, E>>()?,
-            fc1: self.fc1.map_tensors(&at("mlp.fc1"), f)?,
-            fc2: self.fc2.map_tensors(&at("mlp.fc2"), f)?,
-            norm2: self.norm2.map_tensors(&at("norm2"), f)?,
-        })
-    }
-}
-
-impl<T> MapTensors<T> for Merge<T> {
-    type Out<U> = Merge<U>;
-    fn map_tensors<U, E>(
-        &self,
-        key: &str,
-        f: &mut impl FnMut(&str, Storage, &T) -> std::result::Result<U, E>,
-    ) -> std::result::Result<Merge<U>, E> {
-        Ok(Merge {
-            conv: self.conv.map_tensors(&join(key, "conv"), f)?,
-            norm: self.norm.map_tensors(&join(key, "norm"), f)?,
-        })
-    }
-}
-
-impl<T> MapTensors<T> for CswinWeights<T> {
-    type Out<U> = CswinWeights<U>;
-    /// Stages at `stage{s}.{i}`, merges at `merge{m}`, the segmentation norms at `norm{s}`
-    /// (official keys, numbered from 1).
-    fn map_tensors<U, E>(
-        &self,
-        key: &str,
-        f: &mut impl FnMut(&str, Storage, &T) -> std::result::Result<U, E>,
-    ) -> std::result::Result<CswinWeights<U>, E> {
-        let numbered = |name: &str, i: usize| join(key, &format!("{name}{}", i + 1));
-        Ok(CswinWeights {
-            stem: self
-                .stem
-                .map_tensors(&join(key, "stage1_conv_embed.0"), f)?,
-            stem_norm: self
-                .stem_norm
-                .map_tensors(&join(key, "stage1_conv_embed.2"), f)?,
-            stages: (self.stages.iter().enumerate())
-                .map(|(s, blocks)| blocks.map_tensors(&numbered("stage", s), f))
-                .collect::<std::result::Result<_, E>>()?,
-            merges: (self.merges.iter().enumerate())
-                .map(|(m, g)| g.map_tensors(&numbered("merge", m), f))
-                .collect::<std::result::Result<_, E>>()?,
-            norm: self.norm.map_tensors(&join(key, "norm"), f)?,
-            head: self.head.map_tensors(&join(key, "head"), f)?,
-            stage_norms: (self.stage_norms.iter().enumerate())
-                .map(|(s, n)| n.map_tensors(&numbered("norm", s), f))
-                .collect::<std::result::Result<_, E>>()?,
-        })
     }
 }
 

@@ -17,26 +17,31 @@ use crate::error::{Error, Result};
 use crate::host::HostTensor;
 use crate::kernels::{Activation, PoolMode};
 use crate::limits;
+use crate::models::Linear;
 use crate::models::weights::Weights;
-use crate::models::{Linear, MapTensors, Storage, join};
 use crate::tensor::Tensor;
 
-/// A `Dense` module: `act(x·Wᵀ + b)`.
-#[derive(Debug, Clone)]
-pub struct Dense<T> {
-    pub linear: Linear<T>,
-    pub act: Activation,
+weight_tree! {
+    /// A `Dense` module: `act(x·Wᵀ + b)`, kept in f32 (the head is small and runs on f32
+    /// pooled values).
+    #[derive(Debug, Clone)]
+    pub struct Dense<T> {
+        @in_f32 pub linear: Linear<T>,
+        @keep pub act: Activation,
+    }
 }
 
-/// What turns token states into the sentence embedding: pooling modes (concatenated in
-/// order), Dense modules, Normalize.
-#[derive(Debug, Clone)]
-pub struct SentenceHead<T> {
-    pub modes: Vec<PoolMode>,
-    /// false: the prompt's tokens are left out of pooling (`include_prompt`).
-    pub include_prompt: bool,
-    pub dense: Vec<Dense<T>>,
-    pub normalize: bool,
+weight_tree! {
+    /// What turns token states into the sentence embedding: pooling modes (concatenated in
+    /// order), Dense modules, Normalize.
+    #[derive(Debug, Clone)]
+    pub struct SentenceHead<T> {
+        @keep pub modes: Vec<PoolMode>,
+        /// false: the prompt's tokens are left out of pooling (`include_prompt`).
+        @keep pub include_prompt: bool,
+        pub dense: Vec<Dense<T>>,
+        @keep pub normalize: bool,
+    }
 }
 
 impl<T> Default for SentenceHead<T> {
@@ -69,32 +74,6 @@ impl SentenceHead<HostTensor> {
     /// The Dense weights in GPU buffers (f32: the head is small and runs on f32 pooled values).
     pub fn upload(&self, ctx: &Context) -> Result<SentenceHead<Tensor>> {
         crate::models::upload_tree(self, ctx, crate::tensor::DType::F32)
-    }
-}
-
-impl<T> MapTensors<T> for SentenceHead<T> {
-    type Out<U> = SentenceHead<U>;
-    /// The Dense modules (kept in f32) at `key.dense{i}.linear`.
-    fn map_tensors<U, E>(
-        &self,
-        key: &str,
-        f: &mut impl FnMut(&str, Storage, &T) -> std::result::Result<U, E>,
-    ) -> std::result::Result<SentenceHead<U>, E> {
-        Ok(SentenceHead {
-            modes: self.modes.clone(),
-            include_prompt: self.include_prompt,
-            dense: (self.dense.iter().enumerate())
-                .map(|(i, d)| {
-                    Ok(Dense {
-                        linear: d
-                            .linear
-                            .map_f32(&join(key, &format!("dense{i}.linear")), f)?,
-                        act: d.act,
-                    })
-                })
-                .collect::<std::result::Result<_, E>>()?,
-            normalize: self.normalize,
-        })
     }
 }
 

@@ -7,20 +7,22 @@ use crate::error::{Error, Result};
 use crate::host::HostTensor;
 use crate::kernels::{Activation, EmbeddingTables};
 use crate::models::weights::Weights;
-use crate::models::{LayerNorm, Linear, MapTensors, Storage, join, rounded_tree, upload_tree};
+use crate::models::{LayerNorm, Linear, rounded_tree, upload_tree};
 use crate::tensor::{DType, Tensor};
 
-/// `Embeddings` (tables of width `embedding_dim`), and ELECTRA's projection to the hidden
-/// size.
-#[derive(Debug, Clone)]
-pub struct Embeddings<T> {
-    pub word_embeddings: T,
-    pub position_embeddings: T,
-    /// One zero row for DistilBERT, which has no token types.
-    pub token_type_embeddings: T,
-    pub layer_norm: LayerNorm<T>,
-    /// ELECTRA's `embeddings_project` (embedding_size -> hidden_size).
-    pub project: Option<Linear<T>>,
+weight_tree! {
+    /// `Embeddings` (tables of width `embedding_dim`, in the run's dtype), and ELECTRA's
+    /// projection to the hidden size.
+    #[derive(Debug, Clone)]
+    pub struct Embeddings<T> {
+        @Run pub word_embeddings: T,
+        @Run pub position_embeddings: T,
+        /// One zero row for DistilBERT, which has no token types.
+        @Run pub token_type_embeddings: T,
+        pub layer_norm: LayerNorm<T>,
+        /// ELECTRA's `embeddings_project` (embedding_size -> hidden_size).
+        pub project: Option<Linear<T>>,
+    }
 }
 
 impl<T> Embeddings<T> {
@@ -36,54 +38,60 @@ impl<T> Embeddings<T> {
     }
 }
 
-/// `EncoderLayer`: `attention.self.{query,key,value}` (fused as `qkv`), `attention.output`,
-/// `intermediate`, `output`.
-#[derive(Debug, Clone)]
-pub struct EncoderLayer<T> {
-    pub qkv: Linear<T>,
-    pub attention_output: Linear<T>,
-    pub attention_norm: LayerNorm<T>,
-    pub intermediate: Linear<T>,
-    pub output: Linear<T>,
-    pub output_norm: LayerNorm<T>,
+weight_tree! {
+    /// `EncoderLayer`: `attention.self.{query,key,value}` (fused as `qkv`),
+    /// `attention.output`, `intermediate`, `output`.
+    #[derive(Debug, Clone)]
+    pub struct EncoderLayer<T> {
+        pub qkv: Linear<T>,
+        pub attention_output: Linear<T>,
+        pub attention_norm: LayerNorm<T>,
+        pub intermediate: Linear<T>,
+        pub output: Linear<T>,
+        pub output_norm: LayerNorm<T>,
+    }
 }
 
-/// `BertModel`'s parameters, on the host (`T = HostTensor`) or the GPU (`T = Tensor`).
-#[derive(Debug, Clone)]
-pub struct TextWeights<T> {
-    pub embeddings: Embeddings<T>,
-    pub layers: Vec<EncoderLayer<T>>,
-    /// `pooler.dense`, when the checkpoint has one.
-    pub pooler: Option<Linear<T>>,
-    /// How the sentence embedding is made (a sentence-transformers folder's modules; mean +
-    /// L2 for a plain folder).
-    pub sentence: SentenceHead<T>,
-    /// The sequence-classification head of a `…ForSequenceClassification` checkpoint (a
-    /// cross-encoder), when it has one.
-    pub classifier: Option<ClassifierHead<T>>,
-    /// MPNet's `encoder.relative_attention_bias.weight` [buckets, heads] (kept on the host: the
-    /// per-length bias is computed from it for each forward).
-    pub relative_attention_bias: Option<HostTensor>,
-    /// The final norm of a pre-norm encoder (ModernBERT's `final_norm`).
-    pub final_norm: Option<LayerNorm<T>>,
+weight_tree! {
+    /// `BertModel`'s parameters, on the host (`T = HostTensor`) or the GPU (`T = Tensor`).
+    #[derive(Debug, Clone)]
+    pub struct TextWeights<T> {
+        pub embeddings: Embeddings<T>,
+        pub layers: Vec<EncoderLayer<T>>,
+        /// `pooler.dense`, when the checkpoint has one.
+        pub pooler: Option<Linear<T>>,
+        /// How the sentence embedding is made (a sentence-transformers folder's modules;
+        /// mean + L2 for a plain folder).
+        pub sentence: SentenceHead<T>,
+        /// The sequence-classification head of a `…ForSequenceClassification` checkpoint (a
+        /// cross-encoder), when it has one.
+        pub classifier: Option<ClassifierHead<T>>,
+        /// MPNet's `encoder.relative_attention_bias.weight` [buckets, heads] (kept on the
+        /// host: the per-length bias is computed from it for each forward).
+        @keep pub relative_attention_bias: Option<HostTensor>,
+        /// The final norm of a pre-norm encoder (ModernBERT's `final_norm`).
+        pub final_norm: Option<LayerNorm<T>>,
+    }
 }
 
-/// A sequence-classification head on the first token: BERT's `classifier` on the pooler
-/// output; RoBERTa's and ELECTRA's `classifier.dense` (tanh / GELU) then `classifier.out_proj`;
-/// DistilBERT's `pre_classifier` (ReLU) then `classifier`; ModernBERT's `head.dense`
-/// (`classifier_activation`), `head.norm` then `classifier`, on the CLS state or the mean.
-#[derive(Debug, Clone)]
-pub struct ClassifierHead<T> {
-    /// The dense layer on the first token's state (or the mean), with its activation (None
-    /// for BERT).
-    pub dense: Option<(Linear<T>, Activation)>,
-    /// ModernBERT's `head.norm` after the dense layer's activation.
-    pub norm: Option<LayerNorm<T>>,
-    /// The dense layer reads the masked mean of the last hidden state instead of the first
-    /// token (ModernBERT's `classifier_pooling: "mean"`).
-    pub mean_pooling: bool,
-    /// [num_labels, C].
-    pub out: Linear<T>,
+weight_tree! {
+    /// A sequence-classification head on the first token: BERT's `classifier` on the pooler
+    /// output; RoBERTa's and ELECTRA's `classifier.dense` (tanh / GELU) then `classifier.out_proj`;
+    /// DistilBERT's `pre_classifier` (ReLU) then `classifier`; ModernBERT's `head.dense`
+    /// (`classifier_activation`), `head.norm` then `classifier`, on the CLS state or the mean.
+    #[derive(Debug, Clone)]
+    pub struct ClassifierHead<T> {
+        /// The dense layer on the first token's state (or the mean), with its activation
+        /// (None for BERT).
+        pub dense: Option<(Linear<T>, Activation)>,
+        /// ModernBERT's `head.norm` after the dense layer's activation.
+        pub norm: Option<LayerNorm<T>>,
+        /// The dense layer reads the masked mean of the last hidden state instead of the
+        /// first token (ModernBERT's `classifier_pooling: "mean"`).
+        @keep pub mean_pooling: bool,
+        /// [num_labels, C].
+        pub out: Linear<T>,
+    }
 }
 
 impl<T> ClassifierHead<T> {
@@ -279,7 +287,7 @@ impl TextWeights<HostTensor> {
     /// The family's tree read from any source of weights: a checkpoint, or seeded random
     /// weights ([`Weights::random`], the bench's models). This is the one description of
     /// which tensors a family has, under which keys and shapes; uploading and f16 rounding
-    /// walk the result ([`crate::models::MapTensors`]).
+    /// walk the result (the walk `weight_tree!` derives from the structs above).
     pub fn from_weights(config: &TextConfig, w: Weights<'_>) -> Result<Self> {
         let family = config.family();
         let keys = family.keys();
@@ -384,99 +392,6 @@ impl TextWeights<HostTensor> {
     /// to f16 for F16; biases and norms unchanged): the CPU twin's side of an f16 run.
     pub fn rounded(&self, dtype: DType) -> Self {
         rounded_tree(self, dtype)
-    }
-}
-
-/// Every tensor of the tree with its key and storage (the one walk of the tree's shape that
-/// uploading and rounding share; keys and shapes are in the loader above).
-impl<T> MapTensors<T> for Embeddings<T> {
-    type Out<U> = Embeddings<U>;
-    fn map_tensors<U, E>(
-        &self,
-        key: &str,
-        f: &mut impl FnMut(&str, Storage, &T) -> std::result::Result<U, E>,
-    ) -> std::result::Result<Embeddings<U>, E> {
-        let table = |name: &str| join(key, &format!("{name}.weight"));
-        Ok(Embeddings {
-            word_embeddings: f(
-                &table("word_embeddings"),
-                Storage::Run,
-                &self.word_embeddings,
-            )?,
-            position_embeddings: f(
-                &table("position_embeddings"),
-                Storage::Run,
-                &self.position_embeddings,
-            )?,
-            token_type_embeddings: f(
-                &table("token_type_embeddings"),
-                Storage::Run,
-                &self.token_type_embeddings,
-            )?,
-            layer_norm: self.layer_norm.map_tensors(&join(key, "LayerNorm"), f)?,
-            project: self.project.map_tensors(&join(key, "project"), f)?,
-        })
-    }
-}
-
-impl<T> MapTensors<T> for EncoderLayer<T> {
-    type Out<U> = EncoderLayer<U>;
-    fn map_tensors<U, E>(
-        &self,
-        key: &str,
-        f: &mut impl FnMut(&str, Storage, &T) -> std::result::Result<U, E>,
-    ) -> std::result::Result<EncoderLayer<U>, E> {
-        let at = |name: &str| join(key, name);
-        Ok(EncoderLayer {
-            qkv: self.qkv.map_tensors(&at("attention.self.qkv"), f)?,
-            attention_output: (self.attention_output)
-                .map_tensors(&at("attention.output.dense"), f)?,
-            attention_norm: (self.attention_norm)
-                .map_tensors(&at("attention.output.LayerNorm"), f)?,
-            intermediate: self
-                .intermediate
-                .map_tensors(&at("intermediate.dense"), f)?,
-            output: self.output.map_tensors(&at("output.dense"), f)?,
-            output_norm: self.output_norm.map_tensors(&at("output.LayerNorm"), f)?,
-        })
-    }
-}
-
-impl<T> MapTensors<T> for ClassifierHead<T> {
-    type Out<U> = ClassifierHead<U>;
-    fn map_tensors<U, E>(
-        &self,
-        key: &str,
-        f: &mut impl FnMut(&str, Storage, &T) -> std::result::Result<U, E>,
-    ) -> std::result::Result<ClassifierHead<U>, E> {
-        Ok(ClassifierHead {
-            dense: match &self.dense {
-                Some((l, act)) => Some((l.map_tensors(&join(key, "dense"), f)?, *act)),
-                None => None,
-            },
-            norm: self.norm.map_tensors(&join(key, "norm"), f)?,
-            mean_pooling: self.mean_pooling,
-            out: self.out.map_tensors(&join(key, "out"), f)?,
-        })
-    }
-}
-
-impl<T> MapTensors<T> for TextWeights<T> {
-    type Out<U> = TextWeights<U>;
-    fn map_tensors<U, E>(
-        &self,
-        key: &str,
-        f: &mut impl FnMut(&str, Storage, &T) -> std::result::Result<U, E>,
-    ) -> std::result::Result<TextWeights<U>, E> {
-        Ok(TextWeights {
-            embeddings: self.embeddings.map_tensors(&join(key, "embeddings"), f)?,
-            layers: self.layers.map_tensors(&join(key, "encoder.layer"), f)?,
-            pooler: self.pooler.map_tensors(&join(key, "pooler.dense"), f)?,
-            sentence: self.sentence.map_tensors(&join(key, "sentence"), f)?,
-            classifier: self.classifier.map_tensors(&join(key, "classifier"), f)?,
-            relative_attention_bias: self.relative_attention_bias.clone(),
-            final_norm: self.final_norm.map_tensors(&join(key, "final_norm"), f)?,
-        })
     }
 }
 
