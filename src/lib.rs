@@ -22,6 +22,7 @@ mod adapter;
 #[cfg(all(feature = "bench", not(target_arch = "wasm32")))]
 pub mod bench;
 pub mod context;
+pub mod cpu;
 pub mod encoder;
 pub mod error;
 pub mod host;

@@ -48,6 +48,15 @@ fn run_cpu(name: &str) {
         &Tolerances::load(name),
         CPU_BUDGET,
     );
+    let dtype = backbone::DType::F32;
+    let fast = cswin::forward_fast(&config, &weights, &pixels, true, dtype).expect("fast cpu");
+    check(
+        &format!("{name} fast CPU"),
+        &fast,
+        &golden,
+        &Tolerances::load(name),
+        CPU_BUDGET,
+    );
 }
 
 fn run_gpu(name: &str) {

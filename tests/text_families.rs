@@ -3,7 +3,7 @@
 //! task prefix and classification head, XLM-RoBERTa saved bare with a pooler, DistilBERT with
 //! sinusoidal positions and ReLU, ELECTRA's discriminator with a projected 16-wide embedding,
 //! MPNet (relative position bias) in a sentence-transformers folder.
-//! Every batch is padded. GPU and CPU paths, hidden states on real tokens within 5e-5, the
+//! Every batch is padded. GPU, CPU reference and fast CPU paths, hidden states on real tokens within 5e-5, the
 //! pooler within 5e-5.
 
 mod common;
@@ -66,6 +66,14 @@ fn run_fixture(name: &str, family: Family) {
     );
     let cpu = text::forward_cpu(&config, &weights, &input, false).expect("cpu forward");
     check(&format!("{name} CPU"), &cpu, &golden, &input.attention_mask);
+    let fast = text::forward_fast(&config, &weights, &input, false, backbone::DType::F32)
+        .expect("fast cpu forward");
+    check(
+        &format!("{name} fast CPU"),
+        &fast,
+        &golden,
+        &input.attention_mask,
+    );
     let model = Encoder::new(ctx(), config, &weights).expect("upload");
     let gpu = model
         .forward_blocking(ctx(), &input, false)

@@ -16,6 +16,7 @@ use crate::error::Result;
 use crate::recorder::Timing;
 use crate::recorder::{PassTime, Recorder};
 
+pub mod cpu;
 mod kernels;
 mod models;
 pub mod serve_load;

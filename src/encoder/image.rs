@@ -60,7 +60,7 @@ impl ImageEncoder {
         let info = ImageInfo {
             model_id: files.name(),
             model_type: "cswin".into(),
-            device: super::describe(ctx.as_deref()),
+            device: super::describe(ctx.as_deref(), &options.device),
             dtype: options.dtype.name().0,
             img_size: config.img_size,
             num_classes: (!weights.is_segmentation()).then_some(config.num_classes),
@@ -75,6 +75,7 @@ impl ImageEncoder {
             None => Runner::Cpu {
                 model: weights,
                 dtype: options.dtype,
+                exec: super::CpuExec::of(&options.device),
             },
         };
         Ok(Self {
@@ -125,8 +126,21 @@ impl ImageEncoder {
         cswin::check_input(&self.config, pixel_values)?;
         match &self.runner {
             Runner::Gpu { ctx, model } => model.forward(ctx, pixel_values, block0_attention).await,
-            Runner::Cpu { model, dtype } => {
-                cswin::forward_cpu_as(&self.config, model, pixel_values, block0_attention, *dtype)
+            Runner::Cpu { model, dtype, exec } => {
+                let (config, attention) = (&self.config, block0_attention);
+                match exec {
+                    super::CpuExec::Twin => {
+                        cswin::forward_cpu_as(config, model, pixel_values, attention, *dtype)
+                    }
+                    #[cfg(not(target_arch = "wasm32"))]
+                    super::CpuExec::Fast => {
+                        cswin::forward_fast(config, model, pixel_values, attention, *dtype)
+                    }
+                    #[cfg(target_arch = "wasm32")]
+                    super::CpuExec::Fast => {
+                        cswin::forward_cpu_as(config, model, pixel_values, attention, *dtype)
+                    }
+                }
             }
         }
     }

@@ -36,8 +36,12 @@ pub enum Device {
     /// for this model.
     #[default]
     Gpu,
-    /// The CPU reference path: the kernels' CPU twins (exact, slow).
+    /// The CPU: the fast CPU executor (SIMD, multi-threaded products; `BACKBONE_CPU_THREADS`
+    /// caps its threads). On the web, the twins.
     Cpu,
+    /// The CPU reference path: the kernels' CPU twins (exact, f64 sums, slow), for debugging
+    /// and checking.
+    Reference,
     /// A GPU context the caller already has, shared (e.g. one made with
     /// [`Context::from_device`] on an application's own wgpu device).
     Context(Arc<Context>),
@@ -48,6 +52,7 @@ impl std::fmt::Debug for Device {
         match self {
             Device::Gpu => f.write_str("Gpu"),
             Device::Cpu => f.write_str("Cpu"),
+            Device::Reference => f.write_str("Reference"),
             Device::Context(ctx) => write!(f, "Context({})", ctx.capabilities().adapter.name),
         }
     }
@@ -100,24 +105,55 @@ impl EncoderOptions {
 
 /// A model on the device it runs on.
 enum Runner<G, C> {
-    Gpu { ctx: Arc<Context>, model: G },
-    Cpu { model: C, dtype: DType },
+    Gpu {
+        ctx: Arc<Context>,
+        model: G,
+    },
+    Cpu {
+        model: C,
+        dtype: DType,
+        exec: CpuExec,
+    },
+}
+
+/// Which CPU executor a CPU model runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CpuExec {
+    /// [`crate::cpu::Fast`] (native).
+    Fast,
+    /// [`crate::cpu::Twin`]: the kernels' CPU twins.
+    Twin,
+}
+
+impl CpuExec {
+    /// The executor `device` asks for (the twins on the web, which has no fast path).
+    fn of(device: &Device) -> Self {
+        match device {
+            Device::Reference => Self::Twin,
+            _ if cfg!(target_arch = "wasm32") => Self::Twin,
+            _ => Self::Fast,
+        }
+    }
 }
 
 /// The GPU context `device` asks for (`None` for the CPU path): opened here for
 /// [`Device::Gpu`], shared for [`Device::Context`].
 async fn context_for(device: &Device) -> Result<Option<Arc<Context>>> {
     Ok(match device {
-        Device::Cpu => None,
+        Device::Cpu | Device::Reference => None,
         Device::Context(ctx) => Some(ctx.clone()),
         Device::Gpu => Some(Arc::new(Context::new(ContextOptions::from_env()?).await?)),
     })
 }
 
 /// What a model runs on, for `info()`.
-fn describe(ctx: Option<&Context>) -> String {
-    match ctx {
-        Some(ctx) => ctx.capabilities().to_string(),
-        None => "CPU reference path".into(),
+fn describe(ctx: Option<&Context>, device: &Device) -> String {
+    match (ctx, CpuExec::of(device)) {
+        (Some(ctx), _) => ctx.capabilities().to_string(),
+        (None, CpuExec::Twin) => "CPU reference path (the kernels' twins)".into(),
+        #[cfg(not(target_arch = "wasm32"))]
+        (None, CpuExec::Fast) => format!("CPU ({} threads)", crate::cpu::threads()),
+        #[cfg(target_arch = "wasm32")]
+        (None, CpuExec::Fast) => "CPU".into(),
     }
 }

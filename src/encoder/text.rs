@@ -209,7 +209,7 @@ impl TextEncoder {
                 Some(1) => TextKind::Reranker,
                 Some(_) => TextKind::Classifier,
             },
-            device: super::describe(ctx.as_deref()),
+            device: super::describe(ctx.as_deref(), &options.device),
             dtype: options.dtype.name().0,
             max_length,
             max_length_source: source,
@@ -237,6 +237,7 @@ impl TextEncoder {
                 Runner::Cpu {
                     model: weights,
                     dtype: options.dtype,
+                    exec: super::CpuExec::of(&options.device),
                 }
             }
         };
@@ -371,8 +372,21 @@ impl TextEncoder {
         input.validate(&self.config)?;
         match &self.runner {
             Runner::Gpu { ctx, model } => model.forward_with(ctx, input, want).await,
-            Runner::Cpu { model, dtype } => {
-                text::forward_cpu_as(&self.config, model, input, want.hidden_states, *dtype)
+            Runner::Cpu { model, dtype, exec } => {
+                let (config, hidden) = (&self.config, want.hidden_states);
+                match exec {
+                    super::CpuExec::Twin => {
+                        text::forward_cpu_as(config, model, input, hidden, *dtype)
+                    }
+                    #[cfg(not(target_arch = "wasm32"))]
+                    super::CpuExec::Fast => {
+                        text::forward_fast(config, model, input, hidden, *dtype)
+                    }
+                    #[cfg(target_arch = "wasm32")]
+                    super::CpuExec::Fast => {
+                        text::forward_cpu_as(config, model, input, hidden, *dtype)
+                    }
+                }
             }
         }
     }

@@ -98,19 +98,7 @@ pub fn matmul_strided(
     p: &StridedMatmul,
 ) -> Result<()> {
     p.check(x.numel(), w.numel(), y.numel())?;
-    if let Some(b) = ep.bias
-        && b.shape != [p.n]
-    {
-        return Err(Error::Shape {
-            op: "matmul",
-            arg: "bias",
-            expected: format!("[{}]", p.n),
-            found: b.shape.clone(),
-        });
-    }
-    if let Some(r) = ep.residual {
-        same_shape("matmul", "residual", r, y)?;
-    }
+    check_epilogue(&ep, p.n, y)?;
     // Dot products in parallel over (batch entry, row), then the epilogue in place.
     let (batch_inner, m, n) = (p.batch[1], p.m, p.n);
     let base = |v: &crate::kernels::MatrixView, b: usize| {
@@ -156,6 +144,28 @@ pub fn matmul_strided(
     Ok(())
 }
 
+/// The epilogue's operands against an output of `n` columns: bias [n], residual as `y`.
+pub(crate) fn check_epilogue(
+    ep: &Epilogue<'_, HostTensor>,
+    n: usize,
+    y: &HostTensor,
+) -> Result<()> {
+    if let Some(b) = ep.bias
+        && b.shape != [n]
+    {
+        return Err(Error::Shape {
+            op: "matmul",
+            arg: "bias",
+            expected: format!("[{n}]"),
+            found: b.shape.clone(),
+        });
+    }
+    if let Some(r) = ep.residual {
+        same_shape("matmul", "residual", r, y)?;
+    }
+    Ok(())
+}
+
 /// Twin of [`crate::kernels::layer_norm`].
 pub fn layer_norm(
     x: &HostTensor,
@@ -165,7 +175,24 @@ pub fn layer_norm(
     eps: f32,
     y: &mut HostTensor,
 ) -> Result<()> {
-    let (rows, c) = last_dim("layer_norm", x)?;
+    let c = check_layer_norm(x, residual, gamma, beta, y)?;
+    for (r, out) in y.data.chunks_mut(c.max(1)).enumerate() {
+        let row = r * c..(r + 1) * c;
+        let res = residual.map(|t| &t.data[row.clone()]);
+        layer_norm_row(&x.data[row], res, &gamma.data, &beta.data, eps, out);
+    }
+    Ok(())
+}
+
+/// [`layer_norm`]'s shapes; the row length `c`.
+pub(crate) fn check_layer_norm(
+    x: &HostTensor,
+    residual: Option<&HostTensor>,
+    gamma: &HostTensor,
+    beta: &HostTensor,
+    y: &HostTensor,
+) -> Result<usize> {
+    let (_, c) = last_dim("layer_norm", x)?;
     same_shape("layer_norm", "y", y, x)?;
     if let Some(r) = residual {
         same_shape("layer_norm", "residual", r, x)?;
@@ -180,20 +207,28 @@ pub fn layer_norm(
             });
         }
     }
-    let mut s = vec![0.0f64; c];
-    for r in 0..rows {
-        for (i, v) in s.iter_mut().enumerate() {
-            *v = x.data[r * c + i] as f64 + residual.map_or(0.0, |res| res.data[r * c + i] as f64);
-        }
-        let mean = s.iter().sum::<f64>() / c as f64;
-        let var = s.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / c as f64;
-        let inv_std = 1.0 / (var + eps as f64).sqrt();
-        for i in 0..c {
-            y.data[r * c + i] =
-                ((s[i] - mean) * inv_std * gamma.data[i] as f64 + beta.data[i] as f64) as f32;
-        }
+    Ok(c)
+}
+
+/// One row of [`layer_norm`], summed in f64.
+pub(crate) fn layer_norm_row(
+    x: &[f32],
+    residual: Option<&[f32]>,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    y: &mut [f32],
+) {
+    let c = x.len();
+    let s: Vec<f64> = (0..c)
+        .map(|i| x[i] as f64 + residual.map_or(0.0, |r| r[i] as f64))
+        .collect();
+    let mean = s.iter().sum::<f64>() / c as f64;
+    let var = s.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / c as f64;
+    let inv_std = 1.0 / (var + eps as f64).sqrt();
+    for i in 0..c {
+        y[i] = ((s[i] - mean) * inv_std * gamma[i] as f64 + beta[i] as f64) as f32;
     }
-    Ok(())
 }
 
 /// Twin of [`crate::kernels::softmax`].

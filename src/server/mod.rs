@@ -55,8 +55,8 @@ pub struct ServeOptions {
     pub host: String,
     pub port: u16,
     pub dtype: DType,
-    /// The GPU (true) or the CPU reference path.
-    pub gpu: bool,
+    /// Where the model runs: the GPU (default), the fast CPU path, or the twins.
+    pub device: Device,
     /// The name `/info` and `/v1/embeddings` answer with (default: the folder's name).
     pub served_model_name: Option<String>,
     /// Most tokens (padded) in one batched forward; also the longest input when it is below
@@ -89,7 +89,7 @@ impl ServeOptions {
             host: "127.0.0.1".into(),
             port: 8080,
             dtype: DType::F32,
-            gpu: true,
+            device: Device::Gpu,
             served_model_name: None,
             max_batch_tokens: 16384,
             max_client_batch_size: 32,
@@ -175,16 +175,12 @@ pub(crate) struct Loaded {
     forward: batcher::Forward,
 }
 
-/// Opens the model folder through [`TextEncoder`], on the GPU or the CPU reference path. A
+/// Opens the model folder through [`TextEncoder`], on the device asked for. A
 /// model longer than `max_batch_tokens` is refused, or with `auto_truncate` truncated at
 /// `max_batch_tokens`, as TEI decides it.
 pub(crate) fn load(options: &ServeOptions) -> Result<Loaded> {
     options.validate()?;
-    let device = if options.gpu {
-        Device::Gpu
-    } else {
-        Device::Cpu
-    };
+    let device = options.device.clone();
     let open = |max_length: Option<usize>| {
         let mut encoder = EncoderOptions::default()
             .device(device.clone())

@@ -20,7 +20,7 @@ fn options() -> ServeOptions {
     .collect();
     ServeOptions {
         port: 0,
-        gpu: false,
+        device: crate::encoder::Device::Reference,
         max_concurrent_requests: 64,
         ..ServeOptions::new(model)
     }

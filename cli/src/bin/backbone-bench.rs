@@ -46,6 +46,10 @@ enum Suite {
     /// prints throughput, p50/p99 latency and the mean batch size; fails unless every answer
     /// matches the CPU reference and the server's memory stays flat.
     ServeLoad,
+    /// The fast CPU path beside PyTorch (not in the default set, needs no GPU): MiniLM-L6 and
+    /// MPNet-base at each --cpu-shapes, the peer (--peer, python3 with torch and
+    /// transformers) on the same thread count, and the ratio.
+    Cpu,
 }
 
 #[derive(Debug, Parser)]
@@ -121,6 +125,12 @@ struct Args {
     /// --serve-arg=f16 (the storage type is read from them for the reference).
     #[arg(long, allow_hyphen_values = true)]
     serve_arg: Vec<String>,
+    /// Shapes of the `cpu` suite, comma-separated BxT.
+    #[arg(long, value_delimiter = ',', default_value = "1x128,8x128,32x128")]
+    cpu_shapes: Vec<String>,
+    /// The PyTorch peer of the `cpu` suite ("none": ours only).
+    #[arg(long, default_value = "scripts/peer_cpu.py")]
+    peer: String,
     /// List the adapters (BACKBONE_ADAPTER takes an index or a name) and exit.
     #[arg(long)]
     list_adapters: bool,
@@ -137,6 +147,12 @@ fn main() -> Result<()> {
             );
         }
         return Ok(());
+    }
+    if args.suites.contains(&Suite::Cpu) {
+        if args.suites.len() > 1 {
+            bail!("the cpu suite runs alone (it needs no GPU): backbone-bench cpu");
+        }
+        return cpu_suite(&args);
     }
     let mut context_options = ContextOptions::from_env()?;
     if let Some(checks) = &args.shader_checks {
@@ -256,6 +272,7 @@ fn main() -> Result<()> {
                     }
                 }
             }
+            Suite::Cpu => bail!("the cpu suite runs alone: backbone-bench cpu"),
             Suite::ServeLoad => {
                 let Some(model) = args.model.clone() else {
                     bail!("serve-load needs --model DIR");
@@ -396,4 +413,31 @@ fn given_or<T, E>(
     } else {
         given.iter().map(|s| parse(s)).collect()
     }
+}
+
+/// `backbone-bench cpu`: the fast CPU path beside PyTorch; the rows go to --json too.
+fn cpu_suite(args: &Args) -> Result<()> {
+    let shapes = args
+        .cpu_shapes
+        .iter()
+        .map(|s| {
+            let parsed = s
+                .split_once('x')
+                .and_then(|(b, t)| Some((b.parse().ok()?, t.parse().ok()?)));
+            match parsed {
+                Some((b, t)) if b > 0 && t > 0 && t <= 512 => Ok((b, t)),
+                _ => bail!("--cpu-shapes {s:?}: BxT with 1 <= T <= 512"),
+            }
+        })
+        .collect::<Result<Vec<(usize, usize)>>>()?;
+    let peer = (args.peer != "none").then(|| PathBuf::from(&args.peer));
+    let records = bench::cpu::cpu_suite(&shapes, args.iters.unwrap_or(3), peer.as_deref())?;
+    if let Some(path) = &args.json {
+        let lines: String = records
+            .iter()
+            .map(|r| serde_json::to_string(r).map(|l| l + "\n"))
+            .collect::<Result<_, _>>()?;
+        backbone::io::write_atomic(path, lines.as_bytes())?;
+    }
+    Ok(())
 }

@@ -1,10 +1,12 @@
-//! The CPU forward, built only from the kernels' CPU twins.
+//! The CPU forward, written once against [`CpuOps`]: on the kernels' CPU twins (the
+//! reference every test checks against) or on the fast CPU executor.
 
 use super::config::check_depths;
 use super::{CswinConfig, CswinOutput, CswinWeights, Geometry, check_input};
+use crate::cpu::{CpuOps, Twin};
 use crate::error::Result;
 use crate::kernels::{ConvInput, Epilogue};
-use crate::reference::{self, HostTensor};
+use crate::reference::HostTensor;
 use crate::tensor::DType;
 
 /// The CPU forward, built only from the kernels' CPU twins.
@@ -21,6 +23,45 @@ pub fn forward_cpu(
 /// rounded once and every activation the GPU stores as f16 is rounded after the twin that
 /// produces it (the twins still compute in f64).
 pub fn forward_cpu_as(
+    config: &CswinConfig,
+    weights: &CswinWeights<HostTensor>,
+    pixel_values: &HostTensor,
+    block0_attention: bool,
+    dtype: DType,
+) -> Result<CswinOutput> {
+    forward_on(
+        &Twin,
+        config,
+        weights,
+        pixel_values,
+        block0_attention,
+        dtype,
+    )
+}
+
+/// The forward on the fast CPU executor ([`crate::cpu::Fast`]).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn forward_fast(
+    config: &CswinConfig,
+    weights: &CswinWeights<HostTensor>,
+    pixel_values: &HostTensor,
+    block0_attention: bool,
+    dtype: DType,
+) -> Result<CswinOutput> {
+    let fast = crate::cpu::Fast;
+    forward_on(
+        &fast,
+        config,
+        weights,
+        pixel_values,
+        block0_attention,
+        dtype,
+    )
+}
+
+/// The CPU forward on executor `ops` (f16 rounding as [`forward_cpu_as`] says).
+pub fn forward_on(
+    ops: &impl CpuOps,
     config: &CswinConfig,
     weights: &CswinWeights<HostTensor>,
     pixel_values: &HostTensor,
@@ -44,7 +85,7 @@ pub fn forward_cpu_as(
     let tokens = |s: usize| g.stages[s].0 * g.stages[s].1;
 
     let mut stem_conv = z(&[b, tokens(0), config.embed_dim]);
-    reference::conv2d(
+    ops.conv2d(
         pixel_values,
         ConvInput::Nchw,
         &w.stem.weight,
@@ -55,7 +96,7 @@ pub fn forward_cpu_as(
     )?;
     store(&mut stem_conv);
     let mut stem = z(&stem_conv.shape);
-    reference::layer_norm(
+    ops.layer_norm(
         &stem_conv,
         None,
         &w.stem_norm.weight,
@@ -71,7 +112,7 @@ pub fn forward_cpu_as(
         let (mut normed, mut qkv, mut attn) = (z(&[b, n, d]), z(&[b, n, 3 * d]), z(&[b, n, d]));
         let (mut x2, mut hidden) = (z(&[b, n, d]), z(&[b, n, config.hidden(s)]));
         for (i, block) in w.stages[s].iter().enumerate() {
-            reference::layer_norm(
+            ops.layer_norm(
                 &x,
                 None,
                 &block.norm1.weight,
@@ -80,7 +121,7 @@ pub fn forward_cpu_as(
                 &mut normed,
             )?;
             store(&mut normed);
-            reference::matmul(
+            ops.matmul(
                 &normed,
                 &block.qkv.weight,
                 &mut qkv,
@@ -92,20 +133,20 @@ pub fn forward_cpu_as(
                 .iter()
                 .zip(&block.lepe)
             {
-                reference::cswin_attention(&qkv, &lepe.weight, &lepe.bias, branch, &mut attn)?;
+                ops.cswin_attention(&qkv, &lepe.weight, &lepe.bias, branch, &mut attn)?;
             }
             store(&mut attn);
             if i == 0 && block0_attention {
                 attention.push(attn.clone());
             }
-            reference::matmul(
+            ops.matmul(
                 &attn,
                 &block.proj.weight,
                 &mut x2,
                 Epilogue::none().bias(&block.proj.bias).residual(&x),
             )?;
             store(&mut x2);
-            reference::layer_norm(
+            ops.layer_norm(
                 &x2,
                 None,
                 &block.norm2.weight,
@@ -114,14 +155,14 @@ pub fn forward_cpu_as(
                 &mut normed,
             )?;
             store(&mut normed);
-            reference::matmul(
+            ops.matmul(
                 &normed,
                 &block.fc1.weight,
                 &mut hidden,
                 Epilogue::none().bias(&block.fc1.bias).gelu(),
             )?;
             store(&mut hidden);
-            reference::matmul(
+            ops.matmul(
                 &hidden,
                 &block.fc2.weight,
                 &mut x,
@@ -134,7 +175,7 @@ pub fn forward_cpu_as(
             let (h, w_) = g.stages[s];
             let m = &w.merges[s];
             let mut conv = z(&[b, tokens(s + 1), config.dim(s + 1)]);
-            reference::conv2d(
+            ops.conv2d(
                 &x,
                 ConvInput::Tokens { h, w: w_ },
                 &m.conv.weight,
@@ -145,27 +186,27 @@ pub fn forward_cpu_as(
             )?;
             store(&mut conv);
             x = z(&conv.shape);
-            reference::layer_norm(&conv, None, &m.norm.weight, &m.norm.bias, eps, &mut x)?;
+            ops.layer_norm(&conv, None, &m.norm.weight, &m.norm.bias, eps, &mut x)?;
             store(&mut x);
         }
     }
     let (mut pooled, mut logits) = (None, None);
     if let (Some(n), Some(h)) = (&w.norm, &w.head) {
         let mut final_norm = z(&x.shape);
-        reference::layer_norm(&x, None, &n.weight, &n.bias, eps, &mut final_norm)?;
+        ops.layer_norm(&x, None, &n.weight, &n.bias, eps, &mut final_norm)?;
         store(&mut final_norm);
         let ones = HostTensor::new(&[b, tokens(3)], vec![1u32; b * tokens(3)])?;
         let mut p = z(&[b, config.dim(3)]);
-        reference::mean_pool(&final_norm, &ones, &mut p)?;
+        ops.mean_pool(&final_norm, &ones, &mut p)?;
         let mut l = z(&[b, config.num_classes]);
-        reference::matmul(&p, &h.weight, &mut l, Epilogue::none().bias(&h.bias))?;
+        ops.matmul(&p, &h.weight, &mut l, Epilogue::none().bias(&h.bias))?;
         (pooled, logits) = (Some(p), Some(l));
     }
     // The segmentation backbone's features: each stage's output after norm1..norm4, NCHW.
     let mut features = Vec::new();
     for (s, n) in w.stage_norms.iter().enumerate() {
         let mut normed = z(&stages[s].shape);
-        reference::layer_norm(&stages[s], None, &n.weight, &n.bias, eps, &mut normed)?;
+        ops.layer_norm(&stages[s], None, &n.weight, &n.bias, eps, &mut normed)?;
         store(&mut normed);
         let (h, wd) = g.stages[s];
         features.push(super::to_nchw(&normed, h, wd)?);

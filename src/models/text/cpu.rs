@@ -1,6 +1,8 @@
-//! The CPU forward, built only from the kernels' CPU twins.
+//! The CPU forward, written once against [`CpuOps`]: on the kernels' CPU twins (the
+//! reference every test checks against) or on the fast CPU executor.
 
 use super::{TextConfig, TextInput, TextOutput, TextWeights, pooler_problem};
+use crate::cpu::{CpuOps, Twin};
 use crate::error::Result;
 use crate::kernels::{Activation, AttentionBias, Epilogue, PoolMode};
 use crate::reference::{self, HostTensor};
@@ -21,6 +23,39 @@ pub fn forward_cpu(
 /// that produces it (the twins themselves still compute in f64), so the two paths see the same
 /// values.
 pub fn forward_cpu_as(
+    config: &TextConfig,
+    weights: &TextWeights<HostTensor>,
+    input: &TextInput,
+    hidden_states: bool,
+    dtype: DType,
+) -> Result<TextOutput> {
+    forward_on(&Twin, config, weights, input, hidden_states, dtype)
+}
+
+/// The forward on the fast CPU executor ([`crate::cpu::Fast`]): the same operations as
+/// [`forward_cpu_as`], in f32 sums on every core.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn forward_fast(
+    config: &TextConfig,
+    weights: &TextWeights<HostTensor>,
+    input: &TextInput,
+    hidden_states: bool,
+    dtype: DType,
+) -> Result<TextOutput> {
+    forward_on(
+        &crate::cpu::Fast,
+        config,
+        weights,
+        input,
+        hidden_states,
+        dtype,
+    )
+}
+
+/// The CPU forward on executor `ops`; for f16 the weights and activations a GPU run stores as
+/// f16 are rounded as [`forward_cpu_as`] says.
+pub fn forward_on(
+    ops: &impl CpuOps,
     config: &TextConfig,
     weights: &TextWeights<HostTensor>,
     input: &TextInput,
@@ -56,12 +91,12 @@ pub fn forward_cpu_as(
     match &w.embeddings.project {
         Some(project) => {
             let mut embedded = z(&[b, t, config.embedding_dim()]);
-            reference::bert_embeddings(&embedding_ids, &tables, eps, &mut embedded)?;
+            ops.bert_embeddings(&embedding_ids, &tables, eps, &mut embedded)?;
             store(&mut embedded);
             let ep = Epilogue::none().bias(&project.bias);
-            reference::matmul(&embedded, &project.weight, &mut hidden, ep)?;
+            ops.matmul(&embedded, &project.weight, &mut hidden, ep)?;
         }
-        None => reference::bert_embeddings(&embedding_ids, &tables, eps, &mut hidden)?,
+        None => ops.bert_embeddings(&embedding_ids, &tables, eps, &mut hidden)?,
     }
     store(&mut hidden);
     let act = config.activation().unwrap_or(Activation::Gelu);
@@ -86,24 +121,24 @@ pub fn forward_cpu_as(
                 hidden.clone()
             } else {
                 let n = &layer.attention_norm;
-                reference::layer_norm(&hidden, None, &n.weight, &n.bias, eps, &mut attention_out)?;
+                ops.layer_norm(&hidden, None, &n.weight, &n.bias, eps, &mut attention_out)?;
                 store(&mut attention_out);
                 attention_out.clone()
             };
-            reference::matmul(&input, &layer.qkv.weight, &mut qkv, Epilogue::none())?;
+            ops.matmul(&input, &layer.qkv.weight, &mut qkv, Epilogue::none())?;
             store(&mut qkv);
             let mut qkv_rot = z(&[b, t, 3 * c]);
-            reference::rotary(&qkv, &rope(l), config.head_dim(), &mut qkv_rot)?;
+            ops.rotary(&qkv, &rope(l), config.head_dim(), &mut qkv_rot)?;
             store(&mut qkv_rot);
             let extra = AttentionBias {
                 rel_bias: None,
                 window: config.attention_window(l),
             };
             let heads = config.num_attention_heads;
-            reference::attention_biased(&qkv_rot, &mask, extra, heads, &mut context)?;
+            ops.attention_biased(&qkv_rot, &mask, extra, heads, &mut context)?;
             store(&mut context);
             let out = Epilogue::none().residual(&hidden);
-            reference::matmul(
+            ops.matmul(
                 &context,
                 &layer.attention_output.weight,
                 &mut attention_sum,
@@ -111,7 +146,7 @@ pub fn forward_cpu_as(
             )?;
             store(&mut attention_sum);
             let n = &layer.output_norm;
-            reference::layer_norm(
+            ops.layer_norm(
                 &attention_sum,
                 None,
                 &n.weight,
@@ -121,24 +156,24 @@ pub fn forward_cpu_as(
             )?;
             store(&mut attention_out);
             let mut up = z(&[b, t, 2 * i]);
-            reference::matmul(
+            ops.matmul(
                 &attention_out,
                 &layer.intermediate.weight,
                 &mut up,
                 Epilogue::none(),
             )?;
             store(&mut up);
-            reference::geglu(&up, &mut intermediate)?;
+            ops.geglu(&up, &mut intermediate)?;
             store(&mut intermediate);
             let down = Epilogue::none().residual(&attention_sum);
-            reference::matmul(&intermediate, &layer.output.weight, &mut hidden, down)?;
+            ops.matmul(&intermediate, &layer.output.weight, &mut hidden, down)?;
             store(&mut hidden);
             if hidden_states {
                 states.push(hidden.clone());
             }
             continue;
         }
-        reference::matmul(
+        ops.matmul(
             &hidden,
             &layer.qkv.weight,
             &mut qkv,
@@ -150,12 +185,12 @@ pub fn forward_cpu_as(
             rel_bias: rel_bias.as_ref(),
             window: config.attention_window(l),
         };
-        reference::attention_biased(&qkv, &mask, extra, heads, &mut context)?;
+        ops.attention_biased(&qkv, &mask, extra, heads, &mut context)?;
         store(&mut context);
         let out = Epilogue::none()
             .bias(&layer.attention_output.bias)
             .residual(&hidden);
-        reference::matmul(
+        ops.matmul(
             &context,
             &layer.attention_output.weight,
             &mut attention_sum,
@@ -163,7 +198,7 @@ pub fn forward_cpu_as(
         )?;
         store(&mut attention_sum);
         let n = &layer.attention_norm;
-        reference::layer_norm(
+        ops.layer_norm(
             &attention_sum,
             None,
             &n.weight,
@@ -173,7 +208,7 @@ pub fn forward_cpu_as(
         )?;
         store(&mut attention_out);
         let up = Epilogue::none().bias(&layer.intermediate.bias).act(act);
-        reference::matmul(
+        ops.matmul(
             &attention_out,
             &layer.intermediate.weight,
             &mut intermediate,
@@ -183,10 +218,10 @@ pub fn forward_cpu_as(
         let down = Epilogue::none()
             .bias(&layer.output.bias)
             .residual(&attention_out);
-        reference::matmul(&intermediate, &layer.output.weight, &mut output_sum, down)?;
+        ops.matmul(&intermediate, &layer.output.weight, &mut output_sum, down)?;
         store(&mut output_sum);
         let n = &layer.output_norm;
-        reference::layer_norm(&output_sum, None, &n.weight, &n.bias, eps, &mut hidden)?;
+        ops.layer_norm(&output_sum, None, &n.weight, &n.bias, eps, &mut hidden)?;
         store(&mut hidden);
         if hidden_states {
             states.push(hidden.clone());
@@ -195,7 +230,7 @@ pub fn forward_cpu_as(
 
     if let Some(n) = &w.final_norm {
         let mut normed = z(&btc);
-        reference::layer_norm(&hidden, None, &n.weight, &n.bias, eps, &mut normed)?;
+        ops.layer_norm(&hidden, None, &n.weight, &n.bias, eps, &mut normed)?;
         store(&mut normed);
         hidden = normed;
     }
@@ -204,7 +239,7 @@ pub fn forward_cpu_as(
         Some(pooler) => {
             let mut out = z(&[b, c]);
             let ep = Epilogue::none().bias(&pooler.bias).tanh();
-            reference::matmul_strided(
+            ops.matmul_strided(
                 &hidden,
                 &pooler.weight,
                 &mut out,
@@ -223,11 +258,11 @@ pub fn forward_cpu_as(
                     let ep = Epilogue::none().bias(&dense.bias).act(*act);
                     if cls.mean_pooling {
                         let mut mean = z(&[b, c]);
-                        reference::pool(&hidden, &mask, &mask, PoolMode::Mean, &mut mean, 0)?;
-                        reference::matmul(&mean, &dense.weight, &mut h, ep)?;
+                        ops.pool(&hidden, &mask, &mask, PoolMode::Mean, &mut mean, 0)?;
+                        ops.matmul(&mean, &dense.weight, &mut h, ep)?;
                     } else {
                         let problem = pooler_problem(b, t, c);
-                        reference::matmul_strided(&hidden, &dense.weight, &mut h, ep, &problem)?;
+                        ops.matmul_strided(&hidden, &dense.weight, &mut h, ep, &problem)?;
                     }
                     h
                 }
@@ -236,11 +271,11 @@ pub fn forward_cpu_as(
             };
             if let Some(norm) = &cls.norm {
                 let mut normed = z(&[b, c]);
-                reference::layer_norm(&input, None, &norm.weight, &norm.bias, eps, &mut normed)?;
+                ops.layer_norm(&input, None, &norm.weight, &norm.bias, eps, &mut normed)?;
                 input = normed;
             }
             let mut out = z(&[b, cls.out.weight.shape[0]]);
-            reference::matmul(
+            ops.matmul(
                 &input,
                 &cls.out.weight,
                 &mut out,
@@ -254,17 +289,17 @@ pub fn forward_cpu_as(
     let keep = HostTensor::new(&[b, t], input.pooling_mask(head.include_prompt))?;
     let mut pooled = z(&[b, head.pooled_dim(c)]);
     for (i, &mode) in head.modes.iter().enumerate() {
-        reference::pool(&hidden, &mask, &keep, mode, &mut pooled, i * c)?;
+        ops.pool(&hidden, &mask, &keep, mode, &mut pooled, i * c)?;
     }
     for dense in &head.dense {
         let mut out = z(&[b, dense.linear.weight.shape[0]]);
         let ep = Epilogue::none().bias(&dense.linear.bias).act(dense.act);
-        reference::matmul(&pooled, &dense.linear.weight, &mut out, ep)?;
+        ops.matmul(&pooled, &dense.linear.weight, &mut out, ep)?;
         pooled = out;
     }
     let (sentence_embedding, unnormalized_embedding) = if head.normalize {
         let mut y = z(&pooled.shape);
-        reference::l2_normalize(&pooled, &mut y)?;
+        ops.l2_normalize(&pooled, &mut y)?;
         (y, Some(pooled))
     } else {
         (pooled, None)

@@ -21,7 +21,9 @@ mod weights;
 
 pub use crate::models::{LayerNorm, Linear};
 pub use config::{ModernBertSettings, TextConfig};
-pub use cpu::{forward_cpu, forward_cpu_as};
+#[cfg(not(target_arch = "wasm32"))]
+pub use cpu::forward_fast;
+pub use cpu::{forward_cpu, forward_cpu_as, forward_on};
 pub use family::{Family, Keys, MODEL_TYPES, relative_position_bias, relative_position_bucket};
 pub use gpu::{Encoder, Plan, Readback};
 pub use input::TextInput;

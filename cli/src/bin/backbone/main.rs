@@ -1,7 +1,7 @@
 //! `backbone`: run a model folder on safetensors input, or embed text.
 //!
 //! ```text
-//! backbone run --model DIR --input IN.safetensors --output OUT.safetensors [--device gpu|cpu] [--dtype f32|f16]
+//! backbone run --model DIR --input IN.safetensors --output OUT.safetensors [--device gpu|cpu|reference] [--dtype f32|f16]
 //! backbone embed --model DIR [--max-length N] [--prompt-name NAME | --prompt TEXT] [--dtype f32|f16] (TEXT... | --texts-file FILE)
 //! backbone rerank --model DIR --query Q [--raw] [--max-length N] [--dtype f32|f16] DOC...
 //! backbone classify --model DIR [--dtype f32|f16] IMAGE...
@@ -68,8 +68,10 @@ impl Dtype {
 enum Device {
     /// The best wgpu adapter (BACKBONE_BACKEND / BACKBONE_ADAPTER override).
     Gpu,
-    /// The CPU reference path (slow, f64 accumulation).
+    /// The CPU: SIMD, multi-threaded products (BACKBONE_CPU_THREADS caps the threads).
     Cpu,
+    /// The CPU reference path: the kernels' twins (exact, f64 sums, slow), for checking.
+    Reference,
 }
 
 #[derive(Debug, Subcommand)]
@@ -337,7 +339,7 @@ fn main() -> Result<()> {
                 host,
                 port,
                 dtype: dtype.dtype(),
-                gpu: device == Device::Gpu,
+                device: device.device(),
                 served_model_name,
                 max_batch_tokens,
                 max_client_batch_size,
@@ -374,6 +376,7 @@ impl Device {
         match self {
             Device::Gpu => backbone::encoder::Device::Gpu,
             Device::Cpu => backbone::encoder::Device::Cpu,
+            Device::Reference => backbone::encoder::Device::Reference,
         }
     }
 }

@@ -1,0 +1,331 @@
+//! The fast CPU executor: matrix products through `gemm` (SIMD kernels picked at run time,
+//! cache blocking, threads), attention as two products per (batch entry, head) with the
+//! softmax between them in f32, the epilogue (bias, activation, residual) and the norms on the
+//! same threads. Sums are f32 (the twins sum in f64), so results agree with the twins to f32
+//! rounding; layouts it does not take (overlapping outputs) go to the twin.
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+use super::CpuOps;
+use crate::error::Result;
+use crate::kernels::AttentionBias;
+use crate::kernels::matmul::{Epilogue, MatrixView, StridedMatmul, WLayout};
+use crate::reference::{self, HostTensor};
+
+/// Threads of the fast CPU path: `BACKBONE_CPU_THREADS` when set to a positive number, else
+/// one per core the process may use.
+pub fn threads() -> usize {
+    std::env::var("BACKBONE_CPU_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// The one pool every fast CPU op runs on, made on first use; `None` if the system refused
+/// threads (then everything runs on the caller's thread).
+fn pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads())
+            .thread_name(|i| format!("backbone-cpu-{i}"))
+            .build()
+            .map_err(|e| log::warn!("fast CPU path: no thread pool ({e}); running on one thread"))
+            .ok()
+    })
+    .as_ref()
+}
+
+/// The fast CPU executor (`Device::Cpu`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Fast;
+
+impl Fast {
+    /// Runs `f` on the pool, with the parallelism gemm should use there.
+    fn run<R: Send>(f: impl FnOnce(gemm::Parallelism) -> R + Send) -> R {
+        match pool() {
+            Some(pool) if pool.current_num_threads() > 1 => {
+                let n = pool.current_num_threads();
+                pool.install(|| f(gemm::Parallelism::Rayon(n)))
+            }
+            Some(pool) => pool.install(|| f(gemm::Parallelism::None)),
+            None => f(gemm::Parallelism::None),
+        }
+    }
+}
+
+/// Offset of matrix `b` of a batch in a view.
+fn base(v: &MatrixView, b: usize, inner: usize) -> usize {
+    v.offset + (b / inner) * v.outer_stride + (b % inner) * v.inner_stride
+}
+
+/// Whether the batch's output matrices are disjoint with disjoint rows (so products and the
+/// epilogue can write them in parallel).
+fn disjoint_outputs(p: &StridedMatmul) -> bool {
+    let [outer, inner] = p.batch;
+    let block = p.m.saturating_sub(1) * p.y.ld + p.n;
+    p.y.ld >= p.n
+        && (inner == 1 || p.y.inner_stride >= block)
+        && (outer == 1 || p.y.outer_stride >= (inner - 1) * p.y.inner_stride + block)
+}
+
+/// `dst[m, n] = beta · lhs[m, k] · rhs[k, n]` with element strides (row, column) for each.
+///
+/// # Safety
+/// Every element the strides reach lies inside its slice, and `dst`'s elements are distinct.
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    (dst_rs, dst_cs): (usize, usize),
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (usize, usize),
+    beta: f32,
+    parallelism: gemm::Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        for i in 0..m {
+            for j in 0..n {
+                dst[i * dst_rs + j * dst_cs] = 0.0;
+            }
+        }
+        return;
+    }
+    // SAFETY: the caller's bounds; gemm reads lhs and rhs and writes dst within them.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            dst_cs as isize,
+            dst_rs as isize,
+            false,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            0.0,
+            beta,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+impl CpuOps for Fast {
+    fn matmul_strided(
+        &self,
+        x: &HostTensor,
+        w: &HostTensor,
+        y: &mut HostTensor,
+        ep: Epilogue<'_, HostTensor>,
+        p: &StridedMatmul,
+    ) -> Result<()> {
+        p.check(x.numel(), w.numel(), y.numel())?;
+        reference::check_epilogue(&ep, p.n, y)?;
+        if !disjoint_outputs(p) {
+            return reference::matmul_strided(x, w, y, ep, p);
+        }
+        let [outer, inner] = p.batch;
+        let (m, n, k) = (p.m, p.n, p.k);
+        let w_strides = match p.w_layout {
+            WLayout::NK => (1, p.w.ld),
+            WLayout::KN => (p.w.ld, 1),
+        };
+        // A batch that shares W over contiguous X and Y rows is one product of all its rows.
+        let folds = |v: &MatrixView| inner == 1 && v.outer_stride == m * v.ld;
+        let (batches, rows) = if outer > 1 && p.w.outer_stride == 0 && folds(&p.x) && folds(&p.y) {
+            (1, outer * m)
+        } else {
+            (outer * inner, m)
+        };
+        Self::run(|par| {
+            for b in 0..batches {
+                let (xb, wb, yb) = (
+                    base(&p.x, b, inner),
+                    base(&p.w, b, inner),
+                    base(&p.y, b, inner),
+                );
+                // SAFETY: `check` bounds every view by its tensor; rows of Y are disjoint.
+                unsafe {
+                    product(
+                        (rows, n, k),
+                        &mut y.data[yb..],
+                        (p.y.ld, 1),
+                        &x.data[xb..],
+                        (p.x.ld, 1),
+                        &w.data[wb..],
+                        w_strides,
+                        ep.alpha,
+                        par,
+                    );
+                }
+            }
+            // The epilogue in place, rows in parallel: act(v + bias) + residual.
+            if ep.bias.is_none()
+                && ep.residual.is_none()
+                && ep.act == crate::kernels::Activation::None
+            {
+                return;
+            }
+            let residual = ep.residual.map(|r| r.data.as_slice());
+            let bias = ep.bias.map(|b| b.data.as_slice());
+            for b in 0..batches {
+                let yb = base(&p.y, b, inner);
+                let span = (rows - 1) * p.y.ld + n;
+                y.data[yb..yb + span]
+                    .par_chunks_mut(p.y.ld)
+                    .enumerate()
+                    .for_each(|(i, row)| {
+                        let at = yb + i * p.y.ld;
+                        for (j, v) in row[..n].iter_mut().enumerate() {
+                            let mut s = *v as f64;
+                            if let Some(bias) = bias {
+                                s += bias[j] as f64;
+                            }
+                            s = ep.act.apply(s);
+                            if let Some(r) = residual {
+                                s += r[at + j] as f64;
+                            }
+                            *v = s as f32;
+                        }
+                    });
+            }
+        });
+        Ok(())
+    }
+
+    fn layer_norm(
+        &self,
+        x: &HostTensor,
+        residual: Option<&HostTensor>,
+        gamma: &HostTensor,
+        beta: &HostTensor,
+        eps: f32,
+        y: &mut HostTensor,
+    ) -> Result<()> {
+        let c = reference::check_layer_norm(x, residual, gamma, beta, y)?;
+        if c == 0 {
+            return Ok(());
+        }
+        Self::run(|_| {
+            y.data.par_chunks_mut(c).enumerate().for_each(|(r, out)| {
+                let row = r * c..(r + 1) * c;
+                reference::layer_norm_row(
+                    &x.data[row.clone()],
+                    residual.map(|t| &t.data[row]),
+                    &gamma.data,
+                    &beta.data,
+                    eps,
+                    out,
+                );
+            });
+        });
+        Ok(())
+    }
+
+    fn attention_biased(
+        &self,
+        qkv: &HostTensor,
+        mask: &HostTensor<u32>,
+        extra: AttentionBias<'_, HostTensor>,
+        heads: usize,
+        out: &mut HostTensor,
+    ) -> Result<()> {
+        let (b, t, c, d) =
+            crate::kernels::attention_dims(&qkv.shape, &mask.shape, heads, &out.shape)?;
+        if let Some(bias) = extra.rel_bias {
+            crate::kernels::rel_bias_dims(&bias.shape, heads, t)?;
+        }
+        if b == 0 || t == 0 || d == 0 {
+            return Ok(());
+        }
+        let scale = (1.0 / (d as f64).sqrt()) as f32;
+        let stride = 3 * c;
+        // Per (batch entry, head): S = scale · Q·Kᵀ [t, t], softmax rows, O = P·V [t, d].
+        let blocks: Vec<Vec<f32>> = Self::run(|_| {
+            (0..b * heads)
+                .into_par_iter()
+                .map(|bh| {
+                    let (bi, h) = (bh / heads, bh % heads);
+                    let at = bi * t * stride + h * d;
+                    let mut scores = vec![0.0f32; t * t];
+                    let none = gemm::Parallelism::None;
+                    // SAFETY: `attention_dims` checked qkv is [b, t, 3c] with heads · d = c.
+                    unsafe {
+                        product(
+                            (t, t, d),
+                            &mut scores,
+                            (t, 1),
+                            &qkv.data[at..],
+                            (stride, 1),
+                            &qkv.data[at + c..],
+                            (1, stride),
+                            scale,
+                            none,
+                        );
+                    }
+                    for (qi, row) in scores.chunks_mut(t).enumerate() {
+                        for (j, s) in row.iter_mut().enumerate() {
+                            let rel = extra
+                                .rel_bias
+                                .map_or(0.0, |r| r.data[h * (2 * t - 1) + j + t - 1 - qi]);
+                            let masked = if mask.data[bi * t + j] != 0 {
+                                0.0
+                            } else {
+                                f32::MIN
+                            };
+                            *s = *s + rel + masked;
+                            if extra.window.is_some_and(|w| j.abs_diff(qi) > w.max(1)) {
+                                *s = f32::MIN;
+                            }
+                        }
+                        let max = row.iter().fold(f32::MIN, |m, &s| m.max(s));
+                        let mut sum = 0.0f32;
+                        row.iter_mut().for_each(|s| {
+                            *s = (*s - max).exp();
+                            sum += *s;
+                        });
+                        row.iter_mut().for_each(|s| *s /= sum);
+                    }
+                    let mut o = vec![0.0f32; t * d];
+                    // SAFETY: as above; V is the third block of each qkv row.
+                    unsafe {
+                        product(
+                            (t, d, t),
+                            &mut o,
+                            (d, 1),
+                            &scores,
+                            (t, 1),
+                            &qkv.data[at + 2 * c..],
+                            (stride, 1),
+                            1.0,
+                            none,
+                        );
+                    }
+                    o
+                })
+                .collect()
+        });
+        for (bh, o) in blocks.iter().enumerate() {
+            let (bi, h) = (bh / heads, bh % heads);
+            for (qi, row) in o.chunks(d).enumerate() {
+                out.data[(bi * t + qi) * c + h * d..][..d].copy_from_slice(row);
+            }
+        }
+        Ok(())
+    }
+}
