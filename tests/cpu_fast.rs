@@ -326,3 +326,52 @@ fn every_cswin_fixture_matches_the_twins() {
         assert_eq!(fast.logits.is_some(), twin.logits.is_some(), "{name}");
     }
 }
+
+/// `--device auto` (the default): with no adapter or only a software one (lavapipe here) the
+/// CLI says so once and embeds on the fast CPU path, giving what `--device cpu` gives;
+/// `BACKBONE_DEVICE` overrides it, and a value it does not know is an error naming it.
+#[test]
+fn auto_picks_the_fast_cpu_path_without_a_hardware_gpu() {
+    let model = fixture("text/st-cls");
+    let run = |device: Option<&str>, env: Option<&str>| {
+        let mut command = std::process::Command::new(bin("backbone"));
+        command.args(["embed", "--model", model.to_str().expect("utf-8"), "a cat"]);
+        if let Some(d) = device {
+            command.args(["--device", d]);
+        }
+        command
+            .env_remove("BACKBONE_DEVICE")
+            .env("RUST_LOG", "backbone=warn");
+        if let Some(e) = env {
+            command.env("BACKBONE_DEVICE", e);
+        }
+        command.output().expect("run backbone")
+    };
+    let cpu = run(Some("cpu"), None);
+    assert!(
+        cpu.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cpu.stderr)
+    );
+    let probe = pollster::block_on(backbone::Context::new(backbone::ContextOptions::default()));
+    let hardware = probe
+        .as_ref()
+        .is_ok_and(|c| !c.capabilities().is_software());
+    if !hardware {
+        let auto = run(None, None);
+        let stderr = String::from_utf8_lossy(&auto.stderr);
+        assert!(auto.status.success(), "{stderr}");
+        assert_eq!(
+            stderr.matches("running on the fast CPU path").count(),
+            1,
+            "{stderr}"
+        );
+        assert_eq!(auto.stdout, cpu.stdout, "auto ran the fast CPU path");
+        let forced = run(None, Some("cpu"));
+        assert!(!String::from_utf8_lossy(&forced.stderr).contains("fast CPU path"));
+        assert_eq!(forced.stdout, cpu.stdout);
+    }
+    let bad = run(None, Some("tpu"));
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("BACKBONE_DEVICE"));
+}

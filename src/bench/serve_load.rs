@@ -331,10 +331,12 @@ fn text_pool(n: usize) -> Vec<String> {
         .collect()
 }
 
-/// Embeddings of `texts` from the CPU reference path in `dtype` (compared by cosine: their
+/// Embeddings of `texts` from the CPU reference path (the twins) in `dtype` (compared by cosine: their
 /// scale does not matter).
 fn reference(model: &Path, texts: &[String], dtype: DType) -> Result<Vec<Vec<f32>>> {
-    let options = EncoderOptions::default().device(Device::Cpu).dtype(dtype);
+    let options = EncoderOptions::default()
+        .device(Device::Reference)
+        .dtype(dtype);
     let encoder = TextEncoder::open(model, &options)?;
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let t = encoder.encode_blocking(&refs, None, None)?;

@@ -10,8 +10,8 @@ use rayon::prelude::*;
 
 use super::CpuOps;
 use crate::error::Result;
-use crate::kernels::AttentionBias;
 use crate::kernels::matmul::{Epilogue, MatrixView, StridedMatmul, WLayout};
+use crate::kernels::{Activation, AttentionBias};
 use crate::reference::{self, HostTensor};
 
 /// Threads of the fast CPU path: `BACKBONE_CPU_THREADS` when set to a positive number, else
@@ -37,6 +37,52 @@ fn pool() -> Option<&'static rayon::ThreadPool> {
             .ok()
     })
     .as_ref()
+}
+
+/// `erf(x)` in f32 as a rational function of x (the fast erf of Eigen and XLA, inputs
+/// clamped to ±4 where erf is ±1 in f32): within 4.2e-7 of erf everywhere, and a loop of
+/// them vectorizes (no call to a libm function).
+#[inline(always)]
+fn erf_f32(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = -2.726_142_3e-10_f32;
+    for c in [
+        2.770_681_4e-8,
+        -2.101_024e-6,
+        -5.692_506_4e-5,
+        -7.349_906_3e-4,
+        -2.954_6e-3,
+        -1.609_603_3e-2,
+    ] {
+        p = p * x2 + c;
+    }
+    let mut q = -1.456_607_2e-5_f32;
+    for c in [
+        -2.133_740_6e-4,
+        -1.682_827e-3,
+        -7.373_329e-3,
+        -1.426_473_9e-2,
+    ] {
+        q = q * x2 + c;
+    }
+    x * p / q
+}
+
+/// GELU (erf form) in f32 through [`erf_f32`].
+#[inline(always)]
+fn gelu_f32(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// The activation over a row, in place.
+fn activate(act: Activation, row: &mut [f32]) {
+    match act {
+        Activation::None => {}
+        Activation::Gelu => row.iter_mut().for_each(|v| *v = gelu_f32(*v)),
+        Activation::Tanh => row.iter_mut().for_each(|v| *v = v.tanh()),
+        Activation::Relu => row.iter_mut().for_each(|v| *v = v.max(0.0)),
+    }
 }
 
 /// The fast CPU executor (`Device::Cpu`).
@@ -174,15 +220,13 @@ impl CpuOps for Fast {
                     );
                 }
             }
-            // The epilogue in place, rows in parallel: act(v + bias) + residual.
-            if ep.bias.is_none()
-                && ep.residual.is_none()
-                && ep.act == crate::kernels::Activation::None
-            {
+            // The epilogue in place, rows in parallel: act(v + bias) + residual, in f32
+            // loops the compiler vectorizes.
+            if ep.bias.is_none() && ep.residual.is_none() && ep.act == Activation::None {
                 return;
             }
             let residual = ep.residual.map(|r| r.data.as_slice());
-            let bias = ep.bias.map(|b| b.data.as_slice());
+            let bias = ep.bias.map(|b| &b.data[..n]);
             for b in 0..batches {
                 let yb = base(&p.y, b, inner);
                 let span = (rows - 1) * p.y.ld + n;
@@ -190,17 +234,16 @@ impl CpuOps for Fast {
                     .par_chunks_mut(p.y.ld)
                     .enumerate()
                     .for_each(|(i, row)| {
-                        let at = yb + i * p.y.ld;
-                        for (j, v) in row[..n].iter_mut().enumerate() {
-                            let mut s = *v as f64;
-                            if let Some(bias) = bias {
-                                s += bias[j] as f64;
-                            }
-                            s = ep.act.apply(s);
-                            if let Some(r) = residual {
-                                s += r[at + j] as f64;
-                            }
-                            *v = s as f32;
+                        let row = &mut row[..n];
+                        if let Some(bias) = bias {
+                            row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+                        }
+                        activate(ep.act, row);
+                        if let Some(r) = residual {
+                            let at = yb + i * p.y.ld;
+                            row.iter_mut()
+                                .zip(&r[at..at + n])
+                                .for_each(|(v, r)| *v += r);
                         }
                     });
             }
@@ -327,5 +370,24 @@ impl CpuOps for Fast {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fast erf and GELU against libm's f64 on a fine grid over [-8, 8].
+    #[test]
+    fn fast_erf_and_gelu_are_within_their_stated_error() {
+        let (mut erf_err, mut gelu_err) = (0.0f64, 0.0f64);
+        for i in -80_000..=80_000 {
+            let x = i as f32 * 1e-4;
+            erf_err = erf_err.max((erf_f32(x) as f64 - libm::erf(x as f64)).abs());
+            let want = crate::host::gelu_scalar(x as f64);
+            gelu_err = gelu_err.max((gelu_f32(x) as f64 - want).abs() / (x.abs() as f64).max(1.0));
+        }
+        assert!(erf_err <= 4.5e-7, "erf off by {erf_err:e}");
+        assert!(gelu_err <= 4e-7, "gelu off by {gelu_err:e} per unit of |x|");
     }
 }

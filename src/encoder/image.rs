@@ -56,11 +56,12 @@ impl ImageEncoder {
         };
         let labels = labels(files, json.as_ref())?;
         let weights = load_weights(files, &config)?;
-        let ctx = super::context_for(&options.device).await?;
+        let resolved = super::resolve(&options.device).await?;
+        let ctx = resolved.ctx.clone();
         let info = ImageInfo {
             model_id: files.name(),
             model_type: "cswin".into(),
-            device: super::describe(ctx.as_deref(), &options.device),
+            device: super::describe(&resolved),
             dtype: options.dtype.name().0,
             img_size: config.img_size,
             num_classes: (!weights.is_segmentation()).then_some(config.num_classes),
@@ -75,7 +76,7 @@ impl ImageEncoder {
             None => Runner::Cpu {
                 model: weights,
                 dtype: options.dtype,
-                exec: super::CpuExec::of(&options.device),
+                exec: resolved.exec,
             },
         };
         Ok(Self {

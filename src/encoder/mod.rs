@@ -32,9 +32,13 @@ use crate::tensor::DType;
 /// Where a model runs.
 #[derive(Clone, Default)]
 pub enum Device {
-    /// The best GPU adapter (`BACKBONE_BACKEND` / `BACKBONE_ADAPTER` choose another), opened
-    /// for this model.
+    /// `BACKBONE_DEVICE` (gpu, cpu, reference) when set; else the GPU when the best adapter
+    /// is a hardware one, and the fast CPU path when there is no adapter or only a software
+    /// one (lavapipe, SwiftShader, WARP), said once in a warning.
     #[default]
+    Auto,
+    /// The best GPU adapter (`BACKBONE_BACKEND` / `BACKBONE_ADAPTER` choose another), opened
+    /// for this model, software adapters included.
     Gpu,
     /// The CPU: the fast CPU executor (SIMD, multi-threaded products; `BACKBONE_CPU_THREADS`
     /// caps its threads). On the web, the twins.
@@ -50,6 +54,7 @@ pub enum Device {
 impl std::fmt::Debug for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Device::Auto => f.write_str("Auto"),
             Device::Gpu => f.write_str("Gpu"),
             Device::Cpu => f.write_str("Cpu"),
             Device::Reference => f.write_str("Reference"),
@@ -77,7 +82,7 @@ pub struct EncoderOptions {
 impl Default for EncoderOptions {
     fn default() -> Self {
         Self {
-            device: Device::Gpu,
+            device: Device::Auto,
             dtype: DType::F32,
             max_length: None,
             require_tokenizer: true,
@@ -125,30 +130,84 @@ enum CpuExec {
     Twin,
 }
 
-impl CpuExec {
-    /// The executor `device` asks for (the twins on the web, which has no fast path).
-    fn of(device: &Device) -> Self {
-        match device {
-            Device::Reference => Self::Twin,
-            _ if cfg!(target_arch = "wasm32") => Self::Twin,
-            _ => Self::Fast,
-        }
+/// The device a model opens on, resolved: a GPU context, or a CPU executor.
+struct Resolved {
+    ctx: Option<Arc<Context>>,
+    exec: CpuExec,
+}
+
+impl Device {
+    /// `BACKBONE_DEVICE`'s device, when it is set (an unknown value is an error).
+    fn from_env() -> Result<Option<Device>> {
+        let Ok(value) = std::env::var("BACKBONE_DEVICE") else {
+            return Ok(None);
+        };
+        Ok(Some(match value.trim() {
+            "" | "auto" => return Ok(None),
+            "gpu" => Device::Gpu,
+            "cpu" => Device::Cpu,
+            "reference" => Device::Reference,
+            other => {
+                return Err(crate::Error::InvalidOption {
+                    name: "BACKBONE_DEVICE",
+                    value: other.to_string(),
+                    expected: "auto, gpu, cpu or reference",
+                });
+            }
+        }))
     }
 }
 
-/// The GPU context `device` asks for (`None` for the CPU path): opened here for
-/// [`Device::Gpu`], shared for [`Device::Context`].
-async fn context_for(device: &Device) -> Result<Option<Arc<Context>>> {
-    Ok(match device {
-        Device::Cpu | Device::Reference => None,
-        Device::Context(ctx) => Some(ctx.clone()),
-        Device::Gpu => Some(Arc::new(Context::new(ContextOptions::from_env()?).await?)),
+/// The GPU context or CPU executor `device` asks for: a context opened here for
+/// [`Device::Gpu`], shared for [`Device::Context`], and for [`Device::Auto`] the GPU only
+/// when it is hardware.
+async fn resolve(device: &Device) -> Result<Resolved> {
+    // The web has no fast path: the twins run there.
+    let fast = if cfg!(target_arch = "wasm32") {
+        CpuExec::Twin
+    } else {
+        CpuExec::Fast
+    };
+    let cpu = |exec| Resolved { ctx: None, exec };
+    let gpu = |ctx: Arc<Context>| Resolved {
+        ctx: Some(ctx),
+        exec: fast,
+    };
+    let chosen = match device {
+        Device::Auto => Device::from_env()?.unwrap_or(Device::Auto),
+        other => other.clone(),
+    };
+    Ok(match chosen {
+        Device::Cpu => cpu(fast),
+        Device::Reference => cpu(CpuExec::Twin),
+        Device::Context(ctx) => gpu(ctx),
+        Device::Gpu => gpu(Arc::new(Context::new(ContextOptions::from_env()?).await?)),
+        Device::Auto => match Context::new(ContextOptions::from_env()?).await {
+            Ok(ctx) if !ctx.capabilities().is_software() => gpu(Arc::new(ctx)),
+            found => {
+                let what = match &found {
+                    Ok(ctx) => format!(
+                        "only a software adapter ({})",
+                        ctx.capabilities().adapter.name
+                    ),
+                    Err(e) => format!("no GPU adapter ({e})"),
+                };
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| {
+                    log::warn!(
+                        "{what}: running on the fast CPU path (--device gpu or \
+                         BACKBONE_DEVICE=gpu use the adapter anyway)"
+                    )
+                });
+                cpu(fast)
+            }
+        },
     })
 }
 
 /// What a model runs on, for `info()`.
-fn describe(ctx: Option<&Context>, device: &Device) -> String {
-    match (ctx, CpuExec::of(device)) {
+fn describe(resolved: &Resolved) -> String {
+    match (&resolved.ctx, resolved.exec) {
         (Some(ctx), _) => ctx.capabilities().to_string(),
         (None, CpuExec::Twin) => "CPU reference path (the kernels' twins)".into(),
         #[cfg(not(target_arch = "wasm32"))]

@@ -200,7 +200,8 @@ impl TextEncoder {
         let pad_id = config.pad_id();
         let has_pooler = weights.pooler.is_some();
         let labels = class_names(&config_bytes, num_labels.unwrap_or(0));
-        let ctx = super::context_for(&options.device).await?;
+        let resolved = super::resolve(&options.device).await?;
+        let ctx = resolved.ctx.clone();
         let info = TextInfo {
             model_id: files.name(),
             model_type: config.model_type.clone(),
@@ -209,7 +210,7 @@ impl TextEncoder {
                 Some(1) => TextKind::Reranker,
                 Some(_) => TextKind::Classifier,
             },
-            device: super::describe(ctx.as_deref(), &options.device),
+            device: super::describe(&resolved),
             dtype: options.dtype.name().0,
             max_length,
             max_length_source: source,
@@ -237,7 +238,7 @@ impl TextEncoder {
                 Runner::Cpu {
                     model: weights,
                     dtype: options.dtype,
-                    exec: super::CpuExec::of(&options.device),
+                    exec: resolved.exec,
                 }
             }
         };

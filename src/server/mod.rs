@@ -55,7 +55,8 @@ pub struct ServeOptions {
     pub host: String,
     pub port: u16,
     pub dtype: DType,
-    /// Where the model runs: the GPU (default), the fast CPU path, or the twins.
+    /// Where the model runs: [`Device::Auto`] (default), the GPU, the fast CPU path, or the
+    /// twins.
     pub device: Device,
     /// The name `/info` and `/v1/embeddings` answer with (default: the folder's name).
     pub served_model_name: Option<String>,
@@ -89,7 +90,7 @@ impl ServeOptions {
             host: "127.0.0.1".into(),
             port: 8080,
             dtype: DType::F32,
-            device: Device::Gpu,
+            device: Device::Auto,
             served_model_name: None,
             max_batch_tokens: 16384,
             max_client_batch_size: 32,

@@ -1,7 +1,7 @@
 //! `backbone`: run a model folder on safetensors input, or embed text.
 //!
 //! ```text
-//! backbone run --model DIR --input IN.safetensors --output OUT.safetensors [--device gpu|cpu|reference] [--dtype f32|f16]
+//! backbone run --model DIR --input IN.safetensors --output OUT.safetensors [--device auto|gpu|cpu|reference] [--dtype f32|f16]
 //! backbone embed --model DIR [--max-length N] [--prompt-name NAME | --prompt TEXT] [--dtype f32|f16] (TEXT... | --texts-file FILE)
 //! backbone rerank --model DIR --query Q [--raw] [--max-length N] [--dtype f32|f16] DOC...
 //! backbone classify --model DIR [--dtype f32|f16] IMAGE...
@@ -66,7 +66,11 @@ impl Dtype {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Device {
-    /// The best wgpu adapter (BACKBONE_BACKEND / BACKBONE_ADAPTER override).
+    /// BACKBONE_DEVICE when set; else the GPU when the best adapter is a hardware one, the
+    /// fast CPU path when there is none or only a software one (said once).
+    Auto,
+    /// The best wgpu adapter (BACKBONE_BACKEND / BACKBONE_ADAPTER override), software ones
+    /// included.
     Gpu,
     /// The CPU: SIMD, multi-threaded products (BACKBONE_CPU_THREADS caps the threads).
     Cpu,
@@ -94,7 +98,7 @@ enum Command {
         input: PathBuf,
         #[arg(long)]
         output: PathBuf,
-        #[arg(long, value_enum, default_value = "gpu")]
+        #[arg(long, value_enum, default_value = "auto")]
         device: Device,
         #[arg(long, value_enum, default_value = "f32")]
         dtype: Dtype,
@@ -128,7 +132,7 @@ enum Command {
         /// A prompt to prepend to every text.
         #[arg(long)]
         prompt: Option<String>,
-        #[arg(long, value_enum, default_value = "gpu")]
+        #[arg(long, value_enum, default_value = "auto")]
         device: Device,
         #[arg(long, value_enum, default_value = "f32")]
         dtype: Dtype,
@@ -157,7 +161,7 @@ enum Command {
         /// cross-encoders.
         #[arg(long)]
         max_length: Option<usize>,
-        #[arg(long, value_enum, default_value = "gpu")]
+        #[arg(long, value_enum, default_value = "auto")]
         device: Device,
         #[arg(long, value_enum, default_value = "f32")]
         dtype: Dtype,
@@ -178,7 +182,7 @@ enum Command {
         /// 0 picks a free port (printed on start).
         #[arg(long, default_value_t = 8080)]
         port: u16,
-        #[arg(long, value_enum, default_value = "gpu")]
+        #[arg(long, value_enum, default_value = "auto")]
         device: Device,
         #[arg(long, value_enum, default_value = "f32")]
         dtype: Dtype,
@@ -237,7 +241,7 @@ enum Command {
         /// Model folder: config.json and model.safetensors.
         #[arg(long)]
         model: PathBuf,
-        #[arg(long, value_enum, default_value = "gpu")]
+        #[arg(long, value_enum, default_value = "auto")]
         device: Device,
         #[arg(long, value_enum, default_value = "f32")]
         dtype: Dtype,
@@ -374,6 +378,7 @@ struct Prompt {
 impl Device {
     fn device(self) -> backbone::encoder::Device {
         match self {
+            Device::Auto => backbone::encoder::Device::Auto,
             Device::Gpu => backbone::encoder::Device::Gpu,
             Device::Cpu => backbone::encoder::Device::Cpu,
             Device::Reference => backbone::encoder::Device::Reference,
