@@ -141,11 +141,17 @@ fn strided_and_batched_products_match_the_twin() {
 }
 
 /// Attention with padded keys, a fully masked row, MPNet's relative bias and a local window,
-/// below a tile, off it and at a realistic size.
+/// below a tile, off it, at a realistic size, and over several key blocks of the online
+/// softmax (600 keys: blocks of 256, 256 and 88).
 #[test]
 fn attention_matches_the_twin() {
     let mut rng = rng(13);
-    for (b, t, heads, d) in [(1, 3, 1, 4), (2, 33, 2, 8), (2, 128, 12, 32)] {
+    for (b, t, heads, d) in [
+        (1, 3, 1, 4),
+        (2, 33, 2, 8),
+        (2, 128, 12, 32),
+        (2, 600, 2, 16),
+    ] {
         let c = heads * d;
         let qkv = random_host(&mut rng, &[b, t, 3 * c], 1.0);
         let mut mask = vec![1u32; b * t];

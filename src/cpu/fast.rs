@@ -1,6 +1,6 @@
 //! The fast CPU executor: matrix products through `gemm` (SIMD kernels picked at run time,
-//! cache blocking, threads), attention as two products per (batch entry, head) with the
-//! softmax between them in f32, the epilogue (bias, activation, residual) and the norms on the
+//! cache blocking, threads), attention as blocked products per (batch entry, head) with an
+//! online softmax in f32 between them, the epilogue (bias, activation, residual) and the norms on the
 //! same threads. Sums are f32 (the twins sum in f64), so results agree with the twins to f32
 //! rounding; layouts it does not take (overlapping outputs) go to the twin.
 
@@ -84,6 +84,9 @@ fn activate(act: Activation, row: &mut [f32]) {
         Activation::Relu => row.iter_mut().for_each(|v| *v = v.max(0.0)),
     }
 }
+
+/// Keys per block of the attention's online softmax.
+const KEY_BLOCK: usize = 256;
 
 /// The fast CPU executor (`Device::Cpu`).
 #[derive(Debug, Clone, Copy, Default)]
@@ -298,66 +301,88 @@ impl CpuOps for Fast {
         }
         let scale = (1.0 / (d as f64).sqrt()) as f32;
         let stride = 3 * c;
-        // Per (batch entry, head): S = scale · Q·Kᵀ [t, t], softmax rows, O = P·V [t, d].
+        // Per (batch entry, head), keys in blocks of KEY_BLOCK: S = scale · Q·Kᵀ [t, block],
+        // the mask and biases added, then an online softmax (running max and sum per query,
+        // earlier blocks rescaled when the max grows) and O += P·V [t, d]; memory is t · block
+        // per task whatever the length.
         let blocks: Vec<Vec<f32>> = Self::run(|_| {
             (0..b * heads)
                 .into_par_iter()
                 .map(|bh| {
                     let (bi, h) = (bh / heads, bh % heads);
                     let at = bi * t * stride + h * d;
-                    let mut scores = vec![0.0f32; t * t];
-                    let none = gemm::Parallelism::None;
-                    // SAFETY: `attention_dims` checked qkv is [b, t, 3c] with heads · d = c.
-                    unsafe {
-                        product(
-                            (t, t, d),
-                            &mut scores,
-                            (t, 1),
-                            &qkv.data[at..],
-                            (stride, 1),
-                            &qkv.data[at + c..],
-                            (1, stride),
-                            scale,
-                            none,
-                        );
-                    }
-                    for (qi, row) in scores.chunks_mut(t).enumerate() {
-                        for (j, s) in row.iter_mut().enumerate() {
-                            let rel = extra
-                                .rel_bias
-                                .map_or(0.0, |r| r.data[h * (2 * t - 1) + j + t - 1 - qi]);
-                            let masked = if mask.data[bi * t + j] != 0 {
-                                0.0
-                            } else {
-                                f32::MIN
-                            };
-                            *s = *s + rel + masked;
-                            if extra.window.is_some_and(|w| j.abs_diff(qi) > w.max(1)) {
-                                *s = f32::MIN;
-                            }
-                        }
-                        let max = row.iter().fold(f32::MIN, |m, &s| m.max(s));
-                        let mut sum = 0.0f32;
-                        row.iter_mut().for_each(|s| {
-                            *s = (*s - max).exp();
-                            sum += *s;
-                        });
-                        row.iter_mut().for_each(|s| *s /= sum);
-                    }
+                    let width = KEY_BLOCK.min(t);
+                    let mut scores = vec![0.0f32; t * width];
                     let mut o = vec![0.0f32; t * d];
-                    // SAFETY: as above; V is the third block of each qkv row.
-                    unsafe {
-                        product(
-                            (t, d, t),
-                            &mut o,
-                            (d, 1),
-                            &scores,
-                            (t, 1),
-                            &qkv.data[at + 2 * c..],
-                            (stride, 1),
-                            1.0,
-                            none,
-                        );
+                    let mut pv = vec![0.0f32; t * d];
+                    let (mut run_max, mut run_sum) = (vec![f32::NEG_INFINITY; t], vec![0.0f32; t]);
+                    let none = gemm::Parallelism::None;
+                    for k0 in (0..t).step_by(KEY_BLOCK) {
+                        let kb = KEY_BLOCK.min(t - k0);
+                        let s = &mut scores[..t * kb];
+                        // SAFETY: `attention_dims` checked qkv is [b, t, 3c] with heads · d = c;
+                        // keys k0..k0 + kb of this head lie inside it.
+                        unsafe {
+                            product(
+                                (t, kb, d),
+                                s,
+                                (kb, 1),
+                                &qkv.data[at..],
+                                (stride, 1),
+                                &qkv.data[at + k0 * stride + c..],
+                                (1, stride),
+                                scale,
+                                none,
+                            );
+                        }
+                        for (qi, row) in s.chunks_mut(kb).enumerate() {
+                            for (jj, v) in row.iter_mut().enumerate() {
+                                let j = k0 + jj;
+                                let rel = extra
+                                    .rel_bias
+                                    .map_or(0.0, |r| r.data[h * (2 * t - 1) + j + t - 1 - qi]);
+                                let masked = if mask.data[bi * t + j] != 0 {
+                                    0.0
+                                } else {
+                                    f32::MIN
+                                };
+                                *v = *v + rel + masked;
+                                if extra.window.is_some_and(|w| j.abs_diff(qi) > w.max(1)) {
+                                    *v = f32::MIN;
+                                }
+                            }
+                            let block_max = row.iter().fold(f32::MIN, |m, &v| m.max(v));
+                            let max = run_max[qi].max(block_max);
+                            let rescale = (run_max[qi] - max).exp();
+                            let mut sum = 0.0f32;
+                            row.iter_mut().for_each(|v| {
+                                *v = (*v - max).exp();
+                                sum += *v;
+                            });
+                            run_sum[qi] = run_sum[qi] * rescale + sum;
+                            run_max[qi] = max;
+                            o[qi * d..(qi + 1) * d]
+                                .iter_mut()
+                                .for_each(|v| *v *= rescale);
+                        }
+                        // SAFETY: as above; V is the third block of each qkv row.
+                        unsafe {
+                            product(
+                                (t, d, kb),
+                                &mut pv,
+                                (d, 1),
+                                s,
+                                (kb, 1),
+                                &qkv.data[at + k0 * stride + 2 * c..],
+                                (stride, 1),
+                                1.0,
+                                none,
+                            );
+                        }
+                        o.iter_mut().zip(&pv).for_each(|(o, p)| *o += p);
+                    }
+                    for (row, sum) in o.chunks_mut(d).zip(&run_sum) {
+                        row.iter_mut().for_each(|v| *v /= sum);
                     }
                     o
                 })
