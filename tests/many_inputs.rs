@@ -24,14 +24,7 @@ fn capped(args: &[&str]) -> Command {
 /// `backbone args` under an address-space cap of `kib` KiB (the GPU path maps a driver:
 /// it gets the 4 GiB, [`ADDRESS_SPACE_KIB`]).
 fn capped_at(kib: u64, args: &[&str]) -> Command {
-    let mut command = Command::new("bash");
-    command
-        .arg("-c")
-        .arg(format!("ulimit -v {kib} && exec \"$0\" \"$@\""))
-        .arg(common::bin("backbone"))
-        .args(args)
-        .env("RUST_LOG", "off");
-    command
+    limited(&format!("-v {kib}"), args)
 }
 
 fn text(i: usize) -> String {

@@ -106,11 +106,6 @@ impl Fast {
     }
 }
 
-/// Offset of matrix `b` of a batch in a view.
-fn base(v: &MatrixView, b: usize, inner: usize) -> usize {
-    v.offset + (b / inner) * v.outer_stride + (b % inner) * v.inner_stride
-}
-
 /// Whether the batch's output matrices are disjoint with disjoint rows (so products and the
 /// epilogue can write them in parallel).
 fn disjoint_outputs(p: &StridedMatmul) -> bool {
@@ -203,11 +198,7 @@ impl CpuOps for Fast {
         };
         Self::run(|par| {
             for b in 0..batches {
-                let (xb, wb, yb) = (
-                    base(&p.x, b, inner),
-                    base(&p.w, b, inner),
-                    base(&p.y, b, inner),
-                );
+                let (xb, wb, yb) = (p.x.base(b, inner), p.w.base(b, inner), p.y.base(b, inner));
                 // SAFETY: `check` bounds every view by its tensor; rows of Y are disjoint.
                 unsafe {
                     product(
@@ -231,7 +222,7 @@ impl CpuOps for Fast {
             let residual = ep.residual.map(|r| r.data.as_slice());
             let bias = ep.bias.map(|b| &b.data[..n]);
             for b in 0..batches {
-                let yb = base(&p.y, b, inner);
+                let yb = p.y.base(b, inner);
                 let span = (rows - 1) * p.y.ld + n;
                 y.data[yb..yb + span]
                     .par_chunks_mut(p.y.ld)

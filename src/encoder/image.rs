@@ -74,7 +74,11 @@ impl ImageEncoder {
                 ctx,
             },
             None => Runner::Cpu {
-                model: weights,
+                // Rounded once here for f16, not per forward.
+                model: match options.dtype {
+                    crate::DType::F32 => weights,
+                    dtype => weights.rounded(dtype),
+                },
                 dtype: options.dtype,
                 exec: resolved.exec,
             },
@@ -130,17 +134,23 @@ impl ImageEncoder {
             Runner::Cpu { model, dtype, exec } => {
                 let (config, attention) = (&self.config, block0_attention);
                 match exec {
-                    super::CpuExec::Twin => {
-                        cswin::forward_cpu_as(config, model, pixel_values, attention, *dtype)
-                    }
+                    super::CpuExec::Twin => cswin::forward_rounded(
+                        &crate::cpu::Twin,
+                        config,
+                        model,
+                        pixel_values,
+                        attention,
+                        *dtype,
+                    ),
                     #[cfg(not(target_arch = "wasm32"))]
-                    super::CpuExec::Fast => {
-                        cswin::forward_fast(config, model, pixel_values, attention, *dtype)
-                    }
-                    #[cfg(target_arch = "wasm32")]
-                    super::CpuExec::Fast => {
-                        cswin::forward_cpu_as(config, model, pixel_values, attention, *dtype)
-                    }
+                    super::CpuExec::Fast => cswin::forward_rounded(
+                        &crate::cpu::Fast,
+                        config,
+                        model,
+                        pixel_values,
+                        attention,
+                        *dtype,
+                    ),
                 }
             }
         }

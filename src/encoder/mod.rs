@@ -124,10 +124,19 @@ enum Runner<G, C> {
 /// Which CPU executor a CPU model runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CpuExec {
-    /// [`crate::cpu::Fast`] (native).
+    /// [`crate::cpu::Fast`] (native only).
+    #[cfg(not(target_arch = "wasm32"))]
     Fast,
     /// [`crate::cpu::Twin`]: the kernels' CPU twins.
     Twin,
+}
+
+impl CpuExec {
+    /// The fastest executor this target has: the fast path natively; the twins on the web.
+    #[cfg(not(target_arch = "wasm32"))]
+    const BEST: Self = Self::Fast;
+    #[cfg(target_arch = "wasm32")]
+    const BEST: Self = Self::Twin;
 }
 
 /// The device a model opens on, resolved: a GPU context, or a CPU executor.
@@ -162,12 +171,7 @@ impl Device {
 /// [`Device::Gpu`], shared for [`Device::Context`], and for [`Device::Auto`] the GPU only
 /// when it is hardware.
 async fn resolve(device: &Device) -> Result<Resolved> {
-    // The web has no fast path: the twins run there.
-    let fast = if cfg!(target_arch = "wasm32") {
-        CpuExec::Twin
-    } else {
-        CpuExec::Fast
-    };
+    let fast = CpuExec::BEST;
     let cpu = |exec| Resolved { ctx: None, exec };
     let gpu = |ctx: Arc<Context>| Resolved {
         ctx: Some(ctx),
@@ -212,7 +216,5 @@ fn describe(resolved: &Resolved) -> String {
         (None, CpuExec::Twin) => "CPU reference path (the kernels' twins)".into(),
         #[cfg(not(target_arch = "wasm32"))]
         (None, CpuExec::Fast) => format!("CPU ({} threads)", crate::cpu::threads()),
-        #[cfg(target_arch = "wasm32")]
-        (None, CpuExec::Fast) => "CPU".into(),
     }
 }

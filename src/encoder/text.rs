@@ -236,7 +236,11 @@ impl TextEncoder {
             None => {
                 text::check_classifier_pooler(&weights)?;
                 Runner::Cpu {
-                    model: weights,
+                    // Rounded once here for f16, not per forward.
+                    model: match options.dtype {
+                        crate::DType::F32 => weights,
+                        dtype => weights.rounded(dtype),
+                    },
                     dtype: options.dtype,
                     exec: resolved.exec,
                 }
@@ -376,17 +380,23 @@ impl TextEncoder {
             Runner::Cpu { model, dtype, exec } => {
                 let (config, hidden) = (&self.config, want.hidden_states);
                 match exec {
-                    super::CpuExec::Twin => {
-                        text::forward_cpu_as(config, model, input, hidden, *dtype)
-                    }
+                    super::CpuExec::Twin => text::forward_rounded(
+                        &crate::cpu::Twin,
+                        config,
+                        model,
+                        input,
+                        hidden,
+                        *dtype,
+                    ),
                     #[cfg(not(target_arch = "wasm32"))]
-                    super::CpuExec::Fast => {
-                        text::forward_fast(config, model, input, hidden, *dtype)
-                    }
-                    #[cfg(target_arch = "wasm32")]
-                    super::CpuExec::Fast => {
-                        text::forward_cpu_as(config, model, input, hidden, *dtype)
-                    }
+                    super::CpuExec::Fast => text::forward_rounded(
+                        &crate::cpu::Fast,
+                        config,
+                        model,
+                        input,
+                        hidden,
+                        *dtype,
+                    ),
                 }
             }
         }

@@ -140,6 +140,12 @@ impl MatrixView {
         }
     }
 
+    /// Offset of matrix `b` (counted over the whole batch) of a batch whose inner size is
+    /// `inner`.
+    pub fn base(&self, b: usize, inner: usize) -> usize {
+        self.offset + (b / inner) * self.outer_stride + (b % inner) * self.inner_stride
+    }
+
     /// Largest element index touched by a batch of `rows x cols` matrices, plus one.
     fn extent(&self, batch: [usize; 2], rows: usize, cols: usize) -> usize {
         if rows == 0 || cols == 0 || batch[0] == 0 || batch[1] == 0 {

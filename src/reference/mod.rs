@@ -101,13 +101,10 @@ pub fn matmul_strided(
     check_epilogue(&ep, p.n, y)?;
     // Dot products in parallel over (batch entry, row), then the epilogue in place.
     let (batch_inner, m, n) = (p.batch[1], p.m, p.n);
-    let base = |v: &crate::kernels::MatrixView, b: usize| {
-        v.offset + (b / batch_inner) * v.outer_stride + (b % batch_inner) * v.inner_stride
-    };
     let mut dots = vec![0.0f64; p.batch[0] * batch_inner * m * n];
     par_rows(&mut dots, n, |row, out| {
         let (b, i) = (row / m, row % m);
-        let (xb, wb) = (base(&p.x, b), base(&p.w, b));
+        let (xb, wb) = (p.x.base(b, batch_inner), p.w.base(b, batch_inner));
         let x_row = &x.data[xb + i * p.x.ld..][..p.k];
         for (j, o) in out.iter_mut().enumerate() {
             *o = match p.w_layout {
@@ -127,7 +124,7 @@ pub fn matmul_strided(
     });
     for (row, dot_row) in dots.chunks(n.max(1)).enumerate() {
         let (b, i) = (row / m, row % m);
-        let yb = base(&p.y, b);
+        let yb = p.y.base(b, batch_inner);
         for (j, &dot) in dot_row.iter().enumerate() {
             let mut v = ep.alpha as f64 * dot;
             if let Some(bias) = ep.bias {

@@ -72,18 +72,23 @@ pub fn run_model(
     backbone(&args)
 }
 
-/// The `backbone` binary run with `args` under a shell limit (`ulimit_args`, e.g. `-f 64` for
-/// a file-size limit in KiB, `-v 4194304` for a 4 GiB address-space cap).
-pub fn backbone_limited(ulimit_args: &str, args: &[&str]) -> (Output, Duration) {
-    let start = Instant::now();
-    let out = Command::new("bash")
+/// The `backbone` binary with `args`, to be run under a shell limit (`ulimit_args`, e.g.
+/// `-f 64` for a file-size limit in KiB, `-v 4194304` for a 4 GiB address-space cap).
+pub fn limited(ulimit_args: &str, args: &[&str]) -> Command {
+    let mut command = Command::new("bash");
+    command
         .arg("-c")
         .arg(format!("ulimit {ulimit_args} && exec \"$0\" \"$@\""))
         .arg(super::bin("backbone"))
         .args(args)
-        .env("RUST_LOG", "off")
-        .output()
-        .expect("bash");
+        .env("RUST_LOG", "off");
+    command
+}
+
+/// [`limited`], run to its end.
+pub fn backbone_limited(ulimit_args: &str, args: &[&str]) -> (Output, Duration) {
+    let start = Instant::now();
+    let out = limited(ulimit_args, args).output().expect("bash");
     (out, start.elapsed())
 }
 

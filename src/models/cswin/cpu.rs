@@ -68,14 +68,26 @@ pub fn forward_on(
     block0_attention: bool,
     dtype: DType,
 ) -> Result<CswinOutput> {
+    match dtype {
+        DType::F32 => forward_rounded(ops, config, weights, pixel_values, block0_attention, dtype),
+        _ => {
+            let w = weights.rounded(dtype);
+            forward_rounded(ops, config, &w, pixel_values, block0_attention, dtype)
+        }
+    }
+}
+
+/// [`forward_on`] with weights `w` already as a `dtype` run holds them
+/// ([`CswinWeights::rounded`]): a model kept open rounds them once, not per forward.
+pub fn forward_rounded(
+    ops: &impl CpuOps,
+    config: &CswinConfig,
+    w: &CswinWeights<HostTensor>,
+    pixel_values: &HostTensor,
+    block0_attention: bool,
+    dtype: DType,
+) -> Result<CswinOutput> {
     check_depths(config)?;
-    let rounded;
-    let w = if dtype == DType::F32 {
-        weights
-    } else {
-        rounded = weights.rounded(dtype);
-        &rounded
-    };
     let store = |t: &mut HostTensor| t.round_in_place(dtype);
     check_input(config, pixel_values)?;
     let g = Geometry::new(config, &pixel_values.shape)?;

@@ -17,7 +17,7 @@ mod weights;
 pub use config::CswinConfig;
 #[cfg(not(target_arch = "wasm32"))]
 pub use cpu::forward_fast;
-pub use cpu::{forward_cpu, forward_cpu_as, forward_on};
+pub use cpu::{forward_cpu, forward_cpu_as, forward_on, forward_rounded};
 pub use geometry::{Geometry, check_input, pixel_values_from_safetensors};
 pub use gpu::Cswin;
 pub use weights::{CswinBlock, CswinWeights, Merge};

@@ -62,15 +62,27 @@ pub fn forward_on(
     hidden_states: bool,
     dtype: DType,
 ) -> Result<TextOutput> {
+    match dtype {
+        DType::F32 => forward_rounded(ops, config, weights, input, hidden_states, dtype),
+        _ => {
+            let w = weights.rounded(dtype);
+            forward_rounded(ops, config, &w, input, hidden_states, dtype)
+        }
+    }
+}
+
+/// [`forward_on`] with weights `w` already as a `dtype` run holds them
+/// ([`TextWeights::rounded`]): a model kept open rounds them once, not per forward.
+pub fn forward_rounded(
+    ops: &impl CpuOps,
+    config: &TextConfig,
+    w: &TextWeights<HostTensor>,
+    input: &TextInput,
+    hidden_states: bool,
+    dtype: DType,
+) -> Result<TextOutput> {
     input.validate(config)?;
-    super::check_classifier_pooler(weights)?;
-    let rounded;
-    let w = if dtype == DType::F32 {
-        weights
-    } else {
-        rounded = weights.rounded(dtype);
-        &rounded
-    };
+    super::check_classifier_pooler(w)?;
     // What the GPU's f16 store does to an activation.
     let store = |t: &mut HostTensor| t.round_in_place(dtype);
     let (b, t, c, i) = (

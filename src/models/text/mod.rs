@@ -23,7 +23,7 @@ pub use crate::models::{LayerNorm, Linear};
 pub use config::{ModernBertSettings, TextConfig};
 #[cfg(not(target_arch = "wasm32"))]
 pub use cpu::forward_fast;
-pub use cpu::{forward_cpu, forward_cpu_as, forward_on};
+pub use cpu::{forward_cpu, forward_cpu_as, forward_on, forward_rounded};
 pub use family::{Family, Keys, MODEL_TYPES, relative_position_bias, relative_position_bucket};
 pub use gpu::{Encoder, Plan, Readback};
 pub use input::TextInput;
