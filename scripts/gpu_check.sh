@@ -115,6 +115,9 @@ for f in "$bundle"/*; do
 done
 chmod +x "$bin"/*
 export BACKBONE_BACKEND=${BACKBONE_BACKEND:-vulkan} BACKBONE_FIXTURES=$PWD/tests/fixtures WGPU_DEBUG=0
+# Every step measures the adapter, even a software one (the default device would take the
+# fast CPU path there).
+export BACKBONE_DEVICE=gpu
 # Quiets the GL probe's complaint on machines without a desktop session.
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$work}
 "$bin/backbone-bench" --list-adapters 2>&1 | tee "$work/adapters.txt"
