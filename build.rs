@@ -1,7 +1,8 @@
 //! Embeds the git commit into the build (`BACKBONE_COMMIT`), for benchmark records, and sets
 //! `cfg(skip_gpu_tests)` when `BACKBONE_SKIP_GPU_TESTS=1`: the GPU tests are then reported as
 //! ignored (a machine without any adapter) instead of passing with nothing compared; likewise
-//! `cfg(has_minilm)` and `cfg(browser_tests)` for the tests that need outside resources.
+//! `cfg(has_minilm)`, `cfg(browser_tests)` and `cfg(python_tests)` for the tests that need
+//! outside resources.
 use std::process::Command;
 
 fn main() {
@@ -15,6 +16,11 @@ fn main() {
     // (BACKBONE_BROWSER_TESTS=1); .ci/run provides both.
     println!("cargo::rustc-check-cfg=cfg(has_minilm)");
     println!("cargo::rustc-check-cfg=cfg(browser_tests)");
+    println!("cargo::rustc-check-cfg=cfg(python_tests)");
+    println!("cargo:rerun-if-env-changed=BACKBONE_PYTHON_TESTS");
+    if std::env::var("BACKBONE_PYTHON_TESTS").is_ok_and(|v| v == "1") {
+        println!("cargo:rustc-cfg=python_tests");
+    }
     println!("cargo:rerun-if-env-changed=BACKBONE_MINILM_DIR");
     println!("cargo:rerun-if-env-changed=BACKBONE_BROWSER_TESTS");
     if std::env::var_os("BACKBONE_MINILM_DIR").is_some() {

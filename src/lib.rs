@@ -41,6 +41,10 @@ pub mod server;
 pub mod tensor;
 pub mod tune;
 
+/// The git commit this library was built from (`-dirty` with uncommitted changes): benchmark
+/// records carry it, and the Python package reports it so a stale build is caught.
+pub const COMMIT: &str = env!("BACKBONE_COMMIT");
+
 pub use context::{Capabilities, Context, ContextOptions, ResourceCounts, ShaderChecks};
 pub use error::{Error, Result};
 pub use pipeline::{Kernel, Spec, shader_source};

@@ -33,7 +33,7 @@ pub use models::{
 };
 
 /// The commit this binary was built from (`-dirty` when the tree had changes).
-pub const COMMIT: &str = env!("BACKBONE_COMMIT");
+pub const COMMIT: &str = crate::COMMIT;
 
 /// How many runs to make, and the card's peak for "% of peak".
 #[derive(Debug, Clone)]

@@ -121,6 +121,21 @@ impl ImageEncoder {
             .map_err(|e| e.in_file(std::path::Path::new(what)))
     }
 
+    /// Raw 8-bit pixels (`height x width x channels`, row-major; 1, 3 or 4 channels) prepared
+    /// as [`Self::preprocess`] prepares a decoded image.
+    pub fn preprocess_pixels(
+        &self,
+        width: usize,
+        height: usize,
+        channels: usize,
+        pixels: &[u8],
+        what: &str,
+    ) -> Result<HostTensor> {
+        let img = crate::models::image::from_pixels(width, height, channels, pixels, what)?;
+        crate::models::image::imagenet_preprocess(&img, self.config.img_size)
+            .map_err(|e| e.in_file(std::path::Path::new(what)))
+    }
+
     /// Runs the model on `pixel_values` [B, 3, H, W] (checked first); with
     /// `block0_attention`, each stage's first block's attention output too.
     pub async fn forward(

@@ -56,6 +56,48 @@ pub fn decode(bytes: &[u8], what: &str) -> Result<DynamicImage> {
     })
 }
 
+/// Raw 8-bit pixels, row-major `height x width x channels` (1: grey, 3: RGB, 4: RGBA), as an
+/// image: what a NumPy `uint8` array of shape (H, W, C) holds. The sides are checked against
+/// [`limits::MAX_IMAGE_SIDE`] and the length against the shape before anything is copied.
+pub fn from_pixels(
+    width: usize,
+    height: usize,
+    channels: usize,
+    pixels: &[u8],
+    what: &str,
+) -> Result<DynamicImage> {
+    let max = limits::MAX_IMAGE_SIDE as usize;
+    if width == 0 || height == 0 || width > max || height > max {
+        return Err(input_error(
+            what,
+            format!("{height}x{width} pixels: each side must be 1 to {max}"),
+        ));
+    }
+    let expected = width * height * channels;
+    if pixels.len() != expected {
+        return Err(input_error(
+            what,
+            format!(
+                "{} bytes for {height}x{width}x{channels} pixels (expected {expected})",
+                pixels.len()
+            ),
+        ));
+    }
+    let (w, h, data) = (width as u32, height as u32, pixels.to_vec());
+    let image = match channels {
+        1 => image::GrayImage::from_raw(w, h, data).map(DynamicImage::ImageLuma8),
+        3 => image::RgbImage::from_raw(w, h, data).map(DynamicImage::ImageRgb8),
+        4 => image::RgbaImage::from_raw(w, h, data).map(DynamicImage::ImageRgba8),
+        _ => {
+            return Err(input_error(
+                what,
+                format!("{channels} channels: 1 (grey), 3 (RGB) or 4 (RGBA) expected"),
+            ));
+        }
+    };
+    image.ok_or_else(|| input_error(what, "pixel buffer does not match its shape".into()))
+}
+
 /// `image` decodes JPEG leniently (a file cut short comes out grey at the bottom); decode it
 /// once in zune-jpeg's strict mode, which refuses truncated or corrupt entropy data.
 fn check_jpeg_strictly(bytes: &[u8], what: &str) -> Result<()> {
