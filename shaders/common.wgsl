@@ -36,6 +36,18 @@ fn activate(v: f32, act: u32) -> f32 {
     }
 }
 
+// One K step of a 4 x 4 register block: acc + outer(a, b), where column r of the block holds
+// row r's four outputs (a: four rows' values at this k, b: four columns' values). Straight-line
+// code on vectors, so the block stays in registers (no loop-indexed local array to spill).
+fn outer_fma(a: vec4<f32>, b: vec4<f32>, acc: mat4x4<f32>) -> mat4x4<f32> {
+    return mat4x4<f32>(
+        fma(vec4<f32>(a.x), b, acc[0]),
+        fma(vec4<f32>(a.y), b, acc[1]),
+        fma(vec4<f32>(a.z), b, acc[2]),
+        fma(vec4<f32>(a.w), b, acc[3]),
+    );
+}
+
 // Linear workgroup index of a grid spread over x and y (see `pipeline::grid_1d`).
 fn linear_group(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.x + wid.y * nwg.x;

@@ -10,7 +10,8 @@
 // GEMM view: M = B*Ho*Wo output positions, N = Cout, K = Cin*KH*KW. A workgroup owns a
 // 64 x 64 tile of Y and walks K in steps of 16, gathering the input patch slice (the implicit
 // im2col) and the weight slice into workgroup memory, k-major as padded vec4 rows; each of the
-// 256 invocations accumulates a 4 x 4 block in registers. Edges are zero-filled on load and
+// 256 invocations accumulates a 4 x 4 block in registers (a mat4x4 updated by `outer_fma`:
+// straight-line vector code, no loop-indexed local array). Edges are zero-filled on load and
 // bounds-checked on store.
 // Specialisation: X_NCHW, XT, WT, YT.
 
@@ -79,10 +80,7 @@ fn conv2d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     let tx = tid % THREADS_N;
     let ty = tid / THREADS_N;
 
-    var acc: array<vec4<f32>, 4>;
-    for (var i = 0u; i < 4u; i++) {
-        acc[i] = vec4<f32>(0.0);
-    }
+    var acc = mat4x4<f32>(); // column r: row ty*4 + r's four outputs
     for (var k0 = 0u; k0 < k; k0 += BK) {
         for (var l = tid; l < BM * BK; l += WG) {
             let r = l / BK;
@@ -104,25 +102,36 @@ fn conv2d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            let a = tile_x[kk * A_STRIDE + ty];
-            let b = tile_w[kk * B_STRIDE + tx];
-            for (var r = 0u; r < 4u; r++) {
-                acc[r] = fma(vec4<f32>(a[r]), b, acc[r]);
-            }
+            acc = outer_fma(tile_x[kk * A_STRIDE + ty], tile_w[kk * B_STRIDE + tx], acc);
         }
         workgroupBarrier();
     }
 
-    for (var r = 0u; r < 4u; r++) {
-        let row = row0 + ty * 4u + r;
-        if (row >= m_total) {
-            continue;
-        }
-        for (var c = 0u; c < 4u; c++) {
-            let col = col0 + tx * 4u + c;
-            if (col < n) {
-                y[row * n + col] = YT(acc[r][c] + bias[col]);
-            }
-        }
+    let row = row0 + ty * 4u;
+    let col = col0 + tx * 4u;
+    store_row(acc[0], row, col);
+    store_row(acc[1], row + 1u, col);
+    store_row(acc[2], row + 2u, col);
+    store_row(acc[3], row + 3u, col);
+}
+
+// Four outputs of one row from column `col` on, + bias, bounds-checked.
+fn store_row(v: vec4<f32>, row: u32, col: u32) {
+    let n = params.cout;
+    if (row >= params.batch * params.ho * params.wo) {
+        return;
+    }
+    let at = row * n + col;
+    if (col < n) {
+        y[at] = YT(v.x + bias[col]);
+    }
+    if (col + 1u < n) {
+        y[at + 1u] = YT(v.y + bias[col + 1u]);
+    }
+    if (col + 2u < n) {
+        y[at + 2u] = YT(v.z + bias[col + 2u]);
+    }
+    if (col + 3u < n) {
+        y[at + 3u] = YT(v.w + bias[col + 3u]);
     }
 }

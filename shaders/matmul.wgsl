@@ -16,9 +16,11 @@
 // Tiling: a workgroup owns a BM x BN tile of Y for one batch entry and walks K in steps of
 // BK. Each step stages X's BM x BK and W's BK x BN slices in workgroup memory, k-major as
 // vec4 rows (padded by one vec4 against bank conflicts). Each of the (BM/TM)*(BN/TN)
-// invocations accumulates a TM x TN block of outputs in registers, as (TM/4) x (TN/4)
-// 4x4 sub-blocks spread over the tile so that workgroup-memory reads are whole vec4s and
-// neighbouring invocations read neighbouring vec4s. Edges are bounds-checked on load (zero
+// invocations accumulates a TM x TN block of outputs in registers (TM, TN: 4 or 8), as
+// (TM/4) x (TN/4) 4x4 sub-blocks spread over the tile so that workgroup-memory reads are whole
+// vec4s and neighbouring invocations read neighbouring vec4s. Each sub-block is a mat4x4 local
+// updated by straight-line vector code (`outer_fma`), never an array indexed in a loop, so
+// drivers keep it in registers; the sub-blocks a tile size does not use are compiled out. Edges are bounds-checked on load (zero
 // fill) and store, so any M, N, K works. When the contiguous dimension and every offset and
 // stride of an operand are multiples of 4 (VEC_X, VEC_W), its global loads are vec4s.
 // Products and the epilogue compute in f32 whatever the storage types; bias is f32.
@@ -41,6 +43,7 @@ const RM: u32 = TM / 4u; // 4-row sub-blocks per invocation
 const RN: u32 = TN / 4u; // 4-column sub-blocks per invocation
 const A_STRIDE: u32 = BM / 4u + 1u; // vec4s per k-row of the X tile, padded
 const B_STRIDE: u32 = BN / 4u + 1u; // vec4s per k-row of the W tile, padded
+const_assert ((TM == 4u || TM == 8u) && (TN == 4u || TN == 8u));
 
 var<workgroup> tile_x: array<vec4<f32>, BK * A_STRIDE>;
 var<workgroup> tile_w: array<vec4<f32>, BK * B_STRIDE>;
@@ -60,10 +63,12 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     let tx = tid % THREADS_N;
     let ty = tid / THREADS_N;
 
-    var acc: array<vec4<f32>, TM * RN>;
-    for (var i = 0u; i < TM * RN; i++) {
-        acc[i] = vec4<f32>(0.0);
-    }
+    // Sub-block (i, j) covers rows row0 + i*4*THREADS_M + ty*4 + 0..3 and columns
+    // col0 + j*4*THREADS_N + tx*4 + 0..3.
+    var acc00 = mat4x4<f32>();
+    var acc01 = mat4x4<f32>();
+    var acc10 = mat4x4<f32>();
+    var acc11 = mat4x4<f32>();
 
     for (var k0 = 0u; k0 < k; k0 += BK) {
         // Stage X[row0 .. row0+BM, k0 .. k0+BK], k-major: consecutive invocations read
@@ -76,9 +81,11 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
                 if (row0 + r < m && k0 + kq < k) {
                     v = vec4<f32>(x4[(x_base + (row0 + r) * params.lda + k0 + kq) / 4u]);
                 }
-                for (var j = 0u; j < 4u; j++) {
-                    tile_x[(kq + j) * A_STRIDE + r / 4u][r % 4u] = v[j];
-                }
+                let at = kq * A_STRIDE + r / 4u;
+                tile_x[at][r % 4u] = v.x;
+                tile_x[at + A_STRIDE][r % 4u] = v.y;
+                tile_x[at + 2u * A_STRIDE][r % 4u] = v.z;
+                tile_x[at + 3u * A_STRIDE][r % 4u] = v.w;
             }
         } else {
             for (var l = tid; l < BM * BK; l += WG) {
@@ -101,9 +108,11 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
                 if (col0 + c < n && k0 + kq < k) {
                     v = vec4<f32>(w4[(w_base + (col0 + c) * params.ldb + k0 + kq) / 4u]);
                 }
-                for (var j = 0u; j < 4u; j++) {
-                    tile_w[(kq + j) * B_STRIDE + c / 4u][c % 4u] = v[j];
-                }
+                let at = kq * B_STRIDE + c / 4u;
+                tile_w[at][c % 4u] = v.x;
+                tile_w[at + B_STRIDE][c % 4u] = v.y;
+                tile_w[at + 2u * B_STRIDE][c % 4u] = v.z;
+                tile_w[at + 3u * B_STRIDE][c % 4u] = v.w;
             }
         } else if (VEC_W) {
             // Four consecutive n of one W row per invocation (N % 4 == 0): one tile vec4.
@@ -141,53 +150,74 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         workgroupBarrier();
 
         for (var kk = 0u; kk < BK; kk++) {
-            var a: array<vec4<f32>, RM>;
-            var b: array<vec4<f32>, RN>;
-            for (var i = 0u; i < RM; i++) {
-                a[i] = tile_x[kk * A_STRIDE + i * THREADS_M + ty];
+            let a0 = tile_x[kk * A_STRIDE + ty];
+            let b0 = tile_w[kk * B_STRIDE + tx];
+            acc00 = outer_fma(a0, b0, acc00);
+            var b1 = b0;
+            if (RN == 2u) {
+                b1 = tile_w[kk * B_STRIDE + THREADS_N + tx];
+                acc01 = outer_fma(a0, b1, acc01);
             }
-            for (var j = 0u; j < RN; j++) {
-                b[j] = tile_w[kk * B_STRIDE + j * THREADS_N + tx];
-            }
-            for (var i = 0u; i < RM; i++) {
-                for (var r = 0u; r < 4u; r++) {
-                    let av = a[i][r];
-                    for (var j = 0u; j < RN; j++) {
-                        acc[(i * 4u + r) * RN + j] = fma(vec4<f32>(av), b[j], acc[(i * 4u + r) * RN + j]);
-                    }
+            if (RM == 2u) {
+                let a1 = tile_x[kk * A_STRIDE + THREADS_M + ty];
+                acc10 = outer_fma(a1, b0, acc10);
+                if (RN == 2u) {
+                    acc11 = outer_fma(a1, b1, acc11);
                 }
             }
         }
         workgroupBarrier();
     }
 
-    // Epilogue: this invocation's rows are row0 + i*4*THREADS_M + ty*4 + r and its columns
-    // col0 + j*4*THREADS_N + tx*4 + c.
-    for (var i = 0u; i < RM; i++) {
-        for (var r = 0u; r < 4u; r++) {
-            let row = row0 + i * 4u * THREADS_M + ty * 4u + r;
-            if (row >= m) {
-                continue;
-            }
-            for (var j = 0u; j < RN; j++) {
-                let acc4 = acc[(i * 4u + r) * RN + j];
-                for (var c = 0u; c < 4u; c++) {
-                    let col = col0 + j * 4u * THREADS_N + tx * 4u + c;
-                    if (col >= n) {
-                        continue;
-                    }
-                    var v = params.alpha * acc4[c];
-                    if (HAS_BIAS) {
-                        v += bias[col];
-                    }
-                    v = activate(v, ACT);
-                    let at = y_base + row * params.ldc + col;
-                    if (HAS_RESIDUAL) {
-                        v += f32(residual[at]);
-                    }
-                    y[at] = YT(v);
-                }
-            }
+    // Epilogue, sub-block by sub-block.
+    let row = row0 + ty * 4u;
+    let col = col0 + tx * 4u;
+    let row_step = 4u * THREADS_M;
+    let col_step = 4u * THREADS_N;
+    store_block(acc00, row, col, y_base);
+    if (RN == 2u) {
+        store_block(acc01, row, col + col_step, y_base);
+    }
+    if (RM == 2u) {
+        store_block(acc10, row + row_step, col, y_base);
+        if (RN == 2u) {
+            store_block(acc11, row + row_step, col + col_step, y_base);
         }
     }
+}
+
+// The epilogue of a 4 x 4 sub-block whose top-left output is (row, col): column r of `block`
+// is row `row + r`.
+fn store_block(block: mat4x4<f32>, row: u32, col: u32, y_base: u32) {
+    store_row(block[0], row, col, y_base);
+    store_row(block[1], row + 1u, col, y_base);
+    store_row(block[2], row + 2u, col, y_base);
+    store_row(block[3], row + 3u, col, y_base);
+}
+
+fn store_row(v: vec4<f32>, row: u32, col: u32, y_base: u32) {
+    if (row >= params.m) {
+        return;
+    }
+    store_one(v.x, row, col, y_base);
+    store_one(v.y, row, col + 1u, y_base);
+    store_one(v.z, row, col + 2u, y_base);
+    store_one(v.w, row, col + 3u, y_base);
+}
+
+// alpha, + bias, activation, + residual, then Y in its storage type (bounds-checked).
+fn store_one(acc: f32, row: u32, col: u32, y_base: u32) {
+    if (col >= params.n) {
+        return;
+    }
+    var v = params.alpha * acc;
+    if (HAS_BIAS) {
+        v += bias[col];
+    }
+    v = activate(v, ACT);
+    let at = y_base + row * params.ldc + col;
+    if (HAS_RESIDUAL) {
+        v += f32(residual[at]);
+    }
+    y[at] = YT(v);
 }

@@ -11,8 +11,8 @@
 // A workgroup of 64 invocations owns MR rows and NC columns of Y for one batch entry: grid
 // (ceil(N/NC), ceil(M/MR), batch). Each subgroup takes columns subgroup_id, subgroup_id +
 // num_subgroups, ...; its invocations stride along K (four k at a time with vec4 loads),
-// accumulating MR partial dot products of one W row with the MR X rows, which subgroupAdd
-// then reduces; the first invocation of the subgroup applies the epilogue and writes. No
+// accumulating MR = 4 partial dot products of one W row with the X rows in one vec4 (straight-
+// line per row, no loop-indexed local array), which one subgroupAdd then reduces; the first invocation of the subgroup applies the epilogue and writes. No
 // workgroup memory and no barrier; any subgroup size works. f32 accumulation whatever the
 // storage types. Needs the adapter's SUBGROUP feature.
 // Specialisation: MR, NC, W_NK, VEC_X, VEC_W, HAS_BIAS, HAS_RESIDUAL, ACT, XT, WT, YT.
@@ -25,6 +25,8 @@
 @group(0) @binding(5) var<storage, read> x4: array<vec4<XT>>;
 @group(0) @binding(6) var<storage, read> w4: array<vec4<WT>>;
 @group(0) @binding(7) var<storage, read_write> y: array<YT>;
+
+const_assert (MR == 4u);
 
 @compute @workgroup_size(64)
 fn matmul_subgroup(
@@ -50,20 +52,27 @@ fn matmul_subgroup(
         if (col >= n) {
             break;
         }
-        var acc: array<f32, MR>;
-        for (var r = 0u; r < MR; r++) {
-            acc[r] = 0.0;
-        }
+        var acc = vec4<f32>(0.0); // rows row0 + 0..3
         if (VEC_X && VEC_W) {
             let w_at = (w_base + col * params.ldb) / 4u;
+            let x_at = (x_base + row0 * params.lda) / 4u;
+            let x_row = params.lda / 4u;
             for (var kq = lane; kq < k / 4u; kq += lanes) {
                 let wv = vec4<f32>(w4[w_at + kq]);
-                for (var r = 0u; r < rows; r++) {
-                    let xv = vec4<f32>(x4[(x_base + (row0 + r) * params.lda) / 4u + kq]);
-                    acc[r] += dot(xv, wv);
+                acc.x += dot(vec4<f32>(x4[x_at + kq]), wv);
+                if (rows > 1u) {
+                    acc.y += dot(vec4<f32>(x4[x_at + x_row + kq]), wv);
+                }
+                if (rows > 2u) {
+                    acc.z += dot(vec4<f32>(x4[x_at + 2u * x_row + kq]), wv);
+                }
+                if (rows > 3u) {
+                    acc.w += dot(vec4<f32>(x4[x_at + 3u * x_row + kq]), wv);
                 }
             }
         } else {
+            let x_at = x_base + row0 * params.lda;
+            let x_row = params.lda;
             for (var kk = lane; kk < k; kk += lanes) {
                 var wv: f32;
                 if (W_NK) {
@@ -71,26 +80,44 @@ fn matmul_subgroup(
                 } else {
                     wv = f32(w[w_base + kk * params.ldb + col]);
                 }
-                for (var r = 0u; r < rows; r++) {
-                    acc[r] = fma(f32(x[x_base + (row0 + r) * params.lda + kk]), wv, acc[r]);
+                acc.x = fma(f32(x[x_at + kk]), wv, acc.x);
+                if (rows > 1u) {
+                    acc.y = fma(f32(x[x_at + x_row + kk]), wv, acc.y);
+                }
+                if (rows > 2u) {
+                    acc.z = fma(f32(x[x_at + 2u * x_row + kk]), wv, acc.z);
+                }
+                if (rows > 3u) {
+                    acc.w = fma(f32(x[x_at + 3u * x_row + kk]), wv, acc.w);
                 }
             }
         }
-        for (var r = 0u; r < MR; r++) {
-            let total = subgroupAdd(acc[r]);
-            if (lane != 0u || r >= rows) {
-                continue;
+        let total = subgroupAdd(acc);
+        if (lane == 0u) {
+            store_one(total.x, row0, col, y_base);
+            if (rows > 1u) {
+                store_one(total.y, row0 + 1u, col, y_base);
             }
-            var v = params.alpha * total;
-            if (HAS_BIAS) {
-                v += bias[col];
+            if (rows > 2u) {
+                store_one(total.z, row0 + 2u, col, y_base);
             }
-            v = activate(v, ACT);
-            let at = y_base + (row0 + r) * params.ldc + col;
-            if (HAS_RESIDUAL) {
-                v += f32(residual[at]);
+            if (rows > 3u) {
+                store_one(total.w, row0 + 3u, col, y_base);
             }
-            y[at] = YT(v);
         }
     }
+}
+
+// alpha, + bias, activation, + residual, then Y in its storage type.
+fn store_one(acc: f32, row: u32, col: u32, y_base: u32) {
+    var v = params.alpha * acc;
+    if (HAS_BIAS) {
+        v += bias[col];
+    }
+    v = activate(v, ACT);
+    let at = y_base + row * params.ldc + col;
+    if (HAS_RESIDUAL) {
+        v += f32(residual[at]);
+    }
+    y[at] = YT(v);
 }

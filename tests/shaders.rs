@@ -6,6 +6,7 @@
 
 use backbone::{Kernel, kernels, shader_source};
 use naga::back::{hlsl, msl, spv};
+use naga::proc::{BoundsCheckPolicies, BoundsCheckPolicy};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 
 /// Validates with the capabilities the variant needs: f16 storage needs SHADER_FLOAT16 (the
@@ -43,6 +44,8 @@ fn every_kernel_variant_validates_and_translates_to_spirv_msl_hlsl() {
         variants.len() > Kernel::ALL.len(),
         "specialised variants are listed"
     );
+    let mut still_loop_indexed = std::collections::BTreeSet::new();
+    let mut seen_dynamic = std::collections::BTreeSet::new();
     for (kernel, spec) in variants {
         let source = shader_source(kernel, &spec);
         let label = format!(
@@ -60,12 +63,41 @@ fn every_kernel_variant_validates_and_translates_to_spirv_msl_hlsl() {
             kernel.name()
         );
 
+        // SPIR-V as wgpu writes it for Vulkan: index and buffer accesses clamped (Restrict,
+        // runtime checks on) or left alone (Unchecked, BACKBONE_SHADER_CHECKS=off).
         let pipeline = spv::PipelineOptions {
             shader_stage: naga::ShaderStage::Compute,
             entry_point: kernel.name().into(),
         };
-        spv::write_vec(&module, &info, &spv::Options::default(), Some(&pipeline))
-            .unwrap_or_else(|e| panic!("{label}: SPIR-V: {e}"));
+        for policy in [BoundsCheckPolicy::Restrict, BoundsCheckPolicy::Unchecked] {
+            let options = spv::Options {
+                // OpNames, so a finding names its variable
+                flags: spv::Options::default().flags | spv::WriterFlags::DEBUG,
+                bounds_check_policies: BoundsCheckPolicies {
+                    index: policy,
+                    buffer: policy,
+                    image_load: policy,
+                    binding_array: policy,
+                },
+                ..Default::default()
+            };
+            let words = spv::write_vec(&module, &info, &options, Some(&pipeline))
+                .unwrap_or_else(|e| panic!("{label}: SPIR-V: {e}"));
+            let dynamic = function_arrays_indexed_dynamically(&words);
+            if LOOP_INDEXED.contains(&kernel.name()) {
+                still_loop_indexed.insert(kernel.name());
+            } else {
+                assert!(
+                    dynamic.is_empty(),
+                    "{label} ({policy:?}): function-local arrays indexed by a non-constant \
+                     (drivers spill them to memory; write the register block as vectors or \
+                     unrolled scalars): {dynamic:?}"
+                );
+            }
+            if !dynamic.is_empty() {
+                seen_dynamic.insert(kernel.name());
+            }
+        }
 
         // Cooperative matrices are Metal's simdgroup matrices, from MSL 2.3 (Metal's adapters
         // report 8x8 fragments, so only that variant is picked there at run time).
@@ -110,6 +142,89 @@ fn every_kernel_variant_validates_and_translates_to_spirv_msl_hlsl() {
             hlsl.unwrap_or_else(|e| panic!("{label}: HLSL: {e}"));
         }
     }
+    // The list of kernels not yet rewritten only shrinks: one that no longer indexes a
+    // function array dynamically must leave it.
+    assert_eq!(
+        seen_dynamic, still_loop_indexed,
+        "LOOP_INDEXED must name exactly the kernels that still index function arrays dynamically"
+    );
+}
+
+/// Kernels whose register blocks are still function-local arrays indexed in loops (issue 19's
+/// rewrite is under way); every other kernel must have none.
+const LOOP_INDEXED: &[&str] = &["attention", "cswin_attention"];
+
+/// `OpAccessChain`s into a Function-storage array or matrix (a local variable, or one naga
+/// made to index a value) whose index is not a constant: what drivers tend to place in local
+/// memory instead of registers. Each is named by its variable's `OpName` where it has one.
+fn function_arrays_indexed_dynamically(words: &[u32]) -> Vec<String> {
+    use std::collections::{HashMap, HashSet};
+    const OP_NAME: u32 = 5;
+    const OP_TYPE_MATRIX: u32 = 24;
+    const OP_TYPE_ARRAY: u32 = 28;
+    const OP_TYPE_POINTER: u32 = 32;
+    const OP_CONSTANT: u32 = 43;
+    const OP_SPEC_CONSTANT: u32 = 50;
+    const OP_VARIABLE: u32 = 59;
+    const OP_ACCESS_CHAIN: u32 = 65;
+    const OP_IN_BOUNDS_ACCESS_CHAIN: u32 = 66;
+    const FUNCTION: u32 = 7;
+    let mut names: HashMap<u32, String> = HashMap::new();
+    let mut aggregates = HashSet::new(); // array and matrix type ids
+    let mut pointers: HashMap<u32, (u32, u32)> = HashMap::new(); // type id -> (storage, pointee)
+    let mut constants = HashSet::new();
+    let mut arrays: HashMap<u32, u32> = HashMap::new(); // pointer id -> the variable it is in
+    let mut found = Vec::new();
+    let mut at = 5; // past the header
+    while at < words.len() {
+        let (count, op) = ((words[at] >> 16) as usize, words[at] & 0xffff);
+        assert!(
+            count > 0 && at + count <= words.len(),
+            "malformed SPIR-V at word {at}"
+        );
+        let ins = &words[at + 1..at + count];
+        match op {
+            OP_NAME => {
+                let bytes: Vec<u8> = ins[1..].iter().flat_map(|w| w.to_le_bytes()).collect();
+                let name = bytes.split(|&b| b == 0).next().unwrap_or_default();
+                names.insert(ins[0], String::from_utf8_lossy(name).into_owned());
+            }
+            OP_TYPE_MATRIX | OP_TYPE_ARRAY => {
+                aggregates.insert(ins[0]);
+            }
+            OP_TYPE_POINTER => {
+                pointers.insert(ins[0], (ins[1], ins[2]));
+            }
+            OP_CONSTANT | OP_SPEC_CONSTANT => {
+                constants.insert(ins[1]);
+            }
+            OP_VARIABLE if ins[2] == FUNCTION => {
+                if pointers
+                    .get(&ins[0])
+                    .is_some_and(|p| aggregates.contains(&p.1))
+                {
+                    arrays.insert(ins[1], ins[1]);
+                }
+            }
+            OP_ACCESS_CHAIN | OP_IN_BOUNDS_ACCESS_CHAIN => {
+                let (ty, id, base) = (ins[0], ins[1], ins[2]);
+                if let Some(&var) = arrays.get(&base) {
+                    if !constants.contains(&ins[3]) {
+                        let name = names.get(&var).cloned().unwrap_or(format!("%{var}"));
+                        found.push(name);
+                    }
+                    if pointers.get(&ty).is_some_and(|p| aggregates.contains(&p.1)) {
+                        arrays.insert(id, var);
+                    }
+                }
+            }
+            _ => {}
+        }
+        at += count;
+    }
+    found.sort();
+    found.dedup();
+    found
 }
 
 /// Every `.wgsl` file is a kernel the library knows (or the shared helpers), opens with a
