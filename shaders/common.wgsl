@@ -48,6 +48,11 @@ fn outer_fma(a: vec4<f32>, b: vec4<f32>, acc: mat4x4<f32>) -> mat4x4<f32> {
     );
 }
 
+// A register block (as `outer_fma` keeps it: column r is row r) with row r scaled by v[r].
+fn scale_rows(m: mat4x4<f32>, v: vec4<f32>) -> mat4x4<f32> {
+    return mat4x4<f32>(m[0] * v.x, m[1] * v.y, m[2] * v.z, m[3] * v.w);
+}
+
 // Linear workgroup index of a grid spread over x and y (see `pipeline::grid_1d`).
 fn linear_group(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.x + wid.y * nwg.x;

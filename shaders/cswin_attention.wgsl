@@ -19,7 +19,8 @@
 // head: grid (windows * ceil(win_h*win_w / BQ), heads, B). The structure is `attention`'s (see
 // shaders/attention.wgsl): Q tile in workgroup memory, per key tile S = Q·Kᵀ and O += P·V as
 // register blocks on an 8x8 grid of invocations, the online softmax by one invocation per row,
-// K/V tiles in the storage type of qkv. LePE is added to each invocation's block of O at the end.
+// K/V tiles in the storage type of qkv, and the same straight-line register blocks (mat4x4
+// locals, no loop-indexed local array). LePE is added to each invocation's block of O at the end.
 // Everything is computed in f32 whatever the storage types.
 // Specialisation: HEAD_DIM (D), BQ, KV_TILE (see `attention::tiles`), XT, YT.
 
@@ -53,11 +54,16 @@ const RQ: u32 = BQ / 8u; // query rows per invocation
 const RK: u32 = KV_TILE / 8u; // keys per invocation in S
 const DC: u32 = (HEAD_DIM + 7u) / 8u; // output columns per invocation
 const ROW: u32 = HEAD_DIM + 1u; // padded row of the Q and K/V tiles
+const G: u32 = (DC + 3u) / 4u; // 4-column blocks of O per invocation
+const_assert ((RQ == 1u || RQ == 2u || RQ == 4u) && (RK == 1u || RK == 2u || RK == 4u) && G <= 4u);
 
 var<workgroup> q_tile: array<XT, BQ * ROW>;
 var<workgroup> kv_tile: array<XT, KV_TILE * ROW>;
 var<workgroup> s_tile: array<f32, BQ * KV_TILE>;
 var<workgroup> row_scale: array<f32, BQ>;
+// This invocation's place on the 8 x 8 grid.
+var<private> tr: u32;
+var<private> tc: u32;
 
 // Token index of window-local position (wy, wx) of window (win_y, win_x), or -1 in the padding.
 fn token_at(win_y: u32, win_x: u32, wy: u32, wx: u32) -> i32 {
@@ -93,8 +99,8 @@ fn cswin_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     let win_tokens = params.win_h * params.win_w;
     let q0 = (wid.x % params.q_tiles) * BQ;
     let channel = params.channel_offset + head * HEAD_DIM; // first q channel of this head
-    let tr = lid / 8u;
-    let tc = lid % 8u;
+    tr = lid / 8u;
+    tc = lid % 8u;
 
     for (var l = lid; l < BQ * HEAD_DIM; l += WG) {
         let r = l / HEAD_DIM;
@@ -102,10 +108,10 @@ fn cswin_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
         q_tile[r * ROW + d] = window_value(b, win_y, win_x, q0 + r, channel + d);
     }
 
-    var o: array<f32, RQ * DC>;
-    for (var i = 0u; i < RQ * DC; i++) {
-        o[i] = 0.0;
-    }
+    var o0 = mat4x4<f32>();
+    var o1 = mat4x4<f32>();
+    var o2 = mat4x4<f32>();
+    var o3 = mat4x4<f32>();
     // Softmax state of row `lid` (invocations 0..BQ).
     var running_max = F32_LOWEST;
     var running_sum = 0.0;
@@ -120,26 +126,17 @@ fn cswin_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
         workgroupBarrier();
 
         // 1. S = Q·Kᵀ, one register block per invocation (keys past `keys` are never used).
-        var s: array<f32, RQ * RK>;
-        for (var i = 0u; i < RQ * RK; i++) {
-            s[i] = 0.0;
-        }
+        var sb = mat4x4<f32>();
         for (var d = 0u; d < HEAD_DIM; d++) {
-            var k: array<f32, RK>;
-            for (var j = 0u; j < RK; j++) {
-                k[j] = f32(kv_tile[(tc + 8u * j) * ROW + d]);
-            }
-            for (var i = 0u; i < RQ; i++) {
-                let q = f32(q_tile[(tr + 8u * i) * ROW + d]);
-                for (var j = 0u; j < RK; j++) {
-                    s[i * RK + j] = fma(q, k[j], s[i * RK + j]);
-                }
-            }
+            sb = outer_fma(q_rows(d), k_keys(d), sb);
         }
-        for (var i = 0u; i < RQ; i++) {
-            for (var j = 0u; j < RK; j++) {
-                s_tile[(tr + 8u * i) * KV_TILE + tc + 8u * j] = s[i * RK + j] * params.scale;
-            }
+        store_scores(sb[0], 0u);
+        if (RQ > 1u) {
+            store_scores(sb[1], 1u);
+        }
+        if (RQ > 2u) {
+            store_scores(sb[2], 2u);
+            store_scores(sb[3], 3u);
         }
         workgroupBarrier();
 
@@ -169,22 +166,23 @@ fn cswin_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
         workgroupBarrier();
 
         // 3. O = O·correction + P·V.
-        for (var i = 0u; i < RQ; i++) {
-            let correction = row_scale[tr + 8u * i];
-            for (var j = 0u; j < DC; j++) {
-                o[i * DC + j] *= correction;
-            }
-        }
+        let correction = row_values(row_scale_at(0u), row_scale_at(1u), row_scale_at(2u),
+            row_scale_at(3u));
+        o0 = scale_rows(o0, correction);
+        o1 = scale_rows(o1, correction);
+        o2 = scale_rows(o2, correction);
+        o3 = scale_rows(o3, correction);
         for (var key = 0u; key < keys; key++) {
-            var v: array<f32, DC>;
-            for (var j = 0u; j < DC; j++) {
-                v[j] = f32(kv_tile[key * ROW + min(tc + 8u * j, HEAD_DIM - 1u)]);
+            let p = row_values(p_at(0u, key), p_at(1u, key), p_at(2u, key), p_at(3u, key));
+            o0 = outer_fma(p, v_columns(key, 0u), o0);
+            if (G > 1u) {
+                o1 = outer_fma(p, v_columns(key, 1u), o1);
             }
-            for (var i = 0u; i < RQ; i++) {
-                let p = s_tile[(tr + 8u * i) * KV_TILE + key];
-                for (var j = 0u; j < DC; j++) {
-                    o[i * DC + j] = fma(p, v[j], o[i * DC + j]);
-                }
+            if (G > 2u) {
+                o2 = outer_fma(p, v_columns(key, 2u), o2);
+            }
+            if (G > 3u) {
+                o3 = outer_fma(p, v_columns(key, 3u), o3);
             }
         }
         workgroupBarrier();
@@ -197,48 +195,154 @@ fn cswin_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
 
     // LePE (3x3 depthwise conv of V over this window, zero outside it and in the padding) added
     // to each owned element; padded queries and positions past the window are not written.
-    let plane = params.h * params.w;
-    let row_stride = 3u * params.c;
-    let branch_channel = head * HEAD_DIM; // channel within the branch
-    for (var i = 0u; i < RQ; i++) {
-        let r = tr + 8u * i;
-        let pos = q0 + r;
-        if (pos >= win_tokens) {
+    let inv = row_values(row_scale_at(0u), row_scale_at(1u), row_scale_at(2u), row_scale_at(3u));
+    let at = Window(b, win_y, win_x, q0, channel, head);
+    o0 = scale_rows(o0, inv);
+    o1 = scale_rows(o1, inv);
+    o2 = scale_rows(o2, inv);
+    o3 = scale_rows(o3, inv);
+    store_row(0u, o0[0], o1[0], o2[0], o3[0], at);
+    if (RQ > 1u) {
+        store_row(1u, o0[1], o1[1], o2[1], o3[1], at);
+    }
+    if (RQ > 2u) {
+        store_row(2u, o0[2], o1[2], o2[2], o3[2], at);
+        store_row(3u, o0[3], o1[3], o2[3], o3[3], at);
+    }
+}
+
+// Which window, queries and head a workgroup works on.
+struct Window {
+    b: u32,
+    win_y: u32,
+    win_x: u32,
+    q0: u32,
+    channel: u32, // first q channel of the head
+    head: u32,
+}
+
+// Four values of this invocation's rows tr + 8i (i < RQ; zero past RQ).
+fn row_values(v0: f32, v1: f32, v2: f32, v3: f32) -> vec4<f32> {
+    return vec4<f32>(v0, select(0.0, v1, RQ > 1u), select(0.0, v2, RQ > 2u),
+        select(0.0, v3, RQ > 2u));
+}
+
+fn row_scale_at(i: u32) -> f32 {
+    return row_scale[min(tr + 8u * i, BQ - 1u)];
+}
+
+fn p_at(i: u32, key: u32) -> f32 {
+    return s_tile[min(tr + 8u * i, BQ - 1u) * KV_TILE + key];
+}
+
+// Q at column d of this invocation's rows.
+fn q_rows(d: u32) -> vec4<f32> {
+    let at = tr * ROW + d;
+    let last = (BQ - 1u) * ROW + d;
+    return row_values(f32(q_tile[at]), f32(q_tile[min(at + 8u * ROW, last)]),
+        f32(q_tile[min(at + 16u * ROW, last)]), f32(q_tile[min(at + 24u * ROW, last)]));
+}
+
+// K at column d of this invocation's keys tc + 8j (j < RK; zero past RK).
+fn k_keys(d: u32) -> vec4<f32> {
+    let at = tc * ROW + d;
+    let last = (KV_TILE - 1u) * ROW + d;
+    return vec4<f32>(f32(kv_tile[at]),
+        select(0.0, f32(kv_tile[min(at + 8u * ROW, last)]), RK > 1u),
+        select(0.0, f32(kv_tile[min(at + 16u * ROW, last)]), RK > 2u),
+        select(0.0, f32(kv_tile[min(at + 24u * ROW, last)]), RK > 2u));
+}
+
+// V of `key` at this invocation's columns tc + 8(4g + e), e < 4 (clamped to the head).
+fn v_columns(key: u32, g: u32) -> vec4<f32> {
+    let at = key * ROW;
+    let d = tc + 32u * g;
+    let last = HEAD_DIM - 1u;
+    return vec4<f32>(f32(kv_tile[at + min(d, last)]), f32(kv_tile[at + min(d + 8u, last)]),
+        f32(kv_tile[at + min(d + 16u, last)]), f32(kv_tile[at + min(d + 24u, last)]));
+}
+
+// Row i's scores (keys tc + 8j), scaled, into the score tile.
+fn store_scores(row: vec4<f32>, i: u32) {
+    let at = (tr + 8u * i) * KV_TILE + tc;
+    s_tile[at] = row.x * params.scale;
+    if (RK > 1u) {
+        s_tile[at + 8u] = row.y * params.scale;
+    }
+    if (RK > 2u) {
+        s_tile[at + 16u] = row.z * params.scale;
+        s_tile[at + 24u] = row.w * params.scale;
+    }
+}
+
+// Row i of O (already divided by its softmax sum), blocks v0..v3, plus LePE, into `out` at the
+// query's token; nothing for a padded query or a position past the window.
+fn store_row(i: u32, v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3: vec4<f32>, at: Window) {
+    let pos = at.q0 + tr + 8u * i;
+    if (pos >= params.win_h * params.win_w) {
+        return;
+    }
+    let qy = i32(pos / params.win_w);
+    let qx = i32(pos % params.win_w);
+    let q_token = token_at(at.win_y, at.win_x, u32(qy), u32(qx));
+    if (q_token < 0) {
+        return;
+    }
+    let out_at = (at.b * params.h * params.w + u32(q_token)) * params.c + at.channel;
+    store_group(v0 + lepe(0u, qy, qx, at), 0u, out_at);
+    if (G > 1u) {
+        store_group(v1 + lepe(1u, qy, qx, at), 1u, out_at);
+    }
+    if (G > 2u) {
+        store_group(v2 + lepe(2u, qy, qx, at), 2u, out_at);
+    }
+    if (G > 3u) {
+        store_group(v3 + lepe(3u, qy, qx, at), 3u, out_at);
+    }
+}
+
+// LePE at window position (qy, qx) for this invocation's columns of block g: the bias plus
+// the 3x3 depthwise conv of V over the window (zero outside it and in the padding).
+fn lepe(g: u32, qy: i32, qx: i32, at: Window) -> vec4<f32> {
+    let branch = at.head * HEAD_DIM; // channel within the branch
+    let d = tc + 32u * g;
+    let last = HEAD_DIM - 1u;
+    let ch = vec4<u32>(min(d, last), min(d + 8u, last), min(d + 16u, last), min(d + 24u, last));
+    var acc = vec4<f32>(lepe_b[branch + ch.x], lepe_b[branch + ch.y], lepe_b[branch + ch.z],
+        lepe_b[branch + ch.w]);
+    for (var tap = 0u; tap < 9u; tap++) {
+        let ny = qy + i32(tap / 3u) - 1;
+        let nx = qx + i32(tap % 3u) - 1;
+        if (ny < 0 || nx < 0 || ny >= i32(params.win_h) || nx >= i32(params.win_w)) {
             continue;
         }
-        let qy = i32(pos / params.win_w);
-        let qx = i32(pos % params.win_w);
-        let q_token = token_at(win_y, win_x, u32(qy), u32(qx));
-        if (q_token < 0) {
+        let t = token_at(at.win_y, at.win_x, u32(ny), u32(nx));
+        if (t < 0) {
             continue;
         }
-        let inv = row_scale[r];
-        var lepe: array<f32, DC>;
-        for (var j = 0u; j < DC; j++) {
-            lepe[j] = lepe_b[branch_channel + min(tc + 8u * j, HEAD_DIM - 1u)];
-        }
-        for (var tap = 0u; tap < 9u; tap++) {
-            let ny = qy + i32(tap / 3u) - 1;
-            let nx = qx + i32(tap % 3u) - 1;
-            if (ny < 0 || nx < 0 || ny >= i32(params.win_h) || nx >= i32(params.win_w)) {
-                continue;
-            }
-            let t = token_at(win_y, win_x, u32(ny), u32(nx));
-            if (t < 0) {
-                continue;
-            }
-            let at = (b * plane + u32(t)) * row_stride + 2u * params.c + channel;
-            for (var j = 0u; j < DC; j++) {
-                let d = min(tc + 8u * j, HEAD_DIM - 1u);
-                lepe[j] = fma(lepe_w[(branch_channel + d) * 9u + tap], f32(qkv[at + d]), lepe[j]);
-            }
-        }
-        let out_at = (b * plane + u32(q_token)) * params.c + channel;
-        for (var j = 0u; j < DC; j++) {
-            let d = tc + 8u * j;
-            if (d < HEAD_DIM) {
-                out[out_at + d] = YT(o[i * DC + j] * inv + lepe[j]);
-            }
-        }
+        let v_at = (at.b * params.h * params.w + u32(t)) * 3u * params.c + 2u * params.c
+            + at.channel;
+        let wv = vec4<f32>(lepe_w[(branch + ch.x) * 9u + tap], lepe_w[(branch + ch.y) * 9u + tap],
+            lepe_w[(branch + ch.z) * 9u + tap], lepe_w[(branch + ch.w) * 9u + tap]);
+        let vv = vec4<f32>(f32(qkv[v_at + ch.x]), f32(qkv[v_at + ch.y]), f32(qkv[v_at + ch.z]),
+            f32(qkv[v_at + ch.w]));
+        acc = fma(wv, vv, acc);
+    }
+    return acc;
+}
+
+fn store_group(v: vec4<f32>, g: u32, out_at: u32) {
+    let d = tc + 32u * g;
+    if (d < HEAD_DIM) {
+        out[out_at + d] = YT(v.x);
+    }
+    if (d + 8u < HEAD_DIM) {
+        out[out_at + d + 8u] = YT(v.y);
+    }
+    if (d + 16u < HEAD_DIM) {
+        out[out_at + d + 16u] = YT(v.z);
+    }
+    if (d + 24u < HEAD_DIM) {
+        out[out_at + d + 24u] = YT(v.w);
     }
 }

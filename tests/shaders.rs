@@ -2,7 +2,9 @@
 //! can compile is parsed and validated by naga, then translated for each native backend:
 //! SPIR-V (Vulkan), MSL (Metal) and HLSL (DX12). A construct one backend cannot take fails
 //! here even without that platform. The cooperative-matrix matmul translates to SPIR-V and
-//! MSL; DX12 has no cooperative matrices (checked: HLSL refuses them).
+//! MSL; DX12 has no cooperative matrices (checked: HLSL refuses them). The SPIR-V, written
+//! under wgpu's bounds policies, must index no function-local array or matrix with a
+//! non-constant: register blocks are straight-line code that drivers keep in registers.
 
 use backbone::{Kernel, kernels, shader_source};
 use naga::back::{hlsl, msl, spv};
@@ -44,8 +46,6 @@ fn every_kernel_variant_validates_and_translates_to_spirv_msl_hlsl() {
         variants.len() > Kernel::ALL.len(),
         "specialised variants are listed"
     );
-    let mut still_loop_indexed = std::collections::BTreeSet::new();
-    let mut seen_dynamic = std::collections::BTreeSet::new();
     for (kernel, spec) in variants {
         let source = shader_source(kernel, &spec);
         let label = format!(
@@ -84,19 +84,12 @@ fn every_kernel_variant_validates_and_translates_to_spirv_msl_hlsl() {
             let words = spv::write_vec(&module, &info, &options, Some(&pipeline))
                 .unwrap_or_else(|e| panic!("{label}: SPIR-V: {e}"));
             let dynamic = function_arrays_indexed_dynamically(&words);
-            if LOOP_INDEXED.contains(&kernel.name()) {
-                still_loop_indexed.insert(kernel.name());
-            } else {
-                assert!(
-                    dynamic.is_empty(),
-                    "{label} ({policy:?}): function-local arrays indexed by a non-constant \
-                     (drivers spill them to memory; write the register block as vectors or \
-                     unrolled scalars): {dynamic:?}"
-                );
-            }
-            if !dynamic.is_empty() {
-                seen_dynamic.insert(kernel.name());
-            }
+            assert!(
+                dynamic.is_empty(),
+                "{label} ({policy:?}): function-local arrays indexed by a non-constant (drivers \
+                 spill them to memory; write the register block as vectors or unrolled \
+                 scalars): {dynamic:?}"
+            );
         }
 
         // Cooperative matrices are Metal's simdgroup matrices, from MSL 2.3 (Metal's adapters
@@ -142,17 +135,7 @@ fn every_kernel_variant_validates_and_translates_to_spirv_msl_hlsl() {
             hlsl.unwrap_or_else(|e| panic!("{label}: HLSL: {e}"));
         }
     }
-    // The list of kernels not yet rewritten only shrinks: one that no longer indexes a
-    // function array dynamically must leave it.
-    assert_eq!(
-        seen_dynamic, still_loop_indexed,
-        "LOOP_INDEXED must name exactly the kernels that still index function arrays dynamically"
-    );
 }
-
-/// Kernels whose register blocks are still function-local arrays indexed in loops (issue 19's
-/// rewrite is under way); every other kernel must have none.
-const LOOP_INDEXED: &[&str] = &["attention", "cswin_attention"];
 
 /// `OpAccessChain`s into a Function-storage array or matrix (a local variable, or one naga
 /// made to index a value) whose index is not a constant: what drivers tend to place in local
