@@ -132,6 +132,7 @@ fn matmul_one(
         options,
     );
     r.dtype = dtype.name().0.into();
+    r.set_floor(((m * k + n * k + m * n) as f64) * super::roofline::element_bytes(dtype));
     let tile = MatmulTile::choose(ctx, m, n, k, 1, dtype == DType::F16);
     let tuned = ctx
         .tune_table()
@@ -323,6 +324,10 @@ fn attention_one(
         options,
     );
     r.dtype = dtype.name().0.into();
+    // qkv read and the merged heads written once, and the mask.
+    let tokens = (s.batch * s.seq) as f64;
+    let c = (s.heads * s.head_dim) as f64;
+    r.set_floor(4.0 * tokens * c * super::roofline::element_bytes(dtype) + 4.0 * tokens);
     r.variant = kernels::attention_variant(ctx, s.head_dim, dtype == DType::F16);
     Ok(r)
 }
@@ -462,6 +467,12 @@ fn cswin_attention_one(
         options,
     );
     r.dtype = dtype.name().0.into();
+    // Each branch reads its q, k, v channels and writes its output channels once.
+    let moved: usize = branches
+        .iter()
+        .map(|b| 4 * s.batch * tokens * b.channels)
+        .sum();
+    r.set_floor(moved as f64 * super::roofline::element_bytes(dtype));
     r.variant = kernels::attention_variant(ctx, branches[0].head_dim(), dtype == DType::F16);
     Ok(r)
 }

@@ -19,6 +19,8 @@ use crate::recorder::{PassTime, Recorder};
 pub mod cpu;
 mod kernels;
 mod models;
+mod report;
+pub mod roofline;
 pub mod serve_load;
 pub mod soak;
 pub mod tune;
@@ -31,6 +33,8 @@ pub use models::{
     BertShape, BertSize, CswinShape, bert_suite, cswin_suite, random_bert_weights,
     random_cswin_weights,
 };
+pub use report::{breakdown_table, markdown, table, table_header, table_row, traffic_table};
+pub use roofline::{Peak, known_peak};
 
 /// The commit this binary was built from (`-dirty` when the tree had changes).
 pub const COMMIT: &str = crate::COMMIT;
@@ -60,13 +64,9 @@ impl Default for BenchOptions {
     }
 }
 
-/// f32 FMA peak of cards we know (see shared PEERS.md), by adapter-name substring.
+/// f32 FMA peak of cards we know ([`roofline::KNOWN`]), by adapter-name substring.
 pub fn known_peak_tflops(adapter_name: &str) -> Option<f64> {
-    const KNOWN: [(&str, f64); 2] = [("H100", 67.0), ("H200", 67.0)];
-    KNOWN
-        .iter()
-        .find(|(name, _)| adapter_name.contains(name))
-        .map(|&(_, tflops)| tflops)
+    known_peak(adapter_name).map(|p| p.f32_tflops)
 }
 
 /// Median, minimum and maximum of a set of timings, in milliseconds.
@@ -134,6 +134,14 @@ pub struct Record {
     pub flops: f64,
     pub gflops: f64,
     pub pct_of_peak: Option<f64>,
+    /// The least bytes the work must move (inputs read and outputs written once; for a model,
+    /// the sum of its kernels' compulsory traffic).
+    pub min_bytes: f64,
+    /// The roofline floor on this adapter: max(FLOPs / peak FLOP/s, min_bytes / bandwidth),
+    /// for adapters in [`roofline::KNOWN`]; `None` elsewhere (software adapters included).
+    pub floor_ms: Option<f64>,
+    /// 100 x floor / measured GPU time.
+    pub pct_of_floor: Option<f64>,
     pub check: Check,
     /// Sequences (or images) per second, for model suites.
     pub items_per_s: Option<f64>,
@@ -292,6 +300,9 @@ pub(super) fn record(
         flops,
         gflops,
         pct_of_peak: peak.map(|p| 100.0 * gflops / (p * 1e3)),
+        min_bytes: 0.0,
+        floor_ms: None,
+        pct_of_floor: None,
         check,
         items_per_s: None,
         breakdown: timings.breakdown.clone(),
@@ -301,136 +312,6 @@ pub(super) fn record(
         error: None,
         commit: COMMIT.into(),
     }
-}
-
-/// The header of [`table`], one line.
-pub fn table_header() -> String {
-    format!(
-        "{:<10} {:<24} {:>5} {:>10} {:>21} {:>10} {:>9} {:>9} {:>10} {:>6} {:>9}  {}\n",
-        "suite",
-        "shape",
-        "dtype",
-        "gpu ms",
-        "(min-max)",
-        "wall ms",
-        "host ms",
-        "first ms",
-        "GFLOP/s",
-        "%peak",
-        "items/s",
-        "check"
-    )
-}
-
-/// One record as a line of [`table`].
-pub fn table_row(r: &Record) -> String {
-    let check = match &r.error {
-        Some(e) => format!("FAIL: {}", e.replace('\n', " | ")),
-        None => format!(
-            "{} (max err {:.1e}, {}/{} values)",
-            if r.check.passed { "PASS" } else { "FAIL" },
-            r.check.max_abs_err,
-            r.check.compared,
-            r.check.total
-        ),
-    };
-    format!(
-        "{:<10} {:<24} {:>5} {:>10.4} {:>21} {:>10.3} {:>9} {:>9.1} {:>10.1} {:>6} {:>9}  {check}\n",
-        r.suite,
-        r.shape,
-        r.dtype,
-        r.gpu_ms.median,
-        format!("({:.4}-{:.4})", r.gpu_ms.min, r.gpu_ms.max),
-        r.wall_ms.median,
-        r.host_ms.map_or("-".into(), |h| format!("{:.3}", h.median)),
-        r.first_run_ms,
-        r.gflops,
-        r.pct_of_peak.map_or("-".into(), |p| format!("{p:.1}")),
-        r.items_per_s.map_or("-".into(), |v| format!("{v:.1}")),
-    )
-}
-
-/// A plain-text table of records.
-pub fn table(records: &[Record]) -> String {
-    let mut out = table_header();
-    for r in records {
-        out += &table_row(r);
-    }
-    out
-}
-
-/// A Markdown table of records (for BENCHMARKS.md).
-pub fn markdown(records: &[Record]) -> String {
-    let mut out = String::from(
-        "| suite | shape | dtype | GPU ms (median) | min-max | wall ms | host ms | GFLOP/s | % peak | items/s | dispatches | MB moved | check |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
-    );
-    for r in records {
-        out += &format!(
-            "| {} | {} | {} | {:.4} | {:.4}-{:.4} | {:.3} | {} | {:.1} | {} | {} | {} | {} | {} |\n",
-            r.suite,
-            r.shape,
-            r.dtype,
-            r.gpu_ms.median,
-            r.gpu_ms.min,
-            r.gpu_ms.max,
-            r.wall_ms.median,
-            r.host_ms.map_or("-".into(), |h| format!("{:.3}", h.median)),
-            r.gflops,
-            r.pct_of_peak.map_or("-".into(), |p| format!("{p:.1}")),
-            r.items_per_s.map_or("-".into(), |v| format!("{v:.1}")),
-            r.traffic.map_or("-".into(), |t| t.dispatches.to_string()),
-            r.traffic.map_or("-".into(), |t| format!(
-                "{:.1}",
-                (t.bytes_read + t.bytes_written) as f64 / 1e6
-            )),
-            if r.passed() { "PASS" } else { "FAIL" },
-        );
-    }
-    out
-}
-
-/// Dispatches and compulsory bytes per forward of model records, as text.
-pub fn traffic_table(records: &[Record]) -> String {
-    let mut out = String::new();
-    for r in records {
-        if let Some(t) = r.traffic {
-            if out.is_empty() {
-                out += &format!(
-                    "{:<10} {:<24} {:>10} {:>12} {:>12}\n",
-                    "model", "shape", "dispatches", "MB read", "MB written"
-                );
-            }
-            out += &format!(
-                "{:<10} {:<24} {:>10} {:>12.2} {:>12.2}\n",
-                r.suite,
-                r.shape,
-                t.dispatches,
-                t.bytes_read as f64 / 1e6,
-                t.bytes_written as f64 / 1e6
-            );
-        }
-    }
-    out
-}
-
-/// Per-kernel GPU time of model records, as text.
-pub fn breakdown_table(records: &[Record]) -> String {
-    let mut out = String::new();
-    for r in records.iter().filter(|r| !r.breakdown.is_empty()) {
-        let total: f64 = r.breakdown.iter().map(|(_, ms)| ms).sum();
-        out += &format!(
-            "{} {}: GPU time by kernel (sum of passes {total:.3} ms)\n",
-            r.suite, r.shape
-        );
-        for (kernel, ms) in &r.breakdown {
-            out += &format!(
-                "  {kernel:<14} {ms:>10.3} ms {:>6.1}%\n",
-                100.0 * ms / total
-            );
-        }
-    }
-    out
 }
 
 /// What [`time_forwards`] measured.

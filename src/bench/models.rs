@@ -214,6 +214,10 @@ fn bert_one(
     r.variant = format!("{} storage, f32 accumulation", dtype.name());
     r.items_per_s = Some(shape.batch as f64 / (timings.gpu_ms.median * 1e-3));
     r.traffic = Some(ForwardTraffic::of(&model.forward_passes(ctx, &input)?));
+    r.set_floor(
+        r.traffic
+            .map_or(0.0, |t| (t.bytes_read + t.bytes_written) as f64),
+    );
     Ok(r)
 }
 
@@ -426,5 +430,9 @@ fn cswin_one(
     r.dtype = dtype.name().0.into();
     r.variant = format!("{} storage, f32 accumulation", dtype.name());
     r.traffic = Some(ForwardTraffic::of(&model.forward_passes(ctx, &pixels)?));
+    r.set_floor(
+        r.traffic
+            .map_or(0.0, |t| (t.bytes_read + t.bytes_written) as f64),
+    );
     Ok(r)
 }
