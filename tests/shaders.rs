@@ -181,13 +181,13 @@ fn function_arrays_indexed_dynamically(words: &[u32]) -> Vec<String> {
             OP_CONSTANT | OP_SPEC_CONSTANT => {
                 constants.insert(ins[1]);
             }
-            OP_VARIABLE if ins[2] == FUNCTION => {
-                if pointers
-                    .get(&ins[0])
-                    .is_some_and(|p| aggregates.contains(&p.1))
-                {
-                    arrays.insert(ins[1], ins[1]);
-                }
+            OP_VARIABLE
+                if ins[2] == FUNCTION
+                    && pointers
+                        .get(&ins[0])
+                        .is_some_and(|p| aggregates.contains(&p.1)) =>
+            {
+                arrays.insert(ins[1], ins[1]);
             }
             OP_ACCESS_CHAIN | OP_IN_BOUNDS_ACCESS_CHAIN => {
                 let (ty, id, base) = (ins[0], ins[1], ins[2]);
