@@ -115,5 +115,5 @@ struct MatmulParams {
     y_offset: u32,
     y_outer: u32,
     y_inner: u32,
-    _pad2: u32,
+    y_split: u32, // split-K: elements between the partial products of consecutive splits
 }

@@ -24,8 +24,12 @@
 // fill) and store, so any M, N, K works. When the contiguous dimension and every offset and
 // stride of an operand are multiples of 4 (VEC_X, VEC_W), its global loads are vec4s.
 // Products and the epilogue compute in f32 whatever the storage types; bias is f32.
-// Specialisation: BM, BN, BK, TM, TN, W_NK, VEC_X, VEC_W, HAS_BIAS, HAS_RESIDUAL, ACT, and the
-// storage types XT, WT, YT (aliases to f32 or f16).
+// Split-K (SPLITS > 1, for products with few rows): workgroup z = batch entry * SPLITS + split,
+// and split s walks only its range of K (SPLITS ranges of whole BK steps) and stores its
+// partial product at y_base + s * y_split (f32, no epilogue: matmul_split_reduce sums the
+// splits in order and applies it). SPLITS = 1 is the plain kernel.
+// Specialisation: BM, BN, BK, TM, TN, SPLITS, W_NK, VEC_X, VEC_W, HAS_BIAS, HAS_RESIDUAL, ACT,
+// and the storage types XT, WT, YT (aliases to f32 or f16).
 
 @group(0) @binding(0) var<uniform> params: MatmulParams;
 @group(0) @binding(1) var<storage, read> x: array<XT>;
@@ -53,11 +57,18 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     let m = params.m;
     let n = params.n;
     let k = params.k;
-    let outer = wid.z / params.batch_inner;
-    let inner = wid.z % params.batch_inner;
+    let split = wid.z % SPLITS;
+    let entry = wid.z / SPLITS;
+    let outer = entry / params.batch_inner;
+    let inner = entry % params.batch_inner;
     let x_base = params.x_offset + outer * params.x_outer + inner * params.x_inner;
     let w_base = params.w_offset + outer * params.w_outer + inner * params.w_inner;
-    let y_base = params.y_offset + outer * params.y_outer + inner * params.y_inner;
+    let y_base = params.y_offset + outer * params.y_outer + inner * params.y_inner
+        + split * params.y_split;
+    // This split's K range: whole BK steps, the last range cut at K.
+    let chunk = (k + SPLITS * BK - 1u) / (SPLITS * BK) * BK;
+    let k_begin = min(k, split * chunk);
+    let k_end = min(k, k_begin + chunk);
     let row0 = wid.y * BM;
     let col0 = wid.x * BN;
     let tx = tid % THREADS_N;
@@ -70,7 +81,7 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     var acc10 = mat4x4<f32>();
     var acc11 = mat4x4<f32>();
 
-    for (var k0 = 0u; k0 < k; k0 += BK) {
+    for (var k0 = k_begin; k0 < k_end; k0 += BK) {
         // Stage X[row0 .. row0+BM, k0 .. k0+BK], k-major: consecutive invocations read
         // consecutive k (four at a time when VEC_X; K % 4 == 0 then, so a vec4 is all in or out).
         if (VEC_X) {
@@ -78,7 +89,7 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
                 let r = l / (BK / 4u);
                 let kq = (l % (BK / 4u)) * 4u;
                 var v = vec4<f32>(0.0);
-                if (row0 + r < m && k0 + kq < k) {
+                if (row0 + r < m && k0 + kq < k_end) {
                     v = vec4<f32>(x4[(x_base + (row0 + r) * params.lda + k0 + kq) / 4u]);
                 }
                 let at = kq * A_STRIDE + r / 4u;
@@ -92,7 +103,7 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
                 let r = l / BK;
                 let kk = l % BK;
                 var v = 0.0;
-                if (row0 + r < m && k0 + kk < k) {
+                if (row0 + r < m && k0 + kk < k_end) {
                     v = f32(x[x_base + (row0 + r) * params.lda + k0 + kk]);
                 }
                 tile_x[kk * A_STRIDE + r / 4u][r % 4u] = v;
@@ -105,7 +116,7 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
                 let c = l / (BK / 4u);
                 let kq = (l % (BK / 4u)) * 4u;
                 var v = vec4<f32>(0.0);
-                if (col0 + c < n && k0 + kq < k) {
+                if (col0 + c < n && k0 + kq < k_end) {
                     v = vec4<f32>(w4[(w_base + (col0 + c) * params.ldb + k0 + kq) / 4u]);
                 }
                 let at = kq * B_STRIDE + c / 4u;
@@ -120,7 +131,7 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
                 let kk = l / (BN / 4u);
                 let cq = (l % (BN / 4u)) * 4u;
                 var v = vec4<f32>(0.0);
-                if (col0 + cq < n && k0 + kk < k) {
+                if (col0 + cq < n && k0 + kk < k_end) {
                     v = vec4<f32>(w4[(w_base + (k0 + kk) * params.ldb + col0 + cq) / 4u]);
                 }
                 tile_w[kk * B_STRIDE + cq / 4u] = v;
@@ -137,7 +148,7 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
                     c = l % BN; // consecutive invocations read consecutive n of one W row
                 }
                 var v = 0.0;
-                if (col0 + c < n && k0 + kk < k) {
+                if (col0 + c < n && k0 + kk < k_end) {
                     if (W_NK) {
                         v = f32(w[w_base + (col0 + c) * params.ldb + k0 + kk]);
                     } else {

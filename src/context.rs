@@ -234,6 +234,9 @@ pub struct Context {
     created: Created,
     /// Kernel families turned off because their known-answer check failed, with why.
     disabled: std::sync::Mutex<Vec<(crate::selftest::Family, String)>>,
+    /// Split-K's partial products: one f32 buffer, grown to the largest asked for and reused
+    /// by every split product (dispatches on one queue run in order, so they can share it).
+    split_scratch: std::sync::Mutex<Option<crate::Tensor>>,
 }
 
 /// Live GPU objects of a device, and how many this crate has created so far
@@ -406,6 +409,7 @@ impl Context {
             tune,
             created: Created::default(),
             disabled: std::sync::Mutex::new(Vec::new()),
+            split_scratch: std::sync::Mutex::new(None),
         };
         crate::selftest::run(&ctx, options.self_test_fault).await;
         Ok(ctx)
@@ -465,6 +469,26 @@ impl Context {
     }
 
     /// Creates a buffer, counted in [`ResourceCounts::buffers_created`].
+    /// An f32 scratch tensor of `shape` for split-K partial products, sharing the context's
+    /// one scratch buffer (grown when too small; the old one lives on in recorded work).
+    pub(crate) fn split_scratch(&self, shape: &[usize]) -> crate::Result<crate::Tensor> {
+        let mut slot = self
+            .split_scratch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let needed = crate::tensor::numel(shape);
+        if slot.as_ref().is_none_or(|t| t.numel() < needed) {
+            *slot = Some(crate::Tensor::empty(
+                self,
+                &[needed],
+                crate::DType::F32,
+                "split-K partial products",
+            )?);
+        }
+        let scratch = slot.as_ref().expect("just filled");
+        Ok(scratch.view_as(shape))
+    }
+
     pub(crate) fn create_buffer(&self, desc: &wgpu::BufferDescriptor<'_>) -> wgpu::Buffer {
         (self.created.buffers).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.device.create_buffer(desc)

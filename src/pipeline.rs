@@ -36,10 +36,11 @@ pub enum Kernel {
     Rotary,
     Geglu,
     MatmulLayerNorm,
+    MatmulSplitReduce,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 19] = [
+    pub const ALL: [Kernel; 20] = [
         Kernel::Matmul,
         Kernel::LayerNorm,
         Kernel::Softmax,
@@ -59,6 +60,7 @@ impl Kernel {
         Kernel::Rotary,
         Kernel::Geglu,
         Kernel::MatmulLayerNorm,
+        Kernel::MatmulSplitReduce,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -82,6 +84,7 @@ impl Kernel {
             Kernel::Rotary => "rotary",
             Kernel::Geglu => "geglu",
             Kernel::MatmulLayerNorm => "matmul_layer_norm",
+            Kernel::MatmulSplitReduce => "matmul_split_reduce",
         }
     }
 
@@ -107,6 +110,7 @@ impl Kernel {
             Kernel::Rotary => include_str!("../shaders/rotary.wgsl"),
             Kernel::Geglu => include_str!("../shaders/geglu.wgsl"),
             Kernel::MatmulLayerNorm => include_str!("../shaders/matmul_layer_norm.wgsl"),
+            Kernel::MatmulSplitReduce => include_str!("../shaders/matmul_split_reduce.wgsl"),
         }
     }
 
@@ -120,6 +124,8 @@ impl Kernel {
             }
             // params, x, residual, gamma, beta, y
             Kernel::LayerNorm => &[Uniform, Read, Read, Read, Read, Write],
+            // params, partial, bias, residual, y
+            Kernel::MatmulSplitReduce => &[Uniform, Read, Read, Read, Write],
             // params, x, w, bias, residual, gamma, beta, y
             Kernel::MatmulLayerNorm => &[Uniform, Read, Read, Read, Read, Read, Read, Write],
             // params, x, y

@@ -59,6 +59,16 @@ impl Tensor {
         })
     }
 
+    /// The same buffer seen with another shape of at most as many elements (same dtype).
+    pub(crate) fn view_as(&self, shape: &[usize]) -> Self {
+        debug_assert!(numel(shape) <= self.numel());
+        Self {
+            buffer: self.buffer.clone(),
+            shape: shape.to_vec(),
+            dtype: self.dtype,
+        }
+    }
+
     /// Uploads f32 data.
     pub fn from_f32(ctx: &Context, shape: &[usize], data: &[f32], label: &str) -> Result<Self> {
         Self::from_pod(ctx, shape, DType::F32, data, label)

@@ -120,6 +120,7 @@ impl MatmulTile {
         act: Activation,
         residual: bool,
         f16: (bool, bool, bool),
+        splits: u32,
     ) -> Spec {
         let (bm, bn, bk, tm, tn) = self.dims();
         let spec = Spec::new()
@@ -139,6 +140,7 @@ impl MatmulTile {
                 .u32("BK", bk)
                 .u32("TM", tm)
                 .u32("TN", tn)
+                .u32("SPLITS", splits)
                 .bool("VEC_X", vec.0)
                 .bool("VEC_W", vec.1)
         };
@@ -174,6 +176,7 @@ pub(super) fn variants(subgroup: bool) -> Vec<Spec> {
                             act,
                             residual,
                             (false, false, false),
+                            1,
                         ));
                     }
                 }
@@ -191,7 +194,18 @@ pub(super) fn variants(subgroup: bool) -> Vec<Spec> {
                     (true, true, true),
                     (false, false, true),
                 ] {
-                    out.push(tile.spec(layout, vec, true, Activation::Gelu, true, f16));
+                    out.push(tile.spec(layout, vec, true, Activation::Gelu, true, f16, 1));
+                }
+            }
+        }
+    }
+    // Split-K partial products: f32 out, no epilogue, f32 or f16 operands.
+    if !subgroup {
+        for tile in [MatmulTile::Skinny, MatmulTile::Small, MatmulTile::Large] {
+            for vec in [(false, false), (true, true)] {
+                for f16 in [(false, false, false), (true, true, false)] {
+                    let (layout, act) = (WLayout::NK, Activation::None);
+                    out.push(tile.spec(layout, vec, false, act, false, f16, 4));
                 }
             }
         }

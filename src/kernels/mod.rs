@@ -35,7 +35,8 @@ pub use gelu::gelu;
 pub use l2_normalize::l2_normalize;
 pub use layer_norm::layer_norm;
 pub use matmul::{
-    Activation, Epilogue, MatmulTile, MatrixView, StridedMatmul, WLayout, matmul, matmul_strided,
+    Activation, Epilogue, MatmulTile, MatrixView, StridedMatmul, WLayout, matmul, matmul_split_k,
+    matmul_split_reduce, matmul_strided, split_k,
 };
 pub use matmul_layer_norm::matmul_layer_norm;
 pub use pool::{PoolMode, mean_pool, pool, pool_dims};
@@ -51,6 +52,11 @@ pub fn shader_variants() -> Vec<(Kernel, Spec)> {
         match kernel {
             Kernel::Matmul | Kernel::MatmulSubgroup => out.extend(
                 matmul_tile::variants(kernel == Kernel::MatmulSubgroup)
+                    .into_iter()
+                    .map(|s| (kernel, s)),
+            ),
+            Kernel::MatmulSplitReduce => out.extend(
+                matmul::split_reduce_variants()
                     .into_iter()
                     .map(|s| (kernel, s)),
             ),

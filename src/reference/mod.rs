@@ -13,9 +13,11 @@ use crate::kernels::{AttentionBias, PoolMode};
 pub use crate::host::HostTensor;
 
 mod fused;
+mod split;
 mod text;
 pub use crate::host::{gelu_scalar, rotary_table};
 pub use fused::matmul_layer_norm;
+pub use split::{matmul_split_k, matmul_split_reduce};
 pub use text::{geglu, rotary};
 
 fn same_shape<T, U>(
