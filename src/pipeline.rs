@@ -37,10 +37,11 @@ pub enum Kernel {
     Geglu,
     MatmulLayerNorm,
     MatmulSplitReduce,
+    LayerNormSubgroup,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 20] = [
+    pub const ALL: [Kernel; 21] = [
         Kernel::Matmul,
         Kernel::LayerNorm,
         Kernel::Softmax,
@@ -61,6 +62,7 @@ impl Kernel {
         Kernel::Geglu,
         Kernel::MatmulLayerNorm,
         Kernel::MatmulSplitReduce,
+        Kernel::LayerNormSubgroup,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -85,6 +87,7 @@ impl Kernel {
             Kernel::Geglu => "geglu",
             Kernel::MatmulLayerNorm => "matmul_layer_norm",
             Kernel::MatmulSplitReduce => "matmul_split_reduce",
+            Kernel::LayerNormSubgroup => "layer_norm_subgroup",
         }
     }
 
@@ -111,6 +114,7 @@ impl Kernel {
             Kernel::Geglu => include_str!("../shaders/geglu.wgsl"),
             Kernel::MatmulLayerNorm => include_str!("../shaders/matmul_layer_norm.wgsl"),
             Kernel::MatmulSplitReduce => include_str!("../shaders/matmul_split_reduce.wgsl"),
+            Kernel::LayerNormSubgroup => include_str!("../shaders/layer_norm_subgroup.wgsl"),
         }
     }
 
@@ -124,6 +128,8 @@ impl Kernel {
             }
             // params, x, residual, gamma, beta, y
             Kernel::LayerNorm => &[Uniform, Read, Read, Read, Read, Write],
+            // params, x, residual, gamma, beta, x as vec4s, residual as vec4s, y
+            Kernel::LayerNormSubgroup => &[Uniform, Read, Read, Read, Read, Read, Read, Write],
             // params, partial, bias, residual, y
             Kernel::MatmulSplitReduce => &[Uniform, Read, Read, Read, Write],
             // params, x, w, bias, residual, gamma, beta, y

@@ -25,36 +25,71 @@ fn row_shapes() -> Vec<(usize, usize)> {
     shapes
 }
 
+/// The LayerNorm kernels this adapter runs: the workgroup one, and the subgroup one where the
+/// adapter has subgroups (it must then be the default).
+fn layer_norm_variants(ctx: &backbone::Context) -> Vec<kernels::LayerNormVariant> {
+    let subgroups = kernels::MatmulTile::Subgroup.fits(ctx);
+    let default = kernels::LayerNormVariant::choose(ctx);
+    assert_eq!(
+        default == kernels::LayerNormVariant::Subgroup,
+        subgroups,
+        "the subgroup LayerNorm is the default exactly where the adapter has subgroups"
+    );
+    let mut out = vec![kernels::LayerNormVariant::Workgroup];
+    if subgroups {
+        out.push(kernels::LayerNormVariant::Subgroup);
+    }
+    out
+}
+
 #[test]
 #[cfg_attr(skip_gpu_tests, ignore = "BACKBONE_SKIP_GPU_TESTS=1: no GPU adapter")]
 fn layer_norm_matches_twin() {
     let ctx = ctx();
-    for (i, (rows, c)) in row_shapes().into_iter().enumerate() {
+    let mut shapes = row_shapes();
+    // Odd widths (scalar loads), a width below a vec4 and rows off the 4-row workgroup.
+    shapes.extend([(5, 3), (6, 1000), (3, 1), (9, 67)]);
+    for (i, (rows, c)) in shapes.into_iter().enumerate() {
         for with_residual in [false, true] {
-            let mut r = rng(500 + i as u64);
-            let x = random_host(&mut r, &[rows, c], 3.0);
-            let res = random_host(&mut r, &[rows, c], 1.0);
-            let gamma = random_host(&mut r, &[c], 1.5);
-            let beta = random_host(&mut r, &[c], 0.2);
-            let residual = with_residual.then_some(&res);
-            let mut cpu = nan_host(&[rows, c]);
-            reference::layer_norm(&x, residual, &gamma, &beta, 1e-12, &mut cpu).expect("cpu");
-            let gres = upload(ctx, &res, "residual");
-            let gy = nan_filled(ctx, &[rows, c], "y");
-            let mut rec = Recorder::new(ctx);
-            kernels::layer_norm(
-                &mut rec,
-                &upload(ctx, &x, "x"),
-                with_residual.then_some(&gres),
-                &upload(ctx, &gamma, "gamma"),
-                &upload(ctx, &beta, "beta"),
-                1e-12,
-                &gy,
-            )
-            .expect("record");
-            rec.submit_blocking().expect("submit");
-            let what = format!("layer_norm rows={rows} c={c} residual={with_residual}");
-            assert_close(&what, &read_f32(ctx, &gy), &cpu.data, 2e-5, 1e-5);
+            for variant in layer_norm_variants(ctx) {
+                let mut r = rng(500 + i as u64);
+                // An offset mean, so a variance computed without a shift would cancel.
+                let mut x = random_host(&mut r, &[rows, c], 3.0);
+                x.data.iter_mut().for_each(|v| *v += 40.0);
+                let res = random_host(&mut r, &[rows, c], 1.0);
+                let gamma = random_host(&mut r, &[c], 1.5);
+                let beta = random_host(&mut r, &[c], 0.2);
+                let residual = with_residual.then_some(&res);
+                let mut cpu = nan_host(&[rows, c]);
+                match variant {
+                    kernels::LayerNormVariant::Workgroup => {
+                        reference::layer_norm(&x, residual, &gamma, &beta, 1e-12, &mut cpu)
+                    }
+                    kernels::LayerNormVariant::Subgroup => {
+                        reference::layer_norm_subgroup(&x, residual, &gamma, &beta, 1e-12, &mut cpu)
+                    }
+                }
+                .expect("cpu");
+                let gres = upload(ctx, &res, "residual");
+                let gy = nan_filled(ctx, &[rows, c], "y");
+                let mut rec = Recorder::new(ctx);
+                kernels::layer_norm_variant(
+                    &mut rec,
+                    &upload(ctx, &x, "x"),
+                    with_residual.then_some(&gres),
+                    &upload(ctx, &gamma, "gamma"),
+                    &upload(ctx, &beta, "beta"),
+                    1e-12,
+                    &gy,
+                    variant,
+                )
+                .expect("record");
+                rec.submit_blocking().expect("submit");
+                let what =
+                    format!("layer_norm {variant:?} rows={rows} c={c} residual={with_residual}");
+                // f32 sums of values near 40: a few ulps of 40 over the row's spread.
+                assert_close(&what, &read_f32(ctx, &gy), &cpu.data, 5e-5, 1e-5);
+            }
         }
     }
 }

@@ -23,6 +23,39 @@ pub(super) fn spec(has_residual: bool, f16: (bool, bool)) -> Spec {
 
 /// LayerNorm over the last dimension of `x + residual` (or `x`), scaled by `gamma` and shifted
 /// by `beta` ([C] each). `x`, `residual` and `y` are f32 of the same shape.
+/// The subgroup variant's specialisation: as [`spec`], plus vec4 loads when C % 4 == 0.
+pub(super) fn subgroup_spec(has_residual: bool, f16: (bool, bool), vec4: bool) -> Spec {
+    spec(has_residual, f16).bool("VEC", vec4)
+}
+
+/// Rows per workgroup of `layer_norm_subgroup` (its ROWS).
+const SUBGROUP_ROWS: u32 = 4;
+
+/// Which LayerNorm kernel runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerNormVariant {
+    /// `layer_norm.wgsl`: one workgroup of 256 per row, workgroup-memory reductions.
+    Workgroup,
+    /// `layer_norm_subgroup.wgsl`: one subgroup per row, several rows per workgroup, vec4 loads.
+    Subgroup,
+}
+
+impl LayerNormVariant {
+    /// The subgroup kernel where the adapter's subgroups passed the context's known-answer
+    /// check (the `subgroup_matmul` family: the same subgroupAdd); else the workgroup kernel.
+    pub fn choose(ctx: &crate::Context) -> Self {
+        let subgroups = super::MatmulTile::Subgroup.fits(ctx)
+            && ctx.family_enabled(crate::selftest::Family::SubgroupMatmul);
+        if subgroups {
+            LayerNormVariant::Subgroup
+        } else {
+            LayerNormVariant::Workgroup
+        }
+    }
+}
+
+/// `y = LayerNorm(x [+ residual]) * gamma + beta` over the last dimension, by the variant
+/// [`LayerNormVariant::choose`] picks for the adapter.
 pub fn layer_norm(
     rec: &mut Recorder<'_>,
     x: &Tensor,
@@ -31,6 +64,55 @@ pub fn layer_norm(
     beta: &Tensor,
     eps: f32,
     y: &Tensor,
+) -> Result<()> {
+    let variant = LayerNormVariant::choose(rec.context());
+    layer_norm_variant(rec, x, residual, gamma, beta, eps, y, variant)
+}
+
+/// [`layer_norm`] by the subgroup kernel (tests force it; the twin is the same).
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm_subgroup(
+    rec: &mut Recorder<'_>,
+    x: &Tensor,
+    residual: Option<&Tensor>,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f32,
+    y: &Tensor,
+) -> Result<()> {
+    if !super::MatmulTile::Subgroup.fits(rec.context()) {
+        return Err(Error::Argument {
+            op: "layer_norm_subgroup",
+            arg: "adapter",
+            reason: format!(
+                "needs the SUBGROUP feature outside browsers; {} offers no subgroups here",
+                rec.context().capabilities().adapter.name
+            ),
+        });
+    }
+    layer_norm_variant(
+        rec,
+        x,
+        residual,
+        gamma,
+        beta,
+        eps,
+        y,
+        LayerNormVariant::Subgroup,
+    )
+}
+
+/// [`layer_norm`] by the given kernel (tests force each; both have the same twin).
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm_variant(
+    rec: &mut Recorder<'_>,
+    x: &Tensor,
+    residual: Option<&Tensor>,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f32,
+    y: &Tensor,
+    variant: LayerNormVariant,
 ) -> Result<()> {
     let ctx = rec.context();
     let f16 = (
@@ -59,22 +141,36 @@ pub fn layer_norm(
         eps,
         _pad: 0,
     };
-    rec.dispatch(Dispatch {
-        kernel: Kernel::LayerNorm,
-        spec: spec(residual.is_some(), f16),
-        params: bytemuck::bytes_of(&params),
-        buffers: &[
-            x.buffer(),
-            residual.map_or(&ctx.dummy, |r| r.buffer()),
-            gamma.buffer(),
-            beta.buffer(),
-            y.buffer(),
-        ],
-        groups: grid_1d(ctx, rows as u32),
-        traffic: Traffic {
-            read: (rows * c * (1 + usize::from(residual.is_some())) * x.dtype().size() + 4 * 2 * c)
-                as u64,
-            written: (rows * c * y.dtype().size()) as u64,
-        },
-    })
+    let traffic = Traffic {
+        read: (rows * c * (1 + usize::from(residual.is_some())) * x.dtype().size() + 4 * 2 * c)
+            as u64,
+        written: (rows * c * y.dtype().size()) as u64,
+    };
+    let res = residual.map_or(&ctx.dummy, |r| r.buffer());
+    match variant {
+        LayerNormVariant::Workgroup => rec.dispatch(Dispatch {
+            kernel: Kernel::LayerNorm,
+            spec: spec(residual.is_some(), f16),
+            params: bytemuck::bytes_of(&params),
+            buffers: &[x.buffer(), res, gamma.buffer(), beta.buffer(), y.buffer()],
+            groups: grid_1d(ctx, rows as u32),
+            traffic,
+        }),
+        LayerNormVariant::Subgroup => rec.dispatch(Dispatch {
+            kernel: Kernel::LayerNormSubgroup,
+            spec: subgroup_spec(residual.is_some(), f16, c % 4 == 0),
+            params: bytemuck::bytes_of(&params),
+            buffers: &[
+                x.buffer(),
+                res,
+                gamma.buffer(),
+                beta.buffer(),
+                x.buffer(),
+                res,
+                y.buffer(),
+            ],
+            groups: grid_1d(ctx, (rows as u32).div_ceil(SUBGROUP_ROWS)),
+            traffic,
+        }),
+    }
 }

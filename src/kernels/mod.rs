@@ -33,7 +33,7 @@ pub use cswin_attention::{CswinBranch, cswin_attention};
 pub use embedding::{check_ids, embedding};
 pub use gelu::gelu;
 pub use l2_normalize::l2_normalize;
-pub use layer_norm::layer_norm;
+pub use layer_norm::{LayerNormVariant, layer_norm, layer_norm_subgroup, layer_norm_variant};
 pub use matmul::{
     Activation, Epilogue, MatmulTile, MatrixView, StridedMatmul, WLayout, matmul, matmul_split_k,
     matmul_split_reduce, matmul_strided, split_k,
@@ -98,6 +98,16 @@ pub fn shader_variants() -> Vec<(Kernel, Spec)> {
             Kernel::LayerNorm => {
                 for f16 in [(false, false), (true, true), (false, true), (true, false)] {
                     out.extend([false, true].map(|r| (kernel, layer_norm::spec(r, f16))));
+                }
+            }
+            Kernel::LayerNormSubgroup => {
+                for f16 in [(false, false), (true, true), (false, true), (true, false)] {
+                    for vec4 in [false, true] {
+                        out.extend(
+                            [false, true]
+                                .map(|r| (kernel, layer_norm::subgroup_spec(r, f16, vec4))),
+                        );
+                    }
                 }
             }
             Kernel::MatmulLayerNorm => {

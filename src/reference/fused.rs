@@ -1,4 +1,5 @@
-//! Twins of the fused kernels, composed from the twins of the kernels they replace.
+//! Twins of the fused kernels and of the variants that compute what another kernel does,
+//! composed from the twins of the kernels they replace.
 
 use super::HostTensor;
 use crate::error::Result;
@@ -24,4 +25,17 @@ pub fn matmul_layer_norm(
     }
     super::matmul(x, w, &mut sums, ep)?;
     super::layer_norm(&sums, None, gamma, beta, eps, y)
+}
+
+/// Twin of [`crate::kernels::layer_norm_subgroup`]: the LayerNorm twin (the variant computes
+/// the same LayerNorm, one subgroup per row).
+pub fn layer_norm_subgroup(
+    x: &HostTensor,
+    residual: Option<&HostTensor>,
+    gamma: &HostTensor,
+    beta: &HostTensor,
+    eps: f32,
+    y: &mut HostTensor,
+) -> Result<()> {
+    super::layer_norm(x, residual, gamma, beta, eps, y)
 }

@@ -16,7 +16,7 @@ mod fused;
 mod split;
 mod text;
 pub use crate::host::{gelu_scalar, rotary_table};
-pub use fused::matmul_layer_norm;
+pub use fused::{layer_norm_subgroup, matmul_layer_norm};
 pub use split::{matmul_split_k, matmul_split_reduce};
 pub use text::{geglu, rotary};
 
