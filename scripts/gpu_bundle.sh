@@ -29,7 +29,7 @@ cargo build --release --bin backbone-bench --bin backbone
 cp target/release/backbone-bench target/release/backbone "$out/"
 # GPU test executables, most wanted first: tensor cores and f16, then the f32 kernels, then
 # the models.
-tests=(kernels_f16 kernels_matmul kernels_attention bert_f16 cswin_f16 kernels kernels_grid kernels_embeddings bert cswin context errors)
+tests=(kernels_f16 kernels_matmul kernels_split_k kernels_attention bert_f16 cswin_f16 kernels kernels_grid kernels_embeddings bert cswin context errors)
 cargo test --release --no-run --message-format=json $(printf -- '--test %s ' "${tests[@]}") 2>/dev/null |
     python3 -c '
 import json, sys, shutil
