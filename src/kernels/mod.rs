@@ -16,6 +16,7 @@ mod layer_norm;
 pub mod matmul;
 pub mod matmul_coop;
 mod matmul_layer_norm;
+mod matmul_split;
 mod matmul_tile;
 mod pool;
 mod rotary;
@@ -35,10 +36,10 @@ pub use gelu::gelu;
 pub use l2_normalize::l2_normalize;
 pub use layer_norm::{LayerNormVariant, layer_norm, layer_norm_subgroup, layer_norm_variant};
 pub use matmul::{
-    Activation, Epilogue, MatmulTile, MatrixView, StridedMatmul, WLayout, matmul, matmul_split_k,
-    matmul_split_reduce, matmul_strided, split_k,
+    Activation, Epilogue, MatmulTile, MatrixView, StridedMatmul, WLayout, matmul, matmul_strided,
 };
 pub use matmul_layer_norm::matmul_layer_norm;
+pub use matmul_split::{MAX_SPLITS, matmul_split_k, matmul_split_reduce, split_k};
 pub use pool::{PoolMode, mean_pool, pool, pool_dims};
 pub use rotary::{geglu, geglu_dims, rotary, rotary_dims};
 pub use softmax::softmax;
@@ -56,7 +57,7 @@ pub fn shader_variants() -> Vec<(Kernel, Spec)> {
                     .map(|s| (kernel, s)),
             ),
             Kernel::MatmulSplitReduce => out.extend(
-                matmul::split_reduce_variants()
+                matmul_split::split_reduce_variants()
                     .into_iter()
                     .map(|s| (kernel, s)),
             ),
