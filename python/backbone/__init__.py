@@ -208,8 +208,8 @@ class ImageEncoder:
         segmentation heads: a segmentation backbone's ``features1..4`` (after its
         ``norm1..norm4``), or a classifier's stage outputs. Takes images, or a float32
         ``pixel_values`` array ``[B, 3, H, W]`` at any size the model takes."""
-        if isinstance(images, np.ndarray) and images.ndim == 4:
-            out = self.forward(images)
+        if isinstance(images, np.ndarray) and images.ndim == 4 and images.dtype != np.uint8:
+            out = self.forward(images)  # pixel_values; a uint8 batch is a batch of HWC images
         else:
             out = self._outputs(self._native.forward_images(_image_items(images)))
         if "features1" in out:

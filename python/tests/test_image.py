@@ -61,6 +61,12 @@ def test_paths_bytes_and_arrays_give_the_same_embedding(tmp_path):
     assert_close("bytes", model.encode([f.read_bytes() for f in files]), by_path, 0)
     assert_close("arrays", model.encode(pictures), by_path, 0)
     assert_close("one array", model.encode(pictures[0]), by_path[:1], 0)
+    # A uint8 batch (N, H, W, C) is N images, for encode and for features.
+    batch = np.stack([pictures[2], pictures[2]])
+    assert_close("uint8 batch", model.encode(batch), np.concatenate([by_path[2:]] * 2), 0)
+    feats = model.features(batch)
+    assert feats[0].shape[0] == 2
+    assert_close("features of a uint8 batch", feats[3][1], model.features(files[2])[3][0], 0)
     grey = pictures[0][:, :, :1]
     assert_close("grey array = grey PNG", model.encode(grey), model.encode(png(grey)), 0)
     rgba = np.concatenate([pictures[1], np.full((300, 200, 1), 255, np.uint8)], axis=-1)
