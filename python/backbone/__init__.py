@@ -112,14 +112,8 @@ class TextEncoder:
         if isinstance(documents, str):
             raise TypeError("documents must be a sequence of str, not one str")
         docs = list(documents)
-        logits = _array(self._native.rerank_logits(query, docs, batch_size))
-        if logits.shape[1] != 1:
-            return logits
-        scores = logits[:, 0]
-        if raw:
-            return scores
-        # The library's cross_encoder_score, in f32 as the CLI computes it.
-        return (1.0 / (1.0 + np.exp(-scores, dtype=np.float32))).astype(np.float32)
+        out = _array(self._native.rerank(query, docs, bool(raw), batch_size))
+        return out[:, 0] if out.shape[1] == 1 else out
 
     def __repr__(self) -> str:
         i = self._info

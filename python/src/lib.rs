@@ -166,12 +166,15 @@ impl TextEncoder {
         Ok(array(py, &t))
     }
 
-    #[pyo3(signature = (query, documents, batch_size = None))]
-    fn rerank_logits<'py>(
+    /// A cross-encoder's logits [N, labels]; with one label and not `raw`, the scores
+    /// `backbone rerank` prints (the library's `cross_encoder_score`), [N, 1].
+    #[pyo3(signature = (query, documents, raw, batch_size = None))]
+    fn rerank<'py>(
         &self,
         py: Python<'py>,
         query: String,
         documents: Vec<String>,
+        raw: bool,
         batch_size: Option<usize>,
     ) -> PyResult<Array<'py>> {
         let batch = self::batch_size(batch_size, self.inner.texts_per_batch())?;
@@ -185,7 +188,12 @@ impl TextEncoder {
             }
             Ok(blocks)
         });
-        let t = stack_rows(out.map_err(py_err)?, labels)?;
+        let mut t = stack_rows(out.map_err(py_err)?, labels)?;
+        if labels == 1 && !raw {
+            t.data
+                .iter_mut()
+                .for_each(|v| *v = backbone::models::text::cross_encoder_score(*v));
+        }
         Ok(array(py, &t))
     }
 }

@@ -80,16 +80,6 @@ pub fn layer_norm_subgroup(
     eps: f32,
     y: &Tensor,
 ) -> Result<()> {
-    if !super::MatmulTile::Subgroup.fits(rec.context()) {
-        return Err(Error::Argument {
-            op: "layer_norm_subgroup",
-            arg: "adapter",
-            reason: format!(
-                "needs the SUBGROUP feature outside browsers; {} offers no subgroups here",
-                rec.context().capabilities().adapter.name
-            ),
-        });
-    }
     layer_norm_variant(
         rec,
         x,
@@ -115,6 +105,18 @@ pub fn layer_norm_variant(
     variant: LayerNormVariant,
 ) -> Result<()> {
     let ctx = rec.context();
+    // Checked here, where either variant can be asked for, so a forced subgroup variant on an
+    // adapter without subgroups is a clear error rather than a pipeline failure.
+    if variant == LayerNormVariant::Subgroup && !super::MatmulTile::Subgroup.fits(ctx) {
+        return Err(Error::Argument {
+            op: "layer_norm_subgroup",
+            arg: "adapter",
+            reason: format!(
+                "needs the SUBGROUP feature outside browsers; {} offers no subgroups here",
+                ctx.capabilities().adapter.name
+            ),
+        });
+    }
     let f16 = (
         check_float(ctx, "layer_norm", "x", x)?,
         check_float(ctx, "layer_norm", "y", y)?,
